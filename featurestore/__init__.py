@@ -1,0 +1,67 @@
+"""A streaming feature store: Python definitions -> Kafka stream processors -> Redis + Parquet.
+
+Declare features with `Entity`, `KafkaSource`, `FeatureView`, `Aggregation`, `Field` and
+`Transform`; read them with `FeatureStore`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from featurestore.definitions import Aggregation, Entity, FeatureView, Field, KafkaSource, Transform
+from featurestore.errors import (
+    ConfigError,
+    DefinitionError,
+    FeatureRequestError,
+    FeatureStoreError,
+    Problem,
+    RegistryError,
+    ServiceError,
+    StoreUnavailable,
+    ValidationFailed,
+)
+
+if TYPE_CHECKING:
+    from featurestore.client import FeatureStore, OnlineResponse, TrainingSet
+    from featurestore.config import Settings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Aggregation",
+    "ConfigError",
+    "DefinitionError",
+    "Entity",
+    "FeatureRequestError",
+    "FeatureStore",
+    "FeatureStoreError",
+    "FeatureView",
+    "Field",
+    "KafkaSource",
+    "OnlineResponse",
+    "Problem",
+    "RegistryError",
+    "ServiceError",
+    "Settings",
+    "StoreUnavailable",
+    "TrainingSet",
+    "Transform",
+    "ValidationFailed",
+    "__version__",
+]
+
+_LAZY = {
+    "FeatureStore": "featurestore.client",
+    "OnlineResponse": "featurestore.client",
+    "TrainingSet": "featurestore.client",
+    "Settings": "featurestore.config",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the client and config lazily so feature modules import only the definitions."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'featurestore' has no attribute {name!r}")

@@ -1,0 +1,356 @@
+"""Validate loaded definitions and build the execution plan, collecting every problem."""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, FutureDatetime, NaiveDatetime, PastDatetime
+
+from featurestore.compile.loader import LoadedRepo, load_repo
+from featurestore.definitions import AGGREGATION_FUNCTIONS, Aggregation, Entity, FeatureView, Field, KafkaSource, Transform
+from featurestore.errors import Problem, ValidationFailed
+from featurestore.plan import (
+    AggregationPlan,
+    DType,
+    EntityPlan,
+    KeySpec,
+    Plan,
+    RowFeaturePlan,
+    SourcePlan,
+    ViewPlan,
+    choose_tile_ms,
+)
+
+_NUMERIC = {"int", "float", "bool"}
+_NEEDS_NUMERIC = {"sum", "mean", "min", "max"}
+_KEY_TYPES = {"int", "str"}
+_RESERVED_PREFIX = "_"
+_PYDANTIC_DATETIMES = (AwareDatetime, NaiveDatetime, PastDatetime, FutureDatetime)
+
+
+def compile_repo(root: Path | str) -> Plan:
+    """Load and validate a repository; return its plan or raise ValidationFailed with every problem."""
+    loaded = load_repo(root)
+    plan, problems = build_plan(loaded)
+    if problems or plan is None:
+        raise ValidationFailed(problems)
+    return plan
+
+
+def dtype_of(annotation: Any) -> DType | None:
+    """Plan type of a Python/pydantic annotation (Optional[X] counts as X), or None if unsupported."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return dtype_of(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return dtype_of(args[0]) if len(args) == 1 else None
+    if annotation is bool:
+        return "bool"
+    if annotation is int:
+        return "int"
+    if annotation is float:
+        return "float"
+    if annotation is str:
+        return "str"
+    if annotation is dt.datetime or annotation in _PYDANTIC_DATETIMES:
+        return "datetime"
+    return None
+
+
+def import_path(obj: Any) -> str | None:
+    """`module:qualname` of a module-level function or class, or None if it has none."""
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not module or not qualname or "<" in qualname:
+        return None
+    return f"{module}:{qualname}"
+
+
+class _Builder:
+    def __init__(self, loaded: LoadedRepo) -> None:
+        self.loaded = loaded
+        self.problems: list[Problem] = list(loaded.problems)
+
+    # -- helpers ---------------------------------------------------------------
+    def _file(self, obj: Any, fallback: Any = None) -> str:
+        loc = self.loaded.where(obj) or (self.loaded.where(fallback) if fallback is not None else None)
+        return loc.file if loc else str(self.loaded.root)
+
+    def problem(self, obj: Any, label: str, message: str, fix: str = "", owner: Any = None) -> None:
+        self.problems.append(Problem(self._file(obj, owner), label, message, fix))
+
+    # -- collection ------------------------------------------------------------
+    def collect(self) -> tuple[list[Entity], list[KafkaSource], list[FeatureView]]:
+        views = [o.obj for o in self.loaded.objects if isinstance(o.obj, FeatureView)]
+        entities: dict[int, Entity] = {id(o.obj): o.obj for o in self.loaded.objects if isinstance(o.obj, Entity)}
+        sources: dict[int, KafkaSource] = {
+            id(o.obj): o.obj for o in self.loaded.objects if isinstance(o.obj, KafkaSource)
+        }
+        for view in views:
+            for ent in view.entities if isinstance(view.entities, tuple) else ():
+                if isinstance(ent, Entity):
+                    entities.setdefault(id(ent), ent)
+            if isinstance(view.source, KafkaSource):
+                sources.setdefault(id(view.source), view.source)
+        return list(entities.values()), list(sources.values()), views
+
+    def check_unique(self, kind: str, objs: list[Any]) -> None:
+        by_name: dict[str, Any] = {}
+        for obj in objs:
+            name = obj.name
+            if name in by_name and by_name[name] != obj:
+                first = self.loaded.where(by_name[name])
+                where = f" (first declared as {first.variable} in {first.file})" if first else ""
+                self.problem(obj, f"{kind} '{name}'", f"duplicate {kind} name{where}", f"rename one of the two {kind}s")
+            by_name.setdefault(name, obj)
+
+    def check_name(self, obj: Any, label: str, name: Any, owner: Any = None) -> bool:
+        if not isinstance(name, str) or not name.isidentifier() or name.startswith(_RESERVED_PREFIX):
+            self.problem(
+                obj, label, f"invalid name {name!r}",
+                "use a Python identifier not starting with '_' (letters, digits, underscores)", owner,
+            )
+            return False
+        return True
+
+    # -- entities and sources ----------------------------------------------------
+    def entity_plan(self, ent: Entity) -> EntityPlan | None:
+        label = f"Entity '{ent.name}'"
+        ok = self.check_name(ent, label, ent.name)
+        if not ent.join_keys or not all(isinstance(k, str) and k for k in ent.join_keys):
+            self.problem(ent, label, "join_keys must be a non-empty list of field names", 'e.g. join_keys=["user_id"]')
+            ok = False
+        return EntityPlan(name=ent.name, join_keys=list(ent.join_keys), description=ent.description) if ok else None
+
+    def schema_fields(self, src: KafkaSource) -> dict[str, DType | None] | None:
+        schema = src.schema
+        if not (inspect.isclass(schema) and issubclass(schema, BaseModel)):
+            return None
+        return {name: dtype_of(f.annotation) for name, f in schema.model_fields.items()}
+
+    def source_plan(self, src: KafkaSource) -> SourcePlan | None:
+        label = f"KafkaSource '{src.name}'"
+        ok = self.check_name(src, label, src.name)
+        if not isinstance(src.topic, str) or not src.topic:
+            self.problem(src, label, "topic must be a non-empty string", 'e.g. topic="payments"')
+            ok = False
+        fields = self.schema_fields(src)
+        ref = import_path(src.schema) if fields is not None else None
+        if fields is None:
+            self.problem(src, label, f"schema {src.schema!r} is not a pydantic model class",
+                         "pass a class deriving from pydantic.BaseModel")
+            return None
+        if ref is None:
+            self.problem(src, label, f"schema {src.schema.__name__} is not defined at module level",
+                         "define the event model at the top level of a module in the repo")
+            ok = False
+        ts_type = fields.get(src.timestamp_field, "missing")
+        if ts_type == "missing":
+            self.problem(src, label, f"timestamp_field '{src.timestamp_field}' is not a field of {src.schema.__name__}",
+                         f"use one of: {', '.join(fields)}")
+            ok = False
+        elif ts_type != "datetime":
+            self.problem(src, label, f"timestamp_field '{src.timestamp_field}' must be a datetime",
+                         "annotate it as pydantic.AwareDatetime")
+            ok = False
+        if not ok or ref is None:
+            return None
+        return SourcePlan(
+            name=src.name, topic=src.topic, schema_ref=ref, event_schema=src.schema.model_json_schema(),
+            timestamp_field=src.timestamp_field, dead_letter_topic=src.dead_letter_topic, description=src.description,
+        )
+
+    # -- views -------------------------------------------------------------------
+    def view_plan(self, view: FeatureView, key_types: dict[tuple[str, str], str]) -> ViewPlan | None:
+        label = f"FeatureView '{view.name}'"
+        ok = self.check_name(view, label, view.name)
+        src = view.source
+        if not isinstance(src, KafkaSource):
+            self.problem(view, label, f"source must be a KafkaSource, got {type(src).__name__}", "pass source=KafkaSource(...)")
+            return None
+        fields = self.schema_fields(src) or {}
+        join_keys: list[KeySpec] = []
+        if not view.entities:
+            self.problem(view, label, "no entities", "pass entities=[...] with at least one Entity")
+            ok = False
+        for ent in view.entities:
+            if not isinstance(ent, Entity):
+                self.problem(view, label, f"entities must be Entity objects, got {ent!r}", "pass entities=[Entity(...)]")
+                ok = False
+                continue
+            for key in ent.join_keys:
+                dtype = fields.get(key, "missing")
+                if dtype == "missing":
+                    self.problem(view, label,
+                                 f"join key '{key}' of entity '{ent.name}' is not a field of the event schema "
+                                 f"{getattr(src.schema, '__name__', src.schema)}",
+                                 f"add '{key}' to the schema or use an entity whose keys the events carry")
+                    ok = False
+                elif dtype not in _KEY_TYPES:
+                    self.problem(view, label, f"join key '{key}' has type {dtype or 'unsupported'}",
+                                 "join keys must be int or str fields")
+                    ok = False
+                else:
+                    seen = key_types.setdefault((ent.name, key), dtype)
+                    if seen != dtype:
+                        self.problem(view, label, f"join key '{key}' of entity '{ent.name}' is {dtype} here but {seen} in another source",
+                                     "give the key the same type in every event schema")
+                        ok = False
+                    join_keys.append(KeySpec(name=key, dtype=dtype))
+        ttl_ms: int | None = None
+        if view.ttl is not None:
+            if not isinstance(view.ttl, dt.timedelta) or view.ttl <= dt.timedelta(0):
+                self.problem(view, label, f"ttl must be a positive timedelta, got {view.ttl!r}",
+                             "e.g. ttl=timedelta(days=7), or ttl=None for no expiry")
+                ok = False
+            else:
+                ttl_ms = int(view.ttl / dt.timedelta(milliseconds=1))
+        rows: list[RowFeaturePlan] = []
+        aggs: list[AggregationPlan] = []
+        if not view.features:
+            self.problem(view, label, "no features", "pass features=[Field(...), Aggregation(...)]")
+            ok = False
+        for feat in view.features:
+            if isinstance(feat, Field):
+                rows.extend(self.field_plan(view, feat, fields))
+            elif isinstance(feat, Transform):
+                rows.extend(self.transform_plan(view, feat))
+            elif not isinstance(feat, Aggregation):
+                self.problem(view, label, f"unknown feature {feat!r}", "use Field, Transform or Aggregation")
+        derived = {r.name: r.dtype for r in rows if r.kind == "transform"}
+        for feat in view.features:
+            if isinstance(feat, Aggregation):
+                aggs.extend(self.aggregation_plans(view, feat, fields, derived))
+        renamed = {r.name: r.column for r in rows if r.kind == "field" and r.column != r.name}
+        for agg in aggs:
+            if agg.column in renamed:
+                self.problem(view, f"{label}, aggregation '{agg.name}'",
+                             f"'{agg.column}' is both an event field and the name of Field('{renamed[agg.column]}')",
+                             "rename that Field feature so aggregation inputs are unambiguous")
+                ok = False
+        names: set[str] = {k.name for k in join_keys}
+        for name in [r.name for r in rows] + [a.name for a in aggs]:
+            if name in names:
+                self.problem(view, f"{label}, feature '{name}'", "duplicate feature name (or same as a join key)",
+                             "give each feature of a view a distinct name (Field(..., name=...), Aggregation(..., name=...))")
+                ok = False
+            names.add(name)
+        if not ok or len(self.problems) and any(p.obj.startswith(label) for p in self.problems):
+            return None
+        return ViewPlan(
+            name=view.name, entities=[e.name for e in view.entities], join_keys=join_keys, source=src.name,
+            ttl_ms=ttl_ms, row_features=rows, aggregations=aggs, owner=view.owner, description=view.description,
+            tags={str(k): str(v) for k, v in view.tags.items()},
+        )
+
+    def field_plan(self, view: FeatureView, feat: Field, fields: dict[str, DType | None]) -> list[RowFeaturePlan]:
+        label = f"FeatureView '{view.name}', feature '{feat.name}'"
+        if not self.check_name(view, label, feat.name):
+            return []
+        dtype = fields.get(feat.column, "missing")
+        if dtype == "missing":
+            self.problem(view, label, f"unknown field '{feat.column}' in the event schema",
+                         f"use one of: {', '.join(fields)}")
+            return []
+        if dtype is None:
+            self.problem(view, label, f"field '{feat.column}' has an unsupported type",
+                         "features are int, float, str, bool or datetime")
+            return []
+        return [RowFeaturePlan(name=feat.name, kind="field", column=feat.column, dtype=dtype)]
+
+    def transform_plan(self, view: FeatureView, feat: Transform) -> list[RowFeaturePlan]:
+        label = f"FeatureView '{view.name}', feature '{feat.name}'"
+        if not self.check_name(view, label, feat.name):
+            return []
+        udf: Callable[..., Any] = feat.udf
+        ref = import_path(udf) if inspect.isfunction(udf) else None
+        if ref is None:
+            self.problem(view, label, "udf must be a function defined at module level (no lambdas or closures)",
+                         "define it with `def` at the top of a module in the repo")
+            return []
+        try:
+            ret = typing.get_type_hints(udf).get("return")
+        except Exception:
+            ret = None
+        dtype = dtype_of(ret) if ret is not None else None
+        if dtype is None:
+            self.problem(view, label, f"udf {ref} must annotate its return type as int, float, str, bool or datetime",
+                         f"e.g. def {udf.__name__}(event) -> float:")
+            return []
+        return [RowFeaturePlan(name=feat.name, kind="transform", udf_ref=ref, dtype=dtype)]
+
+    def aggregation_plans(
+        self, view: FeatureView, agg: Aggregation, fields: dict[str, DType | None], derived: dict[str, DType]
+    ) -> list[AggregationPlan]:
+        label = f"FeatureView '{view.name}', aggregation '{agg.name}'"
+        ok = self.check_name(view, label, agg.name)
+        if agg.function not in AGGREGATION_FUNCTIONS:
+            self.problem(view, label, f"unknown aggregation function {agg.function!r}",
+                         f"use one of: {', '.join(AGGREGATION_FUNCTIONS)}")
+            ok = False
+        dtype = derived.get(agg.column) or fields.get(agg.column, "missing")
+        if dtype == "missing":
+            self.problem(view, label, f"unknown field '{agg.column}' in the event schema",
+                         f"use one of: {', '.join(list(fields) + list(derived))}")
+            ok = False
+        elif dtype is None:
+            self.problem(view, label, f"field '{agg.column}' has an unsupported type", "aggregate int, float, str or bool fields")
+            ok = False
+        elif agg.function in _NEEDS_NUMERIC and dtype not in _NUMERIC:
+            self.problem(view, label, f"'{agg.function}' needs a numeric field but '{agg.column}' is {dtype}",
+                         "aggregate an int or float field, or use count/last")
+            ok = False
+        if not agg.windows:
+            self.problem(view, label, "no windows", "pass windows=[timedelta(hours=1), ...]")
+            ok = False
+        plans: list[AggregationPlan] = []
+        seen: set[int] = set()
+        for window, name in zip(agg.windows, agg.output_names):
+            if not isinstance(window, dt.timedelta):
+                self.problem(view, label, f"window {window!r} is not a timedelta", "use datetime.timedelta(...)")
+                ok = False
+                continue
+            ms = int(window / dt.timedelta(milliseconds=1))
+            if ms <= 0:
+                self.problem(view, label, f"window {window} is not positive", "windows must be longer than zero")
+                ok = False
+            elif ms % 1000:
+                self.problem(view, label, f"window {window} is not a whole number of seconds", "round the window to seconds")
+                ok = False
+            elif ms in seen:
+                self.problem(view, label, f"window {window} is listed twice", "remove the duplicate window")
+                ok = False
+            seen.add(ms)
+            if ok and dtype not in ("missing", None):
+                plans.append(AggregationPlan(
+                    name=name, column=agg.column, function=agg.function,  # type: ignore[arg-type]
+                    window_ms=ms, tile_ms=choose_tile_ms(ms), dtype=dtype,  # type: ignore[arg-type]
+                ))
+        return plans if ok else []
+
+
+def build_plan(loaded: LoadedRepo) -> tuple[Plan | None, list[Problem]]:
+    """Validate the loaded definitions and build the plan. Returns (plan or None, problems)."""
+    b = _Builder(loaded)
+    entities, sources, views = b.collect()
+    b.check_unique("Entity", entities)
+    b.check_unique("KafkaSource", sources)
+    b.check_unique("FeatureView", views)
+    ent_plans = [p for p in (b.entity_plan(e) for e in entities) if p]
+    src_plans = [p for p in (b.source_plan(s) for s in sources) if p]
+    key_types: dict[tuple[str, str], str] = {}
+    view_plans = [p for p in (b.view_plan(v, key_types) for v in views) if p]
+    if not loaded.objects and not b.problems:
+        b.problems.append(Problem(str(loaded.root), "repository", "no feature views found",
+                                  "declare FeatureView objects at module level in .py files of the repo"))
+    if b.problems:
+        return None, b.problems
+    dedup = lambda items: sorted({i.name: i for i in items}.values(), key=lambda i: i.name)  # noqa: E731
+    return Plan(entities=dedup(ent_plans), sources=dedup(src_plans), views=dedup(view_plans)), []

@@ -1,0 +1,22 @@
+"""What users write: entities, sources, feature views and their features.
+
+Definitions are immutable plain data. Constructing one performs no I/O and never
+raises for semantic problems: `featurestore.compile` validates a whole repository
+and reports every problem at once.
+"""
+
+from featurestore.definitions.entity import Entity
+from featurestore.definitions.features import AGGREGATION_FUNCTIONS, Aggregation, Feature, Field, Transform
+from featurestore.definitions.source import KafkaSource
+from featurestore.definitions.view import FeatureView
+
+__all__ = [
+    "AGGREGATION_FUNCTIONS",
+    "Aggregation",
+    "Entity",
+    "Feature",
+    "FeatureView",
+    "Field",
+    "KafkaSource",
+    "Transform",
+]

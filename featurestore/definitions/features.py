@@ -1,0 +1,93 @@
+"""Features of a view: row-level (`Field`, `Transform`) and windowed (`Aggregation`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+#: Aggregation functions available over event-time windows.
+AGGREGATION_FUNCTIONS: tuple[str, ...] = ("count", "sum", "mean", "min", "max", "last")
+
+
+def window_label(window: timedelta) -> str:
+    """Short suffix for a window: 1h, 30m, 7d, 90s."""
+    seconds = int(window.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+@dataclass(frozen=True, init=False)
+class Field:
+    """The latest value (by event time) of an event field, served as feature `name`."""
+
+    column: str
+    name: str
+
+    def __init__(self, column: str, name: str | None = None) -> None:
+        object.__setattr__(self, "column", column)
+        object.__setattr__(self, "name", name if name is not None else column)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return (self.name,)
+
+
+@dataclass(frozen=True, init=False)
+class Transform:
+    """The latest value of `udf(event)`, a pure function referenced by its import path.
+
+    The function must be defined at module level in the feature repository (it is
+    imported by the stream processor, never pickled) and annotate its return type.
+    """
+
+    name: str
+    udf: Callable[[Any], Any]
+
+    def __init__(self, name: str, udf: Callable[[Any], Any]) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "udf", udf)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return (self.name,)
+
+
+@dataclass(frozen=True, init=False)
+class Aggregation:
+    """`function` of `column` over each event-time window: one feature per window.
+
+    Feature names are `<name>_<window>`, `name` defaulting to `<column>_<function>`:
+    `Aggregation("amount", "sum", windows=[timedelta(hours=1)])` gives `amount_sum_1h`.
+    """
+
+    column: str
+    function: str
+    windows: tuple[timedelta, ...]
+    name: str
+
+    def __init__(
+        self,
+        column: str,
+        function: str,
+        windows: Sequence[timedelta] = (),
+        name: str | None = None,
+    ) -> None:
+        object.__setattr__(self, "column", column)
+        object.__setattr__(self, "function", function)
+        wins = (windows,) if isinstance(windows, timedelta) else tuple(windows)
+        object.__setattr__(self, "windows", wins)
+        object.__setattr__(self, "name", name if name is not None else f"{column}_{function}")
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(
+            f"{self.name}_{window_label(w)}" if isinstance(w, timedelta) else f"{self.name}_?"
+            for w in self.windows
+        )
+
+
+Feature = Field | Transform | Aggregation

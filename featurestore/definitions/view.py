@@ -1,0 +1,52 @@
+"""FeatureView: features of one or more entities computed from one source."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from featurestore.definitions.entity import Entity
+from featurestore.definitions.source import KafkaSource
+
+
+@dataclass(frozen=True, init=False)
+class FeatureView:
+    """Features of `entities` computed from the events of `source`.
+
+    `ttl`: a value whose newest event is older than this reads as missing, online and
+    offline (None: never expires).
+    """
+
+    name: str
+    entities: tuple[Entity, ...]
+    source: KafkaSource
+    features: tuple[Any, ...]
+    ttl: timedelta | None
+    owner: str
+    description: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def __init__(
+        self,
+        name: str,
+        entities: Sequence[Entity],
+        source: KafkaSource,
+        features: Sequence[Any],
+        ttl: timedelta | None = None,
+        owner: str = "",
+        description: str = "",
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "entities", tuple(entities))
+        object.__setattr__(self, "source", source)
+        object.__setattr__(self, "features", tuple(features))
+        object.__setattr__(self, "ttl", ttl)
+        object.__setattr__(self, "owner", owner)
+        object.__setattr__(self, "description", description)
+        object.__setattr__(self, "tags", dict(tags or {}))
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.entities, self.source, self.features))

@@ -1,0 +1,71 @@
+"""Exceptions raised by the feature store.
+
+Every error the library raises on purpose derives from one root::
+
+    FeatureStoreError
+    ├── DefinitionError          a definition object was built with bad arguments
+    ├── ValidationFailed         compiling a repo found problems (all of them, in .problems)
+    ├── RegistryError            nothing applied yet, unknown version, corrupt registry
+    ├── ConfigError              invalid settings (file, environment or arguments)
+    ├── FeatureRequestError      bad feature reference, missing join key, bad entity frame
+    ├── ServiceError             an embedded service (broker, Redis) failed to start
+    └── StoreUnavailable         Kafka, Redis or the offline folder cannot be reached
+
+Errors carry their context on attributes so callers and the CLI can print one clear
+line without a traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class FeatureStoreError(Exception):
+    """Root of every error raised by featurestore on purpose."""
+
+
+class DefinitionError(FeatureStoreError, ValueError):
+    """A definition (Entity, KafkaSource, FeatureView, feature) got invalid arguments."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a feature repository, with where it is and how to fix it."""
+
+    file: str
+    obj: str
+    message: str
+    fix: str = ""
+
+    def __str__(self) -> str:
+        fix = f" Fix: {self.fix}" if self.fix else ""
+        return f"{self.file}: {self.obj}: {self.message}.{fix}"
+
+
+class ValidationFailed(FeatureStoreError):
+    """Compiling a feature repository found one or more problems."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{len(problems)} problem(s) in the feature repository:\n{lines}")
+
+
+class RegistryError(FeatureStoreError):
+    """The registry has no applied version, or the requested version does not exist."""
+
+
+class ConfigError(FeatureStoreError):
+    """Settings are invalid."""
+
+
+class FeatureRequestError(FeatureStoreError, ValueError):
+    """A feature request is malformed: unknown reference, missing join key, bad entity rows."""
+
+
+class ServiceError(FeatureStoreError):
+    """An embedded service could not be started or stopped."""
+
+
+class StoreUnavailable(FeatureStoreError):
+    """Kafka, Redis or the offline store could not be reached."""

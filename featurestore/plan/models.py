@@ -1,0 +1,121 @@
+"""Pydantic models of the compiled plan (serialisable, versioned, hashed)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict
+
+PLAN_FORMAT_VERSION = 1
+
+
+#: Value types of keys, columns and features.
+DType = Literal["int", "float", "str", "bool", "datetime"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KeySpec(_Frozen):
+    """One join key and its type."""
+
+    name: str
+    dtype: DType
+
+
+class EntityPlan(_Frozen):
+    name: str
+    join_keys: list[str]
+    description: str = ""
+
+
+class SourcePlan(_Frozen):
+    """A Kafka topic and how to decode its events."""
+
+    name: str
+    topic: str
+    schema_ref: str
+    """Import path `module:QualName` of the pydantic event model."""
+    event_schema: dict[str, Any]
+    timestamp_field: str
+    dead_letter_topic: str
+    description: str = ""
+
+
+class RowFeaturePlan(_Frozen):
+    """Latest value of an event field (`column`) or of a function of the event (`udf_ref`)."""
+
+    name: str
+    kind: Literal["field", "transform"]
+    column: str | None = None
+    udf_ref: str | None = None
+    dtype: DType
+
+
+class AggregationPlan(_Frozen):
+    """`function` of `column` over a window of `window_ms`, kept in tiles of `tile_ms`."""
+
+    name: str
+    column: str
+    function: Literal["count", "sum", "mean", "min", "max", "last"]
+    window_ms: int
+    tile_ms: int
+    dtype: DType
+    """Type of the input column."""
+
+
+class ViewPlan(_Frozen):
+    name: str
+    entities: list[str]
+    join_keys: list[KeySpec]
+    source: str
+    ttl_ms: int | None
+    row_features: list[RowFeaturePlan]
+    aggregations: list[AggregationPlan]
+    owner: str = ""
+    description: str = ""
+    tags: dict[str, str] = {}
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.row_features] + [a.name for a in self.aggregations]
+
+    @property
+    def history_columns(self) -> list[tuple[str, DType]]:
+        """Value columns kept in the offline history: row features then aggregation inputs."""
+        cols: dict[str, DType] = {f.name: f.dtype for f in self.row_features}
+        for agg in self.aggregations:
+            cols.setdefault(agg.column, agg.dtype)
+        return list(cols.items())
+
+
+class Plan(_Frozen):
+    """Everything the runtime, stores and client need, and nothing from user code but import paths."""
+
+    format_version: int = PLAN_FORMAT_VERSION
+    entities: list[EntityPlan]
+    sources: list[SourcePlan]
+    views: list[ViewPlan]
+
+    def to_json(self) -> bytes:
+        """Canonical JSON (sorted keys), the basis of the content hash."""
+        return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
+
+    @property
+    def content_hash(self) -> str:
+        return hashlib.sha256(self.to_json()).hexdigest()
+
+    def view(self, name: str) -> ViewPlan:
+        for v in self.views:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+    def source(self, name: str) -> SourcePlan:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        raise KeyError(name)
