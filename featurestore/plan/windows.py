@@ -47,3 +47,14 @@ def window_tiles(t_ms: int, window_ms: int, tile_ms: int) -> range:
     """Indices of the tiles merged for a read of this window at `t_ms`."""
     last = tile_index(t_ms, tile_ms)
     return range(last - window_ms // tile_ms + 1, last + 1)
+
+
+#: Per-tile statistics each aggregation function needs.
+STATS_FOR_FUNCTION: dict[str, tuple[str, ...]] = {
+    "count": ("c",),
+    "sum": ("s",),
+    "mean": ("s", "c"),
+    "min": ("m",),
+    "max": ("M",),
+    "last": ("l",),
+}

@@ -1,0 +1,222 @@
+"""FeatureStore: the SDK users call from inference and training code."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import redis
+
+from featurestore.client.responses import OnlineResponse, TrainingSet
+from featurestore.config import Settings, load_settings
+from featurestore.errors import FeatureRequestError, StoreUnavailable
+from featurestore.offline.point_in_time import point_in_time_features
+from featurestore.online.reader import OnlineReader, ViewRequest
+from featurestore.plan import Plan, ViewPlan
+from featurestore.registry import FileRegistry
+from featurestore.runtime.decode import to_epoch_ms
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+_UNIT_MS = {"s": (1000, 1), "ms": (1, 1), "us": (1, 1000), "ns": (1, 1_000_000)}
+
+
+class FeatureStore:
+    """Reads the features applied in a feature repository.
+
+    `FeatureStore("feature_defs")` uses the repo's applied registry version and settings
+    (arguments > environment > featurestore.yaml > defaults).
+    """
+
+    def __init__(self, repo_path: Path | str = ".", settings: Settings | None = None, **overrides: Any) -> None:
+        self.repo_path = Path(repo_path)
+        self.settings = settings.resolved(self.repo_path) if settings else load_settings(self.repo_path, **overrides)
+        self.registry = FileRegistry(self.settings.registry_root)
+        self._plan: Plan | None = None
+        self._redis: redis.Redis | None = None
+
+    # -- metadata -------------------------------------------------------------------
+    @property
+    def plan(self) -> Plan:
+        """The applied plan (loaded once; call refresh() to see a newer apply)."""
+        if self._plan is None:
+            self._plan = self.registry.current_plan()
+        return self._plan
+
+    def refresh(self) -> None:
+        self._plan = None
+
+    def list_feature_views(self) -> list[str]:
+        return [v.name for v in self.plan.views]
+
+    def list_features(self) -> list[str]:
+        return [f"{v.name}:{f}" for v in self.plan.views for f in v.feature_names]
+
+    def _resolve(self, features: Sequence[str]) -> list[tuple[ViewPlan, str]]:
+        if isinstance(features, str) or not features:
+            raise FeatureRequestError('features must be a non-empty list of "view:feature" references')
+        out = []
+        views = {v.name: v for v in self.plan.views}
+        for ref in features:
+            view_name, sep, name = ref.partition(":")
+            if not sep or view_name not in views:
+                raise FeatureRequestError(
+                    f"unknown feature reference {ref!r}: expected 'view:feature' with view one of {sorted(views)}"
+                )
+            if name not in views[view_name].feature_names:
+                raise FeatureRequestError(
+                    f"view '{view_name}' has no feature '{name}' (features: {', '.join(views[view_name].feature_names)})"
+                )
+            out.append((views[view_name], name))
+        return out
+
+    @staticmethod
+    def _output_names(resolved: list[tuple[ViewPlan, str]], full: bool) -> list[str]:
+        names = [f"{v.name}__{n}" if full else n for v, n in resolved]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise FeatureRequestError(
+                f"feature names {sorted(dupes)} are ambiguous across views; pass full_feature_names=True"
+            )
+        return names
+
+    # -- online ----------------------------------------------------------------------
+    @property
+    def redis(self) -> redis.Redis:
+        if self._redis is None:
+            self._redis = redis.Redis.from_url(self.settings.redis_url)
+        return self._redis
+
+    def get_online_features(
+        self,
+        features: Sequence[str],
+        entity_rows: Sequence[Mapping[str, Any]],
+        full_feature_names: bool = False,
+        at: dt.datetime | None = None,
+    ) -> OnlineResponse:
+        """Current feature values for each entity row, in one Redis round trip.
+
+        `at` evaluates windows and TTL as of that instant instead of now; it is meant for
+        reproducible reads at or after the newest processed event.
+        """
+        resolved = self._resolve(features)
+        names = self._output_names(resolved, full_feature_names)
+        t_ms = to_epoch_ms(at) if at is not None else int(time.time() * 1000)
+        grouped: dict[str, list[str]] = {}
+        for view, name in resolved:
+            grouped.setdefault(view.name, []).append(name)
+        views = {v.name: v for v, _ in resolved}
+        requests = [
+            ViewRequest(views[vn], feats, [self._key(views[vn], row, i) for i, row in enumerate(entity_rows)])
+            for vn, feats in grouped.items()
+        ]
+        try:
+            results = OnlineReader(self.redis, self.settings.project, self.plan).read(requests, t_ms)
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"online store {self.settings.redis_url}: {exc}") from None
+        columns: dict[str, list[Any]] = {}
+        for view, _ in resolved:
+            for k in view.join_keys:
+                columns.setdefault(k.name, [row.get(k.name) for row in entity_rows])
+        by_feature = {(req.view.name, f): res[f] for req, res in zip(requests, results) for f in req.features}
+        for (view, name), out in zip(resolved, names):
+            columns[out] = by_feature[(view.name, name)]
+        return OnlineResponse(columns)
+
+    @staticmethod
+    def _key(view: ViewPlan, row: Mapping[str, Any], index: int) -> tuple[Any, ...]:
+        key = []
+        for spec in view.join_keys:
+            if spec.name not in row:
+                raise FeatureRequestError(f"entity row {index} lacks join key '{spec.name}' needed by view '{view.name}'")
+            value = row[spec.name]
+            if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+                value = value.item()  # numpy scalars
+            ok = isinstance(value, str) if spec.dtype == "str" else isinstance(value, int) and not isinstance(value, bool)
+            if not ok:
+                raise FeatureRequestError(
+                    f"entity row {index}: join key '{spec.name}' must be {spec.dtype}, got {type(value).__name__} {value!r}"
+                )
+            key.append(value)
+        return tuple(key)
+
+    # -- offline ----------------------------------------------------------------------
+    def get_historical_features(
+        self,
+        entity_df: pd.DataFrame | pa.Table,
+        features: Sequence[str],
+        timestamp_column: str = "event_timestamp",
+        full_feature_names: bool = False,
+    ) -> TrainingSet:
+        """Point-in-time correct features for each entity row as of its timestamp."""
+        resolved = self._resolve(features)
+        names = self._output_names(resolved, full_feature_names)
+        table = _as_table(entity_df)
+        if timestamp_column not in table.column_names:
+            raise FeatureRequestError(
+                f"entity_df has no timestamp column '{timestamp_column}' (columns: {', '.join(table.column_names)})"
+            )
+        t_ms = _to_epoch_ms(table[timestamp_column], timestamp_column)
+        grouped: dict[str, list[str]] = {}
+        for view, name in resolved:
+            grouped.setdefault(view.name, []).append(name)
+        views = {v.name: v for v, _ in resolved}
+        values: dict[tuple[str, str], pa.ChunkedArray] = {}
+        for vn, feats in grouped.items():
+            view = views[vn]
+            missing = [k.name for k in view.join_keys if k.name not in table.column_names]
+            if missing:
+                raise FeatureRequestError(f"entity_df lacks join key(s) {missing} needed by view '{vn}'")
+            keys = table.select([k.name for k in view.join_keys])
+            result = point_in_time_features(self.settings.offline_root, view, feats, keys, t_ms)
+            for f in feats:
+                values[(vn, f)] = result[f]
+        out = table
+        for (view, name), col in zip(resolved, names):
+            out = out.append_column(col, values[(view.name, name)])
+        return TrainingSet(out)
+
+    def close(self) -> None:
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
+
+
+def _as_table(entity_df: Any) -> pa.Table:
+    if isinstance(entity_df, pa.Table):
+        return entity_df
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover
+        pd = None
+    if pd is not None and isinstance(entity_df, pd.DataFrame):
+        return pa.Table.from_pandas(entity_df, preserve_index=False)
+    raise FeatureRequestError(f"entity_df must be a pandas DataFrame or a pyarrow Table, got {type(entity_df).__name__}")
+
+
+def _to_epoch_ms(col: pa.ChunkedArray, name: str) -> pa.Array:
+    typ = col.type
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        import pandas as pd
+
+        try:
+            col = pa.chunked_array([pa.array(pd.to_datetime(col.to_pandas(), utc=True))])
+        except (ValueError, TypeError) as exc:
+            raise FeatureRequestError(f"entity_df column '{name}' has unparseable timestamps: {exc}") from None
+        typ = col.type
+    if pa.types.is_date(typ):
+        col = col.cast(pa.timestamp("ms"))
+        typ = col.type
+    if not pa.types.is_timestamp(typ):
+        raise FeatureRequestError(f"entity_df column '{name}' must hold timestamps, got {typ}")
+    if col.null_count:
+        raise FeatureRequestError(f"entity_df column '{name}' has {col.null_count} null timestamps")
+    mul, div = _UNIT_MS[typ.unit]
+    raw = col.combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)
+    return pa.array(np.floor_divide(raw * mul, div), pa.int64())

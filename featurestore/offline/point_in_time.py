@@ -1,0 +1,130 @@
+"""Point-in-time correct feature values from the Parquet history, computed by DuckDB.
+
+For an entity row with timestamp t (epoch ms) and a view with TTL:
+- the entity is *alive* if its newest event with event time <= t is at most TTL old
+  (t - ts <= TTL); otherwise every feature of the view is NULL;
+- a row-level feature is the value of that newest event (ties: higher partition, offset);
+- an aggregation over window W with tiles of B covers events with
+  ceil(t / B) * B - W < ts <= t, exactly as the online store merges tiles.
+Events with ts > t are never used: no value from the future.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from featurestore.offline.history import ARROW_TYPES, has_history, history_glob
+from featurestore.plan import AggregationPlan, ViewPlan
+
+_SQL_TYPES = {"int": "BIGINT", "float": "DOUBLE", "str": "VARCHAR", "bool": "BOOLEAN", "datetime": "TIMESTAMPTZ"}
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _window_start(agg: AggregationPlan) -> str:
+    b, w = agg.tile_ms, agg.window_ms
+    return f"((e._t // {b} + (e._t % {b} > 0)::BIGINT) * {b} - {w})"
+
+
+def _agg_sql(agg: AggregationPlan) -> str:
+    col = f"h.{_q(agg.column)}"
+    cond = f"FILTER (WHERE h._ts > {_window_start(agg)} AND {col} IS NOT NULL)"
+    f = agg.function
+    if f == "count":
+        return f"count({col}) {cond}"
+    if f == "sum":
+        zero = "0" if agg.dtype in ("int", "bool") else "0.0"
+        target = "BIGINT" if agg.dtype in ("int", "bool") else "DOUBLE"
+        return f"coalesce(sum({col}::{target}) {cond}, {zero})::{target}"
+    if f == "mean":
+        return f"(sum({col}::DOUBLE) {cond}) / nullif(count({col}) {cond}, 0)"
+    if f in ("min", "max"):
+        return f"{f}({col}) {cond}"
+    return f"arg_max({col}, h._seq) {cond}"
+
+
+def _view_query(view: ViewPlan, features: Sequence[str], glob: str) -> str:
+    keys = [k.name for k in view.join_keys]
+    rows = {r.name: r for r in view.row_features}
+    aggs = [a for a in view.aggregations if a.name in features]
+    key_eq = " AND ".join(f"e.{_q(k)} = h.{_q(k)}" for k in keys)
+    hist_cols = ", ".join(_q(c) for c in keys + [name for name, _ in view.history_columns])
+    want_rows = [n for n in features if n in rows]
+    ttl = f"l._t - l._latest <= {view.ttl_ms}" if view.ttl_ms is not None else "TRUE"
+    sql = f"""
+    WITH h AS (
+        SELECT {hist_cols}, epoch_ms(event_timestamp) AS _ts, _partition, _offset,
+               row_number() OVER (ORDER BY epoch_ms(event_timestamp), _partition, _offset) AS _seq
+        FROM read_parquet('{glob}', hive_partitioning = true, union_by_name = true)
+    ),
+    newest AS (
+        SELECT * FROM h
+        QUALIFY row_number() OVER (PARTITION BY {', '.join(_q(k) for k in keys)}, _ts
+                                   ORDER BY _partition DESC, _offset DESC) = 1
+    ),
+    latest AS (
+        SELECT e._row, e._t, h._ts AS _latest{''.join(f', h.{_q(n)} AS {_q("r_" + n)}' for n in want_rows)}
+        FROM e ASOF LEFT JOIN newest h ON {key_eq} AND e._t >= h._ts
+    )"""
+    if aggs:
+        lower = "least(" + ", ".join(_window_start(a) for a in aggs) + ")" if len(aggs) > 1 else _window_start(aggs[0])
+        sql += f""",
+    windowed AS (
+        SELECT e._row{''.join(f', {_agg_sql(a)} AS {_q("a_" + a.name)}' for a in aggs)}
+        FROM e LEFT JOIN h ON {key_eq} AND h._ts <= e._t AND h._ts > {lower}
+        GROUP BY e._row
+    )"""
+    select = []
+    for name in features:
+        src = f'l.{_q("r_" + name)}' if name in rows else f'w.{_q("a_" + name)}'
+        select.append(f"CASE WHEN l._latest IS NOT NULL AND {ttl} THEN {src} END AS {_q(name)}")
+    sql += f"""
+    SELECT {', '.join(select)}
+    FROM latest l {'JOIN windowed w USING (_row)' if aggs else ''}
+    ORDER BY l._row
+    """
+    return sql
+
+
+def point_in_time_features(
+    offline_root: Path,
+    view: ViewPlan,
+    features: Sequence[str],
+    keys: pa.Table,
+    t_ms: pa.Array,
+    con: duckdb.DuckDBPyConnection | None = None,
+) -> pa.Table:
+    """Feature values of `view` for each row of `keys` (join key columns) at times `t_ms` (int64 ms).
+
+    Returns a table with one column per feature, rows in the input order.
+    """
+    types = {f.name: f.dtype for f in view.row_features} | {a.name: a.dtype for a in view.aggregations}
+    if not has_history(offline_root, view.name):
+        return pa.table({n: pa.nulls(len(keys), _result_type(view, n, types[n])) for n in features})
+    con = con or duckdb.connect()
+    e = keys.append_column("_t", t_ms).append_column("_row", pa.array(range(len(keys)), pa.int64()))
+    casts = ", ".join(f"CAST({_q(k.name)} AS {_SQL_TYPES[k.dtype]}) AS {_q(k.name)}" for k in view.join_keys)
+    con.register("entity_input", e)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE e AS SELECT {casts}, _t, _row FROM entity_input")
+    con.unregister("entity_input")
+    relation = con.sql(_view_query(view, features, history_glob(offline_root, view.name)))
+    fetch = getattr(relation, "to_arrow_table", None) or relation.arrow  # DuckDB 2.x / 1.x
+    return fetch()
+
+
+def _result_type(view: ViewPlan, name: str, dtype: str) -> pa.DataType:
+    for a in view.aggregations:
+        if a.name == name:
+            if a.function == "count":
+                return pa.int64()
+            if a.function == "mean":
+                return pa.float64()
+            if a.function == "sum":
+                return pa.int64() if dtype in ("int", "bool") else pa.float64()
+    return ARROW_TYPES[dtype]

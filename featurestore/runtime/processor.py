@@ -1,0 +1,208 @@
+"""The stream processor: consume a batch, decode, write Redis, buffer Parquet, checkpoint.
+
+Checkpoint order (one place): Parquet history flushed (atomic renames) -> dead letters
+flushed to Kafka -> consumer offsets committed. Online writes happen per batch, before
+the checkpoint that covers them. A crash between a write and the commit replays the
+uncommitted records: delivery is at least once in this version.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+
+from featurestore.config import Settings
+from featurestore.errors import StoreUnavailable
+from featurestore.offline.history import HistoryWriter
+from featurestore.online.writer import OnlineWriter
+from featurestore.plan import Plan
+from featurestore.records import ViewRows
+from featurestore.runtime.decode import DeadLetter, Decoder, RawRecord
+from featurestore.runtime.kafka import consumer_config, ensure_topics, producer_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProcessorStats:
+    """Counters of one processor run."""
+
+    records: int = 0
+    events: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+    entity_writes: int = 0
+    history_rows: int = 0
+    checkpoints: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def dead_lettered(self) -> int:
+        return sum(self.dead_letters.values())
+
+
+class StreamProcessor:
+    """Executes a plan against Kafka, Redis and the Parquet history (confluent-kafka engine)."""
+
+    def __init__(self, plan: Plan, settings: Settings) -> None:
+        self.plan = plan
+        self.settings = settings
+        skew_ms = int(settings.max_future_skew_s * 1000)
+        self.decoders = {s.topic: Decoder(plan, s, skew_ms) for s in plan.sources if _has_views(plan, s.name)}
+        self.dead_letter_topics = {s.topic: s.dead_letter_topic for s in plan.sources}
+        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.online = OnlineWriter(self.redis, settings.project, plan, skew_ms)
+        self.history = HistoryWriter(Path(settings.offline_root), plan)
+        self.stats = ProcessorStats()
+        self._stop = threading.Event()
+        self._offsets: dict[tuple[str, int], int] = {}
+        self._eof: dict[tuple[str, int], int] = {}
+        self._last_checkpoint = time.monotonic()
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to finish its batch, checkpoint and return (thread/signal safe)."""
+        self._stop.set()
+
+    def run(
+        self,
+        until_caught_up: bool = False,
+        on_batch: Callable[[ProcessorStats], None] | None = None,
+    ) -> ProcessorStats:
+        """Process until stop() (or, with until_caught_up, until every record that was in the
+        source topics at start has been processed). Always ends with a checkpoint."""
+        self._check_redis()
+        ensure_topics(self.settings, self.dead_letter_topics.values())
+        consumer = self._consumer = Consumer(consumer_config(self.settings), logger=log)
+        self._producer = Producer(producer_config(self.settings), logger=log)
+        topics = list(self.decoders)
+        targets = self._end_offsets(consumer, topics) if until_caught_up else {}
+        consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        try:
+            while not self._stop.is_set():
+                msgs = consumer.consume(self.settings.batch_size, self.settings.batch_timeout_s)
+                if msgs:
+                    self._process(msgs)
+                    if on_batch:
+                        on_batch(self.stats)
+                if time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s:
+                    self.checkpoint()
+                if until_caught_up and self._caught_up(targets):
+                    break
+        finally:
+            self.checkpoint()
+            consumer.close()
+            self._producer.flush(30)
+        return self.stats
+
+    # -- helpers -----------------------------------------------------------------------
+    def _check_redis(self) -> None:
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"Redis at {self.settings.redis_url} is unreachable: {exc}") from None
+
+    def _end_offsets(self, consumer: Consumer, topics: list[str]) -> dict[tuple[str, int], int]:
+        """High watermarks at start (a lower bound on some brokers; EOF events complete it)."""
+        meta = consumer.list_topics(timeout=15)
+        targets: dict[tuple[str, int], int] = {}
+        for topic in topics:
+            tmeta = meta.topics.get(topic)
+            if tmeta is None or tmeta.error is not None:
+                raise StoreUnavailable(
+                    f"topic '{topic}' does not exist on {self.settings.kafka_bootstrap_servers}; create it or produce to it first"
+                )
+            for p in tmeta.partitions:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)
+                targets[(topic, p)] = high
+        return targets
+
+    def _caught_up(self, targets: dict[tuple[str, int], int]) -> bool:
+        """Every partition reported end-of-partition at or beyond its start watermark.
+
+        End-of-partition is signalled when a fetch finds nothing more, so it is exact even
+        when a broker under-reports its high watermarks."""
+        return all(self._eof.get(tp, -1) >= high for tp, high in targets.items())
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("revoked %s", [(p.topic, p.partition) for p in partitions])
+        self.checkpoint()
+        for p in partitions:
+            self._eof.pop((p.topic, p.partition), None)
+
+    def _process(self, msgs: list[Message]) -> None:
+        by_topic: dict[str, list[RawRecord]] = {}
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self._eof[(m.topic(), m.partition())] = m.offset()
+                else:
+                    log.warning("kafka: %s", err)
+                continue
+            by_topic.setdefault(m.topic(), []).append(RawRecord(m.partition(), m.offset(), m.key(), m.value()))
+            self._offsets[(m.topic(), m.partition())] = m.offset() + 1
+        now_ms = int(time.time() * 1000)
+        batches: list[ViewRows] = []
+        dead: list[DeadLetter] = []
+        for topic, records in by_topic.items():
+            rows, bad = self.decoders[topic].decode(records, now_ms)
+            batches.extend(rows)
+            dead.extend(bad)
+            self.stats.records += len(records)
+            self.stats.events += len(records) - len(bad)
+        self._write(batches, dead)
+
+    def _write(self, batches: list[ViewRows], dead: list[DeadLetter]) -> None:
+        if batches:
+            self.stats.entity_writes += self.online.write(batches)
+            for rows in batches:
+                self.history.append(rows)
+        for d in dead:
+            self.stats.dead_letters[d.reason] = self.stats.dead_letters.get(d.reason, 0) + 1
+            assert self._producer is not None
+            self._producer.produce(
+                self.dead_letter_topics[d.topic],
+                value=d.value,
+                key=d.key,
+                headers=[
+                    ("error", d.reason.encode()),
+                    ("error.detail", d.detail.encode()),
+                    ("source.topic", d.topic.encode()),
+                    ("source.partition", str(d.partition).encode()),
+                    ("source.offset", str(d.offset).encode()),
+                ],
+            )
+            self._producer.poll(0)
+        self.stats.batches += 1
+
+    def checkpoint(self) -> None:
+        """Make everything processed durable, then commit the offsets that cover it."""
+        self.stats.history_rows += self.history.pending
+        self.history.flush()
+        if self._producer is not None:
+            remaining = self._producer.flush(30)
+            if remaining:
+                raise StoreUnavailable(f"{remaining} dead letters not delivered; offsets not committed")
+        if self._offsets and self._consumer is not None:
+            offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+            self._offsets.clear()
+        self._last_checkpoint = time.monotonic()
+        self.stats.checkpoints += 1
+
+
+def _has_views(plan: Plan, source: str) -> bool:
+    return any(v.source == source for v in plan.views)
