@@ -1,0 +1,1 @@
+"""The `featurestore` command line: thin commands over compile, registry, runtime and client."""

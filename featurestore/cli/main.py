@@ -1,0 +1,335 @@
+"""`featurestore` commands. Expected failures print one line (or the list of problems) and exit 1."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from featurestore.errors import FeatureStoreError, ValidationFailed
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Streaming feature store: definitions -> Kafka -> Redis + Parquet.")
+registry_app = typer.Typer(no_args_is_help=True, help="Inspect and restore applied registry versions.")
+dev_app = typer.Typer(help="Embedded broker + Redis for development (foreground; Ctrl-C stops).")
+app.add_typer(registry_app, name="registry")
+app.add_typer(dev_app, name="dev")
+
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+RepoOpt = Annotated[Path, typer.Option("--repo", "-r", envvar="FEATURESTORE_REPO", help="Feature repository folder.")]
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn expected failures into one clear line on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from confluent_kafka import KafkaException
+
+        try:
+            return fn(*args, **kwargs)
+        except ValidationFailed as exc:
+            err_console.print(f"[red]error:[/red] {len(exc.problems)} problem(s) in the feature repository:", highlight=False)
+            for p in exc.problems:
+                err_console.print(f"  - {p}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except FeatureStoreError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KafkaException as exc:
+            err_console.print(f"[red]error:[/red] Kafka: {exc.args[0].str() if exc.args else exc}", highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings(repo: Path) -> Any:
+    from featurestore.config import load_settings
+
+    return load_settings(repo)
+
+
+# -- plan / apply -----------------------------------------------------------------------
+@app.command()
+@friendly_errors
+def plan(repo: RepoOpt = Path(".")) -> None:
+    """Validate the repository and show what `apply` would change."""
+    from featurestore.compile import compile_repo, diff_plans
+    from featurestore.registry import FileRegistry
+
+    new = compile_repo(repo)
+    registry = FileRegistry(_settings(repo).registry_root)
+    latest = registry.latest()
+    diff = diff_plans(latest.plan if latest else None, new)
+    base = f"version {latest.version}" if latest else "an empty registry"
+    if diff.empty:
+        console.print(f"No changes against {base}.")
+        return
+    console.print(f"Changes against {base}:")
+    for line in diff.lines():
+        console.print(f"  {line}", highlight=False, markup=False)
+
+
+@app.command()
+@friendly_errors
+def apply(repo: RepoOpt = Path(".")) -> None:
+    """Validate the repository and record it as a new registry version (safe to re-run)."""
+    from featurestore.compile import compile_repo
+    from featurestore.registry import FileRegistry
+
+    new = compile_repo(repo)
+    registry = FileRegistry(_settings(repo).registry_root)
+    version = registry.apply(new)
+    if version is None:
+        latest = registry.latest()
+        console.print(f"No changes: version {latest.version if latest else '?'} is current.")
+        return
+    console.print(f"Applied version {version.version} ({version.content_hash[:12]}) to {registry.path}")
+    for line in version.diff:
+        console.print(f"  {line}", highlight=False, markup=False)
+
+
+# -- registry -----------------------------------------------------------------------------
+@registry_app.command("list")
+@friendly_errors
+def registry_list(repo: RepoOpt = Path(".")) -> None:
+    """List applied versions."""
+    from featurestore.registry import FileRegistry
+
+    versions = FileRegistry(_settings(repo).registry_root).versions()
+    if not versions:
+        console.print("Nothing applied yet.")
+        return
+    table = Table("version", "applied at (UTC)", "hash", "views", "changes", "note")
+    for v in versions:
+        table.add_row(str(v.version), f"{v.applied_at:%Y-%m-%d %H:%M:%S}", v.content_hash[:12],
+                      str(len(v.plan.views)), str(len(v.diff)), v.note)
+    console.print(table)
+
+
+@registry_app.command("show")
+@friendly_errors
+def registry_show(version: int, repo: RepoOpt = Path(".")) -> None:
+    """Print the plan recorded as VERSION (JSON)."""
+    from featurestore.registry import FileRegistry
+
+    v = FileRegistry(_settings(repo).registry_root).get(version)
+    sys.stdout.write(v.plan.to_json().decode() + "\n")
+
+
+@registry_app.command("restore")
+@friendly_errors
+def registry_restore(version: int, repo: RepoOpt = Path(".")) -> None:
+    """Make VERSION's plan current again (recorded as a new version)."""
+    from featurestore.registry import FileRegistry
+
+    v = FileRegistry(_settings(repo).registry_root).restore(version)
+    console.print(f"Version {version} is already current." if v is None else f"Restored version {version} as version {v.version}.")
+
+
+# -- run ---------------------------------------------------------------------------------------
+@app.command()
+@friendly_errors
+def run(
+    repo: RepoOpt = Path("."),
+    until_caught_up: Annotated[bool, typer.Option("--until-caught-up", help="Exit once every record present at start is processed.")] = False,
+) -> None:
+    """Run the stream processors of the applied plan (Ctrl-C stops cleanly)."""
+    from featurestore.compile.loader import ensure_importable
+    from featurestore.registry import FileRegistry
+    from featurestore.runtime import ProcessorStats, StreamProcessor
+
+    settings = _settings(repo)
+    plan_ = FileRegistry(settings.registry_root).current_plan()
+    ensure_importable(repo)
+    processor = StreamProcessor(plan_, settings)
+    previous = signal.signal(signal.SIGINT, lambda *_: processor.stop())
+    signal.signal(signal.SIGTERM, lambda *_: processor.stop())
+    started = time.monotonic()
+
+    def status(stats: ProcessorStats) -> Table:
+        secs = max(time.monotonic() - started, 1e-9)
+        t = Table.grid(padding=(0, 2))
+        t.add_row("records", f"{stats.records:,}", "events/s", f"{stats.records / secs:,.0f}")
+        dl = ", ".join(f"{k}={v}" for k, v in sorted(stats.dead_letters.items())) or "0"
+        t.add_row("dead letters", dl, "entity writes", f"{stats.entity_writes:,}")
+        return t
+
+    console.print(f"Processing {', '.join(s.topic for s in plan_.sources)} as group {settings.consumer_group} "
+                  f"-> {settings.redis_url} + {settings.offline_root}" + (" (until caught up)" if until_caught_up else " (Ctrl-C to stop)"))
+    try:
+        with Live(status(processor.stats), console=console, refresh_per_second=4, transient=False) as live:
+            stats = processor.run(until_caught_up=until_caught_up, on_batch=lambda s: live.update(status(s)))
+            live.update(status(stats))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    console.print(f"Done: {stats.events:,} events applied, {stats.dead_lettered:,} dead-lettered, "
+                  f"{stats.history_rows:,} history rows written.")
+
+
+# -- reads ----------------------------------------------------------------------------------------
+def _parse_entity(spec: str) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for part in spec.split(","):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"expected key=value, got {part!r}")
+        row[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else value.strip()
+    return row
+
+
+@app.command()
+@friendly_errors
+def online(
+    feature: Annotated[list[str], typer.Option("--feature", "-f", help="view:feature (repeatable).")],
+    entity: Annotated[list[str], typer.Option("--entity", "-e", help="Join keys, e.g. user_id=1 (repeatable).")],
+    repo: RepoOpt = Path("."),
+) -> None:
+    """Print online feature values for some entities."""
+    from featurestore.client import FeatureStore
+
+    store = FeatureStore(repo)
+    resp = store.get_online_features(feature, [_parse_entity(e) for e in entity]).to_dict()
+    _print_columns(resp)
+
+
+def _print_columns(cols: dict[str, list[Any]], title: str | None = None) -> None:
+    table = Table(*cols.keys(), title=title)
+    for row in zip(*cols.values()):
+        table.add_row(*("—" if v is None else f"{v:,.2f}" if isinstance(v, float) else str(v) for v in row))
+    console.print(table)
+
+
+@app.command("training-set")
+@friendly_errors
+def training_set(
+    entities: Annotated[Path, typer.Option("--entities", help="Parquet or CSV file of entity rows.")],
+    feature: Annotated[list[str], typer.Option("--feature", "-f", help="view:feature (repeatable).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Parquet file to write.")],
+    timestamp_column: Annotated[str, typer.Option(help="Timestamp column of the entity rows.")] = "event_timestamp",
+    repo: RepoOpt = Path("."),
+) -> None:
+    """Build a point-in-time correct training set from an entity file and write it as Parquet."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from featurestore.client import FeatureStore
+    from featurestore.errors import FeatureRequestError
+
+    if not entities.exists():
+        raise FeatureRequestError(f"entity file {entities} not found")
+    try:
+        table = pacsv.read_csv(entities) if entities.suffix.lower() == ".csv" else pq.read_table(entities)
+    except Exception as exc:
+        raise FeatureRequestError(f"cannot read entity file {entities}: {exc}") from None
+    with console.status(f"Joining {table.num_rows:,} entity rows with {len(feature)} features in DuckDB..."):
+        started = time.monotonic()
+        result = FeatureStore(repo).get_historical_features(table, feature, timestamp_column=timestamp_column)
+        result.to_parquet(output)
+    console.print(f"Wrote {len(result):,} rows x {result.to_arrow().num_columns} columns to {output} "
+                  f"in {time.monotonic() - started:.2f} s")
+
+
+# -- dev services -------------------------------------------------------------------------------------
+def _dev_state(repo: Path) -> Path:
+    from featurestore.config import STATE_DIR
+
+    return repo / STATE_DIR / "dev.json"
+
+
+@dev_app.callback(invoke_without_command=True)
+@friendly_errors
+def dev(
+    ctx: typer.Context,
+    repo: RepoOpt = Path("."),
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Leave the services running in the background.")] = False,
+    broker_port: Annotated[int, typer.Option(help="Broker port (0: a free one).")] = 0,
+    redis_port: Annotated[int, typer.Option(help="Redis port (0: a free one).")] = 0,
+) -> None:
+    """Start the embedded broker (Tansu) and Redis and print the settings to export."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from featurestore.embedded import DevEnvironment
+
+    state = _dev_state(repo)
+    running = DevEnvironment.load(state)
+    if running and running.broker.alive() and running.redis.alive():
+        console.print("Already running (featurestore dev stop to stop):")
+        _print_exports(running.env())
+        return
+    with console.status("Starting the embedded broker and Redis..."):
+        env = DevEnvironment.start(broker_port or None, redis_port or None, log_dir=repo / ".featurestore" / "logs")
+    env.save(state)
+    console.print(f"Broker (Tansu) pid {env.broker.pid} on {env.broker.address}; Redis pid {env.redis.pid} on {env.redis.address}")
+    _print_exports(env.env())
+    if detach:
+        console.print("Running in the background; stop with: featurestore dev stop")
+        return
+    console.print("Press Ctrl-C to stop.")
+    try:
+        while env.broker.alive() and env.redis.alive():
+            time.sleep(0.5)
+        err_console.print("[red]error:[/red] a service exited; see the logs in .featurestore/logs")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        env.stop()
+        state.unlink(missing_ok=True)
+        console.print("Stopped.")
+
+
+def _print_exports(env: dict[str, str]) -> None:
+    for k, v in env.items():
+        sys.stdout.write(f"export {k}={v}\n")
+
+
+@dev_app.command("stop")
+@friendly_errors
+def dev_stop(repo: RepoOpt = Path(".")) -> None:
+    """Stop the services a detached `featurestore dev` started (and nothing else)."""
+    from featurestore.embedded import DevEnvironment
+
+    state = _dev_state(repo)
+    env = DevEnvironment.load(state)
+    if env is None:
+        console.print("Nothing to stop.")
+        return
+    env.stop()
+    state.unlink(missing_ok=True)
+    console.print(f"Stopped broker pid {env.broker.pid} and Redis pid {env.redis.pid}.")
+
+
+# -- demo -------------------------------------------------------------------------------------------
+@app.command()
+@friendly_errors
+def demo(
+    repo: RepoOpt = Path("feature_defs"),
+    events: Annotated[int, typer.Option(help="Payment events to produce.")] = 20_000,
+) -> None:
+    """End to end: start services, apply, produce payments, process, read online, build a training set."""
+    from featurestore.demo.walkthrough import run_demo
+
+    run_demo(repo, events, console)
+
+
+def main() -> None:
+    """Entry point of the `featurestore` script."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()
