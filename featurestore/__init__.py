@@ -6,7 +6,7 @@ Declare features with `Entity`, `KafkaSource`, `FeatureView`, `Aggregation`, `Fi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any as _Any
 
 from featurestore.definitions import Aggregation, Entity, FeatureView, Field, KafkaSource, Transform
 from featurestore.errors import (
@@ -58,7 +58,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     """Import the client and config lazily so feature modules import only the definitions."""
     if name in _LAZY:
         import importlib

@@ -163,7 +163,7 @@ class _Builder:
         if not ok or ref is None:
             return None
         return SourcePlan(
-            name=src.name, topic=src.topic, schema_ref=ref, event_schema=src.schema.model_json_schema(),
+            name=src.name, topic=src.topic, schema_ref=ref, fields={k: v or "other" for k, v in fields.items()},
             timestamp_field=src.timestamp_field, dead_letter_topic=src.dead_letter_topic, description=src.description,
         )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Literal
+from typing import Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict
@@ -39,7 +39,8 @@ class SourcePlan(_Frozen):
     topic: str
     schema_ref: str
     """Import path `module:QualName` of the pydantic event model."""
-    event_schema: dict[str, Any]
+    fields: dict[str, str]
+    """Event fields and their types ("other" for types features cannot use)."""
     timestamp_field: str
     dead_letter_topic: str
     description: str = ""
