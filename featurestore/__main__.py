@@ -1,0 +1,5 @@
+"""`python -m featurestore` runs the command line."""
+
+from featurestore.cli.main import main
+
+main()

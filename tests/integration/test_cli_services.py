@@ -1,0 +1,80 @@
+"""The CLI against real services: dev up/stop, run --until-caught-up, online, training-set."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import redis
+
+from featurestore.compile import compile_repo
+from featurestore.config import load_settings
+from featurestore.demo import payment_events, produce_records
+from featurestore.runtime.kafka import ensure_topics, producer_config
+from tests.unit.test_cli import cli
+
+pytestmark = pytest.mark.integration
+
+
+def test_dev_starts_and_stops_exactly_its_services(tmp_path: Path) -> None:
+    res = cli("dev", "--detach", "--repo", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    exports = dict(line[len("export "):].split("=", 1) for line in res.stdout.splitlines() if line.startswith("export "))
+    state = json.loads((tmp_path / ".featurestore" / "dev.json").read_text())
+    pids = [state["broker"]["pid"], state["redis"]["pid"]]
+    try:
+        assert redis.Redis.from_url(exports["FEATURESTORE_REDIS_URL"]).ping()
+        from confluent_kafka.admin import AdminClient
+
+        AdminClient({"bootstrap.servers": exports["FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS"]}).list_topics(timeout=10)
+        again = cli("dev", "--detach", "--repo", str(tmp_path))
+        assert "Already running" in again.stdout
+    finally:
+        stop = cli("dev", "stop", "--repo", str(tmp_path))
+    assert stop.returncode == 0 and "Stopped" in stop.stdout
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or b"" == Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert "Nothing to stop" in cli("dev", "stop", "--repo", str(tmp_path)).stdout
+
+
+def test_cli_run_until_caught_up_then_read(example_repo: Path, services, overrides: dict, tmp_path: Path) -> None:
+    env = {
+        **services.env(),
+        "FEATURESTORE_PROJECT": str(overrides["project"]),
+        "FEATURESTORE_CONSUMER_GROUP": str(overrides["consumer_group"]),
+        "FEATURESTORE_KAFKA_OPTIONS": json.dumps(overrides["kafka_options"]),
+    }
+    assert cli("apply", "--repo", str(example_repo), env=env).returncode == 0
+    settings = load_settings(example_repo, **overrides)
+    topic = compile_repo(example_repo).source("payments").topic
+    ensure_topics(settings, [topic], partitions=2)
+    end = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)
+    records = payment_events(1500, end=end, span=dt.timedelta(minutes=30), users=10, seed=5)
+    produce_records(producer_config(settings), topic, records)
+
+    res = cli("run", "--until-caught-up", "--repo", str(example_repo), env=env)
+    assert res.returncode == 0, res.stderr
+    valid = sum(1 for r in records if r.event)
+    assert f"{valid:,} events applied" in res.stdout
+
+    user = records[-1].event["user_id"] if records[-1].event else records[-2].event["user_id"]
+    expected_count = sum(1 for r in records if r.event and r.event["user_id"] == user)
+    out = cli("online", "-f", "user_payments:amount_count_1d", "-e", f"user_id={user}", "--repo", str(example_repo), env=env)
+    assert out.returncode == 0, out.stderr
+    assert str(expected_count) in out.stdout
+
+    entities = tmp_path / "entities.parquet"
+    pd.DataFrame({"user_id": [user, user], "event_timestamp": [end - dt.timedelta(hours=1), end]}).to_parquet(entities)
+    target = tmp_path / "train.parquet"
+    res = cli("training-set", "--entities", str(entities), "-f", "user_payments:amount_count_1d",
+              "-o", str(target), "--repo", str(example_repo), env=env)
+    assert res.returncode == 0, res.stderr
+    got = pd.read_parquet(target)["amount_count_1d"]
+    assert got.isna().tolist() == [True, False], "an hour before the first event the user is unknown"
+    assert got.iloc[1] == expected_count
+
+    bad = cli("online", "-f", "user_payments:nope", "-e", "user_id=1", "--repo", str(example_repo), env=env)
+    assert bad.returncode == 1 and "no feature 'nope'" in bad.stderr and "Traceback" not in bad.stderr

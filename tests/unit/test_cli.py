@@ -1,0 +1,66 @@
+"""The command line as a user runs it: exit codes, one-line errors, no tracebacks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "featurestore", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=full_env, timeout=120)
+
+
+def test_apply_on_a_broken_repo_lists_all_problems_without_traceback() -> None:
+    res = cli("apply", "--repo", str(ROOT / "tests" / "fixtures" / "broken_repo"))
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr + res.stdout
+    assert "problem(s) in the feature repository" in res.stderr
+    problems = [line for line in res.stderr.splitlines() if line.strip().startswith("- ")]
+    assert len(problems) >= 11
+    assert any("defs.py" in p and "FeatureView 'user_clicks'" in p for p in problems)
+    assert any("syntax_error.py" in p for p in problems)
+
+
+def test_plan_apply_and_registry(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "feature_defs", repo, ignore=shutil.ignore_patterns(".featurestore", "__pycache__"))
+    res = cli("plan", "--repo", str(repo))
+    assert res.returncode == 0, res.stderr
+    assert "+ FeatureView user_payments" in res.stdout
+    res = cli("apply", "--repo", str(repo))
+    assert res.returncode == 0 and "Applied version 1" in res.stdout
+    res = cli("apply", "--repo", str(repo))
+    assert res.returncode == 0 and "No changes" in res.stdout
+    views = repo / "views.py"
+    views.write_text(views.read_text().replace("ttl=timedelta(days=1)", "ttl=timedelta(days=2)"))
+    res = cli("plan", "--repo", str(repo))
+    assert "~ FeatureView merchant_payments" in res.stdout and "ttl_ms: 86400000 -> 172800000" in res.stdout
+    assert cli("apply", "--repo", str(repo)).returncode == 0
+    listing = cli("registry", "list", "--repo", str(repo))
+    assert listing.returncode == 0 and "2" in listing.stdout
+    shown = cli("registry", "show", "1", "--repo", str(repo))
+    assert '"ttl_ms": 86400000' in shown.stdout
+    missing = cli("registry", "show", "7", "--repo", str(repo))
+    assert missing.returncode == 1 and "no version 7" in missing.stderr and "Traceback" not in missing.stderr
+    restored = cli("registry", "restore", "1", "--repo", str(repo))
+    assert restored.returncode == 0 and "as version 3" in restored.stdout
+
+
+def test_run_without_apply_says_what_to_do(tmp_path: Path) -> None:
+    res = cli("run", "--repo", str(tmp_path))
+    assert res.returncode == 1
+    assert "featurestore apply" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_bad_config_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "featurestore.yaml").write_text("batch_size: nope\n")
+    res = cli("run", "--repo", str(tmp_path))
+    assert res.returncode == 1
+    assert "batch_size" in res.stderr and "Traceback" not in res.stderr
