@@ -6,7 +6,8 @@ Declare features with `Entity`, `KafkaSource`, `FeatureView`, `Aggregation`, `Fi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any as _Any
+from typing import TYPE_CHECKING
+from typing import Any as _Any
 
 from featurestore.definitions import Aggregation, Entity, FeatureView, Field, KafkaSource, Transform
 from featurestore.errors import (

@@ -189,13 +189,11 @@ class FeatureStore:
 
 
 def _as_table(entity_df: Any) -> pa.Table:
+    import pandas as pd
+
     if isinstance(entity_df, pa.Table):
         return entity_df
-    try:
-        import pandas as pd
-    except ImportError:  # pragma: no cover
-        pd = None
-    if pd is not None and isinstance(entity_df, pd.DataFrame):
+    if isinstance(entity_df, pd.DataFrame):
         return pa.Table.from_pandas(entity_df, preserve_index=False)
     raise FeatureRequestError(f"entity_df must be a pandas DataFrame or a pyarrow Table, got {type(entity_df).__name__}")
 

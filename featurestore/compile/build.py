@@ -129,7 +129,7 @@ class _Builder:
             ok = False
         return EntityPlan(name=ent.name, join_keys=list(ent.join_keys), description=ent.description) if ok else None
 
-    def schema_fields(self, src: KafkaSource) -> dict[str, DType | None] | None:
+    def schema_fields(self, src: KafkaSource) -> dict[str, Any] | None:
         schema = src.schema
         if not (inspect.isclass(schema) and issubclass(schema, BaseModel)):
             return None
@@ -250,7 +250,7 @@ class _Builder:
             tags={str(k): str(v) for k, v in view.tags.items()},
         )
 
-    def field_plan(self, view: FeatureView, feat: Field, fields: dict[str, DType | None]) -> list[RowFeaturePlan]:
+    def field_plan(self, view: FeatureView, feat: Field, fields: dict[str, Any]) -> list[RowFeaturePlan]:
         label = f"FeatureView '{view.name}', feature '{feat.name}'"
         if not self.check_name(view, label, feat.name):
             return []
@@ -287,7 +287,7 @@ class _Builder:
         return [RowFeaturePlan(name=feat.name, kind="transform", udf_ref=ref, dtype=dtype)]
 
     def aggregation_plans(
-        self, view: FeatureView, agg: Aggregation, fields: dict[str, DType | None], derived: dict[str, DType]
+        self, view: FeatureView, agg: Aggregation, fields: dict[str, Any], derived: dict[str, DType]
     ) -> list[AggregationPlan]:
         label = f"FeatureView '{view.name}', aggregation '{agg.name}'"
         ok = self.check_name(view, label, agg.name)

@@ -24,6 +24,7 @@ from featurestore.demo.events import payment_events, produce_records
 from featurestore.embedded import DevEnvironment
 from featurestore.registry import FileRegistry
 from featurestore.runtime import StreamProcessor
+from featurestore.runtime.dead_letters import read_headers
 from featurestore.runtime.kafka import consumer_config, ensure_topics, producer_config
 
 ONLINE_FEATURES = [
@@ -140,7 +141,7 @@ def _show_dead_letters(settings, topic: str, console: Console, limit: int = 5) -
         msg = consumer.poll(0.5)
         if msg is None or msg.error():
             continue
-        h = {k: (v or b"").decode() for k, v in msg.headers() or []}
+        h = read_headers(msg.headers())
         table.add_row(f"{h['source.topic']}[{h['source.partition']}]@{h['source.offset']}", h["error"], h["error.detail"][:70])
         seen += 1
     consumer.close()

@@ -38,19 +38,22 @@ def _cast(x: float, dtype: str) -> Any:
     return int(round(x)) if dtype in ("int", "bool") else x
 
 
+def _stat(tiles: list[dict[str, bytes | None]], stat: str) -> list[bytes]:
+    return [v for t in tiles if (v := t.get(stat)) is not None]
+
+
 def aggregate_tiles(agg: AggregationPlan, tiles: list[dict[str, bytes | None]]) -> Any:
     """The value of an aggregation from the tiles of its window (stat -> raw value per tile)."""
     f = agg.function
     if f == "count":
-        return sum(int(t["c"]) for t in tiles if t.get("c") is not None)
+        return sum(int(v) for v in _stat(tiles, "c"))
     if f == "sum":
-        return _cast(sum(float(t["s"]) for t in tiles if t.get("s") is not None), agg.dtype)  # type: ignore[arg-type]
+        return _cast(sum(float(v) for v in _stat(tiles, "s")), agg.dtype)
     if f == "mean":
-        n = sum(int(t["c"]) for t in tiles if t.get("c") is not None)  # type: ignore[arg-type]
-        return sum(float(t["s"]) for t in tiles if t.get("s") is not None) / n if n else None  # type: ignore[arg-type]
+        n = sum(int(v) for v in _stat(tiles, "c"))
+        return sum(float(v) for v in _stat(tiles, "s")) / n if n else None
     if f in ("min", "max"):
-        stat = "m" if f == "min" else "M"
-        vals = [float(t[stat]) for t in tiles if t.get(stat) is not None]  # type: ignore[arg-type]
+        vals = [float(v) for v in _stat(tiles, "m" if f == "min" else "M")]
         if not vals:
             return None
         return _cast(min(vals) if f == "min" else max(vals), agg.dtype)

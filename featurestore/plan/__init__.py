@@ -6,8 +6,8 @@ Runtime, online, offline and client code import this package, never the definiti
 
 from featurestore.plan.models import (
     PLAN_FORMAT_VERSION,
-    DType,
     AggregationPlan,
+    DType,
     EntityPlan,
     KeySpec,
     Plan,

@@ -19,7 +19,10 @@ FAST_FETCH: dict[str, Any] = {
     "fetch.max.bytes": 64 * 1024 * 1024,
     "queued.min.messages": 200_000,
 }
-_CONSUMER_ONLY = ("max.partition.fetch.bytes", "fetch.", "queued.", "session.", "heartbeat.", "group.", "auto.offset", "enable.auto", "enable.partition", "partition.assignment", "isolation.")
+_CONSUMER_ONLY = (
+    "max.partition.fetch.bytes", "fetch.", "queued.", "session.", "heartbeat.", "group.",
+    "auto.offset", "enable.auto", "enable.partition", "partition.assignment", "isolation.",
+)
 
 
 def _client_options(settings: Settings, consumer: bool) -> dict[str, Any]:
@@ -63,7 +66,8 @@ def ensure_topics(settings: Settings, topics: Iterable[str], partitions: int = 1
     wanted = [t for t in dict.fromkeys(topics) if t not in existing]
     if not wanted:
         return []
-    futures = admin.create_topics([NewTopic(t, partitions, 1) for t in wanted], operation_timeout=15)
+    # replication_factor=-1: the broker default (1 on a dev broker, 3 on a typical cluster)
+    futures = admin.create_topics([NewTopic(t, partitions, -1) for t in wanted], operation_timeout=15)
     created = []
     for topic, fut in futures.items():
         try:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import redis
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
@@ -24,6 +25,7 @@ from featurestore.offline.history import HistoryWriter
 from featurestore.online.writer import OnlineWriter
 from featurestore.plan import Plan
 from featurestore.records import ViewRows
+from featurestore.runtime.dead_letters import dead_letter_headers
 from featurestore.runtime.decode import DeadLetter, Decoder, RawRecord
 from featurestore.runtime.kafka import consumer_config, ensure_topics, producer_config
 
@@ -145,15 +147,16 @@ class StreamProcessor:
     def _process(self, msgs: list[Message]) -> None:
         by_topic: dict[str, list[RawRecord]] = {}
         for m in msgs:
+            topic, partition, offset = cast(str, m.topic()), cast(int, m.partition()), cast(int, m.offset())
             err = m.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    self._eof[(m.topic(), m.partition())] = m.offset()
+                    self._eof[(topic, partition)] = offset
                 else:
                     log.warning("kafka: %s", err)
                 continue
-            by_topic.setdefault(m.topic(), []).append(RawRecord(m.partition(), m.offset(), m.key(), m.value()))
-            self._offsets[(m.topic(), m.partition())] = m.offset() + 1
+            by_topic.setdefault(topic, []).append(RawRecord(partition, offset, m.key(), m.value()))
+            self._offsets[(topic, partition)] = offset + 1
         now_ms = int(time.time() * 1000)
         batches: list[ViewRows] = []
         dead: list[DeadLetter] = []
@@ -177,13 +180,7 @@ class StreamProcessor:
                 self.dead_letter_topics[d.topic],
                 value=d.value,
                 key=d.key,
-                headers=[
-                    ("error", d.reason.encode()),
-                    ("error.detail", d.detail.encode()),
-                    ("source.topic", d.topic.encode()),
-                    ("source.partition", str(d.partition).encode()),
-                    ("source.offset", str(d.offset).encode()),
-                ],
+                headers=dead_letter_headers(d),
             )
             self._producer.poll(0)
         self.stats.batches += 1

@@ -19,6 +19,7 @@ from featurestore.config import load_settings
 from featurestore.demo import payment_events, produce_records
 from featurestore.registry import FileRegistry
 from featurestore.runtime import StreamProcessor
+from featurestore.runtime.dead_letters import read_headers
 from featurestore.runtime.kafka import ensure_topics, producer_config
 
 from .reference import Ev, expected
@@ -123,7 +124,7 @@ def test_every_record_is_processed_or_dead_lettered(pipeline):
 
 
 def test_dead_letters_carry_reason_and_source(pipeline, services):
-    settings, plan, records = pipeline["settings"], pipeline["plan"], pipeline["records"]
+    plan, records = pipeline["plan"], pipeline["records"]
     source = plan.source("payments")
     consumer = Consumer({"bootstrap.servers": services.bootstrap_servers, "group.id": "unused",
                          "enable.auto.commit": False, "enable.partition.eof": True})
@@ -139,14 +140,14 @@ def test_dead_letters_carry_reason_and_source(pipeline, services):
     malformed = [r.value for r in records if r.event is None]
     assert sorted(m.value() for m in got) == sorted(malformed)
     for m in got:
-        headers = {k: v.decode() for k, v in m.headers()}
+        headers = read_headers(m.headers())
         assert headers["error"] in {"malformed_json", "schema_violation"}
         assert headers["error.detail"]
         assert headers["source.topic"] == source.topic
         assert int(headers["source.offset"]) >= 0
         if headers["error"] == "schema_violation":
             assert any(f in headers["error.detail"] for f in ("amount", "user_id"))
-    reasons = {dict(m.headers())["error"].decode() for m in got}
+    reasons = {read_headers(m.headers())["error"] for m in got}
     assert reasons == {"malformed_json", "schema_violation"}
 
 

@@ -25,7 +25,8 @@ def test_versions_are_kept_and_restorable(tmp_path: Path) -> None:
     assert v1 is not None and v1.version == 1 and v1.content_hash == first.content_hash
     assert reg.apply(first) is None, "re-applying the same plan adds no version"
     views = repo / "views.py"
-    views.write_text(views.read_text().replace('owner="risk-team@example.com",\n    description="Spending', 'owner="fraud@example.com",\n    description="Spending'))
+    text = views.read_text()
+    views.write_text(text.replace('owner="risk-team@example.com"', 'owner="fraud@example.com"', 1))
     second = compile_repo(repo)
     v2 = reg.apply(second)
     assert v2 is not None and v2.version == 2
