@@ -144,7 +144,9 @@ def registry_restore(version: int, repo: RepoOpt = Path(".")) -> None:
 @friendly_errors
 def run(
     repo: RepoOpt = Path("."),
-    until_caught_up: Annotated[bool, typer.Option("--until-caught-up", help="Exit once every record present at start is processed.")] = False,
+    until_caught_up: Annotated[
+        bool, typer.Option("--until-caught-up", help="Exit once every record present at start is processed.")
+    ] = False,
 ) -> None:
     """Run the stream processors of the applied plan (Ctrl-C stops cleanly)."""
     from featurestore.compile.loader import ensure_importable

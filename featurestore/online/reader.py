@@ -38,35 +38,48 @@ def _cast(x: float, dtype: str) -> Any:
     return int(round(x)) if dtype in ("int", "bool") else x
 
 
-def _stat(tiles: list[dict[str, bytes | None]], stat: str) -> list[bytes]:
-    return [v for t in tiles if (v := t.get(stat)) is not None]
+class _Acc:
+    """Merges the tile statistics of one aggregation for one entity."""
 
+    __slots__ = ("count", "total", "lo", "hi", "last_order", "last")
 
-def aggregate_tiles(agg: AggregationPlan, tiles: list[dict[str, bytes | None]]) -> Any:
-    """The value of an aggregation from the tiles of its window (stat -> raw value per tile)."""
-    f = agg.function
-    if f == "count":
-        return sum(int(v) for v in _stat(tiles, "c"))
-    if f == "sum":
-        return _cast(sum(float(v) for v in _stat(tiles, "s")), agg.dtype)
-    if f == "mean":
-        n = sum(int(v) for v in _stat(tiles, "c"))
-        return sum(float(v) for v in _stat(tiles, "s")) / n if n else None
-    if f in ("min", "max"):
-        vals = [float(v) for v in _stat(tiles, "m" if f == "min" else "M")]
-        if not vals:
-            return None
-        return _cast(min(vals) if f == "min" else max(vals), agg.dtype)
-    # last: the value of the tile whose newest event is newest
-    best: tuple[tuple[int, ...], bytes] | None = None
-    for t in tiles:
-        order, value = t.get("lo"), t.get("l")
-        if order is None or value is None:
-            continue
-        key = tuple(int(x) for x in order.split())
-        if best is None or key > best[0]:
-            best = (key, value)
-    return decode_value(best[1], agg.dtype) if best else None
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.lo: float | None = None
+        self.hi: float | None = None
+        self.last_order: tuple[int, ...] | None = None
+        self.last: bytes | None = None
+
+    def add(self, stat: str, raw: bytes, extra: bytes | None) -> None:
+        if stat == "c":
+            self.count += int(raw)
+        elif stat == "s":
+            self.total += float(raw)
+        elif stat == "m":
+            x = float(raw)
+            self.lo = x if self.lo is None or x < self.lo else self.lo
+        elif stat == "M":
+            x = float(raw)
+            self.hi = x if self.hi is None or x > self.hi else self.hi
+        elif stat == "l" and extra is not None:
+            order = tuple(int(v) for v in extra.split())
+            if self.last_order is None or order > self.last_order:
+                self.last_order, self.last = order, raw
+
+    def value(self, agg: AggregationPlan) -> Any:
+        f = agg.function
+        if f == "count":
+            return self.count
+        if f == "sum":
+            return _cast(self.total, agg.dtype)
+        if f == "mean":
+            return self.total / self.count if self.count else None
+        if f == "min":
+            return None if self.lo is None else _cast(self.lo, agg.dtype)
+        if f == "max":
+            return None if self.hi is None else _cast(self.hi, agg.dtype)
+        return decode_value(self.last, agg.dtype)
 
 
 class OnlineReader:
@@ -78,54 +91,60 @@ class OnlineReader:
         self.plan = plan
 
     @staticmethod
-    def _fields(view: ViewPlan, features: Sequence[str], t_ms: int) -> tuple[list[str], list[Any]]:
-        """Hash fields to fetch and, per feature, how to find its parts among them."""
-        fields: dict[str, int] = {"_ts": 0}
+    def _layout(view: ViewPlan, features: Sequence[str], t_ms: int) -> tuple[list[Any], dict[bytes, list[tuple[int, str]]]]:
+        """Per feature its plan (and row field), and an index: tile field -> (feature position, stat)
+        for every tile statistic inside the feature's window at `t_ms`."""
         rows = {r.name: r for r in view.row_features}
         aggs = {a.name: a for a in view.aggregations}
         layout: list[Any] = []
-
-        def slot(name: str) -> int:
-            return fields.setdefault(name, len(fields))
-
-        for name in features:
+        index: dict[bytes, list[tuple[int, str]]] = {}
+        for pos, name in enumerate(features):
             if name in rows:
-                layout.append((rows[name], slot(row_field(name))))
-            else:
-                agg = aggs[name]
-                stats = STATS_FOR_FUNCTION[agg.function] + (("lo",) if agg.function == "last" else ())
-                tiles = [
-                    {stat: slot(tile_field(agg.column, agg.tile_ms, idx, stat)) for stat in stats}
-                    for idx in window_tiles(t_ms, agg.window_ms, agg.tile_ms)
-                ]
-                layout.append((agg, tiles))
-        return list(fields), layout
+                layout.append((rows[name], row_field(name).encode()))
+                continue
+            agg = aggs[name]
+            layout.append((agg, None))
+            for stat in STATS_FOR_FUNCTION[agg.function]:
+                for idx in window_tiles(t_ms, agg.window_ms, agg.tile_ms):
+                    index.setdefault(tile_field(agg.column, agg.tile_ms, idx, stat).encode(), []).append((pos, stat))
+        return layout, index
 
     def read(self, requests: Sequence[ViewRequest], t_ms: int) -> list[dict[str, list[Any]]]:
-        """Per request, feature name -> values (one per key), evaluated at `t_ms`."""
+        """Per request, feature name -> values (one per key), evaluated at `t_ms`.
+
+        One pipelined HGETALL per (view, entity): hashes are bounded (expired tiles are
+        trimmed), and each is scanned once, merging the tiles inside each window."""
         pipe = self.client.pipeline(transaction=False)
-        plans = []
+        layouts = []
         for req in requests:
-            fields, layout = self._fields(req.view, req.features, t_ms)
-            plans.append(layout)
+            layouts.append(self._layout(req.view, req.features, t_ms))
             for key in req.keys:
-                pipe.hmget(entity_key(self.project, req.view.name, key), fields)
+                pipe.execute_command("HGETALL", entity_key(self.project, req.view.name, key))
         replies = iter(pipe.execute())
         out: list[dict[str, list[Any]]] = []
-        for req, layout in zip(requests, plans):
-            cols: dict[str, list[Any]] = {name: [] for name in req.features}
+        for req, (layout, index) in zip(requests, layouts):
+            cols: list[list[Any]] = [[] for _ in req.features]
             for _ in req.keys:
-                got = next(replies)
-                alive = got[0] is not None and (
-                    req.view.ttl_ms is None or t_ms - int(got[0]) <= req.view.ttl_ms
-                )
-                for name, (feat, where) in zip(req.features, layout):
-                    if not alive:
-                        cols[name].append(None)
-                    elif isinstance(feat, RowFeaturePlan):
-                        cols[name].append(decode_value(got[where], feat.dtype))
+                got: dict[bytes, bytes] = next(replies)
+                newest = got.get(b"_ts")
+                if newest is None or (req.view.ttl_ms is not None and t_ms - int(newest) > req.view.ttl_ms):
+                    for col in cols:
+                        col.append(None)
+                    continue
+                accs = [_Acc() if field is None else None for _, field in layout]
+                for name, raw in got.items():
+                    targets = index.get(name)
+                    if targets:
+                        for pos, stat in targets:
+                            acc = accs[pos]
+                            assert acc is not None
+                            acc.add(stat, raw, got.get(name + b"o") if stat == "l" else None)
+                for pos, (feat, field) in enumerate(layout):
+                    if field is not None:
+                        cols[pos].append(decode_value(got.get(field), feat.dtype))
                     else:
-                        tiles = [{stat: got[i] for stat, i in tile.items()} for tile in where]
-                        cols[name].append(aggregate_tiles(feat, tiles))
-            out.append(cols)
+                        acc = accs[pos]
+                        assert acc is not None
+                        cols[pos].append(acc.value(feat))
+            out.append(dict(zip(req.features, cols)))
         return out

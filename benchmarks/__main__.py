@@ -1,0 +1,280 @@
+"""`python -m benchmarks [--quick] [--reps N] [--events N]`
+
+Starts the embedded broker and Redis (or uses FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS /
+FEATURESTORE_REDIS_URL), then measures, each beside its raw limit in the same run:
+
+- ingest: `StreamProcessor` (what `featurestore run` executes) over the example plan
+  (2 views, 16 features, Redis + Parquet) vs a bare confluent-kafka consume of the same topic;
+- online: `FeatureStore.get_online_features` 1x10 and 100x10 vs a bare redis-py GET / MGET;
+- training: `get_historical_features` vs a hand-written DuckDB ASOF JOIN of the same history.
+
+Every scenario checks a sample of its results against an independent computation and
+reports a wrong answer as a failure. Prints a markdown table and writes JSON next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import redis
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from featurestore import FeatureStore  # noqa: E402
+from featurestore.compile import compile_repo  # noqa: E402
+from featurestore.compile.loader import ensure_importable  # noqa: E402
+from featurestore.config import load_settings  # noqa: E402
+from featurestore.demo import payment_events, produce_records  # noqa: E402
+from featurestore.embedded import DevEnvironment  # noqa: E402
+from featurestore.offline.history import history_glob  # noqa: E402
+from featurestore.registry import FileRegistry  # noqa: E402
+from featurestore.runtime import StreamProcessor  # noqa: E402
+from featurestore.runtime.kafka import FAST_FETCH, ensure_topics, producer_config  # noqa: E402
+
+FEATURES_10 = [
+    "user_payments:amount_sum_1h", "user_payments:amount_sum_1d", "user_payments:amount_count_1h",
+    "user_payments:amount_count_1d", "user_payments:amount_mean_1d", "user_payments:amount_max_1d",
+    "user_payments:amount_eur_sum_1h", "user_payments:last_merchant", "user_payments:last_country",
+    "user_payments:amount_eur",
+]
+
+
+def pct(samples: list[float], q: float) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rows: list[dict[str, Any]] = []
+        self.failures: list[str] = []
+
+    def record(self, scenario: str, who: str, metric: str, values: list[float], unit: str, **extra: Any) -> None:
+        self.rows.append({"scenario": scenario, "who": who, "metric": metric, "unit": unit,
+                          "median": statistics.median(values), "min": min(values), "max": max(values),
+                          "runs": len(values), **extra})
+
+    def check(self, ok: bool, what: str) -> None:
+        if not ok:
+            self.failures.append(what)
+
+
+def setup(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> dict[str, Any]:
+    repo = tmp / "repo"
+    shutil.copytree(ROOT / "feature_defs", repo, ignore=shutil.ignore_patterns(".featurestore", "__pycache__"))
+    run = uuid.uuid4().hex[:8]
+    src = repo / "sources.py"
+    src.write_text(src.read_text().replace('topic="payments"', f'topic="bench-{run}"'))
+    settings = load_settings(
+        repo, kafka_bootstrap_servers=env["FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS"], redis_url=env["FEATURESTORE_REDIS_URL"],
+        project=f"bench-{run}", registry_path=tmp / "registry", offline_path=tmp / "offline",
+        kafka_options={"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
+    )
+    plan = compile_repo(repo)
+    FileRegistry(settings.registry_root).apply(plan)
+    ensure_importable(repo)
+    topic = plan.source("payments").topic
+    ensure_topics(settings, [topic], partitions=4)
+    end = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=10)
+    records = payment_events(args.events, end=end, span=dt.timedelta(hours=6), users=10_000, merchants=500,
+                             late_fraction=0.02, malformed_fraction=0.0)
+    t0 = time.perf_counter()
+    produce_records(producer_config(settings), topic, records)
+    print(f"produced {len(records):,} events in {time.perf_counter() - t0:.1f} s", flush=True)
+    return {"repo": repo, "settings": settings, "plan": plan, "topic": topic, "records": records, "end": end}
+
+
+def bench_ingest(b: Bench, ctx: dict[str, Any], rep: int) -> None:
+    settings = ctx["settings"]
+    n = len(ctx["records"])
+    # raw limit: bare consume (assign, no group), same fetch settings
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": f"raw-{uuid.uuid4().hex[:6]}",
+                         "enable.partition.eof": True, "auto.offset.reset": "earliest", **FAST_FETCH})
+    consumer.assign([TopicPartition(ctx["topic"], p, 0) for p in range(4)])
+    got, eof, first, last = 0, set(), 0.0, 0.0
+    while len(eof) < 4:
+        for m in consumer.consume(20_000, 0.1):
+            if m.error():
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    eof.add(m.partition())
+                continue
+            first = first or time.perf_counter()
+            got += 1
+        last = time.perf_counter() if got and not last and got >= n else last
+    raw_secs = (last or time.perf_counter()) - first
+    consumer.close()
+    b.check(got == n, f"raw consume saw {got} of {n}")
+    # ours: the processor over a fresh group, fresh Redis namespace and history folder
+    run_settings = settings.model_copy(update={
+        "project": f"{settings.project}-r{rep}", "consumer_group": f"{settings.project}-r{rep}",
+        "offline_path": Path(str(settings.offline_root) + f"-r{rep}"),
+    })
+    first_batch: list[float] = []
+    proc = StreamProcessor(ctx["plan"], run_settings)
+    stats = proc.run(until_caught_up=True, on_batch=lambda s: first_batch or first_batch.append(time.perf_counter()))
+    ours_secs = time.perf_counter() - first_batch[0]
+    b.check(stats.events == n, f"processor applied {stats.events} of {n}")
+    ctx["ingest_settings"] = run_settings
+    ctx.setdefault("ingest_eps", []).append(n / ours_secs)
+    ctx.setdefault("raw_eps", []).append(got / max(raw_secs, 1e-9))
+
+
+def bench_online(b: Bench, ctx: dict[str, Any]) -> None:
+    settings = ctx["ingest_settings"]
+    store = FeatureStore(ctx["repo"], settings=settings)
+    users = sorted({r.event["user_id"] for r in ctx["records"] if r.event})
+    # correctness: amount_count_1d of a sample equals a plain count of the generated events
+    at = ctx["end"]
+    counts: dict[int, int] = {}
+    for r in ctx["records"]:
+        if r.event:
+            ts = dt.datetime.fromisoformat(r.event["ts"])
+            if ts > at - dt.timedelta(days=1) + dt.timedelta(minutes=30):  # well inside the 1d window
+                counts[r.event["user_id"]] = counts.get(r.event["user_id"], 0) + 1
+    sample = users[:200]
+    got = store.get_online_features(["user_payments:amount_count_1d"], [{"user_id": u} for u in sample], at=at).to_dict()
+    b.check(got["amount_count_1d"] == [counts.get(u, 0) for u in sample], "online amount_count_1d differs from a plain count")
+    client = redis.Redis.from_url(settings.redis_url)
+    client.set("bench:raw", b"x" * 200)
+    client.mset({f"bench:raw:{i}": b"x" * 200 for i in range(100)})
+    iters = 300 if b.args.quick else 3000
+    for n_ent in (1, 100):
+        rows = [{"user_id": u} for u in users[:n_ent]]
+        ours, raw = [], []
+        keys = [f"bench:raw:{i}" for i in range(n_ent)]
+        for i in range(iters + 100):
+            t0 = time.perf_counter()
+            store.get_online_features(FEATURES_10, rows)
+            t1 = time.perf_counter()
+            client.get("bench:raw") if n_ent == 1 else client.mget(keys)
+            t2 = time.perf_counter()
+            if i >= 100:
+                ours.append((t1 - t0) * 1000)
+                raw.append((t2 - t1) * 1000)
+        label = f"online {n_ent}x10"
+        b.record(label, "featurestore SDK", "p50", [pct(ours, 0.5)], "ms")
+        b.record(label, "featurestore SDK", "p99", [pct(ours, 0.99)], "ms")
+        b.record(label, "redis-py GET" if n_ent == 1 else "redis-py MGET x100", "p50", [pct(raw, 0.5)], "ms")
+        b.record(label, "redis-py GET" if n_ent == 1 else "redis-py MGET x100", "p99", [pct(raw, 0.99)], "ms")
+    store.close()
+
+
+def bench_training(b: Bench, ctx: dict[str, Any]) -> None:
+    settings = ctx["ingest_settings"]
+    store = FeatureStore(ctx["repo"], settings=settings)
+    rows = ctx["records"][:: max(1, len(ctx["records"]) // b.args.entity_rows)]
+    entity_df = pd.DataFrame({
+        "user_id": [r.event["user_id"] for r in rows if r.event],
+        "event_timestamp": [pd.Timestamp(r.event["ts"]) for r in rows if r.event],
+    })
+    ours, raw = [], []
+    for _ in range(b.args.reps):
+        t0 = time.perf_counter()
+        result = store.get_historical_features(entity_df, FEATURES_10).to_arrow()
+        ours.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        con = duckdb.connect()
+        con.register("entity_df", entity_df)
+        glob = history_glob(settings.offline_root, "user_payments")
+        asof = con.sql(
+            f"""SELECT e.user_id, e.event_timestamp, h.last_merchant, h.last_country, h.amount_eur
+                FROM entity_df e ASOF LEFT JOIN read_parquet('{glob}', hive_partitioning=true) h
+                ON e.user_id = h.user_id AND e.event_timestamp >= h.event_timestamp""")
+        raw_table = getattr(asof, "to_arrow_table", None) or asof.arrow
+        raw_rows = raw_table().num_rows
+        raw.append(time.perf_counter() - t0)
+    b.check(result.num_rows == len(entity_df) == raw_rows, "training set lost or added rows")
+    # every row is at one of its own events, so the count in the 1h window is at least 1
+    b.check(min(result["amount_count_1h"].to_pylist()) >= 1, "a row does not see its own event")
+    label = f"training set {len(entity_df):,} rows"
+    b.record(label, "featurestore (10 features, 7 windowed)", "seconds", ours, "s")
+    b.record(label, "DuckDB ASOF JOIN (3 last-value columns)", "seconds", raw, "s")
+    store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke run: small data, 1 repetition")
+    parser.add_argument("--events", type=int, default=None)
+    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--entity-rows", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    args.events = args.events or (20_000 if args.quick else 300_000)
+    args.reps = args.reps or (1 if args.quick else 3)
+    args.entity_rows = args.entity_rows or (2_000 if args.quick else 100_000)
+    b = Bench(args)
+    env_started = None
+    env = {k: os.environ[k] for k in ("FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS", "FEATURESTORE_REDIS_URL") if k in os.environ}
+    if len(env) < 2:
+        env_started = DevEnvironment.start()
+        env = env_started.env()
+    tmp = Path(tempfile.mkdtemp(prefix="featurestore-bench-"))
+    try:
+        ctx = setup(args, tmp, env)
+        for rep in range(args.reps):
+            bench_ingest(b, ctx, rep)
+            print(f"ingest rep {rep + 1}: ours {ctx['ingest_eps'][-1]:,.0f} ev/s, raw consume {ctx['raw_eps'][-1]:,.0f} ev/s",
+                  flush=True)
+        b.record("ingest", "featurestore run (Redis + Parquet)", "events/s", ctx["ingest_eps"], "ev/s")
+        b.record("ingest", "bare confluent-kafka consume", "events/s", ctx["raw_eps"], "ev/s")
+        bench_online(b, ctx)
+        bench_training(b, ctx)
+    finally:
+        if env_started:
+            env_started.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    report(b)
+    if b.failures:
+        print("CORRECTNESS FAILURES:\n  " + "\n  ".join(b.failures))
+        sys.exit(1)
+
+
+def report(b: Bench) -> None:
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"Run {when} on {machine}; {b.args.events:,} events, {b.args.reps} repetition(s)"
+             + (" (--quick)" if b.args.quick else ""), "",
+             "| scenario | who | metric | median | min–max | runs |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in b.rows:
+        fmt = (lambda v: f"{v:,.0f}") if r["unit"] == "ev/s" else (lambda v: f"{v:.3f}")
+        lines.append(f"| {r['scenario']} | {r['who']} | {r['metric']} ({r['unit']}) | {fmt(r['median'])} | "
+                     f"{fmt(r['min'])}–{fmt(r['max'])} | {r['runs']} |")
+    ratios = []
+    by = {(r["scenario"], r["who"], r["metric"]): r["median"] for r in b.rows}
+    if ("ingest", "featurestore run (Redis + Parquet)", "events/s") in by:
+        ratios.append(f"ingest: ours / bare consume = {by[('ingest', 'featurestore run (Redis + Parquet)', 'events/s')] / by[('ingest', 'bare confluent-kafka consume', 'events/s')]:.2f}")
+    for n, raw in ((1, "redis-py GET"), (100, "redis-py MGET x100")):
+        key = f"online {n}x10"
+        if (key, "featurestore SDK", "p99") in by:
+            ratios.append(f"{key} p99: ours / {raw} = {by[(key, 'featurestore SDK', 'p99')] / by[(key, raw, 'p99')]:.1f}x")
+    lines += ["", "Ratios: " + "; ".join(ratios), "", "Correctness: " + ("all checks passed" if not b.failures else "FAILED")]
+    text = "\n".join(lines)
+    print("\n" + text)
+    b.args.out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    (b.args.out / f"bench-{stamp}.json").write_text(json.dumps(
+        {"when": when, "machine": machine, "args": {k: str(v) for k, v in vars(b.args).items()}, "rows": b.rows,
+         "failures": b.failures}, indent=2))
+    (b.args.out / "latest.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
