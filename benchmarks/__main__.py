@@ -259,8 +259,9 @@ def report(b: Bench) -> None:
                      f"{fmt(r['min'])}–{fmt(r['max'])} | {r['runs']} |")
     ratios = []
     by = {(r["scenario"], r["who"], r["metric"]): r["median"] for r in b.rows}
-    if ("ingest", "featurestore run (Redis + Parquet)", "events/s") in by:
-        ratios.append(f"ingest: ours / bare consume = {by[('ingest', 'featurestore run (Redis + Parquet)', 'events/s')] / by[('ingest', 'bare confluent-kafka consume', 'events/s')]:.2f}")
+    ours_key, raw_key = ("ingest", "featurestore run (Redis + Parquet)", "events/s"), ("ingest", "bare confluent-kafka consume", "events/s")
+    if ours_key in by and raw_key in by:
+        ratios.append(f"ingest: ours / bare consume = {by[ours_key] / by[raw_key]:.2f}")
     for n, raw in ((1, "redis-py GET"), (100, "redis-py MGET x100")):
         key = f"online {n}x10"
         if (key, "featurestore SDK", "p99") in by:

@@ -11,7 +11,7 @@ import orjson
 import redis
 
 from featurestore.online.keys import entity_key, row_field, tile_field
-from featurestore.plan import AggregationPlan, Plan, RowFeaturePlan, ViewPlan
+from featurestore.plan import AggregationPlan, Plan, ViewPlan
 from featurestore.plan.windows import STATS_FOR_FUNCTION, window_tiles
 
 
