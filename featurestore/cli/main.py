@@ -37,6 +37,7 @@ def friendly_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from confluent_kafka import KafkaException
+        from redis import RedisError
 
         try:
             return fn(*args, **kwargs)
@@ -50,6 +51,9 @@ def friendly_errors(fn: F) -> F:
             raise typer.Exit(1) from None
         except KafkaException as exc:
             err_console.print(f"[red]error:[/red] Kafka: {exc.args[0].str() if exc.args else exc}", highlight=False)
+            raise typer.Exit(1) from None
+        except RedisError as exc:
+            err_console.print(f"[red]error:[/red] Redis: {exc}", highlight=False)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

@@ -89,6 +89,7 @@ class StreamProcessor:
         topics = list(self.decoders)
         targets = self._end_offsets(consumer, topics) if until_caught_up else {}
         consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        failed = False
         try:
             while not self._stop.is_set():
                 msgs = consumer.consume(self.settings.batch_size, self.settings.batch_timeout_s)
@@ -100,10 +101,19 @@ class StreamProcessor:
                     self.checkpoint()
                 if until_caught_up and self._caught_up(targets):
                     break
+        except BaseException:
+            failed = True
+            raise
         finally:
-            self.checkpoint()
-            consumer.close()
-            self._producer.flush(30)
+            try:
+                self.checkpoint()  # commits only batches whose writes completed
+            except Exception:
+                if not failed:
+                    raise
+                log.exception("final checkpoint failed; uncommitted records will be reprocessed")
+            finally:
+                consumer.close()
+                self._producer.flush(30)
         return self.stats
 
     # -- helpers -----------------------------------------------------------------------
@@ -146,6 +156,7 @@ class StreamProcessor:
 
     def _process(self, msgs: list[Message]) -> None:
         by_topic: dict[str, list[RawRecord]] = {}
+        offsets: dict[tuple[str, int], int] = {}
         for m in msgs:
             topic, partition, offset = cast(str, m.topic()), cast(int, m.partition()), cast(int, m.offset())
             err = m.error()
@@ -156,7 +167,7 @@ class StreamProcessor:
                     log.warning("kafka: %s", err)
                 continue
             by_topic.setdefault(topic, []).append(RawRecord(partition, offset, m.key(), m.value()))
-            self._offsets[(topic, partition)] = offset + 1
+            offsets[(topic, partition)] = offset + 1
         now_ms = int(time.time() * 1000)
         batches: list[ViewRows] = []
         dead: list[DeadLetter] = []
@@ -167,10 +178,18 @@ class StreamProcessor:
             self.stats.records += len(records)
             self.stats.events += len(records) - len(bad)
         self._write(batches, dead)
+        # only now may a checkpoint commit these offsets: their effects are applied
+        self._offsets.update(offsets)
 
     def _write(self, batches: list[ViewRows], dead: list[DeadLetter]) -> None:
         if batches:
-            self.stats.entity_writes += self.online.write(batches)
+            try:
+                self.stats.entity_writes += self.online.write(batches)
+            except redis.RedisError as exc:
+                raise StoreUnavailable(
+                    f"Redis at {self.settings.redis_url} failed during a batch write ({exc}); "
+                    "its offsets were not committed, so a restart reprocesses it"
+                ) from None
             for rows in batches:
                 self.history.append(rows)
         for d in dead:
