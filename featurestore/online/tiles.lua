@@ -1,84 +1,129 @@
--- Apply one batch of updates to one entity hash (KEYS[1]) atomically.
--- ARGV is a flat list of operations:
---   R ts p o n name1 val1 ... : row features, applied only if (ts,p,o) is newer than the stored (_ts,_p,_o)
---   C field n                 : HINCRBY (tile count)
---   S field x                 : HINCRBYFLOAT (tile sum); x passed as a string, never through a Lua number
---   m field x / M field x     : keep the minimum / maximum
---   L field ts p o val        : keep the value of the newest event (order (ts,p,o)) in field, order in field..'o'
---   T limit k prefix1 min1 ... : if HLEN > limit, delete tile fields "prefix|idx|stat" with idx < min
+-- Apply one batch of updates to one entity hash (KEYS[1]) atomically, with one HMGET
+-- of the fields it touches and one HSET of their new values.
+-- ARGV[1] is one payload: tokens each terminated by the byte 0x1F, forming operations:
+--   R ts p o n name1 val1 ...  : row features, applied only if (ts,p,o) is newer than the stored (_ts,_p,_o)
+--   C field n                  : add to a tile count
+--   S field x                  : add to a tile sum (float64, written with 17 significant digits)
+--   m field x / M field x      : keep the minimum / maximum
+--   L field ts p o val         : keep the value of the newest event (order (ts,p,o)); its order goes in field..'o'
+--   T limit k prefix1 min1 ... : if the hash has more than `limit` fields, delete tile fields
+--                                "prefix|idx|stat" with idx < min
 local key = KEYS[1]
-local i = 1
-local n = #ARGV
+local args = {}
+for tok in string.gmatch(ARGV[1], '([^\31]*)\31') do
+  args[#args + 1] = tok
+end
+local n = #args
 
 local function newer(ts, p, o, ots, op, oo)
-  if ots == nil then return true end
+  if ots == nil or ots == false then return true end
   ts, p, o, ots, op, oo = tonumber(ts), tonumber(p), tonumber(o), tonumber(ots), tonumber(op), tonumber(oo)
   if ts ~= ots then return ts > ots end
   if p ~= op then return p > op end
   return o > oo
 end
 
+local function fmt(x)
+  if x == math.floor(x) and math.abs(x) < 1e15 then return string.format('%d', x) end
+  return string.format('%.17g', x)
+end
+
+-- pass 1: which fields are read
+local want, slot = {}, {}
+local function need(f)
+  if slot[f] == nil then want[#want + 1] = f; slot[f] = #want end
+end
+local i = 1
+local trim = nil
 while i <= n do
-  local op = ARGV[i]
+  local op = args[i]
   if op == 'R' then
-    local ts, p, o, cnt = ARGV[i+1], ARGV[i+2], ARGV[i+3], tonumber(ARGV[i+4])
-    local cur = redis.call('HMGET', key, '_ts', '_p', '_o')
-    if cur[1] == false or newer(ts, p, o, cur[1], cur[2], cur[3]) then
-      local args = {'_ts', ts, '_p', p, '_o', o}
-      for j = 0, cnt - 1 do
-        args[#args+1] = ARGV[i+5+2*j]
-        args[#args+1] = ARGV[i+6+2*j]
-      end
-      redis.call('HSET', key, unpack(args))
+    need('_ts'); need('_p'); need('_o')
+    i = i + 5 + 2 * tonumber(args[i+4])
+  elseif op == 'C' or op == 'S' or op == 'm' or op == 'M' then
+    need(args[i+1]); i = i + 3
+  elseif op == 'L' then
+    need(args[i+1] .. 'o'); i = i + 6
+  elseif op == 'T' then
+    trim = i; i = i + 3 + 2 * tonumber(args[i+2])
+  else
+    return redis.error_reply('unknown op ' .. tostring(op))
+  end
+end
+local cur = {}
+if #want > 0 then
+  local got = redis.call('HMGET', key, unpack(want))
+  for j, f in ipairs(want) do cur[f] = got[j] end
+end
+
+-- pass 2: new values
+local out, touched = {}, {}
+local function put(f, v)
+  if touched[f] == nil then touched[f] = true; out[#out + 1] = f end
+  cur[f] = v
+end
+i = 1
+while i <= n do
+  local op = args[i]
+  if op == 'R' then
+    local ts, p, o, cnt = args[i+1], args[i+2], args[i+3], tonumber(args[i+4])
+    if newer(ts, p, o, cur['_ts'], cur['_p'], cur['_o']) then
+      put('_ts', ts); put('_p', p); put('_o', o)
+      for j = 0, cnt - 1 do put(args[i+5+2*j], args[i+6+2*j]) end
     end
     i = i + 5 + 2 * cnt
-  elseif op == 'C' then
-    redis.call('HINCRBY', key, ARGV[i+1], ARGV[i+2])
-    i = i + 3
-  elseif op == 'S' then
-    redis.call('HINCRBYFLOAT', key, ARGV[i+1], ARGV[i+2])
+  elseif op == 'C' or op == 'S' then
+    local f = args[i+1]
+    local base = cur[f]
+    local x = tonumber(args[i+2])
+    if base ~= nil and base ~= false then x = x + tonumber(base) end
+    put(f, op == 'C' and string.format('%d', x) or fmt(x))
     i = i + 3
   elseif op == 'm' or op == 'M' then
-    local cur = redis.call('HGET', key, ARGV[i+1])
-    local x = tonumber(ARGV[i+2])
-    if cur == false or (op == 'm' and x < tonumber(cur)) or (op == 'M' and x > tonumber(cur)) then
-      redis.call('HSET', key, ARGV[i+1], ARGV[i+2])
+    local f, x = args[i+1], tonumber(args[i+2])
+    local base = cur[f]
+    if base == nil or base == false or (op == 'm' and x < tonumber(base)) or (op == 'M' and x > tonumber(base)) then
+      put(f, args[i+2])
     end
     i = i + 3
   elseif op == 'L' then
-    local f = ARGV[i+1]
-    local cur = redis.call('HGET', key, f .. 'o')
-    local ts, p, o = ARGV[i+2], ARGV[i+3], ARGV[i+4]
-    local ok = cur == false
+    local f = args[i+1]
+    local ts, p, o = args[i+2], args[i+3], args[i+4]
+    local prev = cur[f .. 'o']
+    local ok = prev == nil or prev == false
     if not ok then
-      local ots, op2, oo = string.match(cur, '^(%-?%d+) (%d+) (%d+)$')
+      local ots, op2, oo = string.match(prev, '^(%-?%d+) (%d+) (%d+)$')
       ok = newer(ts, p, o, ots, op2, oo)
     end
     if ok then
-      redis.call('HSET', key, f, ARGV[i+5], f .. 'o', ts .. ' ' .. p .. ' ' .. o)
+      put(f, args[i+5]); put(f .. 'o', ts .. ' ' .. p .. ' ' .. o)
     end
     i = i + 6
-  elseif op == 'T' then
-    local limit, k = tonumber(ARGV[i+1]), tonumber(ARGV[i+2])
-    if redis.call('HLEN', key) > limit then
-      local mins = {}
-      for j = 0, k - 1 do
-        mins[ARGV[i+3+2*j]] = tonumber(ARGV[i+4+2*j])
-      end
-      local dead = {}
-      for _, f in ipairs(redis.call('HKEYS', key)) do
-        local prefix, idx = string.match(f, '^(.+|%d+)|(%-?%d+)|')
-        if prefix ~= nil and mins[prefix] ~= nil and tonumber(idx) < mins[prefix] then
-          dead[#dead+1] = f
-        end
-      end
-      for j = 1, #dead, 1000 do
-        redis.call('HDEL', key, unpack(dead, j, math.min(j + 999, #dead)))
+  else
+    i = i + 3 + 2 * tonumber(args[i+2])  -- T, handled below
+  end
+end
+if #out > 0 then
+  local hset = {}
+  for _, f in ipairs(out) do hset[#hset + 1] = f; hset[#hset + 1] = cur[f] end
+  redis.call('HSET', key, unpack(hset))
+end
+
+if trim ~= nil then
+  local limit, k = tonumber(args[trim+1]), tonumber(args[trim+2])
+  if redis.call('HLEN', key) > limit then
+    local mins = {}
+    for j = 0, k - 1 do mins[args[trim+3+2*j]] = tonumber(args[trim+4+2*j]) end
+    local dead = {}
+    for _, f in ipairs(redis.call('HKEYS', key)) do
+      local prefix, idx = string.match(f, '^(.+|%d+)|(%-?%d+)|')
+      if prefix ~= nil and mins[prefix] ~= nil and tonumber(idx) < mins[prefix] then
+        dead[#dead + 1] = f
       end
     end
-    i = i + 3 + 2 * k
-  else
-    return redis.error_reply('unknown op ' .. tostring(op))
+    for j = 1, #dead, 1000 do
+      redis.call('HDEL', key, unpack(dead, j, math.min(j + 999, #dead)))
+    end
   end
 end
 return 1

@@ -1,4 +1,10 @@
-"""Write one batch of view rows to Redis: one atomic Lua call per entity, all pipelined."""
+"""Write one batch of view rows to Redis: one atomic Lua call per entity, all pipelined.
+
+The batch is first reduced in Python: per entity, its newest event (for row-level
+features and TTL) and per tile the count, sum, min, max and newest value. Each entity's
+updates then travel as a single payload argument, so the client packs four arguments per
+entity whatever the number of tiles touched.
+"""
 
 from __future__ import annotations
 
@@ -9,41 +15,17 @@ import orjson
 import redis
 
 from featurestore.online.keys import entity_key, row_field, tile_field, tile_prefix
-from featurestore.online.layout import TileSet, fields_per_entity, tile_sets
+from featurestore.online.layout import fields_per_entity, tile_sets
 from featurestore.plan import Plan, ViewPlan
 from featurestore.plan.windows import tile_index
 from featurestore.records import ViewRows
 
 _PIPELINE_CHUNK = 2000
+SEP = "\x1f"  # token separator of the payload; JSON escapes control characters, so values never contain it
 
 
 def _num(x: Any) -> str:
-    return repr(float(x)) if not isinstance(x, int) or isinstance(x, bool) else str(x)
-
-
-class _TileAcc:
-    """Statistics of one tile accumulated over a batch."""
-
-    __slots__ = ("count", "total", "lo", "hi", "last_order", "last")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.total = 0.0
-        self.lo: Any = None
-        self.hi: Any = None
-        self.last_order: tuple[int, int, int] | None = None
-        self.last: Any = None
-
-    def add(self, value: Any, order: tuple[int, int, int], numeric: bool) -> None:
-        self.count += 1
-        if numeric:
-            self.total += value
-            if self.lo is None or value < self.lo:
-                self.lo = value
-            if self.hi is None or value > self.hi:
-                self.hi = value
-        if self.last_order is None or order > self.last_order:
-            self.last_order, self.last = order, value
+    return str(x) if isinstance(x, int) and not isinstance(x, bool) else repr(float(x))
 
 
 class OnlineWriter:
@@ -61,68 +43,79 @@ class OnlineWriter:
 
     def write(self, batches: list[ViewRows]) -> int:
         """Apply the batches; returns the number of entity hashes updated."""
-        calls: list[tuple[str, list[Any]]] = []
+        calls: list[tuple[str, str]] = []
         for rows in batches:
             if len(rows):
                 calls.extend(self._calls_for(self.views[rows.view], rows))
         for start in range(0, len(calls), _PIPELINE_CHUNK):
             pipe = self.client.pipeline(transaction=False)
-            for key, args in calls[start : start + _PIPELINE_CHUNK]:
-                self._script(keys=[key], args=args, client=pipe)
+            for key, payload in calls[start : start + _PIPELINE_CHUNK]:
+                self._script(keys=[key], args=[payload], client=pipe)
             pipe.execute()
         return len(calls)
 
-    def _calls_for(self, view: ViewPlan, rows: ViewRows) -> list[tuple[str, list[Any]]]:
-        by_key: dict[tuple[Any, ...], list[int]] = {}
-        for i, key in enumerate(rows.keys):
-            by_key.setdefault(key, []).append(i)
+    def _calls_for(self, view: ViewPlan, rows: ViewRows) -> list[tuple[str, str]]:
         sets = self._tile_sets[view.name]
-        numeric = {ts.column: any(s in ts.stats for s in "smM") for ts in sets}
-        row_names = [f.name for f in view.row_features]
+        info = [(rows.values[s.column], s.tile_ms, any(st in s.stats for st in "smM")) for s in sets]
+        ts, part, off, keys = rows.ts, rows.partition, rows.offset, rows.keys
+        # per entity: [index of newest event, max event time, {(tile set, tile index): accumulator}]
+        per_key: dict[tuple[Any, ...], list[Any]] = {}
+        for i in range(len(ts)):
+            t = ts[i]
+            order = (t, part[i], off[i])
+            entry = per_key.get(keys[i])
+            if entry is None:
+                entry = per_key[keys[i]] = [i, order, {}]
+            elif order > entry[1]:
+                entry[0], entry[1] = i, order
+            tiles = entry[2]
+            for si, (col, tile_ms, numeric) in enumerate(info):
+                v = col[i]
+                if v is None:
+                    continue
+                slot = (si, -((-t) // tile_ms) - 1)
+                acc = tiles.get(slot)
+                if acc is None:
+                    # count, sum, min, max, newest order, newest value
+                    tiles[slot] = [1, v, v, v, order, v] if numeric else [1, 0, None, None, order, v]
+                    continue
+                acc[0] += 1
+                if numeric:
+                    acc[1] += v
+                    if v < acc[2]:
+                        acc[2] = v
+                    if v > acc[3]:
+                        acc[3] = v
+                if order > acc[4]:
+                    acc[4], acc[5] = order, v
+        row_fields = [(row_field(f.name), rows.values[f.name]) for f in view.row_features]
+        prefixes = [tile_prefix(s.column, s.tile_ms) for s in sets]
+        limit = self._limits[view.name]
         calls = []
-        for key, idxs in by_key.items():
-            args: list[Any] = []
-            newest = max(idxs, key=lambda i: (rows.ts[i], rows.partition[i], rows.offset[i]))
-            # "R" also records the newest event's time (_ts), which TTL needs even without row features.
-            args += ["R", rows.ts[newest], rows.partition[newest], rows.offset[newest], len(row_names)]
-            for name in row_names:
-                args += [row_field(name), orjson.dumps(rows.values[name][newest])]
-            for tset in sets:
-                args += self._tile_ops(tset, rows, idxs, numeric[tset.column])
+        for key, (newest, newest_order, tiles) in per_key.items():
+            # "R" records the newest event (_ts, needed by TTL) and the row-level features
+            tokens: list[str] = ["R", str(ts[newest]), str(part[newest]), str(off[newest]), str(len(row_fields))]
+            for name, col in row_fields:
+                tokens += [name, orjson.dumps(col[newest]).decode()]
+            for (si, idx), (c, s, lo, hi, order, last) in tiles.items():
+                tset = sets[si]
+                for stat in tset.stats:
+                    field = tile_field(tset.column, tset.tile_ms, idx, stat)
+                    if stat == "c":
+                        tokens += ["C", field, str(c)]
+                    elif stat == "s":
+                        tokens += ["S", field, _num(s)]
+                    elif stat == "m":
+                        tokens += ["m", field, _num(lo)]
+                    elif stat == "M":
+                        tokens += ["M", field, _num(hi)]
+                    else:
+                        tokens += ["L", field, str(order[0]), str(order[1]), str(order[2]), orjson.dumps(last).decode()]
             if sets:
-                max_ts = max(rows.ts[i] for i in idxs)
-                args += ["T", self._limits[view.name], len(sets)]
-                for tset in sets:
+                tokens += ["T", str(limit), str(len(sets))]
+                max_ts = newest_order[0] if not tiles else max(newest_order[0], max(o[4][0] for o in tiles.values()))
+                for tset, prefix in zip(sets, prefixes):
                     keep_from = tile_index(max_ts - self.skew_ms, tset.tile_ms) - tset.max_window_ms // tset.tile_ms
-                    args += [tile_prefix(tset.column, tset.tile_ms), keep_from]
-            calls.append((entity_key(self.project, view.name, key), args))
+                    tokens += [prefix, str(keep_from)]
+            calls.append((entity_key(self.project, view.name, key), SEP.join(tokens) + SEP))
         return calls
-
-    @staticmethod
-    def _tile_ops(tset: TileSet, rows: ViewRows, idxs: list[int], numeric: bool) -> list[Any]:
-        col = rows.values[tset.column]
-        tiles: dict[int, _TileAcc] = {}
-        for i in idxs:
-            value = col[i]
-            if value is None:
-                continue
-            acc = tiles.get(tile_index(rows.ts[i], tset.tile_ms))
-            if acc is None:
-                acc = tiles[tile_index(rows.ts[i], tset.tile_ms)] = _TileAcc()
-            acc.add(value, (rows.ts[i], rows.partition[i], rows.offset[i]), numeric)
-        ops: list[Any] = []
-        for idx, acc in tiles.items():
-            field = lambda stat: tile_field(tset.column, tset.tile_ms, idx, stat)  # noqa: E731
-            for stat in tset.stats:
-                if stat == "c":
-                    ops += ["C", field("c"), acc.count]
-                elif stat == "s":
-                    ops += ["S", field("s"), _num(acc.total)]
-                elif stat == "m":
-                    ops += ["m", field("m"), _num(acc.lo)]
-                elif stat == "M":
-                    ops += ["M", field("M"), _num(acc.hi)]
-                elif stat == "l" and acc.last_order is not None:
-                    ts, p, o = acc.last_order
-                    ops += ["L", field("l"), ts, p, o, orjson.dumps(acc.last)]
-        return ops
