@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -78,3 +79,64 @@ def test_cli_run_until_caught_up_then_read(example_repo: Path, services, overrid
 
     bad = cli("online", "-f", "user_payments:nope", "-e", "user_id=1", "--repo", str(example_repo), env=env)
     assert bad.returncode == 1 and "no feature 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_ctrl_c_stops_cleanly_with_everything_flushed(example_repo: Path, services, overrides: dict) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pyarrow.dataset as pads
+
+    env = {
+        **os.environ,
+        **services.env(),
+        "COLUMNS": "200",
+        "FEATURESTORE_PROJECT": str(overrides["project"]),
+        "FEATURESTORE_CONSUMER_GROUP": str(overrides["consumer_group"]),
+        "FEATURESTORE_KAFKA_OPTIONS": json.dumps(overrides["kafka_options"]),
+        "FEATURESTORE_CHECKPOINT_INTERVAL_S": "3600",  # only the stop may flush and commit
+        "FEATURESTORE_OFFLINE_PATH": str(overrides["offline_path"]),
+        "FEATURESTORE_REGISTRY_PATH": str(overrides["registry_path"]),
+    }
+    assert cli("apply", "--repo", str(example_repo), env=env).returncode == 0
+    settings = load_settings(example_repo, **overrides)
+    plan = compile_repo(example_repo)
+    topic = plan.source("payments").topic
+    ensure_topics(settings, [topic], partitions=2)
+    records = payment_events(800, end=dt.datetime.now(dt.timezone.utc), malformed_fraction=0.0, seed=3)
+    produce_records(producer_config(settings), topic, records)
+
+    proc = subprocess.Popen([sys.executable, "-m", "featurestore", "run", "--repo", str(example_repo)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = redis.Redis.from_url(services.redis_url)
+    newest: dict[int, int] = {}
+    for r in records:
+        ts = int(dt.datetime.fromisoformat(r.event["ts"]).timestamp() * 1000)
+        newest[r.event["user_id"]] = max(ts, newest.get(r.event["user_id"], 0))
+    keys = [f"fs:{overrides['project']}:user_payments:{u}" for u in newest]
+
+    def all_applied() -> bool:
+        pipe = client.pipeline()
+        for k in keys:
+            pipe.hget(k, "_ts")
+        return [int(v) if v else 0 for v in pipe.execute()] == list(newest.values())
+
+    deadline = time.monotonic() + 60
+    while not all_applied() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)  # polls a condition (every user's newest event applied), bounded by the deadline
+    assert all_applied(), "the processor did not apply the events"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert "800 events applied" in out
+    history = pads.dataset(Path(settings.offline_root) / "user_payments", format="parquet", partitioning="hive").to_table()
+    assert history.num_rows == 800, "the stop flushed the buffered history"
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": services.bootstrap_servers, "group.id": settings.consumer_group})
+    committed = c.committed([TopicPartition(topic, p) for p in range(2)], timeout=15)
+    c.close()
+    assert sum(tp.offset for tp in committed) == 800, "the stop committed the offsets"
