@@ -1,16 +1,24 @@
 """Append view rows to the Parquet history: `<root>/<view>/date=YYYY-MM-DD/part-*.parquet`.
 
 Each row is one event's update of one entity: join keys, `event_timestamp`, the view's
-history columns, and where it came from (`_topic`, `_partition`, `_offset`) and when it
-was processed (`_processed_at`). Files are written to a hidden temporary name and renamed,
-so readers never see a half-written file.
+history columns, where it came from (`_topic`, `_partition`, `_offset`) and when it was
+processed (`_processed_at`).
+
+Exactly once, per source partition: a flush writes the partition's rows to hidden staged
+files, then atomically replaces `<view>/_commits/<topic>/p<partition>.json` (the commit
+point: the highest offset written and the files of this flush), then renames the staged
+files into place. On start, staged files named by a commit are renamed (roll forward) and
+any others deleted (roll back). Rows at or below a partition's committed offset are never
+written again, so a replay after a crash neither duplicates nor skips rows, and readers
+never see a half-written file.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
-import uuid
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,6 +36,8 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "datetime": pa.timestamp("us", tz="UTC"),
 }
 _DAY_MS = 86_400_000
+_STAGED = re.compile(r"^\.(part-.+\.parquet)\.staged$")
+COMMITS_DIR = "_commits"
 
 
 def history_schema(view: ViewPlan) -> pa.Schema:
@@ -52,6 +62,10 @@ def has_history(root: Path, view: str) -> bool:
     return any((root / view).rglob("*.parquet")) if (root / view).is_dir() else False
 
 
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
 class HistoryWriter:
     """Buffers view rows and writes them as Parquet files on `flush()`."""
 
@@ -60,8 +74,44 @@ class HistoryWriter:
         self.views = {v.name: v for v in plan.views}
         self.schemas = {v.name: history_schema(v) for v in plan.views}
         self._buffer: dict[str, list[ViewRows]] = {}
+        self._committed: dict[tuple[str, str, int], int] = {}
         self.rows_written = 0
+        self.rows_skipped = 0
+        for view in self.views:
+            self._recover(view)
 
+    # -- state -----------------------------------------------------------------------
+    def _commit_path(self, view: str, topic: str, partition: int) -> Path:
+        return self.root / view / COMMITS_DIR / _safe(topic) / f"p{partition}.json"
+
+    def committed_offset(self, view: str, topic: str, partition: int) -> int:
+        """Highest offset of this partition whose row is in the view's history (-1: none)."""
+        return self._committed.get((view, topic, partition), -1)
+
+    def _recover(self, view: str) -> None:
+        """Roll committed staged files forward, delete uncommitted ones, load committed offsets."""
+        folder = self.root / view
+        if not folder.is_dir():
+            return
+        listed: set[Path] = set()
+        for commit in (folder / COMMITS_DIR).glob("*/p*.json"):
+            state = json.loads(commit.read_text())
+            self._committed[(view, state["topic"], int(state["partition"]))] = int(state["last_offset"])
+            for rel in state["files"]:
+                final = folder / rel
+                listed.add(final)
+                staged = final.with_name(f".{final.name}.staged")
+                if staged.exists() and not final.exists():
+                    os.replace(staged, final)
+        for dirpath, _dirs, files in os.walk(folder):
+            for name in files:
+                m = _STAGED.match(name)
+                if m and Path(dirpath, m.group(1)) not in listed:
+                    Path(dirpath, name).unlink()
+                elif m:
+                    Path(dirpath, name).unlink(missing_ok=True)  # its final file exists already
+
+    # -- writing ---------------------------------------------------------------------
     @property
     def pending(self) -> int:
         return sum(len(r) for rows in self._buffer.values() for r in rows)
@@ -71,17 +121,59 @@ class HistoryWriter:
             self._buffer.setdefault(rows.view, []).append(rows)
 
     def flush(self) -> list[Path]:
-        """Write every buffered row; returns the files written."""
+        """Write every buffered row not yet committed; returns the files written."""
         written: list[Path] = []
         for view, batches in self._buffer.items():
             table = self._table(view, batches)
-            days = pc.divide(table["event_timestamp"].cast(pa.int64()), _DAY_MS)
-            for day in sorted(set(days.to_pylist())):
-                part = table.filter(pc.equal(days, day))
-                written.append(self._write(view, day, part))
-        self.rows_written += self.pending
+            for topic in pc.unique(table["_topic"]).to_pylist():
+                in_topic = table.filter(pc.equal(table["_topic"], topic))
+                for partition in sorted(pc.unique(in_topic["_partition"]).to_pylist()):
+                    part = in_topic.filter(pc.equal(in_topic["_partition"], partition))
+                    written += self._commit_partition(view, topic, partition, part)
         self._buffer.clear()
         return written
+
+    def _commit_partition(self, view: str, topic: str, partition: int, table: pa.Table) -> list[Path]:
+        tracked = partition >= 0  # rows that never went through Kafka (offset -1) are not deduplicated
+        if tracked:
+            fresh = pc.greater(table["_offset"], self.committed_offset(view, topic, partition))
+            self.rows_skipped += table.num_rows - pc.sum(fresh.cast(pa.int64())).as_py()
+            table = table.filter(fresh)
+        if table.num_rows == 0:
+            return []
+        first, last = pc.min(table["_offset"]).as_py(), pc.max(table["_offset"]).as_py()
+        days = pc.divide(table["event_timestamp"].cast(pa.int64()), _DAY_MS)
+        stamp = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%f}"
+        staged: list[tuple[Path, Path]] = []
+        for day in sorted(set(days.to_pylist())):
+            date = (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
+            folder = self.root / view / f"date={date}"
+            folder.mkdir(parents=True, exist_ok=True)
+            final = folder / f"part-{_safe(topic)}-p{partition}-{first:012d}-{last:012d}-{stamp}.parquet"
+            tmp = folder / f".{final.name}.staged"
+            pq.write_table(table.filter(pc.equal(days, day)), tmp, compression="zstd")
+            staged.append((tmp, final))
+        if tracked:
+            self._write_commit(view, topic, partition, last, [final for _, final in staged])
+        for tmp, final in staged:
+            os.replace(tmp, final)
+        self.rows_written += table.num_rows
+        return [final for _, final in staged]
+
+    def _write_commit(self, view: str, topic: str, partition: int, last: int, files: list[Path]) -> None:
+        path = self._commit_path(view, topic, partition)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "topic": topic,
+            "partition": partition,
+            "last_offset": last,
+            "files": [str(f.relative_to(self.root / view)) for f in files],
+            "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        }
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, path)  # the commit point
+        self._committed[(view, topic, partition)] = last
 
     def _table(self, view: str, batches: list[ViewRows]) -> pa.Table:
         plan = self.views[view]
@@ -100,13 +192,3 @@ class HistoryWriter:
             for name, _ in plan.history_columns:
                 cols[name].extend(rows.values[name])
         return pa.Table.from_pydict(cols, schema=self.schemas[view])
-
-    def _write(self, view: str, day: int, table: pa.Table) -> Path:
-        date = (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
-        folder = self.root / view / f"date={date}"
-        folder.mkdir(parents=True, exist_ok=True)
-        name = f"part-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = folder / f".{name}.tmp"
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, folder / name)
-        return folder / name

@@ -206,8 +206,9 @@ class StreamProcessor:
 
     def checkpoint(self) -> None:
         """Make everything processed durable, then commit the offsets that cover it."""
-        self.stats.history_rows += self.history.pending
+        before = self.history.rows_written
         self.history.flush()
+        self.stats.history_rows += self.history.rows_written - before
         if self._producer is not None:
             remaining = self._producer.flush(30)
             if remaining:
