@@ -118,10 +118,18 @@ def start_broker(port: int | None = None, log_dir: Path | None = None, timeout: 
     return _spawn("tansu", argv, port, log_dir or Path(tempfile.gettempdir()) / "featurestore-dev", timeout)
 
 
-def start_redis(port: int | None = None, log_dir: Path | None = None, timeout: float = 30.0) -> Service:
-    """Start redis-server / valkey-server without persistence on 127.0.0.1:`port`."""
+def start_redis(
+    port: int | None = None, log_dir: Path | None = None, timeout: float = 30.0, persist_dir: Path | None = None
+) -> Service:
+    """Start redis-server / valkey-server on 127.0.0.1:`port`: in memory, or with an
+    append-only file fsynced on every write in `persist_dir` (survives SIGKILL)."""
     port = port or free_port()
-    argv = [redis_executable(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    argv = [redis_executable(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    if persist_dir is None:
+        argv += ["--appendonly", "no"]
+    else:
+        persist_dir.mkdir(parents=True, exist_ok=True)
+        argv += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(persist_dir)]
     return _spawn("redis", argv, port, log_dir or Path(tempfile.gettempdir()) / "featurestore-dev", timeout)
 
 

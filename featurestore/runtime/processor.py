@@ -1,9 +1,15 @@
 """The stream processor: consume a batch, decode, write Redis, buffer Parquet, checkpoint.
 
-Checkpoint order (one place): Parquet history flushed (atomic renames) -> dead letters
+Checkpoint order (one place): Parquet history committed per partition -> dead letters
 flushed to Kafka -> consumer offsets committed. Online writes happen per batch, before
-the checkpoint that covers them. A crash between a write and the commit replays the
-uncommitted records: delivery is at least once in this version.
+the checkpoint that covers them. A crash anywhere replays the uncommitted records, and
+both stores ignore what they already hold (per-entity applied offsets in Redis, per-
+partition committed offsets in the history), so every event takes effect exactly once.
+Dead letters are produced at least once (their headers identify the source record).
+
+When Redis or the offline folder fails, the processor retries the same work with
+exponential backoff, reports it (log + `stats.retries`), and never commits offsets past
+data that is not durable.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import TypeVar, cast
 
 import redis
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
@@ -30,6 +36,7 @@ from featurestore.runtime.decode import DeadLetter, Decoder, RawRecord
 from featurestore.runtime.kafka import consumer_config, ensure_topics, producer_config
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -43,6 +50,8 @@ class ProcessorStats:
     entity_writes: int = 0
     history_rows: int = 0
     checkpoints: int = 0
+    retries: int = 0
+    last_error: str = ""
     started_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -59,7 +68,7 @@ class StreamProcessor:
         skew_ms = int(settings.max_future_skew_s * 1000)
         self.decoders = {s.topic: Decoder(plan, s, skew_ms) for s in plan.sources if _has_views(plan, s.name)}
         self.dead_letter_topics = {s.topic: s.dead_letter_topic for s in plan.sources}
-        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=10)
         self.online = OnlineWriter(self.redis, settings.project, plan, skew_ms)
         self.history = HistoryWriter(Path(settings.offline_root), plan)
         self.stats = ProcessorStats()
@@ -183,13 +192,8 @@ class StreamProcessor:
 
     def _write(self, batches: list[ViewRows], dead: list[DeadLetter]) -> None:
         if batches:
-            try:
-                self.stats.entity_writes += self.online.write(batches)
-            except redis.RedisError as exc:
-                raise StoreUnavailable(
-                    f"Redis at {self.settings.redis_url} failed during a batch write ({exc}); "
-                    "its offsets were not committed, so a restart reprocesses it"
-                ) from None
+            self.stats.entity_writes += self._with_retry(f"Redis write to {self.settings.redis_url}",
+                                                         lambda: self.online.write(batches))
             for rows in batches:
                 self.history.append(rows)
         for d in dead:
@@ -204,10 +208,28 @@ class StreamProcessor:
             self._producer.poll(0)
         self.stats.batches += 1
 
+    def _with_retry(self, what: str, action: Callable[[], T]) -> T:
+        """Run an idempotent write until it succeeds, backing off; give up only when asked to stop."""
+        delay = 0.1
+        while True:
+            try:
+                return action()
+            except (redis.RedisError, OSError) as exc:
+                self.stats.retries += 1
+                self.stats.last_error = f"{what}: {exc}"
+                if self._stop.is_set():
+                    raise StoreUnavailable(
+                        f"{what} failed ({exc}) and the processor was asked to stop; "
+                        "the records since the last commit will be processed again on restart"
+                    ) from None
+                log.warning("%s failed (%s); retrying in %.1f s, offsets not advanced", what, exc, delay)
+                self._stop.wait(delay)  # backoff; a stop request ends the wait early
+                delay = min(delay * 2, self.settings.max_retry_backoff_s)
+
     def checkpoint(self) -> None:
         """Make everything processed durable, then commit the offsets that cover it."""
         before = self.history.rows_written
-        self.history.flush()
+        self._with_retry(f"history flush to {self.settings.offline_root}", self.history.flush)
         self.stats.history_rows += self.history.rows_written - before
         if self._producer is not None:
             remaining = self._producer.flush(30)

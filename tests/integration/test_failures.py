@@ -1,18 +1,23 @@
-"""Failures that must not lose data: Redis going away mid-run."""
+"""Failures that must not lose or double anything: Redis crashing mid-run."""
 
 from __future__ import annotations
 
 import datetime as dt
+import signal
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
+import pyarrow.dataset as pads
 import pytest
+import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from featurestore.compile import compile_repo
 from featurestore.config import load_settings
 from featurestore.demo import payment_events, produce_records
 from featurestore.embedded import start_redis
-from featurestore.errors import StoreUnavailable
 from featurestore.registry import FileRegistry
 from featurestore.runtime import StreamProcessor
 from featurestore.runtime.kafka import ensure_topics, producer_config
@@ -20,43 +25,72 @@ from featurestore.runtime.kafka import ensure_topics, producer_config
 pytestmark = pytest.mark.integration
 
 
-def _committed(settings, topic: str, partitions: int) -> int:
+def committed(settings: Any, topic: str, partitions: int) -> int:
     c = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": settings.consumer_group})
     got = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=15)
     c.close()
     return sum(max(tp.offset, 0) for tp in got)
 
 
-def test_redis_loss_mid_run_commits_only_applied_batches(example_repo: Path, overrides: dict, tmp_path: Path) -> None:
-    # This test owns its Redis (it kills it), whatever the environment names.
-    redis_service = start_redis(log_dir=tmp_path)
-    overrides = {**overrides, "redis_url": f"redis://{redis_service.address}/0", "batch_size": 200,
-                 "checkpoint_interval_s": 3600.0}
-    settings = load_settings(example_repo, **overrides)
+def online_state(client: redis.Redis, project: str) -> dict[bytes, dict[bytes, bytes]]:
+    """Every hash of a project, keyed without the project prefix."""
+    prefix = f"fs:{project}:".encode()
+    return {k[len(prefix):]: client.hgetall(k) for k in client.scan_iter(prefix + b"*")}
+
+
+def history_rows(root: Path, view: str) -> list[tuple[Any, ...]]:
+    table = pads.dataset(root / view, format="parquet", partitioning="hive").to_table()
+    table = table.drop_columns(["_processed_at"])
+    return sorted(zip(*[table[c].to_pylist() for c in table.column_names]), key=lambda r: (r[-2], r[-1], r))
+
+
+def test_redis_crash_mid_run_is_retried_with_exactly_once_effect(example_repo: Path, overrides: dict, tmp_path: Path) -> None:
+    # This test owns its Redis (it kills it); it persists to an fsynced AOF like a production Redis.
+    data_dir = tmp_path / "redis-data"
+    redis_service = start_redis(log_dir=tmp_path, persist_dir=data_dir)
+    crashed = dict(overrides, redis_url=f"redis://{redis_service.address}/0", batch_size=150, max_retry_backoff_s=0.5)
+    settings = load_settings(example_repo, **crashed)
     plan = compile_repo(example_repo)
     FileRegistry(settings.registry_root).apply(plan)
     topic = plan.source("payments").topic
     ensure_topics(settings, [topic], partitions=2)
-    records = payment_events(3000, end=dt.datetime.now(dt.timezone.utc), malformed_fraction=0.0, seed=9)
+    records = payment_events(2500, end=dt.datetime.now(dt.timezone.utc), seed=9)
     produce_records(producer_config(settings), topic, records)
 
-    applied_before_kill: list[int] = []
-
-    def kill_after_first_batches(stats) -> None:  # type: ignore[no-untyped-def]
-        if stats.batches == 3 and not applied_before_kill:
-            applied_before_kill.append(stats.records)
-            redis_service.stop()
-
     processor = StreamProcessor(plan, settings)
-    with pytest.raises(StoreUnavailable, match="offsets were not committed"):
-        processor.run(until_caught_up=True, on_batch=kill_after_first_batches)
-    assert applied_before_kill and 0 < applied_before_kill[0] < len(records)
-    assert _committed(settings, topic, 2) == applied_before_kill[0], "exactly the applied batches are committed"
+    killed = threading.Event()
 
-    restarted = start_redis(port=redis_service.port, log_dir=tmp_path)
+    def crash_redis_after_third_batch(stats: Any) -> None:
+        if stats.batches == 3 and not killed.is_set():
+            import os
+
+            os.kill(redis_service.pid, signal.SIGKILL)
+            killed.set()
+
+    result: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: result.update(stats=processor.run(
+        until_caught_up=True, on_batch=crash_redis_after_third_batch)))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while processor.stats.retries == 0 and worker.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)  # polls a condition: the processor has noticed the outage
+    assert killed.is_set() and processor.stats.retries > 0, "the processor did not retry"
+    restarted = start_redis(port=redis_service.port, log_dir=tmp_path, persist_dir=data_dir)
     try:
-        stats = StreamProcessor(plan, settings).run(until_caught_up=True)
+        worker.join(timeout=120)
+        assert not worker.is_alive()
+        stats = result["stats"]
+        assert stats.records == len(records)
+        assert committed(settings, topic, 2) == len(records)
+
+        # the reference: the same records through an uninterrupted processor, into another namespace
+        clean = load_settings(example_repo, **dict(crashed, project=f"{overrides['project']}-ref",
+                                                   consumer_group=f"{overrides['consumer_group']}-ref",
+                                                   offline_path=tmp_path / "offline-ref"))
+        StreamProcessor(plan, clean).run(until_caught_up=True)
+        client = redis.Redis.from_url(settings.redis_url)
+        assert online_state(client, settings.project) == online_state(client, clean.project)
+        for view in ("user_payments", "merchant_payments"):
+            assert history_rows(Path(settings.offline_root), view) == history_rows(Path(clean.offline_root), view)
     finally:
         restarted.stop()
-    assert stats.records == len(records) - applied_before_kill[0], "the rest is processed after restart, nothing skipped"
-    assert _committed(settings, topic, 2) == len(records)
