@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from featurestore.faults import fault_point
 from featurestore.plan import Plan, ViewPlan
 from featurestore.records import ViewRows
 
@@ -153,8 +154,10 @@ class HistoryWriter:
             tmp = folder / f".{final.name}.staged"
             pq.write_table(table.filter(pc.equal(days, day)), tmp, compression="zstd")
             staged.append((tmp, final))
+        fault_point("after_history_staged")
         if tracked:
             self._write_commit(view, topic, partition, last, [final for _, final in staged])
+            fault_point("after_history_commit")
         for tmp, final in staged:
             os.replace(tmp, final)
         self.rows_written += table.num_rows

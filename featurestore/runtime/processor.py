@@ -27,6 +27,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 
 from featurestore.config import Settings
 from featurestore.errors import StoreUnavailable
+from featurestore.faults import fault_point
 from featurestore.offline.history import HistoryWriter
 from featurestore.online.writer import OnlineWriter
 from featurestore.plan import Plan
@@ -194,6 +195,7 @@ class StreamProcessor:
         if batches:
             self.stats.entity_writes += self._with_retry(f"Redis write to {self.settings.redis_url}",
                                                          lambda: self.online.write(batches))
+            fault_point("after_online_write")
             for rows in batches:
                 self.history.append(rows)
         for d in dead:
@@ -236,6 +238,7 @@ class StreamProcessor:
             if remaining:
                 raise StoreUnavailable(f"{remaining} dead letters not delivered; offsets not committed")
         if self._offsets and self._consumer is not None:
+            fault_point("before_offset_commit")
             offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
             self._consumer.commit(offsets=offsets, asynchronous=False)
             self._offsets.clear()

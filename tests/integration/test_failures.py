@@ -39,9 +39,11 @@ def online_state(client: redis.Redis, project: str) -> dict[bytes, dict[bytes, b
 
 
 def history_rows(root: Path, view: str) -> list[tuple[Any, ...]]:
+    """History rows as tuples (partition, offset, every other column but _processed_at), sorted."""
     table = pads.dataset(root / view, format="parquet", partitioning="hive").to_table()
-    table = table.drop_columns(["_processed_at"])
-    return sorted(zip(*[table[c].to_pylist() for c in table.column_names]), key=lambda r: (r[-2], r[-1], r))
+    rest = [c for c in table.column_names if c not in ("_partition", "_offset", "_processed_at")]
+    columns = [table["_partition"].to_pylist(), table["_offset"].to_pylist()] + [table[c].to_pylist() for c in rest]
+    return sorted(zip(*columns))
 
 
 def test_redis_crash_mid_run_is_retried_with_exactly_once_effect(example_repo: Path, overrides: dict, tmp_path: Path) -> None:
