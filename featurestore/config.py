@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(20_000, gt=0, description="Maximum records the processor takes per batch.")
     batch_timeout_s: float = Field(0.2, gt=0, description="Longest wait for a batch to fill.")
     checkpoint_interval_s: float = Field(5.0, gt=0, description="Parquet flush + offset commit interval.")
+    max_record_bytes: int = Field(1024 * 1024, gt=0, description="Larger records are dead-lettered as oversized.")
     max_retry_backoff_s: float = Field(5.0, gt=0, description="Longest wait between retries of a failed write.")
     max_future_skew_s: float = Field(
         300.0, ge=0, description="Events stamped further than this in the future are dead-lettered."

@@ -1,8 +1,9 @@
 """Decode raw Kafka records of one source into per-view rows, or dead letters with a reason.
 
-Reasons: `malformed_json` (not JSON), `schema_violation` (JSON not matching the event
-model), `missing_key` (a join key is null), `absurd_timestamp` (before 1970 or further
-in the future than the allowed skew), `transform_error` (a udf raised).
+Reasons: `oversized` (larger than the configured limit), `malformed_json` (not JSON),
+`schema_violation` (JSON not matching the event model), `missing_key` (a join key is
+null), `absurd_timestamp` (before 1970 or further in the future than the allowed skew),
+`transform_error` (a udf raised).
 """
 
 from __future__ import annotations
@@ -103,11 +104,14 @@ def _attr(name: str) -> Callable[[Any], Any]:
 class Decoder:
     """Decodes batches of one source's records into ViewRows and DeadLetters."""
 
-    def __init__(self, plan: Plan, source: SourcePlan, max_future_skew_ms: int) -> None:
+    def __init__(
+        self, plan: Plan, source: SourcePlan, max_future_skew_ms: int, max_record_bytes: int = 1024 * 1024
+    ) -> None:
         self.source = source
         self.model: type[BaseModel] = import_object(source.schema_ref)
         self.views = [_ViewExtractor(v) for v in plan.views if v.source == source.name]
         self.skew_ms = max_future_skew_ms
+        self.max_record_bytes = max_record_bytes
 
     def decode(
         self, records: Sequence[RawRecord], now_ms: int
@@ -128,6 +132,8 @@ class Decoder:
     ) -> tuple[str, str]:
         if not rec.value:
             return "malformed_json", "empty record"
+        if len(rec.value) > self.max_record_bytes:
+            return "oversized", f"{len(rec.value)} bytes, more than the limit of {self.max_record_bytes}"
         try:
             event = self.model.model_validate_json(rec.value)
         except ValidationError as exc:

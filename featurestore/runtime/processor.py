@@ -67,7 +67,9 @@ class StreamProcessor:
         self.plan = plan
         self.settings = settings
         skew_ms = int(settings.max_future_skew_s * 1000)
-        self.decoders = {s.topic: Decoder(plan, s, skew_ms) for s in plan.sources if _has_views(plan, s.name)}
+        self.decoders = {
+            s.topic: Decoder(plan, s, skew_ms, settings.max_record_bytes) for s in plan.sources if _has_views(plan, s.name)
+        }
         self.dead_letter_topics = {s.topic: s.dead_letter_topic for s in plan.sources}
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=10)
         self.online = OnlineWriter(self.redis, settings.project, plan, skew_ms)
