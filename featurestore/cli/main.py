@@ -185,6 +185,76 @@ def run(
                   f"{stats.history_rows:,} history rows written.")
 
 
+@app.command("rebuild-online")
+@friendly_errors
+def rebuild_online(
+    repo: RepoOpt = Path("."),
+    catch_up: Annotated[bool, typer.Option(help="Then apply the Kafka tail after the history (run --until-caught-up).")] = True,
+    check_sample: Annotated[int, typer.Option(help="Entities per view compared online vs offline afterwards (0: skip).")] = 200,
+    force: Annotated[bool, typer.Option(help="Rebuild even if the consumer group looks active.")] = False,
+) -> None:
+    """Restore the online store from the offline history after Redis lost data.
+
+    Wipes the project's online keys, replays the history through the streaming writer,
+    applies the Kafka tail, then compares a sample online vs offline. Stop the processors first.
+    """
+    import redis as redis_lib
+
+    from featurestore.compile.loader import ensure_importable
+    from featurestore.errors import StoreUnavailable
+    from featurestore.online import OnlineReader, OnlineWriter
+    from featurestore.registry import FileRegistry
+    from featurestore.runtime import StreamProcessor
+    from featurestore.runtime.kafka import admin_config
+    from featurestore.runtime.rebuild import compare_online_offline, count_history, group_is_active, rebuild_view, wipe_online
+
+    settings = _settings(repo)
+    plan_ = FileRegistry(settings.registry_root).current_plan()
+    ensure_importable(repo)
+    client = redis_lib.Redis.from_url(settings.redis_url)
+    try:
+        client.ping()
+    except redis_lib.RedisError as exc:
+        raise StoreUnavailable(f"Redis at {settings.redis_url} is unreachable: {exc}") from None
+    active = None if force else group_is_active(admin_config(settings), settings.consumer_group)
+    if active == "unknown":
+        err_console.print(f"[yellow]warning:[/yellow] the broker did not say whether group {settings.consumer_group} "
+                          "is active; make sure its processors are stopped")
+    elif active:
+        raise StoreUnavailable(
+            f"consumer group {settings.consumer_group} is {active}: stop the processors before rebuilding (or pass --force)"
+        )
+    wiped = wipe_online(client, settings.project)
+    console.print(f"Removed {wiped:,} online keys of project {settings.project}.")
+    writer = OnlineWriter(client, settings.project, plan_, int(settings.max_future_skew_s * 1000))
+    totals = {v.name: count_history(settings.offline_root, v) for v in plan_.views}
+    from rich.progress import Progress
+
+    started = time.monotonic()
+    with Progress(console=console) as progress:
+        for view in plan_.views:
+            task = progress.add_task(f"Replaying {view.name} history", total=totals[view.name] or 1)
+            rebuild_view(writer, settings.offline_root, view, functools.partial(progress.advance, task))
+            progress.update(task, completed=totals[view.name] or 1)
+    console.print(f"Replayed {sum(totals.values()):,} history rows into {settings.redis_url} "
+                  f"in {time.monotonic() - started:.1f} s ({writer.groups_skipped:,} groups already present).")
+    if catch_up:
+        with console.status("Applying the Kafka tail after the history..."):
+            stats = StreamProcessor(plan_, settings).run(until_caught_up=True)
+        console.print(f"Kafka tail: {stats.records:,} records read since the last commit, {stats.events:,} applied "
+                      "(those already in the history change nothing).")
+    if check_sample:
+        checked, problems = compare_online_offline(
+            OnlineReader(client, settings.project, plan_), settings.offline_root, plan_, int(time.time() * 1000), check_sample
+        )
+        if problems:
+            for line in problems[:20]:
+                err_console.print(f"  - {line}", highlight=False, markup=False)
+            err_console.print(f"[red]error:[/red] {len(problems)} value(s) differ online vs offline over {checked} entities")
+            raise typer.Exit(1)
+        console.print(f"Check: online equals offline for all {checked} sampled entities.")
+
+
 # -- reads ----------------------------------------------------------------------------------------
 def _parse_entity(spec: str) -> dict[str, Any]:
     row: dict[str, Any] = {}
