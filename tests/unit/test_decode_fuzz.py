@@ -4,9 +4,9 @@ record is accounted for (a row in every view, or exactly one dead letter with a 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
-import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
