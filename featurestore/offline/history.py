@@ -137,9 +137,16 @@ class HistoryWriter:
     def _commit_partition(self, view: str, topic: str, partition: int, table: pa.Table) -> list[Path]:
         tracked = partition >= 0  # rows that never went through Kafka (offset -1) are not deduplicated
         if tracked:
-            fresh = pc.greater(table["_offset"], self.committed_offset(view, topic, partition))
-            self.rows_skipped += table.num_rows - pc.sum(fresh.cast(pa.int64())).as_py()
-            table = table.filter(fresh)
+            # keep each offset once, and only above what is committed (a replay, or a redelivery)
+            floor = self.committed_offset(view, topic, partition)
+            seen: set[int] = set()
+            keep = []
+            for offset in table["_offset"].to_pylist():
+                keep.append(offset > floor and offset not in seen)
+                seen.add(offset)
+            before = table.num_rows
+            table = table.filter(pa.array(keep, pa.bool_()))
+            self.rows_skipped += before - table.num_rows
         if table.num_rows == 0:
             return []
         first, last = pc.min(table["_offset"]).as_py(), pc.max(table["_offset"]).as_py()

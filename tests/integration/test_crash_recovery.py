@@ -53,18 +53,38 @@ user_txns = FeatureView("user_txns", entities=[user], source=txns, features=[
 '''
 
 
-def _events(end: dt.datetime) -> list[DemoEvent]:
+def _events(end: dt.datetime, n: int = N_EVENTS) -> list[DemoEvent]:
+    """Payments carrying per-user sequence numbers 1, 2, 3, ... over ten days."""
     rnd = random.Random(2024)
     seq: dict[int, int] = {}
     out = []
     start_ms = int(end.timestamp() * 1000) - 10 * 86_400_000
-    for i in range(N_EVENTS):
+    for i in range(n):
         user = rnd.randrange(N_USERS)
         seq[user] = seq.get(user, 0) + 1
-        ts = dt.datetime.fromtimestamp((start_ms + i * 8_640) / 1000, dt.timezone.utc)
+        ts = dt.datetime.fromtimestamp((start_ms + i * (864_000_000 // n)) / 1000, dt.timezone.utc)
         event = {"user_id": user, "seq": seq[user], "amount": round(rnd.uniform(1, 100), 2), "ts": ts.isoformat()}
         out.append(DemoEvent(str(user).encode(), orjson.dumps(event), event))
     return out
+
+
+def check_exactly_once(client: redis.Redis, settings, records: list[DemoEvent], view: str):  # type: ignore[no-untyped-def]
+    """Each user's events counted once and in order, and each record once in the history."""
+    expected: dict[int, int] = {}
+    for r in records:
+        expected[r.event["user_id"]] = r.event["seq"]
+    state = online_state(client, settings.project)
+    assert len(state) == len(expected)
+    for user, n in expected.items():
+        fields = state[f"{view}:{user}".encode()]
+        counts = sum(int(v) for k, v in fields.items() if k.startswith(b"seq|") and k.endswith(b"|c"))
+        sums = sum(float(v) for k, v in fields.items() if k.startswith(b"seq|") and k.endswith(b"|s"))
+        assert counts == n and sums == n * (n + 1) / 2, f"user {user}: count {counts}, sum {sums}, expected n={n}"
+        assert fields[b"r:last_seq"] == str(n).encode()
+    rows = history_rows(Path(settings.offline_root), view)
+    coords = [(r[0], r[1]) for r in rows]
+    assert len(coords) == len(set(coords)) == len(records), "no duplicate and no missing history row"
+    return state, rows
 
 
 def test_sigkill_at_random_and_dangerous_points(tmp_path: Path, services, overrides: dict, run_id: str) -> None:
@@ -102,23 +122,8 @@ def test_sigkill_at_random_and_dangerous_points(tmp_path: Path, services, overri
     assert kills >= 10, f"only {kills} runs were killed"
     assert committed(settings, topic, PARTITIONS) == N_EVENTS
 
-    # absolute checks: each user's events counted once, in order, nothing missing
     client = redis.Redis.from_url(settings.redis_url)
-    expected: dict[int, int] = {}
-    for r in records:
-        expected[r.event["user_id"]] = r.event["seq"]
-    state = online_state(client, settings.project)
-    assert len(state) == len(expected)
-    for user, n in expected.items():
-        fields = state[f"user_txns:{user}".encode()]
-        counts = sum(int(v) for k, v in fields.items() if k.startswith(b"seq|") and k.endswith(b"|c"))
-        sums = sum(float(v) for k, v in fields.items() if k.startswith(b"seq|") and k.endswith(b"|s"))
-        assert counts == n and sums == n * (n + 1) / 2, f"user {user}: count {counts}, sum {sums}, expected n={n}"
-        assert fields[b"r:last_seq"] == str(n).encode()
-    rows = history_rows(Path(settings.offline_root), "user_txns")
-    coords = [(r[0], r[1]) for r in rows]
-    assert len(coords) == len(set(coords)) == N_EVENTS, "no duplicate and no missing history row"
-
+    state, rows = check_exactly_once(client, settings, records, "user_txns")
     # and identical to an uninterrupted run
     clean = load_settings(repo, **dict(overrides, project=f"{overrides['project']}-ref",
                                        consumer_group=f"{overrides['consumer_group']}-ref",
@@ -130,3 +135,104 @@ def test_sigkill_at_random_and_dangerous_points(tmp_path: Path, services, overri
         client.delete(key)
     for key in client.scan_iter(f"fs:{clean.project}*"):
         client.delete(key)
+
+
+def test_rebalances_while_one_of_two_processors_keeps_dying(tmp_path: Path, services, overrides: dict, run_id: str) -> None:
+    """Two processors share a group; one is killed again and again mid-batch and restarted,
+    so partitions move back and forth while events keep arriving."""
+    import signal
+    import time
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    topic = f"txns-{run_id}"
+    (repo / "defs.py").write_text(REPO.replace("TOPIC", topic))
+    overrides = dict(overrides, batch_size=500, checkpoint_interval_s=0.3)
+    settings = load_settings(repo, **overrides)
+    plan = compile_repo(repo)
+    FileRegistry(settings.registry_root).apply(plan)
+    partitions = 4
+    ensure_topics(settings, [topic], partitions=partitions)
+    records = _events(dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1), n=24_000)
+    env = {**os.environ, **services.env(), "FEATURESTORE_KAFKA_OPTIONS": json.dumps(overrides["kafka_options"])}
+    for name in ("project", "consumer_group", "registry_path", "offline_path", "batch_size", "checkpoint_interval_s"):
+        env[f"FEATURESTORE_{name.upper()}"] = str(overrides[name])
+    cmd = [sys.executable, "-m", "featurestore", "run", "--repo", str(repo)]
+    rnd = random.Random(11)
+
+    def start(fault: str = "") -> subprocess.Popen[str]:
+        return subprocess.Popen(cmd, env=dict(env, FEATURESTORE_FAULT=fault), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+
+    survivor = start()
+    victim = start(f"after_online_write:{rnd.randint(1, 3)}")
+    kills = 0
+    produced = 0
+    waves = 8
+    for wave in range(waves):
+        chunk = records[wave * len(records) // waves:(wave + 1) * len(records) // waves]
+        produce_records(producer_config(settings), topic, chunk)
+        produced += len(chunk)
+        deadline = time.monotonic() + 120
+        while committed(settings, topic, partitions) < produced and time.monotonic() < deadline:
+            if victim.poll() is not None:
+                assert victim.returncode == -signal.SIGKILL, victim.stderr.read() if victim.stderr else ""
+                kills += 1
+                victim = start(f"{rnd.choice(['after_online_write', 'after_history_staged', 'before_offset_commit'])}:"
+                               f"{rnd.randint(1, 3)}")
+            time.sleep(0.2)  # polls a condition: everything produced so far is committed
+        assert committed(settings, topic, partitions) == produced, f"wave {wave} was not processed"
+    for proc in (survivor, victim):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    for proc in (survivor, victim):
+        proc.wait(timeout=60)
+    assert survivor.returncode == 0
+    assert kills >= 3, f"the victim died only {kills} times"
+    client = redis.Redis.from_url(settings.redis_url)
+    check_exactly_once(client, settings, records, "user_txns")
+    for key in client.scan_iter(f"fs:{settings.project}*"):
+        client.delete(key)
+
+
+def test_every_batch_delivered_twice_plus_a_zombie(tmp_path: Path, overrides: dict, run_id: str) -> None:
+    """The processor writes each batch twice, and a stale batch again at the end (as a
+    zombie former owner would): the result equals a single, clean delivery."""
+    from featurestore.runtime.decode import DeadLetter
+    from featurestore.records import ViewRows
+
+    class TwiceAndAZombie(StreamProcessor):
+        first: list[ViewRows] | None = None
+
+        def _write(self, batches: list[ViewRows], dead: list[DeadLetter]) -> None:
+            super()._write(batches, dead)
+            super()._write(batches, [])
+            if self.first is None:
+                self.first = batches
+
+        def checkpoint(self) -> None:
+            if self.first is not None:
+                super()._write(self.first, [])  # the zombie: an old batch, once more
+            super().checkpoint()
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    topic = f"txns-{run_id}"
+    (repo / "defs.py").write_text(REPO.replace("TOPIC", topic))
+    settings = load_settings(repo, **dict(overrides, batch_size=700))
+    plan = compile_repo(repo)
+    FileRegistry(settings.registry_root).apply(plan)
+    ensure_topics(settings, [topic], partitions=3)
+    records = _events(dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1), n=6_000)
+    produce_records(producer_config(settings), topic, records)
+    processor = TwiceAndAZombie(plan, settings)
+    processor.run(until_caught_up=True)
+    assert processor.online.groups_skipped > 0 and processor.history.rows_skipped > 0
+    client = redis.Redis.from_url(settings.redis_url)
+    state, rows = check_exactly_once(client, settings, records, "user_txns")
+    clean = load_settings(repo, **dict(overrides, project=f"{overrides['project']}-ref",
+                                       consumer_group=f"{overrides['consumer_group']}-ref",
+                                       offline_path=tmp_path / "offline-ref"))
+    StreamProcessor(plan, clean).run(until_caught_up=True)
+    assert state == online_state(client, clean.project)
+    assert rows == history_rows(Path(clean.offline_root), "user_txns")
