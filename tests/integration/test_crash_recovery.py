@@ -198,8 +198,8 @@ def test_rebalances_while_one_of_two_processors_keeps_dying(tmp_path: Path, serv
 def test_every_batch_delivered_twice_plus_a_zombie(tmp_path: Path, overrides: dict, run_id: str) -> None:
     """The processor writes each batch twice, and a stale batch again at the end (as a
     zombie former owner would): the result equals a single, clean delivery."""
-    from featurestore.runtime.decode import DeadLetter
     from featurestore.records import ViewRows
+    from featurestore.runtime.decode import DeadLetter
 
     class TwiceAndAZombie(StreamProcessor):
         first: list[ViewRows] | None = None
