@@ -11,13 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import orjson
 import pytest
 import redis
 
 from featurestore.compile import compile_repo
 from featurestore.config import load_settings
 from featurestore.demo.events import DemoEvent, produce_records
+from featurestore.demo.sequenced import sequenced_events, write_sequenced_repo
 from featurestore.faults import POINTS
 from featurestore.registry import FileRegistry
 from featurestore.runtime import StreamProcessor
@@ -28,46 +28,7 @@ from .test_failures import committed, history_rows, online_state
 pytestmark = pytest.mark.integration
 
 N_EVENTS = 100_000
-N_USERS = 2_000
 PARTITIONS = 3
-REPO = '''
-from datetime import timedelta
-from pydantic import AwareDatetime, BaseModel
-from featurestore import Aggregation, Entity, FeatureView, Field, KafkaSource
-
-class Txn(BaseModel):
-    user_id: int
-    seq: int
-    amount: float
-    ts: AwareDatetime
-
-user = Entity("user", join_keys=["user_id"])
-txns = KafkaSource("txns", topic="TOPIC", schema=Txn, timestamp_field="ts")
-user_txns = FeatureView("user_txns", entities=[user], source=txns, features=[
-    Aggregation("seq", "count", windows=[timedelta(days=30)]),
-    Aggregation("seq", "sum", windows=[timedelta(days=30)]),
-    Aggregation("seq", "max", windows=[timedelta(days=30)]),
-    Aggregation("amount", "sum", windows=[timedelta(hours=1)]),
-    Field("seq", name="last_seq"),
-])
-'''
-
-
-def _events(end: dt.datetime, n: int = N_EVENTS) -> list[DemoEvent]:
-    """Payments carrying per-user sequence numbers 1, 2, 3, ... over ten days."""
-    rnd = random.Random(2024)
-    seq: dict[int, int] = {}
-    out = []
-    start_ms = int(end.timestamp() * 1000) - 10 * 86_400_000
-    for i in range(n):
-        user = rnd.randrange(N_USERS)
-        seq[user] = seq.get(user, 0) + 1
-        ts = dt.datetime.fromtimestamp((start_ms + i * (864_000_000 // n)) / 1000, dt.timezone.utc)
-        event = {"user_id": user, "seq": seq[user], "amount": round(rnd.uniform(1, 100), 2), "ts": ts.isoformat()}
-        out.append(DemoEvent(str(user).encode(), orjson.dumps(event), event))
-    return out
-
-
 def check_exactly_once(client: redis.Redis, settings, records: list[DemoEvent], view: str):  # type: ignore[no-untyped-def]
     """Each user's events counted once and in order, and each record once in the history."""
     expected: dict[int, int] = {}
@@ -88,16 +49,14 @@ def check_exactly_once(client: redis.Redis, settings, records: list[DemoEvent], 
 
 
 def test_sigkill_at_random_and_dangerous_points(tmp_path: Path, services, overrides: dict, run_id: str) -> None:
-    repo = tmp_path / "repo"
-    repo.mkdir()
     topic = f"txns-{run_id}"
-    (repo / "defs.py").write_text(REPO.replace("TOPIC", topic))
+    repo = write_sequenced_repo(tmp_path / "repo", topic)
     overrides = dict(overrides, batch_size=4000, checkpoint_interval_s=0.3)
     settings = load_settings(repo, **overrides)
     plan = compile_repo(repo)
     FileRegistry(settings.registry_root).apply(plan)
     ensure_topics(settings, [topic], partitions=PARTITIONS)
-    records = _events(dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1))
+    records = sequenced_events(N_EVENTS, dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1))
     produce_records(producer_config(settings), topic, records)
 
     env = {**os.environ, **services.env(), "FEATURESTORE_KAFKA_OPTIONS": json.dumps(overrides["kafka_options"])}
@@ -143,17 +102,15 @@ def test_rebalances_while_one_of_two_processors_keeps_dying(tmp_path: Path, serv
     import signal
     import time
 
-    repo = tmp_path / "repo"
-    repo.mkdir()
     topic = f"txns-{run_id}"
-    (repo / "defs.py").write_text(REPO.replace("TOPIC", topic))
+    repo = write_sequenced_repo(tmp_path / "repo", topic)
     overrides = dict(overrides, batch_size=500, checkpoint_interval_s=0.3)
     settings = load_settings(repo, **overrides)
     plan = compile_repo(repo)
     FileRegistry(settings.registry_root).apply(plan)
     partitions = 4
     ensure_topics(settings, [topic], partitions=partitions)
-    records = _events(dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1), n=24_000)
+    records = sequenced_events(24_000, dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1))
     env = {**os.environ, **services.env(), "FEATURESTORE_KAFKA_OPTIONS": json.dumps(overrides["kafka_options"])}
     for name in ("project", "consumer_group", "registry_path", "offline_path", "batch_size", "checkpoint_interval_s"):
         env[f"FEATURESTORE_{name.upper()}"] = str(overrides[name])
@@ -215,15 +172,13 @@ def test_every_batch_delivered_twice_plus_a_zombie(tmp_path: Path, overrides: di
                 super()._write(self.first, [])  # the zombie: an old batch, once more
             super().checkpoint()
 
-    repo = tmp_path / "repo"
-    repo.mkdir()
     topic = f"txns-{run_id}"
-    (repo / "defs.py").write_text(REPO.replace("TOPIC", topic))
+    repo = write_sequenced_repo(tmp_path / "repo", topic)
     settings = load_settings(repo, **dict(overrides, batch_size=700))
     plan = compile_repo(repo)
     FileRegistry(settings.registry_root).apply(plan)
     ensure_topics(settings, [topic], partitions=3)
-    records = _events(dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1), n=6_000)
+    records = sequenced_events(6_000, dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1))
     produce_records(producer_config(settings), topic, records)
     processor = TwiceAndAZombie(plan, settings)
     processor.run(until_caught_up=True)
