@@ -64,8 +64,9 @@ def repo_modules(root: Path) -> list[tuple[str, Path]]:
 def ensure_importable(root: Path) -> None:
     """Put the repo root first on sys.path so its modules (and their imports) resolve."""
     root_str = str(root.resolve())
-    if root_str not in sys.path:
-        sys.path.insert(0, root_str)
+    if root_str in sys.path:
+        sys.path.remove(root_str)  # move it first: another repo's modules may share names
+    sys.path.insert(0, root_str)
 
 
 def _forget_repo_modules(root: Path) -> None:

@@ -153,14 +153,19 @@ class HistoryWriter:
         days = pc.divide(table["event_timestamp"].cast(pa.int64()), _DAY_MS)
         stamp = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%f}"
         staged: list[tuple[Path, Path]] = []
-        for day in sorted(set(days.to_pylist())):
-            date = (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
-            folder = self.root / view / f"date={date}"
-            folder.mkdir(parents=True, exist_ok=True)
-            final = folder / f"part-{_safe(topic)}-p{partition}-{first:012d}-{last:012d}-{stamp}.parquet"
-            tmp = folder / f".{final.name}.staged"
-            pq.write_table(table.filter(pc.equal(days, day)), tmp, compression="zstd")
-            staged.append((tmp, final))
+        try:
+            for day in sorted(set(days.to_pylist())):
+                date = (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
+                folder = self.root / view / f"date={date}"
+                folder.mkdir(parents=True, exist_ok=True)
+                final = folder / f"part-{_safe(topic)}-p{partition}-{first:012d}-{last:012d}-{stamp}.parquet"
+                tmp = folder / f".{final.name}.staged"
+                staged.append((tmp, final))
+                pq.write_table(table.filter(pc.equal(days, day)), tmp, compression="zstd")
+        except OSError:
+            for tmp, _ in staged:  # nothing is committed yet: remove this attempt's files
+                tmp.unlink(missing_ok=True)
+            raise
         fault_point("after_history_staged")
         if tracked:
             self._write_commit(view, topic, partition, last, [final for _, final in staged])

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TypeVar, cast
 
 import redis
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from featurestore.config import Settings
 from featurestore.errors import StoreUnavailable
@@ -38,6 +38,10 @@ from featurestore.runtime.kafka import consumer_config, ensure_topics, producer_
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class _Retryable(Exception):
+    """A transient failure of a write the processor retries."""
 
 
 @dataclass
@@ -218,7 +222,7 @@ class StreamProcessor:
         while True:
             try:
                 return action()
-            except (redis.RedisError, OSError) as exc:
+            except (redis.RedisError, OSError, _Retryable) as exc:
                 self.stats.retries += 1
                 self.stats.last_error = f"{what}: {exc}"
                 if self._stop.is_set():
@@ -230,19 +234,35 @@ class StreamProcessor:
                 self._stop.wait(delay)  # backoff; a stop request ends the wait early
                 delay = min(delay * 2, self.settings.max_retry_backoff_s)
 
+    def _flush_dead_letters(self) -> None:
+        assert self._producer is not None
+        remaining = self._producer.flush(30)
+        if remaining:
+            raise _Retryable(f"{remaining} dead letters not yet acknowledged by the broker")
+
+    def _commit_offsets(self) -> None:
+        """Commit; a non-retriable failure (the partitions moved in a rebalance) drops the
+        offsets: the new owner replays from the last commit and the stores skip what they hold."""
+        assert self._consumer is not None
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if err is not None and hasattr(err, "retriable") and err.retriable():
+                raise _Retryable(f"offset commit: {err}") from None
+            log.warning("offset commit failed (%s); the next owner of these partitions replays them", exc)
+
     def checkpoint(self) -> None:
         """Make everything processed durable, then commit the offsets that cover it."""
         before = self.history.rows_written
         self._with_retry(f"history flush to {self.settings.offline_root}", self.history.flush)
         self.stats.history_rows += self.history.rows_written - before
         if self._producer is not None:
-            remaining = self._producer.flush(30)
-            if remaining:
-                raise StoreUnavailable(f"{remaining} dead letters not delivered; offsets not committed")
+            self._with_retry("dead-letter delivery", self._flush_dead_letters)
         if self._offsets and self._consumer is not None:
             fault_point("before_offset_commit")
-            offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            self._with_retry("offset commit", self._commit_offsets)
             self._offsets.clear()
         self._last_checkpoint = time.monotonic()
         self.stats.checkpoints += 1

@@ -168,3 +168,37 @@ def test_redis_restarted_empty_then_rebuild_online(example_repo: Path, overrides
             online_state(redis.Redis.from_url(reference.redis_url), reference.project).keys()
     finally:
         restarted.stop()
+
+
+def test_disk_full_during_a_history_flush_is_retried(example_repo: Path, overrides: dict, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import errno
+
+    from featurestore.offline import history as history_module
+
+    settings = load_settings(example_repo, **dict(overrides, max_retry_backoff_s=0.2))
+    plan = compile_repo(example_repo)
+    FileRegistry(settings.registry_root).apply(plan)
+    topic = plan.source("payments").topic
+    ensure_topics(settings, [topic], partitions=2)
+    records = payment_events(1200, end=dt.datetime.now(dt.timezone.utc), malformed_fraction=0.0, seed=12)
+    produce_records(producer_config(settings), topic, records)
+
+    real_write = history_module.pq.write_table
+    failures = {"left": 3}
+
+    def full_disk(table: Any, where: Any, **kwargs: Any) -> None:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            Path(where).write_bytes(b"partial")  # a half-written staged file, as a full disk leaves
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(table, where, **kwargs)
+
+    monkeypatch.setattr(history_module.pq, "write_table", full_disk)
+    processor = StreamProcessor(plan, settings)
+    stats = processor.run(until_caught_up=True)
+    assert stats.retries >= 3 and "No space left" in stats.last_error
+    assert stats.records == len(records)
+    assert committed(settings, topic, 2) == len(records)
+    rows = history_rows(Path(settings.offline_root), "user_payments")
+    assert sorted((r[0], r[1]) for r in rows) == sorted({(r[0], r[1]) for r in rows}) and len(rows) == len(records)
+    assert not list(Path(settings.offline_root).rglob(".*.staged")), "failed attempts leave no staged files"
