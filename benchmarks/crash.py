@@ -1,9 +1,10 @@
 """`python -m benchmarks.crash [--events 1000000] [--kills 20]`: the long crash test.
 
 Produces sequenced transactions (each user's events numbered 1, 2, 3, ...), then runs
-`featurestore run --until-caught-up` again and again, each run killed with SIGKILL at a
-random fault point and occurrence (after the Redis write, after Parquet files are staged,
-after the history commit, before the offset commit), and finally once to the end. Then it
+`featurestore run --until-caught-up` again and again, each run killed with SIGKILL: every
+other run at a random time (wherever it is), the others at a fault point (after the Redis
+write, after Parquet files are staged, after the history commit, before the offset commit)
+at a random occurrence; then once more to the end. Then it
 checks that every event took effect exactly once: per user, the online count equals the
 last sequence number and the sum equals n(n+1)/2; the history holds every (partition,
 offset) exactly once. Prints a markdown table and writes JSON to benchmarks/results/.
@@ -78,18 +79,41 @@ def main() -> None:
         for name in ("project", "consumer_group", "registry_path", "offline_path", "checkpoint_interval_s"):
             run_env[f"FEATURESTORE_{name.upper()}"] = str(overrides[name])
         rnd = random.Random(args.seed)
-        faults = ["after_online_write:2", "after_history_staged:1", "after_history_commit:1", "before_offset_commit:1"]
-        faults += [f"{rnd.choice(POINTS)}:{rnd.randint(1, 6)}" for _ in range(args.kills - len(faults))]
         kills: collections.Counter[str] = collections.Counter()
         started = time.monotonic()
         cmd = [sys.executable, "-m", "featurestore", "run", "--until-caught-up", "--repo", str(repo)]
-        for fault in faults + [""]:
-            res = subprocess.run(cmd, env=dict(run_env, FEATURESTORE_FAULT=fault), capture_output=True, text=True)
-            if res.returncode == -9:
-                kills[fault.split(":")[0]] += 1
-                print(f"killed at {fault}", flush=True)
-            elif res.returncode != 0:
-                raise SystemExit(f"run with FEATURESTORE_FAULT={fault!r} failed:\n{res.stderr[-3000:]}")
+        dangerous = ["after_online_write:2", "after_history_staged:1", "after_history_commit:1", "before_offset_commit:1"]
+        attempt = 0
+        finished = False
+        while sum(kills.values()) < args.kills and not finished:
+            if attempt % 2 == 1:  # a random moment: the group forms in ~3 s, then it processes
+                delay = rnd.uniform(4.0, 12.0)
+                proc = subprocess.Popen(cmd, env=dict(run_env, FEATURESTORE_FAULT=""), stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, text=True)
+                try:
+                    proc.wait(timeout=delay)  # the random kill time itself, not a synchronisation
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                    kills["random time"] += 1
+                    print(f"killed after {delay:.1f} s", flush=True)
+                else:
+                    finished = proc.returncode == 0
+                    if not finished:
+                        raise SystemExit(f"run failed:\n{proc.stderr.read() if proc.stderr else ''}")
+            else:
+                fault = dangerous[attempt // 2] if attempt // 2 < len(dangerous) else f"{rnd.choice(POINTS)}:{rnd.randint(1, 3)}"
+                res = subprocess.run(cmd, env=dict(run_env, FEATURESTORE_FAULT=fault), capture_output=True, text=True)
+                if res.returncode == -9:
+                    kills[fault.split(":")[0]] += 1
+                    print(f"killed at {fault}", flush=True)
+                elif res.returncode == 0:
+                    finished = True
+                else:
+                    raise SystemExit(f"run with FEATURESTORE_FAULT={fault!r} failed:\n{res.stderr[-3000:]}")
+            attempt += 1
+        if not finished:
+            subprocess.run(cmd, env=dict(run_env, FEATURESTORE_FAULT=""), check=True, capture_output=True)
         wall = time.monotonic() - started
 
         # checks

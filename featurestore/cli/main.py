@@ -171,6 +171,8 @@ def run(
         t.add_row("records", f"{stats.records:,}", "events/s", f"{stats.records / secs:,.0f}")
         dl = ", ".join(f"{k}={v}" for k, v in sorted(stats.dead_letters.items())) or "0"
         t.add_row("dead letters", dl, "entity writes", f"{stats.entity_writes:,}")
+        if stats.retries:
+            t.add_row("retries", f"{stats.retries:,}", "last error", stats.last_error[:80])
         return t
 
     console.print(f"Processing {', '.join(s.topic for s in plan_.sources)} as group {settings.consumer_group} "
