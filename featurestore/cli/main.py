@@ -208,7 +208,7 @@ def rebuild_online(
     from featurestore.registry import FileRegistry
     from featurestore.runtime import StreamProcessor
     from featurestore.runtime.kafka import admin_config
-    from featurestore.runtime.rebuild import compare_online_offline, count_history, group_is_active, rebuild_view, wipe_online
+    from featurestore.runtime.rebuild import count_history, group_is_active, rebuild_view, wipe_online
 
     settings = _settings(repo)
     plan_ = FileRegistry(settings.registry_root).current_plan()
@@ -246,15 +246,47 @@ def rebuild_online(
         console.print(f"Kafka tail: {stats.records:,} records read since the last commit, {stats.events:,} applied "
                       "(those already in the history change nothing).")
     if check_sample:
-        checked, problems = compare_online_offline(
-            OnlineReader(client, settings.project, plan_), settings.offline_root, plan_, int(time.time() * 1000), check_sample
-        )
-        if problems:
-            for line in problems[:20]:
-                err_console.print(f"  - {line}", highlight=False, markup=False)
-            err_console.print(f"[red]error:[/red] {len(problems)} value(s) differ online vs offline over {checked} entities")
+        from featurestore.client.consistency import check_consistency
+
+        report = check_consistency(OnlineReader(client, settings.project, plan_), settings.offline_root, plan_,
+                                   int(time.time() * 1000), check_sample)
+        checked = max((f.checked for f in report.features), default=0)
+        if report.mismatches:
+            _print_consistency(report)
+            err_console.print(f"[red]error:[/red] {report.mismatches} value(s) differ online vs offline")
             raise typer.Exit(1)
-        console.print(f"Check: online equals offline for all {checked} sampled entities.")
+        console.print(f"Check: online equals offline for all {checked} sampled entities per view.")
+
+
+@app.command()
+@friendly_errors
+def consistency(
+    repo: RepoOpt = Path("."),
+    sample: Annotated[int, typer.Option(help="Entities per view to compare.")] = 200,
+    max_mismatch_rate: Annotated[float, typer.Option(help="Exit 1 if any feature's mismatch rate is above this.")] = 0.0,
+) -> None:
+    """Compare online values with an offline recomputation of the same features, now."""
+    from featurestore.client import FeatureStore
+
+    with console.status("Reading online values and recomputing them offline..."):
+        report = FeatureStore(repo).check_consistency(sample=sample)
+    _print_consistency(report)
+    worst = max((f.mismatch_rate for f in report.features), default=0.0)
+    if worst > max_mismatch_rate:
+        err_console.print(f"[red]error:[/red] mismatch rate {worst:.2%} is above {max_mismatch_rate:.2%}")
+        raise typer.Exit(1)
+
+
+def _print_consistency(report: Any) -> None:
+    table = Table("feature", "checked", "mismatches", "rate", "max abs diff", "online staleness",
+                  title=f"Online vs offline at {report.at:%Y-%m-%d %H:%M:%S} UTC")
+    for row in report.rows():
+        table.add_row(row["feature"], str(row["checked"]), str(row["mismatches"]), f"{row['mismatch_rate']:.2%}",
+                      f"{row['max_abs_diff']:.3g}", f"{row['online_staleness_ms'] / 1000:.1f} s")
+    console.print(table)
+    for feat in report.features:
+        for example in feat.examples:
+            console.print(f"  {feat.feature}: {example}", highlight=False, markup=False)
 
 
 # -- reads ----------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import redis
 
+from featurestore.client.consistency import ConsistencyReport, check_consistency
 from featurestore.client.responses import OnlineResponse, TrainingSet
 from featurestore.config import Settings, load_settings
 from featurestore.errors import FeatureRequestError, StoreUnavailable
@@ -181,6 +182,15 @@ class FeatureStore:
         for (view, name), col in zip(resolved, names):
             out = out.append_column(col, values[(view.name, name)])
         return TrainingSet(out)
+
+    def check_consistency(self, sample: int = 200, at: dt.datetime | None = None) -> ConsistencyReport:
+        """Compare `sample` entities per view online vs an offline recomputation as of `at` (now).
+
+        Run it on a caught-up store: entities updated within the last checkpoint interval may
+        differ because the history is flushed at checkpoints."""
+        t_ms = to_epoch_ms(at) if at is not None else int(time.time() * 1000)
+        reader = OnlineReader(self.redis, self.settings.project, self.plan)
+        return check_consistency(reader, self.settings.offline_root, self.plan, t_ms, sample)
 
     def close(self) -> None:
         if self._redis is not None:

@@ -7,33 +7,18 @@ Kafka tail after the history and skips everything the rebuild already applied.
 
 from __future__ import annotations
 
-import datetime as dt
-import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
 from featurestore.offline.history import has_history, history_glob
-from featurestore.offline.point_in_time import point_in_time_features
-from featurestore.online.reader import OnlineReader, ViewRequest
 from featurestore.online.writer import OnlineWriter
-from featurestore.plan import Plan, ViewPlan
+from featurestore.plan import ViewPlan
 from featurestore.records import ViewRows
 
 _BATCH_ROWS = 50_000
-
-
-@dataclass
-class RebuildReport:
-    """Rows replayed per view, and the result of the online/offline comparison."""
-
-    rows: dict[str, int] = field(default_factory=dict)
-    checked: int = 0
-    mismatches: list[str] = field(default_factory=list)
 
 
 def wipe_online(client: Any, project: str) -> int:
@@ -106,44 +91,3 @@ def rebuild_view(
         if on_rows:
             on_rows(n)
     return total
-
-
-def compare_online_offline(
-    reader: OnlineReader, offline_root: Path, plan: Plan, t_ms: int, sample: int, seed: int = 0
-) -> tuple[int, list[str]]:
-    """Read a sample of entities online and offline at `t_ms`; returns (checked, mismatches)."""
-    rnd = random.Random(seed)
-    checked, problems = 0, []
-    for view in plan.views:
-        if not has_history(offline_root, view.name):
-            continue
-        keys = [k.name for k in view.join_keys]
-        glob = history_glob(offline_root, view.name)
-        all_keys = duckdb.connect().execute(
-            f"SELECT DISTINCT {', '.join(keys)} FROM read_parquet('{glob}', hive_partitioning = true) ORDER BY ALL"
-        ).fetchall()
-        chosen = rnd.sample(all_keys, min(sample, len(all_keys)))
-        if not chosen:
-            continue
-        feats = view.feature_names
-        online = reader.read([ViewRequest(view, feats, [tuple(k) for k in chosen])], t_ms)[0]
-        table = pa.table({k: [c[i] for c in chosen] for i, k in enumerate(keys)})
-        offline = point_in_time_features(offline_root, view, feats, table, pa.array([t_ms] * len(chosen), pa.int64()))
-        off = offline.to_pydict()
-        for f in feats:
-            for i, key in enumerate(chosen):
-                a, b = online[f][i], off[f][i]
-                if not _same(a, b):
-                    problems.append(f"{view.name}:{f} for {dict(zip(keys, key))}: online {a!r}, offline {b!r}")
-        checked += len(chosen)
-    return checked, problems
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        if a is None or b is None:
-            return a is b
-        return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
-    if isinstance(b, dt.datetime) and isinstance(a, dt.datetime):
-        return a == b
-    return bool(a == b)

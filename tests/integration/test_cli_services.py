@@ -77,6 +77,10 @@ def test_cli_run_until_caught_up_then_read(example_repo: Path, services, overrid
     assert got.isna().tolist() == [True, False], "an hour before the first event the user is unknown"
     assert got.iloc[1] == expected_count
 
+    check = cli("consistency", "--sample", "5", "--repo", str(example_repo), env=env)
+    assert check.returncode == 0, check.stderr
+    assert "user_payments:amount_count_1d" in check.stdout and "0.00%" in check.stdout
+
     bad = cli("online", "-f", "user_payments:nope", "-e", "user_id=1", "--repo", str(example_repo), env=env)
     assert bad.returncode == 1 and "no feature 'nope'" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -240,3 +240,28 @@ def test_history_is_hive_partitioned_with_kafka_coordinates(pipeline):
     assert len(coords) == len(valid)  # every update once, with its own partition/offset
     ids = {orjson.loads(r.value)["user_id"] for r in valid}
     assert set(table["user_id"].to_pylist()) == ids
+
+
+def test_consistency_check_passes_and_catches_a_broken_definition(pipeline):
+    from featurestore.client.consistency import check_consistency
+    from featurestore.online.reader import OnlineReader
+
+    store = FeatureStore(pipeline["repo"], settings=pipeline["settings"])
+    report = store.check_consistency(sample=25, at=pipeline["end"])
+    assert report.mismatches == 0
+    assert all(f.checked == 25 for f in report.features if f.feature.startswith("user_payments:"))
+    assert report.to_pandas()["mismatch_rate"].max() == 0.0
+
+    # the offline side computes amount_sum_1h over 2 hours: the checker must notice
+    plan = pipeline["plan"]
+    view = plan.view("user_payments")
+    broken_aggs = [a.model_copy(update={"window_ms": 2 * HOUR}) if a.name == "amount_sum_1h" else a for a in view.aggregations]
+    broken = plan.model_copy(update={"views": [view.model_copy(update={"aggregations": broken_aggs}) if v.name == view.name
+                                               else v for v in plan.views]})
+    reader = OnlineReader(store.redis, pipeline["settings"].project, plan)
+    bad = check_consistency(reader, pipeline["settings"].offline_root, plan, _ms(pipeline["end"]), 25, offline_plan=broken)
+    rates = {f.feature: f.mismatch_rate for f in bad.features}
+    assert rates["user_payments:amount_sum_1h"] > 0
+    assert next(f for f in bad.features if f.feature == "user_payments:amount_sum_1h").max_abs_diff > 0
+    assert all(rate == 0 for name, rate in rates.items() if name != "user_payments:amount_sum_1h")
+    store.close()
