@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     def resolved(self, repo: Path) -> Settings:
         """Fill the defaults that depend on the repository path."""
         project = self.project or re.sub(r"[^A-Za-z0-9_.-]", "_", repo.resolve().name)
-        state = repo / STATE_DIR
+        state = Path(STATE_DIR)
         return self.model_copy(
             update={
                 "project": project,

@@ -436,7 +436,13 @@ def demo(
 
 def main() -> None:
     """Entry point of the `featurestore` script."""
+    import logging
+
+    from rich.logging import RichHandler
+
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)])
     app()
 
 

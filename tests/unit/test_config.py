@@ -43,6 +43,16 @@ def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert from_args.kafka_bootstrap_servers == "arg:9092"
 
 
+def test_default_paths_are_inside_a_relative_repo_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for var in ("FEATURESTORE_OFFLINE_PATH", "FEATURESTORE_REGISTRY_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "repo").mkdir()
+    s = load_settings("repo")
+    assert s.offline_root == Path("repo/.featurestore/offline")
+    assert s.registry_root == Path("repo/.featurestore/registry")
+
+
 def test_invalid_settings_name_the_setting(tmp_path: Path) -> None:
     (tmp_path / "featurestore.yaml").write_text("batch_size: -3\n")
     with pytest.raises(ConfigError, match="batch_size"):
