@@ -13,13 +13,10 @@ offset) exactly once. Prints a markdown table and writes JSON to benchmarks/resu
 from __future__ import annotations
 
 import argparse
-import collections
 import datetime as dt
 import json
 import os
-import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +34,7 @@ from featurestore.config import load_settings  # noqa: E402
 from featurestore.demo import produce_records  # noqa: E402
 from featurestore.demo.sequenced import sequenced_events, write_sequenced_repo  # noqa: E402
 from featurestore.embedded import DevEnvironment  # noqa: E402
-from featurestore.faults import POINTS  # noqa: E402
+from featurestore.faults import crash_loop  # noqa: E402
 from featurestore.offline.history import history_glob  # noqa: E402
 from featurestore.registry import FileRegistry  # noqa: E402
 from featurestore.runtime.kafka import ensure_topics, producer_config  # noqa: E402
@@ -78,42 +75,11 @@ def main() -> None:
         run_env = {**os.environ, **env, "FEATURESTORE_KAFKA_OPTIONS": json.dumps(FAST_GROUP)}
         for name in ("project", "consumer_group", "registry_path", "offline_path", "checkpoint_interval_s"):
             run_env[f"FEATURESTORE_{name.upper()}"] = str(overrides[name])
-        rnd = random.Random(args.seed)
-        kills: collections.Counter[str] = collections.Counter()
         started = time.monotonic()
         cmd = [sys.executable, "-m", "featurestore", "run", "--until-caught-up", "--repo", str(repo)]
-        dangerous = ["after_online_write:2", "after_history_staged:1", "after_history_commit:1", "before_offset_commit:1"]
-        attempt = 0
-        finished = False
-        while sum(kills.values()) < args.kills and not finished:
-            if attempt % 2 == 1:  # a random moment: the group forms in ~3 s, then it processes
-                delay = rnd.uniform(4.0, 12.0)
-                proc = subprocess.Popen(cmd, env=dict(run_env, FEATURESTORE_FAULT=""), stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, text=True)
-                try:
-                    proc.wait(timeout=delay)  # the random kill time itself, not a synchronisation
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                    kills["random time"] += 1
-                    print(f"killed after {delay:.1f} s", flush=True)
-                else:
-                    finished = proc.returncode == 0
-                    if not finished:
-                        raise SystemExit(f"run failed:\n{proc.stderr.read() if proc.stderr else ''}")
-            else:
-                fault = dangerous[attempt // 2] if attempt // 2 < len(dangerous) else f"{rnd.choice(POINTS)}:{rnd.randint(1, 3)}"
-                res = subprocess.run(cmd, env=dict(run_env, FEATURESTORE_FAULT=fault), capture_output=True, text=True)
-                if res.returncode == -9:
-                    kills[fault.split(":")[0]] += 1
-                    print(f"killed at {fault}", flush=True)
-                elif res.returncode == 0:
-                    finished = True
-                else:
-                    raise SystemExit(f"run with FEATURESTORE_FAULT={fault!r} failed:\n{res.stderr[-3000:]}")
-            attempt += 1
-        if not finished:
-            subprocess.run(cmd, env=dict(run_env, FEATURESTORE_FAULT=""), check=True, capture_output=True)
+        dangerous = ("after_online_write:2", "after_history_staged:1", "after_history_commit:1", "before_offset_commit:1")
+        kills = crash_loop(cmd, run_env, args.kills, args.seed, dangerous,
+                           on_kill=lambda where: print(f"killed {where}", flush=True))
         wall = time.monotonic() - started
 
         # checks

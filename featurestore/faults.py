@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 
 POINTS = ("after_online_write", "after_history_staged", "after_history_commit", "before_offset_commit")
 
@@ -35,3 +36,53 @@ def fault_point(name: str) -> None:
     _SEEN[name] = _SEEN.get(name, 0) + 1
     if _SEEN[name] == _TARGET[1]:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def crash_loop(
+    cmd: list[str], env: dict[str, str], kills: int, seed: int, dangerous: tuple[str, ...] = (),
+    random_time: tuple[float, float] = (4.0, 12.0), on_kill: Callable[[str], None] | None = None,
+) -> dict[str, int]:
+    """Run `cmd` (a processor run that exits 0 when caught up) until `kills` runs have been
+    SIGKILLed or a run completes, then once more to completion. Runs alternate between a
+    fault point (the `dangerous` ones first, then random points at random occurrences) and a
+    kill at a random moment within `random_time` seconds. Returns kills per kind."""
+    import random
+    import subprocess
+
+    rnd = random.Random(seed)
+    counts: dict[str, int] = {}
+    attempt, finished = 0, False
+    while sum(counts.values()) < kills and not finished:
+        if attempt % 2 == 1:
+            delay = rnd.uniform(*random_time)
+            proc = subprocess.Popen(cmd, env={**env, "FEATURESTORE_FAULT": ""}, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, text=True)
+            try:
+                proc.wait(timeout=delay)  # the random kill time itself, not a synchronisation
+                finished = proc.returncode == 0
+                if not finished:
+                    raise RuntimeError(f"run failed: {proc.stderr.read() if proc.stderr else ''}")
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                kind = "random time"
+                counts[kind] = counts.get(kind, 0) + 1
+                if on_kill:
+                    on_kill(f"after {delay:.1f} s")
+        else:
+            n = attempt // 2
+            fault = dangerous[n] if n < len(dangerous) else f"{rnd.choice(POINTS)}:{rnd.randint(1, 3)}"
+            res = subprocess.run(cmd, env={**env, "FEATURESTORE_FAULT": fault}, capture_output=True, text=True)
+            if res.returncode == -signal.SIGKILL:
+                kind = fault.split(":")[0]
+                counts[kind] = counts.get(kind, 0) + 1
+                if on_kill:
+                    on_kill(f"at {fault}")
+            elif res.returncode == 0:
+                finished = True
+            else:
+                raise RuntimeError(f"run with FEATURESTORE_FAULT={fault!r} failed: {res.stderr[-3000:]}")
+        attempt += 1
+    if not finished:
+        subprocess.run(cmd, env={**env, "FEATURESTORE_FAULT": ""}, check=True, capture_output=True)
+    return counts

@@ -4,22 +4,28 @@ Each row is one event's update of one entity: join keys, `event_timestamp`, the 
 history columns, where it came from (`_topic`, `_partition`, `_offset`) and when it was
 processed (`_processed_at`).
 
-Exactly once, per source partition: a flush writes the partition's rows to hidden staged
-files, then atomically replaces `<view>/_commits/<topic>/p<partition>.json` (the commit
-point: the highest offset written and the files of this flush), then renames the staged
-files into place. On start, staged files named by a commit are renamed (roll forward) and
-any others deleted (roll back). Rows at or below a partition's committed offset are never
+Exactly once, per source partition: under an exclusive lock of the partition's history
+(shared by every process on the filesystem), a flush reads the commit state, writes the
+partition's rows above the committed offset to hidden staged files, atomically replaces
+`<view>/_commits/<topic>/p<partition>.json` (the commit point: the highest offset written
+and the files of this flush), then renames the staged files into place. Staged files named
+by a commit are renamed by whoever next takes the lock (roll forward); on start, others are
+deleted (roll back). Rows at or below a partition's committed offset are never
 written again, so a replay after a crash neither duplicates nor skips rows, and readers
 never see a half-written file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,7 +43,7 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "datetime": pa.timestamp("us", tz="UTC"),
 }
 _DAY_MS = 86_400_000
-_STAGED = re.compile(r"^\.(part-.+\.parquet)\.staged$")
+_STAGED = re.compile(r"^\.part-(?P<topic>.+)-p(?P<partition>\d+)-\d{12}-\d{12}-\w+\.parquet\.staged$")
 COMMITS_DIR = "_commits"
 
 
@@ -75,42 +81,69 @@ class HistoryWriter:
         self.views = {v.name: v for v in plan.views}
         self.schemas = {v.name: history_schema(v) for v in plan.views}
         self._buffer: dict[str, list[ViewRows]] = {}
-        self._committed: dict[tuple[str, str, int], int] = {}
         self.rows_written = 0
         self.rows_skipped = 0
         for view in self.views:
             self._recover(view)
 
     # -- state -----------------------------------------------------------------------
-    def _commit_path(self, view: str, topic: str, partition: int) -> Path:
-        return self.root / view / COMMITS_DIR / _safe(topic) / f"p{partition}.json"
+    def _commit_dir(self, view: str, safe_topic: str) -> Path:
+        return self.root / view / COMMITS_DIR / safe_topic
+
+    @contextlib.contextmanager
+    def _locked(self, view: str, safe_topic: str, partition: int) -> Iterator[None]:
+        """Exclusive lock of one (view, topic, partition) history, across processes on this filesystem."""
+        folder = self._commit_dir(view, safe_topic)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"p{partition}.lock", "a+") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def _read_commit(self, view: str, safe_topic: str, partition: int) -> dict[str, Any] | None:
+        path = self._commit_dir(view, safe_topic) / f"p{partition}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def _roll_forward(self, view: str, state: dict[str, Any]) -> set[Path]:
+        """Finish the renames of a committed flush (a crash may have interrupted them)."""
+        listed = set()
+        for rel in state["files"]:
+            final = self.root / view / rel
+            listed.add(final)
+            staged = final.with_name(f".{final.name}.staged")
+            if staged.exists() and not final.exists():
+                os.replace(staged, final)
+            staged.unlink(missing_ok=True)
+        return listed
 
     def committed_offset(self, view: str, topic: str, partition: int) -> int:
         """Highest offset of this partition whose row is in the view's history (-1: none)."""
-        return self._committed.get((view, topic, partition), -1)
+        state = self._read_commit(view, _safe(topic), partition)
+        return int(state["last_offset"]) if state else -1
 
     def _recover(self, view: str) -> None:
-        """Roll committed staged files forward, delete uncommitted ones, load committed offsets."""
+        """On start: roll committed flushes forward, delete staged files no commit names."""
         folder = self.root / view
         if not folder.is_dir():
             return
-        listed: set[Path] = set()
-        for commit in (folder / COMMITS_DIR).glob("*/p*.json"):
-            state = json.loads(commit.read_text())
-            self._committed[(view, state["topic"], int(state["partition"]))] = int(state["last_offset"])
-            for rel in state["files"]:
-                final = folder / rel
-                listed.add(final)
-                staged = final.with_name(f".{final.name}.staged")
-                if staged.exists() and not final.exists():
-                    os.replace(staged, final)
+        staged: dict[tuple[str, int], list[Path]] = {}
         for dirpath, _dirs, files in os.walk(folder):
             for name in files:
                 m = _STAGED.match(name)
-                if m and Path(dirpath, m.group(1)) not in listed:
-                    Path(dirpath, name).unlink()
-                elif m:
-                    Path(dirpath, name).unlink(missing_ok=True)  # its final file exists already
+                if m:
+                    staged.setdefault((m.group("topic"), int(m.group("partition"))), []).append(Path(dirpath, name))
+        for commit in (folder / COMMITS_DIR).glob("*/p*.json"):
+            partition = int(commit.stem[1:])
+            staged.setdefault((commit.parent.name, partition), [])
+        for (safe_topic, partition), paths in staged.items():
+            with self._locked(view, safe_topic, partition):
+                state = self._read_commit(view, safe_topic, partition)
+                listed = self._roll_forward(view, state) if state else set()
+                for path in paths:
+                    if path.exists() and path.with_name(path.name[1:-len(".staged")]) not in listed:
+                        path.unlink()  # never committed: the records will be processed again
 
     # -- writing ---------------------------------------------------------------------
     @property
@@ -135,10 +168,16 @@ class HistoryWriter:
         return written
 
     def _commit_partition(self, view: str, topic: str, partition: int, table: pa.Table) -> list[Path]:
-        tracked = partition >= 0  # rows that never went through Kafka (offset -1) are not deduplicated
-        if tracked:
+        if partition < 0:  # rows that never went through Kafka (offset -1) are not deduplicated
+            return self._write_files(view, topic, partition, table, commit=False)
+        with self._locked(view, _safe(topic), partition):
+            # read the commit state under the lock: another process may have owned this
+            # partition since (a rebalance), or crashed between its commit and its renames
+            state = self._read_commit(view, _safe(topic), partition)
+            if state:
+                self._roll_forward(view, state)
+            floor = int(state["last_offset"]) if state else -1
             # keep each offset once, and only above what is committed (a replay, or a redelivery)
-            floor = self.committed_offset(view, topic, partition)
             seen: set[int] = set()
             keep = []
             for offset in table["_offset"].to_pylist():
@@ -147,6 +186,9 @@ class HistoryWriter:
             before = table.num_rows
             table = table.filter(pa.array(keep, pa.bool_()))
             self.rows_skipped += before - table.num_rows
+            return self._write_files(view, topic, partition, table, commit=True)
+
+    def _write_files(self, view: str, topic: str, partition: int, table: pa.Table, commit: bool) -> list[Path]:
         if table.num_rows == 0:
             return []
         first, last = pc.min(table["_offset"]).as_py(), pc.max(table["_offset"]).as_py()
@@ -167,7 +209,7 @@ class HistoryWriter:
                 tmp.unlink(missing_ok=True)
             raise
         fault_point("after_history_staged")
-        if tracked:
+        if commit:
             self._write_commit(view, topic, partition, last, [final for _, final in staged])
             fault_point("after_history_commit")
         for tmp, final in staged:
@@ -176,7 +218,7 @@ class HistoryWriter:
         return [final for _, final in staged]
 
     def _write_commit(self, view: str, topic: str, partition: int, last: int, files: list[Path]) -> None:
-        path = self._commit_path(view, topic, partition)
+        path = self._commit_dir(view, _safe(topic)) / f"p{partition}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {
             "topic": topic,
@@ -188,7 +230,6 @@ class HistoryWriter:
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps(state))
         os.replace(tmp, path)  # the commit point
-        self._committed[(view, topic, partition)] = last
 
     def _table(self, view: str, batches: list[ViewRows]) -> pa.Table:
         plan = self.views[view]

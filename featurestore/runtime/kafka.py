@@ -61,7 +61,8 @@ def admin_config(settings: Settings) -> dict[str, Any]:
 
 def ensure_topics(settings: Settings, topics: Iterable[str], partitions: int = 1) -> list[str]:
     """Create the topics that do not exist yet; returns the ones created."""
-    admin = AdminClient({**admin_config(settings), "logger": log})
+    conf: dict[str, Any] = {**admin_config(settings), "logger": log}
+    admin = AdminClient(conf)
     existing = set(admin.list_topics(timeout=15).topics)
     wanted = [t for t in dict.fromkeys(topics) if t not in existing]
     if not wanted:

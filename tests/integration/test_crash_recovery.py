@@ -18,12 +18,12 @@ from featurestore.compile import compile_repo
 from featurestore.config import load_settings
 from featurestore.demo.events import DemoEvent, produce_records
 from featurestore.demo.sequenced import sequenced_events, write_sequenced_repo
-from featurestore.faults import POINTS
+from featurestore.faults import crash_loop
 from featurestore.registry import FileRegistry
 from featurestore.runtime import StreamProcessor
 from featurestore.runtime.kafka import ensure_topics, producer_config
 
-from .test_failures import committed, history_rows, online_state
+from .test_failures import assert_same_state, committed, history_rows, online_state
 
 pytestmark = pytest.mark.integration
 
@@ -62,22 +62,12 @@ def test_sigkill_at_random_and_dangerous_points(tmp_path: Path, services, overri
     env = {**os.environ, **services.env(), "FEATURESTORE_KAFKA_OPTIONS": json.dumps(overrides["kafka_options"])}
     for name in ("project", "consumer_group", "registry_path", "offline_path", "batch_size", "checkpoint_interval_s"):
         env[f"FEATURESTORE_{name.upper()}"] = str(overrides[name])
-    rnd = random.Random(7)
-    # the two dangerous points first, then random points at random occurrences
-    faults = ["after_online_write:2", "after_history_staged:1"] + [
-        f"{rnd.choice(POINTS)}:{rnd.randint(1, 4)}" for _ in range(10)
-    ]
-    kills = 0
-    for fault in faults + [""]:
-        run_env = dict(env, FEATURESTORE_FAULT=fault) if fault else env
-        res = subprocess.run([sys.executable, "-m", "featurestore", "run", "--until-caught-up", "--repo", str(repo)],
-                             env=run_env, capture_output=True, text=True, timeout=300)
-        if res.returncode == -9:
-            kills += 1
-        else:
-            assert res.returncode == 0, f"run with FEATURESTORE_FAULT={fault!r} failed: {res.stderr[-2000:]}"
-            if not fault:
-                break
+    cmd = [sys.executable, "-m", "featurestore", "run", "--until-caught-up", "--repo", str(repo)]
+    # the two dangerous points first; then alternately random moments and random fault points
+    counts = crash_loop(cmd, env, kills=12, seed=7, dangerous=("after_online_write:2", "after_history_staged:1"),
+                        random_time=(3.5, 8.0))
+    kills = sum(counts.values())
+    assert counts.get("random time", 0) >= 5
     assert kills >= 10, f"only {kills} runs were killed"
     assert committed(settings, topic, PARTITIONS) == N_EVENTS
 
@@ -88,7 +78,7 @@ def test_sigkill_at_random_and_dangerous_points(tmp_path: Path, services, overri
                                        consumer_group=f"{overrides['consumer_group']}-ref",
                                        offline_path=tmp_path / "offline-ref", batch_size=20_000))
     StreamProcessor(plan, clean).run(until_caught_up=True)
-    assert state == online_state(client, clean.project)
+    assert_same_state(state, online_state(client, clean.project))
     assert rows == history_rows(Path(clean.offline_root), "user_txns")
     for key in client.scan_iter(f"fs:{settings.project}*"):
         client.delete(key)
@@ -189,5 +179,5 @@ def test_every_batch_delivered_twice_plus_a_zombie(tmp_path: Path, overrides: di
                                        consumer_group=f"{overrides['consumer_group']}-ref",
                                        offline_path=tmp_path / "offline-ref"))
     StreamProcessor(plan, clean).run(until_caught_up=True)
-    assert state == online_state(client, clean.project)
+    assert_same_state(state, online_state(client, clean.project))
     assert rows == history_rows(Path(clean.offline_root), "user_txns")
