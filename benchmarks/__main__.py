@@ -41,7 +41,7 @@ from featurestore.compile import compile_repo  # noqa: E402
 from featurestore.compile.loader import ensure_importable  # noqa: E402
 from featurestore.config import load_settings  # noqa: E402
 from featurestore.demo import payment_events, produce_records  # noqa: E402
-from featurestore.embedded import DevEnvironment  # noqa: E402
+from featurestore.embedded.services import services_from_env_or_start  # noqa: E402
 from featurestore.offline.history import history_glob  # noqa: E402
 from featurestore.registry import FileRegistry  # noqa: E402
 from featurestore.runtime import StreamProcessor  # noqa: E402
@@ -221,11 +221,7 @@ def main() -> None:
     args.reps = args.reps or (1 if args.quick else 3)
     args.entity_rows = args.entity_rows or (2_000 if args.quick else 100_000)
     b = Bench(args)
-    env_started = None
-    env = {k: os.environ[k] for k in ("FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS", "FEATURESTORE_REDIS_URL") if k in os.environ}
-    if len(env) < 2:
-        env_started = DevEnvironment.start()
-        env = env_started.env()
+    env, env_started = services_from_env_or_start()
     tmp = Path(tempfile.mkdtemp(prefix="featurestore-bench-"))
     try:
         ctx = setup(args, tmp, env)

@@ -33,7 +33,7 @@ from featurestore.compile import compile_repo  # noqa: E402
 from featurestore.config import load_settings  # noqa: E402
 from featurestore.demo import produce_records  # noqa: E402
 from featurestore.demo.sequenced import sequenced_events, write_sequenced_repo  # noqa: E402
-from featurestore.embedded import DevEnvironment  # noqa: E402
+from featurestore.embedded.services import services_from_env_or_start  # noqa: E402
 from featurestore.faults import crash_loop  # noqa: E402
 from featurestore.offline.history import history_glob  # noqa: E402
 from featurestore.registry import FileRegistry  # noqa: E402
@@ -51,11 +51,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
-    env_started = None
-    env = {k: os.environ[k] for k in ("FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS", "FEATURESTORE_REDIS_URL") if k in os.environ}
-    if len(env) < 2:
-        env_started = DevEnvironment.start()
-        env = env_started.env()
+    env, env_started = services_from_env_or_start()
     tmp = Path(tempfile.mkdtemp(prefix="featurestore-crash-"))
     run = uuid.uuid4().hex[:8]
     try:

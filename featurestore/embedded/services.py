@@ -172,3 +172,13 @@ class DevEnvironment:
             return None
         data = json.loads(path.read_text())
         return cls(Service(**data["broker"]), Service(**data["redis"]))
+
+
+def services_from_env_or_start() -> tuple[dict[str, str], DevEnvironment | None]:
+    """Kafka and Redis from FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS / FEATURESTORE_REDIS_URL when
+    both are set; otherwise a freshly started embedded pair (returned so the caller stops it)."""
+    names = ("FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS", "FEATURESTORE_REDIS_URL")
+    if all(os.environ.get(n) for n in names):
+        return {n: os.environ[n] for n in names}, None
+    started = DevEnvironment.start()
+    return started.env(), started
