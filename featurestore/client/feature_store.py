@@ -41,6 +41,7 @@ class FeatureStore:
         self.registry = FileRegistry(self.settings.registry_root)
         self._plan: Plan | None = None
         self._redis: redis.Redis | None = None
+        self._reader: OnlineReader | None = None
 
     # -- metadata -------------------------------------------------------------------
     @property
@@ -52,6 +53,12 @@ class FeatureStore:
 
     def refresh(self) -> None:
         self._plan = None
+        self._reader = None
+
+    def _online_reader(self) -> OnlineReader:
+        if self._reader is None:
+            self._reader = OnlineReader(self.redis, self.settings.project, self.plan)
+        return self._reader
 
     def list_feature_views(self) -> list[str]:
         return [v.name for v in self.plan.views]
@@ -118,7 +125,7 @@ class FeatureStore:
             for vn, feats in grouped.items()
         ]
         try:
-            results = OnlineReader(self.redis, self.settings.project, self.plan).read(requests, t_ms)
+            results = self._online_reader().read(requests, t_ms)
         except redis.RedisError as exc:
             raise StoreUnavailable(f"online store {self.settings.redis_url}: {exc}") from None
         columns: dict[str, list[Any]] = {}
@@ -189,13 +196,14 @@ class FeatureStore:
         Run it on a caught-up store: entities updated within the last checkpoint interval may
         differ because the history is flushed at checkpoints."""
         t_ms = to_epoch_ms(at) if at is not None else int(time.time() * 1000)
-        reader = OnlineReader(self.redis, self.settings.project, self.plan)
+        reader = self._online_reader()
         return check_consistency(reader, self.settings.offline_root, self.plan, t_ms, sample)
 
     def close(self) -> None:
         if self._redis is not None:
             self._redis.close()
             self._redis = None
+        self._reader = None
 
 
 def _as_table(entity_df: Any) -> pa.Table:

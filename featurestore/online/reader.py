@@ -12,7 +12,7 @@ import redis
 
 from featurestore.online.keys import entity_key, row_field, tile_field
 from featurestore.plan import AggregationPlan, Plan, ViewPlan
-from featurestore.plan.windows import STATS_FOR_FUNCTION, window_tiles
+from featurestore.plan.windows import STATS_FOR_FUNCTION, tile_index, window_tiles
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,19 @@ class OnlineReader:
         self.client = client
         self.project = project
         self.plan = plan
+        self._layouts: dict[tuple[Any, ...], tuple[list[Any], dict[bytes, list[tuple[int, str]]]]] = {}
+
+    def _cached_layout(self, view: ViewPlan, features: Sequence[str], t_ms: int) -> tuple[list[Any], dict[bytes, list[tuple[int, str]]]]:
+        """The layout depends on t only through the tile holding t, per tile size: cache it."""
+        aggs = {a.name: a for a in view.aggregations}
+        tiles = tuple(tile_index(t_ms, aggs[f].tile_ms) for f in features if f in aggs)
+        key = (view.name, tuple(features), tiles)
+        hit = self._layouts.get(key)
+        if hit is None:
+            if len(self._layouts) >= 256:
+                self._layouts.clear()
+            hit = self._layouts[key] = self._layout(view, features, t_ms)
+        return hit
 
     @staticmethod
     def _layout(view: ViewPlan, features: Sequence[str], t_ms: int) -> tuple[list[Any], dict[bytes, list[tuple[int, str]]]]:
@@ -117,7 +130,7 @@ class OnlineReader:
         pipe = self.client.pipeline(transaction=False)
         layouts = []
         for req in requests:
-            layouts.append(self._layout(req.view, req.features, t_ms))
+            layouts.append(self._cached_layout(req.view, req.features, t_ms))
             for key in req.keys:
                 pipe.execute_command("HGETALL", entity_key(self.project, req.view.name, key))
         replies = iter(pipe.execute())
