@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from typing import Any as _Any
 
-from featurestore.definitions import Aggregation, Entity, FeatureView, Field, KafkaSource, Transform
+from featurestore.definitions import LIFETIME, Aggregation, Entity, FeatureView, Field, KafkaSource, Transform
 from featurestore.errors import (
     ConfigError,
     DefinitionError,
@@ -39,6 +39,7 @@ __all__ = [
     "FeatureView",
     "Field",
     "KafkaSource",
+    "LIFETIME",
     "OnlineResponse",
     "Problem",
     "RegistryError",

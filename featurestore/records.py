@@ -13,7 +13,8 @@ class ViewRows:
     `keys[i]` is the entity key tuple (join key values in plan order) of row i, `ts[i]` its
     event time in epoch ms, `partition[i]`/`offset[i]` where the event came from (offset -1
     for events that never went through Kafka), `values[name][i]` the value of history
-    column `name`.
+    column `name`, `late[i]` whether the event came later than the view's allowed lateness
+    (kept in the history, flagged, but not applied online; empty: none late).
     """
 
     view: str
@@ -23,6 +24,7 @@ class ViewRows:
     partition: list[int] = field(default_factory=list)
     offset: list[int] = field(default_factory=list)
     values: dict[str, list[Any]] = field(default_factory=dict)
+    late: list[bool] = field(default_factory=list)
     processed_at_ms: int = 0
 
     def __len__(self) -> int:

@@ -329,6 +329,8 @@ def training_set(
     feature: Annotated[list[str], typer.Option("--feature", "-f", help="view:feature (repeatable).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Parquet file to write.")],
     timestamp_column: Annotated[str, typer.Option(help="Timestamp column of the entity rows.")] = "event_timestamp",
+    mode: Annotated[str, typer.Option(help="corrected (every event by event time) or as_served (what the online store held).")]
+    = "corrected",
     repo: RepoOpt = Path("."),
 ) -> None:
     """Build a point-in-time correct training set from an entity file and write it as Parquet."""
@@ -346,7 +348,7 @@ def training_set(
         raise FeatureRequestError(f"cannot read entity file {entities}: {exc}") from None
     with console.status(f"Joining {table.num_rows:,} entity rows with {len(feature)} features in DuckDB..."):
         started = time.monotonic()
-        result = FeatureStore(repo).get_historical_features(table, feature, timestamp_column=timestamp_column)
+        result = FeatureStore(repo).get_historical_features(table, feature, timestamp_column=timestamp_column, mode=mode)
         result.to_parquet(output)
     console.print(f"Wrote {len(result):,} rows x {result.to_arrow().num_columns} columns to {output} "
                   f"in {time.monotonic() - started:.2f} s")

@@ -16,7 +16,7 @@ from featurestore.client.consistency import ConsistencyReport, check_consistency
 from featurestore.client.responses import OnlineResponse, TrainingSet
 from featurestore.config import Settings, load_settings
 from featurestore.errors import FeatureRequestError, StoreUnavailable
-from featurestore.offline.point_in_time import point_in_time_features
+from featurestore.offline.point_in_time import MODES, point_in_time_features
 from featurestore.online.reader import OnlineReader, ViewRequest
 from featurestore.plan import Plan, ViewPlan
 from featurestore.registry import FileRegistry
@@ -161,8 +161,15 @@ class FeatureStore:
         features: Sequence[str],
         timestamp_column: str = "event_timestamp",
         full_feature_names: bool = False,
+        mode: str = "corrected",
     ) -> TrainingSet:
-        """Point-in-time correct features for each entity row as of its timestamp."""
+        """Point-in-time correct features for each entity row as of its timestamp.
+
+        `mode="corrected"` (default): every event by event time, late ones included.
+        `mode="as_served"`: what the online store held at each timestamp: events processed
+        after it, or dropped as later than the view's allowed lateness, are absent."""
+        if mode not in MODES:
+            raise FeatureRequestError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         resolved = self._resolve(features)
         names = self._output_names(resolved, full_feature_names)
         table = _as_table(entity_df)
@@ -182,7 +189,7 @@ class FeatureStore:
             if missing:
                 raise FeatureRequestError(f"entity_df lacks join key(s) {missing} needed by view '{vn}'")
             keys = table.select([k.name for k in view.join_keys])
-            result = point_in_time_features(self.settings.offline_root, view, feats, keys, t_ms)
+            result = point_in_time_features(self.settings.offline_root, view, feats, keys, t_ms, mode=mode)
             for f in feats:
                 values[(vn, f)] = result[f]
         out = table

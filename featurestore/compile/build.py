@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import AwareDatetime, BaseModel, FutureDatetime, NaiveDatetime, PastDatetime
 
 from featurestore.compile.loader import LoadedRepo, load_repo
-from featurestore.definitions import AGGREGATION_FUNCTIONS, Aggregation, Entity, FeatureView, Field, KafkaSource, Transform
+from featurestore.definitions import AGGREGATION_FUNCTIONS, LIFETIME, Aggregation, Entity, FeatureView, Field, KafkaSource, Transform
 from featurestore.errors import Problem, ValidationFailed
 from featurestore.plan import (
     AggregationPlan,
@@ -26,9 +26,11 @@ from featurestore.plan import (
     ViewPlan,
     choose_tile_ms,
 )
+from featurestore.plan.windows import LIFETIME_TILE_MS
 
 _NUMERIC = {"int", "float", "bool"}
-_NEEDS_NUMERIC = {"sum", "mean", "min", "max"}
+_NEEDS_NUMERIC = {"sum", "mean", "min", "max", "stddev", "variance"}
+_MAX_LAST_N = 1000
 _KEY_TYPES = {"int", "str"}
 _RESERVED_PREFIX = "_"
 _PYDANTIC_DATETIMES = (AwareDatetime, NaiveDatetime, PastDatetime, FutureDatetime)
@@ -212,6 +214,14 @@ class _Builder:
                 ok = False
             else:
                 ttl_ms = int(view.ttl / dt.timedelta(milliseconds=1))
+        lateness_ms: int | None = None
+        if view.allowed_lateness is not None:
+            if not isinstance(view.allowed_lateness, dt.timedelta) or view.allowed_lateness < dt.timedelta(0):
+                self.problem(view, label, f"allowed_lateness must be a timedelta >= 0, got {view.allowed_lateness!r}",
+                             "e.g. allowed_lateness=timedelta(minutes=5), or None for no limit")
+                ok = False
+            else:
+                lateness_ms = int(view.allowed_lateness / dt.timedelta(milliseconds=1))
         rows: list[RowFeaturePlan] = []
         aggs: list[AggregationPlan] = []
         if not view.features:
@@ -247,7 +257,7 @@ class _Builder:
         return ViewPlan(
             name=view.name, entities=[e.name for e in view.entities], join_keys=join_keys, source=src.name,
             ttl_ms=ttl_ms, row_features=rows, aggregations=aggs, owner=view.owner, description=view.description,
-            tags={str(k): str(v) for k, v in view.tags.items()},
+            tags={str(k): str(v) for k, v in view.tags.items()}, allowed_lateness_ms=lateness_ms,
         )
 
     def field_plan(self, view: FeatureView, feat: Field, fields: dict[str, Any]) -> list[RowFeaturePlan]:
@@ -307,14 +317,41 @@ class _Builder:
             self.problem(view, label, f"'{agg.function}' needs a numeric field but '{agg.column}' is {dtype}",
                          "aggregate an int or float field, or use count/last")
             ok = False
+        if agg.where is not None:
+            where_type = derived.get(agg.where) or fields.get(agg.where, "missing")
+            if where_type != "bool":
+                what = "is not an event field or Transform" if where_type == "missing" else f"is {where_type}"
+                self.problem(view, label, f"where='{agg.where}' {what}; it must name a bool field or Transform",
+                             "e.g. Transform('is_foreign', udf=is_foreign) with `-> bool`, then where='is_foreign'")
+                ok = False
+        if agg.function == "last_n":
+            if not isinstance(agg.k, int) or isinstance(agg.k, bool) or not 1 <= agg.k <= _MAX_LAST_N:
+                self.problem(view, label, f"last_n needs k between 1 and {_MAX_LAST_N}, got {agg.k!r}",
+                             "e.g. Aggregation('merchant_id', 'last_n', k=5, windows=[...])")
+                ok = False
+        elif agg.k is not None:
+            self.problem(view, label, f"k is only for last_n, not {agg.function}", "remove k=...")
+            ok = False
         if not agg.windows:
-            self.problem(view, label, "no windows", "pass windows=[timedelta(hours=1), ...]")
+            self.problem(view, label, "no windows", "pass windows=[timedelta(hours=1), ...] (or LIFETIME)")
             ok = False
         plans: list[AggregationPlan] = []
         seen: set[int] = set()
         for window, name in zip(agg.windows, agg.output_names):
+            if window == LIFETIME:
+                if 0 in seen:
+                    self.problem(view, label, "LIFETIME is listed twice", "remove the duplicate window")
+                    ok = False
+                seen.add(0)
+                if ok and dtype not in ("missing", None):
+                    plans.append(AggregationPlan(
+                        name=name, column=agg.column, function=agg.function,  # type: ignore[arg-type]
+                        window_ms=None, tile_ms=LIFETIME_TILE_MS, dtype=dtype,  # type: ignore[arg-type]
+                        where=agg.where, k=agg.k,
+                    ))
+                continue
             if not isinstance(window, dt.timedelta):
-                self.problem(view, label, f"window {window!r} is not a timedelta", "use datetime.timedelta(...)")
+                self.problem(view, label, f"window {window!r} is not a timedelta or LIFETIME", "use datetime.timedelta(...)")
                 ok = False
                 continue
             ms = int(window / dt.timedelta(milliseconds=1))
@@ -332,6 +369,7 @@ class _Builder:
                 plans.append(AggregationPlan(
                     name=name, column=agg.column, function=agg.function,  # type: ignore[arg-type]
                     window_ms=ms, tile_ms=choose_tile_ms(ms), dtype=dtype,  # type: ignore[arg-type]
+                    where=agg.where, k=agg.k,
                 ))
         return plans if ok else []
 

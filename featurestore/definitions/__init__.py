@@ -6,7 +6,7 @@ and reports every problem at once.
 """
 
 from featurestore.definitions.entity import Entity
-from featurestore.definitions.features import AGGREGATION_FUNCTIONS, Aggregation, Feature, Field, Transform
+from featurestore.definitions.features import AGGREGATION_FUNCTIONS, LIFETIME, Aggregation, Feature, Field, Transform
 from featurestore.definitions.source import KafkaSource
 from featurestore.definitions.view import FeatureView
 
@@ -18,5 +18,6 @@ __all__ = [
     "FeatureView",
     "Field",
     "KafkaSource",
+    "LIFETIME",
     "Transform",
 ]

@@ -8,11 +8,19 @@ from datetime import timedelta
 from typing import Any
 
 #: Aggregation functions available over event-time windows.
-AGGREGATION_FUNCTIONS: tuple[str, ...] = ("count", "sum", "mean", "min", "max", "last")
+AGGREGATION_FUNCTIONS: tuple[str, ...] = (
+    "count", "sum", "mean", "min", "max", "stddev", "variance",
+    "first", "last", "last_n", "count_distinct",
+)
+#: Put in `Aggregation(windows=[...])` for an aggregation over all events ever seen.
+LIFETIME = "lifetime"
 
 
-def window_label(window: timedelta) -> str:
-    """Short suffix for a window: 1h, 30m, 7d, 90s."""
+def window_label(window: timedelta | str) -> str:
+    """Short suffix for a window: 1h, 30m, 7d, 90s, or `lifetime`."""
+    if window == LIFETIME:
+        return LIFETIME
+    assert isinstance(window, timedelta)
     seconds = int(window.total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds and seconds % size == 0:
@@ -61,31 +69,41 @@ class Aggregation:
     """`function` of `column` over each event-time window: one feature per window.
 
     Feature names are `<name>_<window>`, `name` defaulting to `<column>_<function>`:
-    `Aggregation("amount", "sum", windows=[timedelta(hours=1)])` gives `amount_sum_1h`.
+    `Aggregation("amount", "sum", windows=[timedelta(hours=1)])` gives `amount_sum_1h`;
+    `LIFETIME` in `windows` gives `amount_sum_lifetime` (every event ever seen).
+
+    `where` names a bool event field or Transform: only events where it is True count.
+    `k` is the number of values `last_n` keeps (newest first).
     """
 
     column: str
     function: str
-    windows: tuple[timedelta, ...]
+    windows: tuple[timedelta | str, ...]
     name: str
+    where: str | None
+    k: int | None
 
     def __init__(
         self,
         column: str,
         function: str,
-        windows: Sequence[timedelta] = (),
+        windows: Sequence[timedelta | str] | timedelta | str = (),
         name: str | None = None,
+        where: str | None = None,
+        k: int | None = None,
     ) -> None:
         object.__setattr__(self, "column", column)
         object.__setattr__(self, "function", function)
-        wins = (windows,) if isinstance(windows, timedelta) else tuple(windows)
+        wins = (windows,) if isinstance(windows, (timedelta, str)) else tuple(windows)
         object.__setattr__(self, "windows", wins)
         object.__setattr__(self, "name", name if name is not None else f"{column}_{function}")
+        object.__setattr__(self, "where", where)
+        object.__setattr__(self, "k", k)
 
     @property
     def output_names(self) -> tuple[str, ...]:
         return tuple(
-            f"{self.name}_{window_label(w)}" if isinstance(w, timedelta) else f"{self.name}_?"
+            f"{self.name}_{window_label(w)}" if isinstance(w, timedelta) or w == LIFETIME else f"{self.name}_?"
             for w in self.windows
         )
 

@@ -17,6 +17,9 @@ class FeatureView:
 
     `ttl`: a value whose newest event is older than this reads as missing, online and
     offline (None: never expires).
+    `allowed_lateness`: how far behind its partition's newest event time an event may be
+    and still count; later events go to the dead-letter topic with reason `late` (and
+    into the history, flagged, for "corrected" training sets). None: no limit.
     """
 
     name: str
@@ -27,6 +30,7 @@ class FeatureView:
     owner: str
     description: str
     tags: Mapping[str, str] = field(default_factory=dict)
+    allowed_lateness: timedelta | None = None
 
     def __init__(
         self,
@@ -38,6 +42,7 @@ class FeatureView:
         owner: str = "",
         description: str = "",
         tags: Mapping[str, str] | None = None,
+        allowed_lateness: timedelta | None = None,
     ) -> None:
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "entities", tuple(entities))
@@ -47,6 +52,7 @@ class FeatureView:
         object.__setattr__(self, "owner", owner)
         object.__setattr__(self, "description", description)
         object.__setattr__(self, "tags", dict(tags or {}))
+        object.__setattr__(self, "allowed_lateness", allowed_lateness)
 
     def __hash__(self) -> int:
         return hash((self.name, self.entities, self.source, self.features))

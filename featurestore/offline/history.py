@@ -1,8 +1,9 @@
 """Append view rows to the Parquet history: `<root>/<view>/date=YYYY-MM-DD/part-*.parquet`.
 
 Each row is one event's update of one entity: join keys, `event_timestamp`, the view's
-history columns, where it came from (`_topic`, `_partition`, `_offset`) and when it was
-processed (`_processed_at`).
+history columns, where it came from (`_topic`, `_partition`, `_offset`), when it was
+processed (`_processed_at`) and whether it came later than the view's allowed lateness
+(`_late`: such rows count in "corrected" training sets only; the online store never saw them).
 
 Exactly once, per source partition: under an exclusive lock of the partition's history
 (shared by every process on the filesystem), a flush reads the commit state, writes the
@@ -43,7 +44,8 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "datetime": pa.timestamp("us", tz="UTC"),
 }
 _DAY_MS = 86_400_000
-_STAGED = re.compile(r"^\.part-(?P<topic>.+)-p(?P<partition>\d+)-\d{12}-\d{12}-\w+\.parquet\.staged$")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_STAGED = re.compile(r"^\.part-(?P<topic>.+)-p(?P<partition>-?\d+)-\d{12}-\d{12}-\w+\.parquet\.staged$")
 COMMITS_DIR = "_commits"
 
 
@@ -57,6 +59,7 @@ def history_schema(view: ViewPlan) -> pa.Schema:
         pa.field("_partition", pa.int32()),
         pa.field("_offset", pa.int64()),
         pa.field("_processed_at", pa.timestamp("ms", tz="UTC")),
+        pa.field("_late", pa.bool_()),
     ]
     return pa.schema(fields)
 
@@ -67,6 +70,53 @@ def history_glob(root: Path, view: str) -> str:
 
 def has_history(root: Path, view: str) -> bool:
     return any((root / view).rglob("*.parquet")) if (root / view).is_dir() else False
+
+
+_FILE = re.compile(r"^part-(?P<topic>.+)-p(?P<partition>-?\d+)-(?P<first>\d{12})-(?P<last>\d{12})-\w+\.parquet$")
+
+
+def max_event_time_before(root: Path, view: str, topic: str, partition: int, offset: int) -> int | None:
+    """Newest event time (epoch ms) in a view's history among a partition's records below `offset`.
+
+    Files name their partition and offset range, so only that partition's files are opened;
+    files wholly below `offset` answer from their Parquet statistics."""
+    best: int | None = None
+    prefix = f"part-{_safe(topic)}-p{partition}-"
+    folder = Path(root) / view
+    if not folder.is_dir():
+        return None
+    for path in folder.glob(f"date=*/{prefix}*.parquet"):
+        m = _FILE.match(path.name)
+        if m is None or int(m.group("partition")) != partition or int(m.group("first")) >= offset:
+            continue
+        if int(m.group("last")) < offset:
+            newest = _max_from_statistics(path)
+        else:
+            t = pq.read_table(path, columns=["event_timestamp", "_offset"])
+            t = t.filter(pc.less(t["_offset"], offset))
+            newest = pc.max(t["event_timestamp"].cast(pa.int64())).as_py() if t.num_rows else None
+        if newest is not None and (best is None or newest > best):
+            best = newest
+    return best
+
+
+def _max_from_statistics(path: Path) -> int | None:
+    meta = pq.ParquetFile(path).metadata
+    col = meta.schema.to_arrow_schema().get_field_index("event_timestamp")
+    best: int | None = None
+    for g in range(meta.num_row_groups):
+        stats = meta.row_group(g).column(col).statistics
+        if stats is None or not stats.has_min_max:
+            t = pq.read_table(path, columns=["event_timestamp"])
+            return pc.max(t["event_timestamp"].cast(pa.int64())).as_py()
+        hi = stats.max
+        if isinstance(hi, dt.datetime):
+            hi = hi if hi.tzinfo else hi.replace(tzinfo=dt.timezone.utc)
+            ms = (hi - _EPOCH) // dt.timedelta(milliseconds=1)
+        else:
+            ms = int(hi)
+        best = ms if best is None else max(best, ms)
+    return best
 
 
 def _safe(name: str) -> str:
@@ -168,7 +218,7 @@ class HistoryWriter:
         return written
 
     def _commit_partition(self, view: str, topic: str, partition: int, table: pa.Table) -> list[Path]:
-        if partition < 0:  # rows that never went through Kafka (offset -1) are not deduplicated
+        if pc.min(table["_offset"]).as_py() < 0:  # rows without an offset (-1) cannot be deduplicated
             return self._write_files(view, topic, partition, table, commit=False)
         with self._locked(view, _safe(topic), partition):
             # read the commit state under the lock: another process may have owned this
@@ -234,7 +284,7 @@ class HistoryWriter:
     def _table(self, view: str, batches: list[ViewRows]) -> pa.Table:
         plan = self.views[view]
         cols: dict[str, list] = {k.name: [] for k in plan.join_keys}
-        cols.update({"event_timestamp": [], "_topic": [], "_partition": [], "_offset": [], "_processed_at": []})
+        cols.update({"event_timestamp": [], "_topic": [], "_partition": [], "_offset": [], "_processed_at": [], "_late": []})
         for name, _ in plan.history_columns:
             cols[name] = []
         for rows in batches:
@@ -245,6 +295,7 @@ class HistoryWriter:
             cols["_partition"].extend(rows.partition)
             cols["_offset"].extend(rows.offset)
             cols["_processed_at"].extend([rows.processed_at_ms] * len(rows))
+            cols["_late"].extend(rows.late or [False] * len(rows))
             for name, _ in plan.history_columns:
                 cols[name].extend(rows.values[name])
         return pa.Table.from_pydict(cols, schema=self.schemas[view])

@@ -5,8 +5,10 @@ For an entity row with timestamp t (epoch ms) and a view with TTL:
   (t - ts <= TTL); otherwise every feature of the view is NULL;
 - a row-level feature is the value of that newest event (ties: higher partition, offset);
 - an aggregation over window W with tiles of B covers events with
-  ceil(t / B) * B - W < ts <= t, exactly as the online store merges tiles.
-Events with ts > t are never used: no value from the future.
+  ceil(t / B) * B - W < ts <= t, exactly as the online store merges tiles (lifetime: every
+  event with ts <= t), counting only events whose `where` column is true if it has one.
+Events with ts > t are never used: no value from the future. In "as_served" mode, events
+processed after t, or dropped online as too late, are not used either.
 """
 
 from __future__ import annotations
@@ -27,29 +29,52 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _window_start(agg: AggregationPlan) -> str:
+def _window_start(agg: AggregationPlan) -> str | None:
+    """SQL of the exclusive lower event-time bound of the window read at e._t (None: lifetime)."""
+    if agg.window_ms is None:
+        return None
     b, w = agg.tile_ms, agg.window_ms
     return f"((e._t // {b} + (e._t % {b} > 0)::BIGINT) * {b} - {w})"
 
 
 def _agg_sql(agg: AggregationPlan) -> str:
     col = f"h.{_q(agg.column)}"
-    cond = f"FILTER (WHERE h._ts > {_window_start(agg)} AND {col} IS NOT NULL)"
+    conds = [f"{col} IS NOT NULL"]
+    start = _window_start(agg)
+    if start is not None:
+        conds.insert(0, f"h._ts > {start}")
+    if agg.where is not None:
+        conds.append(f"h.{_q(agg.where)} IS TRUE")
+    cond = f"FILTER (WHERE {' AND '.join(conds)})"
     f = agg.function
     if f == "count":
         return f"count({col}) {cond}"
+    if f == "count_distinct":
+        return f"count(DISTINCT {col}) {cond}"
     if f == "sum":
         zero = "0" if agg.dtype in ("int", "bool") else "0.0"
         target = "BIGINT" if agg.dtype in ("int", "bool") else "DOUBLE"
         return f"coalesce(sum({col}::{target}) {cond}, {zero})::{target}"
     if f == "mean":
         return f"(sum({col}::DOUBLE) {cond}) / nullif(count({col}) {cond}, 0)"
+    if f == "stddev":
+        return f"stddev_pop({col}::DOUBLE) {cond}"
+    if f == "variance":
+        return f"var_pop({col}::DOUBLE) {cond}"
     if f in ("min", "max"):
         return f"{f}({col}) {cond}"
+    if f == "first":
+        return f"arg_min({col}, h._seq) {cond}"
+    if f == "last_n":
+        return f"(list({col} ORDER BY h._seq DESC) {cond})[1:{agg.k}]"
     return f"arg_max({col}, h._seq) {cond}"
 
 
-def _view_query(view: ViewPlan, features: Sequence[str], glob: str) -> str:
+#: Training-set modes: every event by event time, or what the online store held at each instant.
+MODES = ("corrected", "as_served")
+
+
+def _view_query(view: ViewPlan, features: Sequence[str], glob: str, mode: str) -> str:
     keys = [k.name for k in view.join_keys]
     rows = {r.name: r for r in view.row_features}
     aggs = [a for a in view.aggregations if a.name in features]
@@ -57,12 +82,27 @@ def _view_query(view: ViewPlan, features: Sequence[str], glob: str) -> str:
     hist_cols = ", ".join(_q(c) for c in keys + [name for name, _ in view.history_columns])
     want_rows = [n for n in features if n in rows]
     ttl = f"l._t - l._latest <= {view.ttl_ms}" if view.ttl_ms is not None else "TRUE"
+    served = mode == "as_served"
     sql = f"""
     WITH h AS (
         SELECT {hist_cols}, epoch_ms(event_timestamp) AS _ts, _partition, _offset,
+               epoch_ms(_processed_at) AS _pa,
                row_number() OVER (ORDER BY epoch_ms(event_timestamp), _partition, _offset) AS _seq
         FROM read_parquet('{glob}', hive_partitioning = true, union_by_name = true)
-    ),
+        {'WHERE _late IS NOT TRUE' if served else ''}
+    ),"""
+    if served:
+        # what the online store held at e._t: events processed by then and not dropped as late
+        bound = f" AND h._ts >= e._t - {view.ttl_ms}" if view.ttl_ms is not None else ""
+        sql += f"""
+    latest AS (
+        SELECT e._row, any_value(e._t) AS _t, max(h._ts) AS _latest
+               {''.join(f', arg_max(h.{_q(n)}, h._seq) AS {_q("r_" + n)}' for n in want_rows)}
+        FROM e LEFT JOIN h ON {key_eq} AND h._ts <= e._t AND h._pa <= e._t{bound}
+        GROUP BY e._row
+    )"""
+    else:
+        sql += f"""
     newest AS (
         SELECT * FROM h
         QUALIFY row_number() OVER (PARTITION BY {', '.join(_q(k) for k in keys)}, _ts
@@ -73,11 +113,16 @@ def _view_query(view: ViewPlan, features: Sequence[str], glob: str) -> str:
         FROM e ASOF LEFT JOIN newest h ON {key_eq} AND e._t >= h._ts
     )"""
     if aggs:
-        lower = "least(" + ", ".join(_window_start(a) for a in aggs) + ")" if len(aggs) > 1 else _window_start(aggs[0])
+        starts = [_window_start(a) for a in aggs]
+        if any(x is None for x in starts):
+            lower = ""  # a lifetime aggregation reads every event up to e._t
+        else:
+            lower = " AND h._ts > " + ("least(" + ", ".join(str(x) for x in starts) + ")" if len(starts) > 1 else str(starts[0]))
+        processed = " AND h._pa <= e._t" if served else ""
         sql += f""",
     windowed AS (
         SELECT e._row{''.join(f', {_agg_sql(a)} AS {_q("a_" + a.name)}' for a in aggs)}
-        FROM e LEFT JOIN h ON {key_eq} AND h._ts <= e._t AND h._ts > {lower}
+        FROM e LEFT JOIN h ON {key_eq} AND h._ts <= e._t{lower}{processed}
         GROUP BY e._row
     )"""
     select = []
@@ -99,11 +144,16 @@ def point_in_time_features(
     keys: pa.Table,
     t_ms: pa.Array,
     con: duckdb.DuckDBPyConnection | None = None,
+    mode: str = "corrected",
 ) -> pa.Table:
     """Feature values of `view` for each row of `keys` (join key columns) at times `t_ms` (int64 ms).
 
+    `mode`: "corrected" uses every event by event time (late ones included); "as_served"
+    only events the online store had applied by each instant (processed by then, not late).
     Returns a table with one column per feature, rows in the input order.
     """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     types = {f.name: f.dtype for f in view.row_features} | {a.name: a.dtype for a in view.aggregations}
     if not has_history(offline_root, view.name):
         return pa.table({n: pa.nulls(len(keys), _result_type(view, n, types[n])) for n in features})
@@ -113,7 +163,7 @@ def point_in_time_features(
     con.register("entity_input", e)
     con.execute(f"CREATE OR REPLACE TEMP TABLE e AS SELECT {casts}, _t, _row FROM entity_input")
     con.unregister("entity_input")
-    relation = con.sql(_view_query(view, features, history_glob(offline_root, view.name)))
+    relation = con.sql(_view_query(view, features, history_glob(offline_root, view.name), mode))
     fetch = getattr(relation, "to_arrow_table", None) or relation.arrow  # DuckDB 2.x / 1.x
     return fetch()
 
@@ -121,10 +171,12 @@ def point_in_time_features(
 def _result_type(view: ViewPlan, name: str, dtype: str) -> pa.DataType:
     for a in view.aggregations:
         if a.name == name:
-            if a.function == "count":
+            if a.function in ("count", "count_distinct"):
                 return pa.int64()
-            if a.function == "mean":
+            if a.function in ("mean", "stddev", "variance"):
                 return pa.float64()
+            if a.function == "last_n":
+                return pa.list_(ARROW_TYPES[dtype])
             if a.function == "sum":
                 return pa.int64() if dtype in ("int", "bool") else pa.float64()
     return ARROW_TYPES[dtype]

@@ -6,7 +6,12 @@ key value (several keys joined with `|`). Fields:
 - `_ts`, `_p`, `_o`: event time (ms), partition and offset of the newest event applied;
 - `r:{feature}`: the latest value of a row-level feature (JSON);
 - `{column}|{tile_ms}|{index}|{stat}`: tile statistics, stat one of c (count), s (sum),
-  m (min), M (max), l (last value, JSON) and lo (order of that value: "ts partition offset").
+  q (sum of squares), m (min), M (max), f / l (first / last value, JSON) with fo / lo (the
+  order of that value: "ts partition offset"), n (the newest values: a JSON list of
+  [ts, partition, offset, value JSON], newest first) and d (marks that the tile's
+  HyperLogLog exists, under the key `<entity key>|<field>`). A filtered aggregation's
+  column is written `{column}?{where}`; lifetime tiles use `L{tile_ms}`, their folded base
+  tile the index -2^40.
 """
 
 from __future__ import annotations
@@ -24,12 +29,18 @@ def entity_key(project: str, view: str, values: Sequence[Any]) -> str:
     return f"fs:{project}:{view}:{key_string(values)}"
 
 
-def tile_prefix(column: str, tile_ms: int) -> str:
-    return f"{column}|{tile_ms}"
+def tile_prefix(tiles_key: str, tile_ms: int, lifetime: bool = False) -> str:
+    """Prefix of a tile set's fields (`tiles_key`: the column, or `column?where`)."""
+    return f"{tiles_key}|{'L' if lifetime else ''}{tile_ms}"
 
 
-def tile_field(column: str, tile_ms: int, index: int, stat: str) -> str:
-    return f"{column}|{tile_ms}|{index}|{stat}"
+def tile_field(prefix: str, index: int, stat: str) -> str:
+    return f"{prefix}|{index}|{stat}"
+
+
+def hll_key(entity: str, field: str) -> str:
+    """Key of the HyperLogLog of a count_distinct tile of an entity."""
+    return f"{entity}|{field}"
 
 
 def row_field(feature: str) -> str:

@@ -4,39 +4,65 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from featurestore.online.keys import tile_prefix
 from featurestore.plan import ViewPlan
-from featurestore.plan.windows import STATS_FOR_FUNCTION
+from featurestore.plan.windows import LIFETIME_TILE_MS, STAT_ORDER, STATS_FOR_FUNCTION
+
+#: Unfolded one-day tiles a lifetime tile set keeps beyond its lateness/skew slack.
+LIFETIME_EXTRA_TILES = 2
 
 
 @dataclass(frozen=True)
 class TileSet:
-    """Tiles of one input column at one tile size, with the statistics its aggregations need."""
+    """Tiles of one input column (and filter) at one tile size, with the statistics its
+    aggregations need. `max_window_ms` None: a lifetime set (old tiles folded, not dropped)."""
 
+    key: str
     column: str
+    where: str | None
     tile_ms: int
     stats: tuple[str, ...]
-    max_window_ms: int
+    max_window_ms: int | None
+    last_n: int = 0
+
+    @property
+    def lifetime(self) -> bool:
+        return self.max_window_ms is None
+
+    @property
+    def prefix(self) -> str:
+        return tile_prefix(self.key, self.tile_ms, self.lifetime)
 
 
 def tile_sets(view: ViewPlan) -> list[TileSet]:
-    """Tile sets of a view: aggregations of the same column and tile size share one."""
-    stats: dict[tuple[str, int], set[str]] = {}
-    longest: dict[tuple[str, int], int] = {}
+    """Tile sets of a view: aggregations of the same column, filter and tile size share one
+    (lifetime aggregations get their own set even when a window uses one-day tiles)."""
+    stats: dict[tuple[str, int, bool], set[str]] = {}
+    longest: dict[tuple[str, int, bool], int] = {}
+    ks: dict[tuple[str, int, bool], int] = {}
+    cols: dict[str, tuple[str, str | None]] = {}
     for agg in view.aggregations:
-        key = (agg.column, agg.tile_ms)
+        life = agg.window_ms is None
+        key = (agg.tiles_key, agg.tile_ms, life)
+        cols[agg.tiles_key] = (agg.column, agg.where)
         stats.setdefault(key, set()).update(STATS_FOR_FUNCTION[agg.function])
-        longest[key] = max(longest.get(key, 0), agg.window_ms)
-    order = "csmMl"
+        longest[key] = max(longest.get(key, 0), agg.window_ms or 0)
+        if agg.k:
+            ks[key] = max(ks.get(key, 0), agg.k)
     return [
-        TileSet(col, tile, tuple(sorted(s, key=order.index)), longest[(col, tile)])
-        for (col, tile), s in sorted(stats.items())
+        TileSet(name, cols[name][0], cols[name][1], tile, tuple(sorted(s, key=STAT_ORDER.index)),
+                None if life else longest[(name, tile, life)], ks.get((name, tile, life), 0))
+        for (name, tile, life), s in sorted(stats.items())
     ]
 
 
-def fields_per_entity(view: ViewPlan, skew_ms: int) -> int:
+def fields_per_entity(view: ViewPlan, slack_ms: int) -> int:
     """Upper bound of the live hash fields of one entity (meta + rows + tiles in window)."""
-    total = 3 + len(view.row_features)
+    total = 3 + len(view.row_features) + 8
     for ts in tile_sets(view):
-        tiles = ts.max_window_ms // ts.tile_ms + 1 + -(-skew_ms // ts.tile_ms)
-        total += tiles * sum(2 if s == "l" else 1 for s in ts.stats)
+        if ts.max_window_ms is None:
+            tiles = 1 + -(-slack_ms // LIFETIME_TILE_MS) + LIFETIME_EXTRA_TILES + 1
+        else:
+            tiles = ts.max_window_ms // ts.tile_ms + 1 + -(-slack_ms // ts.tile_ms)
+        total += tiles * sum(2 if s in "lf" else 1 for s in ts.stats)
     return total

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import orjson
 import redis
 
-from featurestore.online.keys import entity_key, row_field, tile_field
+from featurestore.online.keys import entity_key, hll_key, row_field, tile_field, tile_prefix
 from featurestore.plan import AggregationPlan, Plan, ViewPlan
 from featurestore.plan.windows import STATS_FOR_FUNCTION, tile_index, window_tiles
 
@@ -41,45 +42,84 @@ def _cast(x: float, dtype: str) -> Any:
 class _Acc:
     """Merges the tile statistics of one aggregation for one entity."""
 
-    __slots__ = ("count", "total", "lo", "hi", "last_order", "last")
+    __slots__ = ("count", "sums", "squares", "lo", "hi", "first_order", "first", "last_order", "last", "items", "hlls")
 
     def __init__(self) -> None:
         self.count = 0
-        self.total = 0.0
+        self.sums: list[float] = []
+        self.squares: list[float] = []
         self.lo: float | None = None
         self.hi: float | None = None
+        self.first_order: tuple[int, ...] | None = None
+        self.first: bytes | None = None
         self.last_order: tuple[int, ...] | None = None
         self.last: bytes | None = None
+        self.items: list[list[Any]] = []
+        self.hlls: list[bytes] = []
 
-    def add(self, stat: str, raw: bytes, extra: bytes | None) -> None:
+    def add(self, stat: str, name: bytes, raw: bytes, got: dict[bytes, bytes]) -> None:
         if stat == "c":
             self.count += int(raw)
         elif stat == "s":
-            self.total += float(raw)
+            self.sums.append(float(raw))
+        elif stat == "q":
+            self.squares.append(float(raw))
         elif stat == "m":
             x = float(raw)
             self.lo = x if self.lo is None or x < self.lo else self.lo
         elif stat == "M":
             x = float(raw)
             self.hi = x if self.hi is None or x > self.hi else self.hi
-        elif stat == "l" and extra is not None:
+        elif stat == "l" or stat == "f":
+            extra = got.get(name + b"o")
+            if extra is None:
+                return
             order = tuple(int(v) for v in extra.split())
-            if self.last_order is None or order > self.last_order:
+            if stat == "l" and (self.last_order is None or order > self.last_order):
                 self.last_order, self.last = order, raw
+            elif stat == "f" and (self.first_order is None or order < self.first_order):
+                self.first_order, self.first = order, raw
+        elif stat == "n":
+            self.items.extend(orjson.loads(raw))
+        elif stat == "d":
+            self.hlls.append(name)
 
-    def value(self, agg: AggregationPlan) -> Any:
+    def value(self, agg: AggregationPlan, distinct: int = 0) -> Any:
         f = agg.function
         if f == "count":
             return self.count
         if f == "sum":
-            return _cast(self.total, agg.dtype)
+            return _cast(math.fsum(self.sums), agg.dtype)
         if f == "mean":
-            return self.total / self.count if self.count else None
+            return math.fsum(self.sums) / self.count if self.count else None
+        if f in ("variance", "stddev"):
+            if not self.count:
+                return None
+            total = math.fsum(self.sums)
+            var = max(0.0, (math.fsum(self.squares) - total * total / self.count) / self.count)
+            return var if f == "variance" else math.sqrt(var)
         if f == "min":
             return None if self.lo is None else _cast(self.lo, agg.dtype)
         if f == "max":
             return None if self.hi is None else _cast(self.hi, agg.dtype)
+        if f == "first":
+            return decode_value(self.first, agg.dtype)
+        if f == "last_n":
+            if not self.items:
+                return None
+            self.items.sort(key=lambda it: (it[0], it[1], it[2]), reverse=True)
+            return [decode_value(it[3].encode(), agg.dtype) for it in self.items[: agg.k]]
+        if f == "count_distinct":
+            return distinct
         return decode_value(self.last, agg.dtype)
+
+
+#: Per feature: (row feature plan, its field) or (aggregation plan, None).
+_Layout = list[tuple[Any, bytes | None]]
+#: Tile field -> (feature position, stat) for every tile inside a feature's window.
+_Index = dict[bytes, list[tuple[int, str]]]
+#: Lifetime features: (tile prefix + b"|", feature position, last tile index, stats).
+_Lifetimes = list[tuple[bytes, int, int, tuple[str, ...]]]
 
 
 class OnlineReader:
@@ -89,9 +129,9 @@ class OnlineReader:
         self.client = client
         self.project = project
         self.plan = plan
-        self._layouts: dict[tuple[Any, ...], tuple[list[Any], dict[bytes, list[tuple[int, str]]]]] = {}
+        self._layouts: dict[tuple[Any, ...], tuple[_Layout, _Index, _Lifetimes]] = {}
 
-    def _cached_layout(self, view: ViewPlan, features: Sequence[str], t_ms: int) -> tuple[list[Any], dict[bytes, list[tuple[int, str]]]]:
+    def _cached_layout(self, view: ViewPlan, features: Sequence[str], t_ms: int) -> tuple[_Layout, _Index, _Lifetimes]:
         """The layout depends on t only through the tile holding t, per tile size: cache it."""
         aggs = {a.name: a for a in view.aggregations}
         tiles = tuple(tile_index(t_ms, aggs[f].tile_ms) for f in features if f in aggs)
@@ -104,29 +144,35 @@ class OnlineReader:
         return hit
 
     @staticmethod
-    def _layout(view: ViewPlan, features: Sequence[str], t_ms: int) -> tuple[list[Any], dict[bytes, list[tuple[int, str]]]]:
-        """Per feature its plan (and row field), and an index: tile field -> (feature position, stat)
-        for every tile statistic inside the feature's window at `t_ms`."""
+    def _layout(view: ViewPlan, features: Sequence[str], t_ms: int) -> tuple[_Layout, _Index, _Lifetimes]:
         rows = {r.name: r for r in view.row_features}
         aggs = {a.name: a for a in view.aggregations}
-        layout: list[Any] = []
-        index: dict[bytes, list[tuple[int, str]]] = {}
+        layout: _Layout = []
+        index: _Index = {}
+        lifetimes: _Lifetimes = []
         for pos, name in enumerate(features):
             if name in rows:
                 layout.append((rows[name], row_field(name).encode()))
                 continue
             agg = aggs[name]
             layout.append((agg, None))
+            if agg.window_ms is None:
+                prefix = tile_prefix(agg.tiles_key, agg.tile_ms, lifetime=True)
+                lifetimes.append(((prefix + "|").encode(), pos, tile_index(t_ms, agg.tile_ms), STATS_FOR_FUNCTION[agg.function]))
+                continue
+            prefix = tile_prefix(agg.tiles_key, agg.tile_ms)
             for stat in STATS_FOR_FUNCTION[agg.function]:
                 for idx in window_tiles(t_ms, agg.window_ms, agg.tile_ms):
-                    index.setdefault(tile_field(agg.column, agg.tile_ms, idx, stat).encode(), []).append((pos, stat))
-        return layout, index
+                    index.setdefault(tile_field(prefix, idx, stat).encode(), []).append((pos, stat))
+        return layout, index, lifetimes
 
     def read(self, requests: Sequence[ViewRequest], t_ms: int) -> list[dict[str, list[Any]]]:
         """Per request, feature name -> values (one per key), evaluated at `t_ms`.
 
         One pipelined HGETALL per (view, entity): hashes are bounded (expired tiles are
-        trimmed), and each is scanned once, merging the tiles inside each window."""
+        trimmed), and each is scanned once, merging the tiles inside each window.
+        count_distinct features take a second pipelined round trip (PFCOUNT of the
+        window's HyperLogLogs)."""
         pipe = self.client.pipeline(transaction=False)
         layouts = []
         for req in requests:
@@ -135,9 +181,10 @@ class OnlineReader:
                 pipe.execute_command("HGETALL", entity_key(self.project, req.view.name, key))
         replies = iter(pipe.execute())
         out: list[dict[str, list[Any]]] = []
-        for req, (layout, index) in zip(requests, layouts):
+        distinct: list[tuple[list[Any], int, str, list[bytes]]] = []
+        for req, (layout, index, lifetimes) in zip(requests, layouts):
             cols: list[list[Any]] = [[] for _ in req.features]
-            for _ in req.keys:
+            for key in req.keys:
                 got: dict[bytes, bytes] = next(replies)
                 newest = got.get(b"_ts")
                 if newest is None or (req.view.ttl_ms is not None and t_ms - int(newest) > req.view.ttl_ms):
@@ -149,15 +196,34 @@ class OnlineReader:
                     targets = index.get(name)
                     if targets:
                         for pos, stat in targets:
-                            acc = accs[pos]
-                            assert acc is not None
-                            acc.add(stat, raw, got.get(name + b"o") if stat == "l" else None)
+                            accs[pos].add(stat, name, raw, got)  # type: ignore[union-attr]
+                    elif lifetimes:
+                        _add_lifetime(lifetimes, accs, name, raw, got)
                 for pos, (feat, field) in enumerate(layout):
                     if field is not None:
                         cols[pos].append(decode_value(got.get(field), feat.dtype))
-                    else:
-                        acc = accs[pos]
-                        assert acc is not None
-                        cols[pos].append(acc.value(feat))
+                        continue
+                    acc = accs[pos]
+                    assert acc is not None
+                    cols[pos].append(acc.value(feat))
+                    if feat.function == "count_distinct" and acc.hlls:
+                        ekey = entity_key(self.project, req.view.name, key)
+                        distinct.append((cols[pos], len(cols[pos]) - 1, ekey, acc.hlls))
             out.append(dict(zip(req.features, cols)))
+        if distinct:
+            pipe = self.client.pipeline(transaction=False)
+            for _, _, ekey, fields in distinct:
+                pipe.execute_command("PFCOUNT", *[hll_key(ekey, f.decode()) for f in fields])
+            for (col, row, _, _), n in zip(distinct, pipe.execute()):
+                col[row] = int(n)
         return out
+
+
+def _add_lifetime(lifetimes: _Lifetimes, accs: list[_Acc | None], name: bytes, raw: bytes, got: dict[bytes, bytes]) -> None:
+    """Merge a field of a lifetime tile set: every tile up to the one holding t, and the base."""
+    for prefix, pos, last, stats in lifetimes:
+        if name.startswith(prefix):
+            idx, _, stat = name[len(prefix):].partition(b"|")
+            st = stat.decode()
+            if st in stats and int(idx) <= last:
+                accs[pos].add(st, name, raw, got)  # type: ignore[union-attr]

@@ -5,11 +5,16 @@
 --   G p first last             : a group of events from partition p, offsets first..last
 --     R ts p o n name1 val1 ... : row features, applied only if (ts,p,o) is newer than the stored (_ts,_p,_o)
 --     C field n                 : add to a tile count
---     S field x                 : add to a tile sum (float64, written with 17 significant digits)
+--     S field x                 : add to a tile sum or sum of squares (float64, 17 significant digits)
 --     m field x / M field x     : keep the minimum / maximum
 --     L field ts p o val        : keep the value of the newest event (order (ts,p,o)); its order goes in field..'o'
---   T limit k prefix1 min1 ...  : if the hash has more than `limit` fields, delete tile fields
---                                 "prefix|idx|stat" with idx < min
+--     F field ts p o val        : keep the value of the oldest event
+--     N field k list            : merge a JSON list of [ts,p,o,val] (newest first), keep the k newest
+--     H field n v1 .. vn        : add the values to the tile's HyperLogLog (key KEYS[1]..'|'..field)
+--   T limit k (prefix min mode)*k : if the hash has more than `limit` fields, remove tile fields
+--                                 "prefix|idx|stat" with idx < min: mode 'd' deletes them,
+--                                 mode 'f' folds them into the base tile "prefix|base|stat"
+--   B base                      : the index of the base tile (with T)
 --
 -- Field `_a:<p>` holds the highest offset of partition p already applied to this entity.
 -- A group whose `last` is at or below it is skipped (a replay, or a zombie writer); a group
@@ -36,12 +41,62 @@ local function fmt(x)
   return string.format('%.17g', x)
 end
 
+local WIDTH = {G = 4, C = 3, S = 3, m = 3, M = 3, L = 6, F = 6, N = 4, B = 2}
 local function width(op, i)
+  local w = WIDTH[op]
+  if w ~= nil then return w end
   if op == 'R' then return 5 + 2 * tonumber(args[i+4]) end
-  if op == 'L' then return 6 end
-  if op == 'G' or op == 'C' or op == 'S' or op == 'm' or op == 'M' then return 3 + (op == 'G' and 1 or 0) end
-  if op == 'T' then return 3 + 2 * tonumber(args[i+2]) end
+  if op == 'H' then return 3 + tonumber(args[i+2]) end
+  if op == 'T' then return 3 + 3 * tonumber(args[i+2]) end
   return nil
+end
+
+-- state: current values of the fields read, and the fields changed
+local cur, out, touched = {}, {}, {}
+local function put(f, v)
+  if touched[f] == nil then touched[f] = true; out[#out + 1] = f end
+  cur[f] = v
+end
+
+-- merging one statistic into a field (shared by updates and lifetime folding)
+local function add(f, x, integer)
+  local base = cur[f]
+  if base ~= nil and base ~= false then x = x + tonumber(base) end
+  put(f, integer and string.format('%d', x) or fmt(x))
+end
+local function keep_extreme(f, raw, want_min)
+  local base, x = cur[f], tonumber(raw)
+  if base == nil or base == false or (want_min and x < tonumber(base)) or ((not want_min) and x > tonumber(base)) then
+    put(f, raw)
+  end
+end
+local function keep_ordered(f, order, val, want_newest)
+  local ts, p, o = string.match(order, '^(%-?%d+) (%d+) (%d+)$')
+  local prev = cur[f .. 'o']
+  local ok = prev == nil or prev == false
+  if not ok then
+    local ots, op2, oo = string.match(prev, '^(%-?%d+) (%d+) (%d+)$')
+    if want_newest then ok = newer(ts, p, o, ots, op2, oo) else ok = newer(ots, op2, oo, ts, p, o) end
+  end
+  if ok then put(f, val); put(f .. 'o', order) end
+end
+local function merge_newest(f, k, list_json)
+  local items = cjson.decode(list_json)
+  local prev = cur[f]
+  if prev ~= nil and prev ~= false then
+    local old = cjson.decode(prev)
+    if k == nil then k = math.max(#items, #old) end
+    for _, it in ipairs(old) do items[#items + 1] = it end
+  end
+  if k == nil then k = #items end
+  table.sort(items, function(a, b)
+    if a[1] ~= b[1] then return a[1] > b[1] end
+    if a[2] ~= b[2] then return a[2] > b[2] end
+    return a[3] > b[3]
+  end)
+  local kept = {}
+  for j = 1, math.min(k, #items) do kept[j] = items[j] end
+  put(f, cjson.encode(kept))
 end
 
 -- pass 1: which fields are read
@@ -50,7 +105,7 @@ local function need(f)
   if slot[f] == nil then want[#want + 1] = f; slot[f] = #want end
 end
 local i = 1
-local trim = nil
+local trim, base_index = nil, nil
 while i <= n do
   local op = args[i]
   local w = width(op, i)
@@ -59,16 +114,17 @@ while i <= n do
     need('_a:' .. args[i+1])
   elseif op == 'R' then
     need('_ts'); need('_p'); need('_o')
-  elseif op == 'L' then
+  elseif op == 'L' or op == 'F' then
     need(args[i+1] .. 'o')
   elseif op == 'T' then
     trim = i
-  else
+  elseif op == 'B' then
+    base_index = args[i+1]
+  elseif op ~= 'H' then
     need(args[i+1])
   end
   i = i + w
 end
-local cur = {}
 if #want > 0 then
   local got = redis.call('HMGET', key, unpack(want))
   for j, f in ipairs(want) do cur[f] = got[j] end
@@ -96,11 +152,6 @@ if #partial > 0 then
 end
 
 -- pass 3: new values of the groups to apply
-local out, touched = {}, {}
-local function put(f, v)
-  if touched[f] == nil then touched[f] = true; out[#out + 1] = f end
-  cur[f] = v
-end
 local applied = 0
 local active = false
 i = 1
@@ -113,7 +164,7 @@ while i <= n do
       put('_a:' .. args[i+1], args[i+3])
       applied = applied + 1
     end
-  elseif op == 'T' then
+  elseif op == 'T' or op == 'B' then
     active = false
   elseif active then
     if op == 'R' then
@@ -122,51 +173,84 @@ while i <= n do
         put('_ts', ts); put('_p', p); put('_o', o)
         for j = 0, cnt - 1 do put(args[i+5+2*j], args[i+6+2*j]) end
       end
-    elseif op == 'C' or op == 'S' then
-      local f = args[i+1]
-      local base = cur[f]
-      local x = tonumber(args[i+2])
-      if base ~= nil and base ~= false then x = x + tonumber(base) end
-      put(f, op == 'C' and string.format('%d', x) or fmt(x))
+    elseif op == 'C' then
+      add(args[i+1], tonumber(args[i+2]), true)
+    elseif op == 'S' then
+      add(args[i+1], tonumber(args[i+2]), false)
     elseif op == 'm' or op == 'M' then
-      local f, x = args[i+1], tonumber(args[i+2])
-      local base = cur[f]
-      if base == nil or base == false or (op == 'm' and x < tonumber(base)) or (op == 'M' and x > tonumber(base)) then
-        put(f, args[i+2])
-      end
-    elseif op == 'L' then
-      local f = args[i+1]
-      local ts, p, o = args[i+2], args[i+3], args[i+4]
-      local prev = cur[f .. 'o']
-      local ok = prev == nil or prev == false
-      if not ok then
-        local ots, op2, oo = string.match(prev, '^(%-?%d+) (%d+) (%d+)$')
-        ok = newer(ts, p, o, ots, op2, oo)
-      end
-      if ok then
-        put(f, args[i+5]); put(f .. 'o', ts .. ' ' .. p .. ' ' .. o)
-      end
+      keep_extreme(args[i+1], args[i+2], op == 'm')
+    elseif op == 'L' or op == 'F' then
+      keep_ordered(args[i+1], args[i+2] .. ' ' .. args[i+3] .. ' ' .. args[i+4], args[i+5], op == 'L')
+    elseif op == 'N' then
+      merge_newest(args[i+1], tonumber(args[i+2]), args[i+3])
+    elseif op == 'H' then
+      local cnt = tonumber(args[i+2])
+      redis.call('PFADD', key .. '|' .. args[i+1], unpack(args, i + 3, i + 2 + cnt))
+      put(args[i+1], '1')
     end
   end
   i = i + width(op, i)
 end
-if #out > 0 then
-  local hset = {}
-  for _, f in ipairs(out) do hset[#hset + 1] = f; hset[#hset + 1] = cur[f] end
-  redis.call('HSET', key, unpack(hset))
+
+local function flush()
+  if #out > 0 then
+    local hset = {}
+    for _, f in ipairs(out) do hset[#hset + 1] = f; hset[#hset + 1] = cur[f] end
+    redis.call('HSET', key, unpack(hset))
+    out, touched = {}, {}
+  end
 end
+flush()
 
 if trim ~= nil then
   local limit, k = tonumber(args[trim+1]), tonumber(args[trim+2])
   if redis.call('HLEN', key) > limit then
-    local mins = {}
-    for j = 0, k - 1 do mins[args[trim+3+2*j]] = tonumber(args[trim+4+2*j]) end
-    local dead = {}
+    local mins, modes = {}, {}
+    for j = 0, k - 1 do
+      mins[args[trim+3+3*j]] = tonumber(args[trim+4+3*j])
+      modes[args[trim+3+3*j]] = args[trim+5+3*j]
+    end
+    local dead, folded = {}, {}
     for _, f in ipairs(redis.call('HKEYS', key)) do
-      local prefix, idx = string.match(f, '^(.+|%d+)|(%-?%d+)|')
-      if prefix ~= nil and mins[prefix] ~= nil and tonumber(idx) < mins[prefix] then
+      local prefix, idx, stat = string.match(f, '^(.+|L?%d+)|(%-?%d+)|(%a+)$')
+      if prefix ~= nil and mins[prefix] ~= nil and tonumber(idx) < mins[prefix] and idx ~= base_index then
         dead[#dead + 1] = f
+        if modes[prefix] == 'f' and stat ~= 'lo' and stat ~= 'fo' then
+          folded[#folded + 1] = {f, prefix, stat}
+        end
       end
+    end
+    -- fold lifetime tiles into their base tile
+    if #folded > 0 then
+      local names = {}
+      for _, x in ipairs(folded) do
+        names[#names + 1] = x[1]
+        names[#names + 1] = x[2] .. '|' .. base_index .. '|' .. x[3]
+        if x[3] == 'l' or x[3] == 'f' then
+          names[#names + 1] = x[1] .. 'o'
+          names[#names + 1] = x[2] .. '|' .. base_index .. '|' .. x[3] .. 'o'
+        end
+      end
+      local got = redis.call('HMGET', key, unpack(names))
+      for j, f in ipairs(names) do cur[f] = got[j] end
+      for _, x in ipairs(folded) do
+        local f, stat = x[1], x[3]
+        local b = x[2] .. '|' .. base_index .. '|' .. stat
+        local v = cur[f]
+        if stat == 'c' then add(b, tonumber(v), true)
+        elseif stat == 's' or stat == 'q' then add(b, tonumber(v), false)
+        elseif stat == 'm' or stat == 'M' then keep_extreme(b, v, stat == 'm')
+        elseif stat == 'l' or stat == 'f' then keep_ordered(b, cur[f .. 'o'], v, stat == 'l')
+        elseif stat == 'n' then merge_newest(b, nil, v)
+        elseif stat == 'd' then
+          redis.call('PFMERGE', key .. '|' .. b, key .. '|' .. b, key .. '|' .. f)
+          put(b, '1')
+        end
+      end
+      flush()
+    end
+    for _, f in ipairs(dead) do
+      if string.sub(f, -2) == '|d' then redis.call('DEL', key .. '|' .. f) end
     end
     for j = 1, #dead, 1000 do
       redis.call('HDEL', key, unpack(dead, j, math.min(j + 999, #dead)))

@@ -1,7 +1,7 @@
 """Write one batch of view rows to Redis: one atomic, idempotent Lua call per entity, pipelined.
 
 The batch is first reduced in Python: per entity and source partition, the newest event
-(for row-level features and TTL) and per tile the count, sum, min, max and newest value.
+(for row-level features and TTL) and per tile the statistics its aggregations need.
 Each entity's updates travel as a single payload argument. The script keeps, per entity
 and partition, the highest offset applied, so replaying a batch (after a crash or by a
 former owner of the partition) changes nothing: every event takes effect exactly once.
@@ -16,10 +16,10 @@ from typing import Any
 import orjson
 import redis
 
-from featurestore.online.keys import entity_key, row_field, tile_field, tile_prefix
-from featurestore.online.layout import TileSet, fields_per_entity, tile_sets
+from featurestore.online.keys import entity_key, row_field, tile_field
+from featurestore.online.layout import LIFETIME_EXTRA_TILES, TileSet, fields_per_entity, tile_sets
 from featurestore.plan import Plan, ViewPlan
-from featurestore.plan.windows import tile_index
+from featurestore.plan.windows import LIFETIME_BASE_INDEX, lifetime_fold_before, tile_index
 from featurestore.records import ViewRows
 
 _PIPELINE_CHUNK = 2000
@@ -51,7 +51,9 @@ class OnlineWriter:
         lua = resources.files("featurestore.online").joinpath("tiles.lua").read_text()
         self._script = client.register_script(lua)
         self._tile_sets = {v.name: tile_sets(v) for v in plan.views}
-        self._limits = {v.name: int(fields_per_entity(v, max_future_skew_ms) * 1.5) + 8 for v in plan.views}
+        self._limits = {
+            v.name: int(fields_per_entity(v, max_future_skew_ms + (v.allowed_lateness_ms or 0)) * 1.5) + 8 for v in plan.views
+        }
         self.groups_applied = 0
         self.groups_skipped = 0
 
@@ -62,7 +64,10 @@ class OnlineWriter:
             if len(rows):
                 view = self.views[rows.view]
                 entities: dict[tuple[Any, ...], _Entity] = {}
+                late = rows.late
                 for i, (key, p) in enumerate(zip(rows.keys, rows.partition)):
+                    if late and late[i]:
+                        continue  # later than the allowed lateness: history only
                     ent = entities.get(key)
                     if ent is None:
                         ent = entities[key] = _Entity()
@@ -110,54 +115,61 @@ class OnlineWriter:
             for f in view.row_features:
                 tokens += [row_field(f.name), orjson.dumps(rows.values[f.name][newest]).decode()]
             for tset in sets:
-                tokens += self._tile_tokens(tset, rows, idxs)
+                tokens += _tile_tokens(tset, rows, idxs)
             group_max = max(rows.ts[i] for i in idxs)
             max_ts = group_max if max_ts is None else max(max_ts, group_max)
         if sets and max_ts is not None:
             tokens += ["T", str(self._limits[view.name]), str(len(sets))]
             for tset in sets:
-                keep_from = tile_index(max_ts - self.skew_ms, tset.tile_ms) - tset.max_window_ms // tset.tile_ms
-                tokens += [tile_prefix(tset.column, tset.tile_ms), str(keep_from)]
+                if tset.max_window_ms is None:
+                    slack = self.skew_ms + (view.allowed_lateness_ms or 0)
+                    keep_from = lifetime_fold_before(max_ts, slack) - LIFETIME_EXTRA_TILES
+                    tokens += [tset.prefix, str(keep_from), "f"]
+                else:
+                    keep_from = tile_index(max_ts - self.skew_ms, tset.tile_ms) - tset.max_window_ms // tset.tile_ms
+                    tokens += [tset.prefix, str(keep_from), "d"]
+            tokens += ["B", str(LIFETIME_BASE_INDEX)]
         return SEP.join(tokens) + SEP
 
-    @staticmethod
-    def _tile_tokens(tset: TileSet, rows: ViewRows, idxs: Sequence[int]) -> list[str]:
-        col, tile_ms = rows.values[tset.column], tset.tile_ms
-        numeric = any(s in tset.stats for s in "smM")
-        tiles: dict[int, list[Any]] = {}
-        for i in idxs:
-            v = col[i]
-            if v is None:
-                continue
-            t = rows.ts[i]
-            order = (t, rows.partition[i], rows.offset[i])
-            idx = -((-t) // tile_ms) - 1
-            acc = tiles.get(idx)
-            if acc is None:
-                # count, sum, min, max, newest order, newest value
-                tiles[idx] = [1, v, v, v, order, v] if numeric else [1, 0, None, None, order, v]
-                continue
-            acc[0] += 1
-            if numeric:
-                acc[1] += v
-                if v < acc[2]:
-                    acc[2] = v
-                if v > acc[3]:
-                    acc[3] = v
-            if order > acc[4]:
-                acc[4], acc[5] = order, v
-        tokens: list[str] = []
-        for idx, (c, s, lo, hi, order, last) in tiles.items():
-            for stat in tset.stats:
-                field = tile_field(tset.column, tile_ms, idx, stat)
-                if stat == "c":
-                    tokens += ["C", field, str(c)]
-                elif stat == "s":
-                    tokens += ["S", field, _num(s)]
-                elif stat == "m":
-                    tokens += ["m", field, _num(lo)]
-                elif stat == "M":
-                    tokens += ["M", field, _num(hi)]
-                else:
-                    tokens += ["L", field, str(order[0]), str(order[1]), str(order[2]), orjson.dumps(last).decode()]
-        return tokens
+
+def _order_key(rows: ViewRows, i: int) -> tuple[int, int, int]:
+    return (rows.ts[i], rows.partition[i], rows.offset[i])
+
+
+def _tile_tokens(tset: TileSet, rows: ViewRows, idxs: Sequence[int]) -> list[str]:
+    """Tokens updating the tiles of one tile set with the events `idxs` of one group."""
+    col, tile_ms, stats = rows.values[tset.column], tset.tile_ms, tset.stats
+    where = rows.values[tset.where] if tset.where is not None else None
+    per_tile: dict[int, list[int]] = {}
+    for i in idxs:
+        if col[i] is None or (where is not None and where[i] is not True):
+            continue
+        per_tile.setdefault(-((-rows.ts[i]) // tile_ms) - 1, []).append(i)
+    tokens: list[str] = []
+    for idx, members in per_tile.items():
+        values = [col[i] for i in members]
+        for stat in stats:
+            field = tile_field(tset.prefix, idx, stat)
+            if stat == "c":
+                tokens += ["C", field, str(len(values))]
+            elif stat == "s":
+                tokens += ["S", field, _num(sum(values))]
+            elif stat == "q":
+                tokens += ["S", field, _num(sum(v * v for v in values))]
+            elif stat == "m":
+                tokens += ["m", field, _num(min(values))]
+            elif stat == "M":
+                tokens += ["M", field, _num(max(values))]
+            elif stat in "lf":
+                pick = max if stat == "l" else min
+                i = pick(members, key=lambda j: _order_key(rows, j))
+                ts, p, o = _order_key(rows, i)
+                tokens += [stat.upper(), field, str(ts), str(p), str(o), orjson.dumps(col[i]).decode()]
+            elif stat == "n":
+                newest = sorted(members, key=lambda j: _order_key(rows, j), reverse=True)[: tset.last_n]
+                items = [[*_order_key(rows, j), orjson.dumps(col[j]).decode()] for j in newest]
+                tokens += ["N", field, str(tset.last_n), orjson.dumps(items).decode()]
+            elif stat == "d":
+                distinct = sorted({orjson.dumps(v).decode() for v in values})
+                tokens += ["H", field, str(len(distinct)), *distinct]
+    return tokens

@@ -56,16 +56,30 @@ class RowFeaturePlan(_Frozen):
     dtype: DType
 
 
+AggFunction = Literal[
+    "count", "sum", "mean", "min", "max", "stddev", "variance", "first", "last", "last_n", "count_distinct"
+]
+
+
 class AggregationPlan(_Frozen):
-    """`function` of `column` over a window of `window_ms`, kept in tiles of `tile_ms`."""
+    """`function` of `column` over a window of `window_ms` (None: lifetime), kept in tiles of `tile_ms`."""
 
     name: str
     column: str
-    function: Literal["count", "sum", "mean", "min", "max", "last"]
-    window_ms: int
+    function: AggFunction
+    window_ms: int | None
     tile_ms: int
     dtype: DType
     """Type of the input column."""
+    where: str | None = None
+    """A bool history column: only events where it is True count."""
+    k: int | None = None
+    """Values kept by last_n."""
+
+    @property
+    def tiles_key(self) -> str:
+        """Name of the tile set this aggregation reads: the column, and its filter if any."""
+        return self.column if self.where is None else f"{self.column}?{self.where}"
 
 
 class ViewPlan(_Frozen):
@@ -79,6 +93,7 @@ class ViewPlan(_Frozen):
     owner: str = ""
     description: str = ""
     tags: dict[str, str] = {}
+    allowed_lateness_ms: int | None = None
 
     @property
     def feature_names(self) -> list[str]:
@@ -90,6 +105,8 @@ class ViewPlan(_Frozen):
         cols: dict[str, DType] = {f.name: f.dtype for f in self.row_features}
         for agg in self.aggregations:
             cols.setdefault(agg.column, agg.dtype)
+            if agg.where is not None:
+                cols.setdefault(agg.where, "bool")
         return list(cols.items())
 
 

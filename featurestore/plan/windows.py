@@ -18,6 +18,10 @@ NICE_TILE_MS: tuple[int, ...] = tuple(
 )
 #: A window is split into at least this many tiles when a nice tile size allows it.
 MIN_TILES_PER_WINDOW = 48
+#: Lifetime aggregations keep one-day tiles for recent days and fold older ones into a base.
+LIFETIME_TILE_MS = 86_400_000
+#: Index of the base tile of a lifetime aggregation (below every real tile index).
+LIFETIME_BASE_INDEX = -(2**40)
 
 
 def choose_tile_ms(window_ms: int) -> int:
@@ -49,12 +53,28 @@ def window_tiles(t_ms: int, window_ms: int, tile_ms: int) -> range:
     return range(last - window_ms // tile_ms + 1, last + 1)
 
 
-#: Per-tile statistics each aggregation function needs.
+def lifetime_fold_before(max_ts_ms: int, slack_ms: int) -> int:
+    """Lifetime tiles with an index below this are folded into the base tile.
+
+    `slack_ms` covers the allowed lateness and future skew: events that can still arrive
+    land in unfolded tiles, and reads at instants after `max_ts - slack - 1 day` are exact."""
+    return tile_index(max_ts_ms - slack_ms, LIFETIME_TILE_MS) - 1
+
+
+#: Per-tile statistics each aggregation function needs: c count, s sum, q sum of squares,
+#: m min, M max, f first, l last, n newest values, d distinct values (a HyperLogLog).
 STATS_FOR_FUNCTION: dict[str, tuple[str, ...]] = {
     "count": ("c",),
     "sum": ("s",),
     "mean": ("s", "c"),
     "min": ("m",),
     "max": ("M",),
+    "stddev": ("c", "s", "q"),
+    "variance": ("c", "s", "q"),
+    "first": ("f",),
     "last": ("l",),
+    "last_n": ("n",),
+    "count_distinct": ("d",),
 }
+#: Order of statistics within a tile set.
+STAT_ORDER = "csqmMflnd"

@@ -3,7 +3,8 @@
 Reasons: `oversized` (larger than the configured limit), `malformed_json` (not JSON),
 `schema_violation` (JSON not matching the event model), `missing_key` (a join key is
 null), `absurd_timestamp` (before 1970 or further in the future than the allowed skew),
-`transform_error` (a udf raised).
+`transform_error` (a udf raised), `late` (later than a view's allowed lateness: the event
+is still kept, flagged, in that view's history).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class _ViewExtractor:
         self.getters = getters
         self.udfs = udfs
         self.columns = [name for name, _ in view.history_columns]
+        self.lateness_ms = view.allowed_lateness_ms
 
     def values(self, event: BaseModel) -> dict[str, Any]:
         out = {name: get(event) for name, get in self.getters.items()}
@@ -114,21 +116,23 @@ class Decoder:
         self.max_record_bytes = max_record_bytes
 
     def decode(
-        self, records: Sequence[RawRecord], now_ms: int
+        self, records: Sequence[RawRecord], now_ms: int, newest: dict[int, int | None] | None = None,
     ) -> tuple[list[ViewRows], list[DeadLetter]]:
+        """Decode records (in offset order per partition). `newest`: per partition, the newest
+        event time before these records, updated in place; lateness is judged against it."""
         out = [ViewRows(view=x.view.name, topic=self.source.topic, processed_at_ms=now_ms) for x in self.views]
         for rows, x in zip(out, self.views):
             rows.values = {c: [] for c in x.columns}
         dead: list[DeadLetter] = []
         ts_field = self.source.timestamp_field
         for rec in records:
-            reason, detail = self._decode_one(rec, now_ms, ts_field, out)
+            reason, detail = self._decode_one(rec, now_ms, ts_field, out, newest)
             if reason:
                 dead.append(DeadLetter(self.source.topic, rec.partition, rec.offset, rec.key, rec.value, reason, detail))
         return out, dead
 
     def _decode_one(
-        self, rec: RawRecord, now_ms: int, ts_field: str, out: list[ViewRows]
+        self, rec: RawRecord, now_ms: int, ts_field: str, out: list[ViewRows], newest: dict[int, int | None] | None
     ) -> tuple[str, str]:
         if not rec.value:
             return "malformed_json", "empty record"
@@ -151,6 +155,8 @@ class Decoder:
                 staged.append((key, x.values(event)))
             except _TransformFailed as exc:
                 return "transform_error", str(exc)
+        late_for: list[str] = []
+        before = newest.get(rec.partition) if newest is not None else None
         for rows, x, (key, values) in zip(out, self.views, staged):
             rows.keys.append(key)
             rows.ts.append(ts)
@@ -158,4 +164,16 @@ class Decoder:
             rows.offset.append(rec.offset)
             for c in x.columns:
                 rows.values[c].append(values[c])
+            late = x.lateness_ms is not None and before is not None and ts < before - x.lateness_ms
+            if late or rows.late:
+                if not rows.late:
+                    rows.late = [False] * (len(rows.ts) - 1)
+                rows.late.append(late)
+                if late:
+                    late_for.append(f"{x.view.name} (allowed {x.lateness_ms} ms)")
+        if newest is not None and (before is None or ts > before):
+            newest[rec.partition] = ts
+        if late_for:
+            assert before is not None
+            return "late", f"event time {ts} is {before - ts} ms behind its partition's newest {before}: late for {', '.join(late_for)}"
         return "", ""

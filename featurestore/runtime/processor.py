@@ -35,6 +35,7 @@ from featurestore.records import ViewRows
 from featurestore.runtime.dead_letters import dead_letter_headers
 from featurestore.runtime.decode import DeadLetter, Decoder, RawRecord
 from featurestore.runtime.kafka import consumer_config, ensure_topics, producer_config
+from featurestore.runtime.watermarks import Watermarks
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,6 +76,7 @@ class StreamProcessor:
             s.topic: Decoder(plan, s, skew_ms, settings.max_record_bytes) for s in plan.sources if _has_views(plan, s.name)
         }
         self.dead_letter_topics = {s.topic: s.dead_letter_topic for s in plan.sources}
+        self.watermarks = {s.topic: Watermarks(plan, s, Path(settings.offline_root)) for s in plan.sources}
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=10)
         self.online = OnlineWriter(self.redis, settings.project, plan, skew_ms)
         self.history = HistoryWriter(Path(settings.offline_root), plan)
@@ -169,6 +171,8 @@ class StreamProcessor:
         self.checkpoint()
         for p in partitions:
             self._eof.pop((p.topic, p.partition), None)
+            if p.topic in self.watermarks:
+                self.watermarks[p.topic].forget(p.partition)
 
     def _process(self, msgs: list[Message]) -> None:
         by_topic: dict[str, list[RawRecord]] = {}
@@ -188,7 +192,11 @@ class StreamProcessor:
         batches: list[ViewRows] = []
         dead: list[DeadLetter] = []
         for topic, records in by_topic.items():
-            rows, bad = self.decoders[topic].decode(records, now_ms)
+            marks = self.watermarks[topic]
+            if marks.needed:
+                for rec in records:
+                    marks.ensure(rec.partition, rec.offset)
+            rows, bad = self.decoders[topic].decode(records, now_ms, marks.newest if marks.needed else None)
             batches.extend(rows)
             dead.extend(bad)
             self.stats.records += len(records)
