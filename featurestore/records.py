@@ -29,3 +29,17 @@ class ViewRows:
 
     def __len__(self) -> int:
         return len(self.ts)
+
+    def select(self, indices: list[int]) -> ViewRows:
+        """The rows at `indices`, in that order."""
+        return ViewRows(
+            view=self.view,
+            topic=self.topic,
+            keys=[self.keys[i] for i in indices],
+            ts=[self.ts[i] for i in indices],
+            partition=[self.partition[i] for i in indices],
+            offset=[self.offset[i] for i in indices],
+            values={c: [v[i] for i in indices] for c, v in self.values.items()},
+            late=[self.late[i] for i in indices] if self.late else [],
+            processed_at_ms=self.processed_at_ms,
+        )

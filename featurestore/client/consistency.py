@@ -115,9 +115,9 @@ def check_consistency(
         online = reader.read([ViewRequest(view, feats, [tuple(k) for k in chosen])], t_ms)[0]
         table = pa.table({k: [c[i] for c in chosen] for i, k in enumerate(keys)})
         times = pa.array([t_ms] * len(chosen), pa.int64())
-        # online holds what was processed by t and not dropped as late: compare with "as served"
+        # online holds every event processed so far that was not dropped as late
         offline = point_in_time_features(
-            offline_root, offline_plan.view(view.name), feats, table, times, con, mode="as_served"
+            offline_root, offline_plan.view(view.name), feats, table, times, con, mode="as_served", served_at_row_time=False
         ).to_pydict()
         functions = {a.name: a.function for a in view.aggregations}
         for f in feats:

@@ -74,7 +74,7 @@ def _agg_sql(agg: AggregationPlan) -> str:
 MODES = ("corrected", "as_served")
 
 
-def _view_query(view: ViewPlan, features: Sequence[str], glob: str, mode: str) -> str:
+def _view_query(view: ViewPlan, features: Sequence[str], glob: str, mode: str, served_at_row_time: bool = True) -> str:
     keys = [k.name for k in view.join_keys]
     rows = {r.name: r for r in view.row_features}
     aggs = [a for a in view.aggregations if a.name in features]
@@ -83,6 +83,7 @@ def _view_query(view: ViewPlan, features: Sequence[str], glob: str, mode: str) -
     want_rows = [n for n in features if n in rows]
     ttl = f"l._t - l._latest <= {view.ttl_ms}" if view.ttl_ms is not None else "TRUE"
     served = mode == "as_served"
+    processed = " AND h._pa <= e._t" if served and served_at_row_time else ""
     sql = f"""
     WITH h AS (
         SELECT {hist_cols}, epoch_ms(event_timestamp) AS _ts, _partition, _offset,
@@ -98,7 +99,7 @@ def _view_query(view: ViewPlan, features: Sequence[str], glob: str, mode: str) -
     latest AS (
         SELECT e._row, any_value(e._t) AS _t, max(h._ts) AS _latest
                {''.join(f', arg_max(h.{_q(n)}, h._seq) AS {_q("r_" + n)}' for n in want_rows)}
-        FROM e LEFT JOIN h ON {key_eq} AND h._ts <= e._t AND h._pa <= e._t{bound}
+        FROM e LEFT JOIN h ON {key_eq} AND h._ts <= e._t{processed}{bound}
         GROUP BY e._row
     )"""
     else:
@@ -118,7 +119,6 @@ def _view_query(view: ViewPlan, features: Sequence[str], glob: str, mode: str) -
             lower = ""  # a lifetime aggregation reads every event up to e._t
         else:
             lower = " AND h._ts > " + ("least(" + ", ".join(str(x) for x in starts) + ")" if len(starts) > 1 else str(starts[0]))
-        processed = " AND h._pa <= e._t" if served else ""
         sql += f""",
     windowed AS (
         SELECT e._row{''.join(f', {_agg_sql(a)} AS {_q("a_" + a.name)}' for a in aggs)}
@@ -145,11 +145,14 @@ def point_in_time_features(
     t_ms: pa.Array,
     con: duckdb.DuckDBPyConnection | None = None,
     mode: str = "corrected",
+    served_at_row_time: bool = True,
 ) -> pa.Table:
     """Feature values of `view` for each row of `keys` (join key columns) at times `t_ms` (int64 ms).
 
     `mode`: "corrected" uses every event by event time (late ones included); "as_served"
-    only events the online store had applied by each instant (processed by then, not late).
+    only events the online store had applied by each instant (processed by then, not late);
+    with `served_at_row_time=False`, every event processed so far that was not late (what
+    the online store holds now, evaluated at each instant: the consistency check).
     Returns a table with one column per feature, rows in the input order.
     """
     if mode not in MODES:
@@ -163,7 +166,7 @@ def point_in_time_features(
     con.register("entity_input", e)
     con.execute(f"CREATE OR REPLACE TEMP TABLE e AS SELECT {casts}, _t, _row FROM entity_input")
     con.unregister("entity_input")
-    relation = con.sql(_view_query(view, features, history_glob(offline_root, view.name), mode))
+    relation = con.sql(_view_query(view, features, history_glob(offline_root, view.name), mode, served_at_row_time))
     fetch = getattr(relation, "to_arrow_table", None) or relation.arrow  # DuckDB 2.x / 1.x
     return fetch()
 

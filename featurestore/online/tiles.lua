@@ -71,11 +71,11 @@ local function keep_extreme(f, raw, want_min)
   end
 end
 local function keep_ordered(f, order, val, want_newest)
-  local ts, p, o = string.match(order, '^(%-?%d+) (%d+) (%d+)$')
+  local ts, p, o = string.match(order, '^(%-?%d+) (%-?%d+) (%d+)$')
   local prev = cur[f .. 'o']
   local ok = prev == nil or prev == false
   if not ok then
-    local ots, op2, oo = string.match(prev, '^(%-?%d+) (%d+) (%d+)$')
+    local ots, op2, oo = string.match(prev, '^(%-?%d+) (%-?%d+) (%d+)$')
     if want_newest then ok = newer(ts, p, o, ots, op2, oo) else ok = newer(ots, op2, oo, ts, p, o) end
   end
   if ok then put(f, val); put(f .. 'o', order) end

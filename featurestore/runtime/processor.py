@@ -136,10 +136,15 @@ class StreamProcessor:
 
     # -- helpers -----------------------------------------------------------------------
     def _check_redis(self) -> None:
+        self.check_redis_url(self.settings.redis_url, self.redis)
+
+    @staticmethod
+    def check_redis_url(url: str, client: redis.Redis | None = None) -> None:
+        """Raise StoreUnavailable with a one-line reason if Redis does not answer."""
         try:
-            self.redis.ping()
+            (client or redis.Redis.from_url(url, socket_connect_timeout=5)).ping()
         except redis.RedisError as exc:
-            raise StoreUnavailable(f"Redis at {self.settings.redis_url} is unreachable: {exc}") from None
+            raise StoreUnavailable(f"Redis at {url} is unreachable: {exc}") from None
 
     def _end_offsets(self, consumer: Consumer, topics: list[str]) -> dict[tuple[str, int], int]:
         """High watermarks at start (a lower bound on some brokers; EOF events complete it)."""

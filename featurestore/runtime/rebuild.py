@@ -72,7 +72,7 @@ def rebuild_view(
     select = ", ".join(f'"{c}"' for c in keys + cols)
     relation = duckdb.connect().sql(
         f"SELECT {select}, epoch_ms(event_timestamp) AS _ts, _topic, _partition, _offset, "
-        f"epoch_ms(_processed_at) AS _pat FROM read_parquet('{glob}', hive_partitioning = true) "
+        f"epoch_ms(_processed_at) AS _pat, coalesce(_late, false) AS _late FROM read_parquet('{glob}', hive_partitioning = true) "
         "ORDER BY _partition, _offset"
     )
     # DuckDB 2.x / 1.x
@@ -86,6 +86,7 @@ def rebuild_view(
         rows.keys = list(zip(*[data[k] for k in keys]))
         rows.ts, rows.partition, rows.offset = data["_ts"], data["_partition"], data["_offset"]
         rows.values = {c: data[c] for c in cols}
+        rows.late = data["_late"]  # the writer skips rows that were too late when streamed
         writer.write([rows])
         total += n
         if on_rows:

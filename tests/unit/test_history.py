@@ -23,7 +23,8 @@ def _rows(offsets: list[int], partition: int = 0) -> ViewRows:
     plan = compile_repo(ROOT / "feature_defs")
     cols = [n for n, _ in plan.view("user_payments").history_columns]
     rows.values = {c: [] for c in cols}
-    values: dict[str, Any] = {"amount": 2.5, "amount_eur": 2.5, "last_merchant": "m", "last_country": "FR", "is_large": False}
+    values: dict[str, Any] = {"amount": 2.5, "amount_eur": 2.5, "last_merchant": "m", "last_country": "FR", "is_large": False,
+                              "merchant_id": "m", "country": "FR"}
     for o in offsets:
         rows.keys.append((o % 7,))
         rows.ts.append(T0 + (o % 3) * DAY + o)  # spread over three date folders
