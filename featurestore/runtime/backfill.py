@@ -33,7 +33,7 @@ from featurestore.runtime.decode import DeadLetter, Decoder, RawRecord
 from featurestore.runtime.watermarks import Watermarks
 
 JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
-_BATCH = 20_000
+_READ_BATCH = 20_000
 _FLUSH_EVERY = 250_000
 
 
@@ -83,7 +83,7 @@ def read_records(files: list[Path]) -> Iterator[tuple[Path, int, bytes]]:
     for f in files:
         if f.suffix.lower() == ".parquet":
             n = 0
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=_BATCH):
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=_READ_BATCH):
                 for row in batch.to_pylist():
                     yield f, n, orjson.dumps(row, option=orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS)
                     n += 1
@@ -132,7 +132,7 @@ class Backfill:
             for offset, (f, n, value) in enumerate(read_records(files)):
                 batch.append(RawRecord(stats.partition, offset, None, value))
                 where[offset] = (f, n)
-                if len(batch) >= _BATCH:
+                if len(batch) >= self.settings.batch_size:
                     since_flush += self._batch(batch, where, marks, online, start_ms, end_ms, stats, dead_out)
                     batch, where = [], {}
                     if since_flush >= _FLUSH_EVERY:

@@ -78,8 +78,9 @@ class _ViewExtractor:
                 assert f.udf_ref is not None
                 udfs[f.name] = import_object(f.udf_ref)
         for agg in view.aggregations:
-            if agg.column not in getters and agg.column not in udfs:
-                getters[agg.column] = _attr(agg.column)
+            for column in (agg.column, agg.where):
+                if column is not None and column not in getters and column not in udfs:
+                    getters[column] = _attr(column)
         self.getters = getters
         self.udfs = udfs
         self.columns = [name for name, _ in view.history_columns]
