@@ -60,8 +60,8 @@ def fields_per_entity(view: ViewPlan, slack_ms: int) -> int:
     """Upper bound of the live hash fields of one entity (meta + rows + tiles in window)."""
     total = 3 + len(view.row_features) + 8
     for ts in tile_sets(view):
-        if ts.max_window_ms is None:
-            tiles = 1 + -(-slack_ms // LIFETIME_TILE_MS) + LIFETIME_EXTRA_TILES + 1
+        if ts.max_window_ms is None:  # base + [tile(newest - slack) - 1 - extra, tile(newest)]
+            tiles = 1 + -(-slack_ms // LIFETIME_TILE_MS) + LIFETIME_EXTRA_TILES + 2
         else:
             tiles = ts.max_window_ms // ts.tile_ms + 1 + -(-slack_ms // ts.tile_ms)
         total += tiles * sum(2 if s in "lf" else 1 for s in ts.stats)

@@ -11,9 +11,11 @@
 --     F field ts p o val        : keep the value of the oldest event
 --     N field k list            : merge a JSON list of [ts,p,o,val] (newest first), keep the k newest
 --     H field n v1 .. vn        : add the values to the tile's HyperLogLog (key KEYS[1]..'|'..field)
---   T limit k (prefix min mode)*k : if the hash has more than `limit` fields, remove tile fields
---                                 "prefix|idx|stat" with idx < min: mode 'd' deletes them,
---                                 mode 'f' folds them into the base tile "prefix|base|stat"
+--   T limit k (prefix tile shift back mode keep)*k : if the hash has more than `limit` fields, remove
+--                                 the tile fields "prefix|idx|stat" with idx < min, where
+--                                 min = tile_index(newest event time - shift) - back: mode 'd'
+--                                 deletes them, mode 'f' folds them into the base tile "prefix|base|stat"
+--                                 (keeping the `keep` newest values of 'n')
 --   B base                      : the index of the base tile (with T)
 --
 -- Field `_a:<p>` holds the highest offset of partition p already applied to this entity.
@@ -47,7 +49,7 @@ local function width(op, i)
   if w ~= nil then return w end
   if op == 'R' then return 5 + 2 * tonumber(args[i+4]) end
   if op == 'H' then return 3 + tonumber(args[i+2]) end
-  if op == 'T' then return 3 + 3 * tonumber(args[i+2]) end
+  if op == 'T' then return 3 + 6 * tonumber(args[i+2]) end
   return nil
 end
 
@@ -84,11 +86,8 @@ local function merge_newest(f, k, list_json)
   local items = cjson.decode(list_json)
   local prev = cur[f]
   if prev ~= nil and prev ~= false then
-    local old = cjson.decode(prev)
-    if k == nil then k = math.max(#items, #old) end
-    for _, it in ipairs(old) do items[#items + 1] = it end
+    for _, it in ipairs(cjson.decode(prev)) do items[#items + 1] = it end
   end
-  if k == nil then k = #items end
   table.sort(items, function(a, b)
     if a[1] ~= b[1] then return a[1] > b[1] end
     if a[2] ~= b[2] then return a[2] > b[2] end
@@ -106,6 +105,7 @@ local function need(f)
 end
 local i = 1
 local trim, base_index = nil, nil
+need('_ts')
 while i <= n do
   local op = args[i]
   local w = width(op, i)
@@ -202,13 +202,18 @@ local function flush()
 end
 flush()
 
-if trim ~= nil then
+if trim ~= nil and cur['_ts'] ~= nil and cur['_ts'] ~= false then
   local limit, k = tonumber(args[trim+1]), tonumber(args[trim+2])
   if redis.call('HLEN', key) > limit then
-    local mins, modes = {}, {}
+    -- bounds follow the entity's newest event time, whatever this batch held
+    local newest = tonumber(cur['_ts'])
+    local mins, modes, keeps = {}, {}, {}
     for j = 0, k - 1 do
-      mins[args[trim+3+3*j]] = tonumber(args[trim+4+3*j])
-      modes[args[trim+3+3*j]] = args[trim+5+3*j]
+      local at = trim + 3 + 6 * j
+      keeps[args[at]] = tonumber(args[at+5])
+      local tile, shift, back = tonumber(args[at+1]), tonumber(args[at+2]), tonumber(args[at+3])
+      mins[args[at]] = math.ceil((newest - shift) / tile) - 1 - back
+      modes[args[at]] = args[at+4]
     end
     local dead, folded = {}, {}
     for _, f in ipairs(redis.call('HKEYS', key)) do
@@ -241,7 +246,7 @@ if trim ~= nil then
         elseif stat == 's' or stat == 'q' then add(b, tonumber(v), false)
         elseif stat == 'm' or stat == 'M' then keep_extreme(b, v, stat == 'm')
         elseif stat == 'l' or stat == 'f' then keep_ordered(b, cur[f .. 'o'], v, stat == 'l')
-        elseif stat == 'n' then merge_newest(b, nil, v)
+        elseif stat == 'n' then merge_newest(b, keeps[x[2]], v)
         elseif stat == 'd' then
           redis.call('PFMERGE', key .. '|' .. b, key .. '|' .. b, key .. '|' .. f)
           put(b, '1')

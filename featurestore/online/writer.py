@@ -19,7 +19,7 @@ import redis
 from featurestore.online.keys import entity_key, row_field, tile_field
 from featurestore.online.layout import LIFETIME_EXTRA_TILES, TileSet, fields_per_entity, tile_sets
 from featurestore.plan import Plan, ViewPlan
-from featurestore.plan.windows import LIFETIME_BASE_INDEX, lifetime_fold_before, tile_index
+from featurestore.plan.windows import LIFETIME_BASE_INDEX
 from featurestore.records import ViewRows
 
 _PIPELINE_CHUNK = 2000
@@ -106,7 +106,6 @@ class OnlineWriter:
     def _payload(self, view: ViewPlan, rows: ViewRows, groups: dict[int, list[int]]) -> str:
         sets = self._tile_sets[view.name]
         tokens: list[str] = []
-        max_ts = None
         for p, idxs in groups.items():
             offsets = [rows.offset[i] for i in idxs]
             tokens += ["G", str(p), str(min(offsets)), str(max(offsets))]
@@ -116,18 +115,15 @@ class OnlineWriter:
                 tokens += [row_field(f.name), orjson.dumps(rows.values[f.name][newest]).decode()]
             for tset in sets:
                 tokens += _tile_tokens(tset, rows, idxs)
-            group_max = max(rows.ts[i] for i in idxs)
-            max_ts = group_max if max_ts is None else max(max_ts, group_max)
-        if sets and max_ts is not None:
+        if sets:
             tokens += ["T", str(self._limits[view.name]), str(len(sets))]
             for tset in sets:
-                if tset.max_window_ms is None:
+                if tset.max_window_ms is None:  # lifetime: fold what no allowed event can reach
                     slack = self.skew_ms + (view.allowed_lateness_ms or 0)
-                    keep_from = lifetime_fold_before(max_ts, slack) - LIFETIME_EXTRA_TILES
-                    tokens += [tset.prefix, str(keep_from), "f"]
+                    tokens += [tset.prefix, str(tset.tile_ms), str(slack), str(1 + LIFETIME_EXTRA_TILES), "f", str(tset.last_n)]
                 else:
-                    keep_from = tile_index(max_ts - self.skew_ms, tset.tile_ms) - tset.max_window_ms // tset.tile_ms
-                    tokens += [tset.prefix, str(keep_from), "d"]
+                    back = tset.max_window_ms // tset.tile_ms
+                    tokens += [tset.prefix, str(tset.tile_ms), str(self.skew_ms), str(back), "d", str(tset.last_n)]
             tokens += ["B", str(LIFETIME_BASE_INDEX)]
         return SEP.join(tokens) + SEP
 

@@ -53,14 +53,6 @@ def window_tiles(t_ms: int, window_ms: int, tile_ms: int) -> range:
     return range(last - window_ms // tile_ms + 1, last + 1)
 
 
-def lifetime_fold_before(max_ts_ms: int, slack_ms: int) -> int:
-    """Lifetime tiles with an index below this are folded into the base tile.
-
-    `slack_ms` covers the allowed lateness and future skew: events that can still arrive
-    land in unfolded tiles, and reads at instants after `max_ts - slack - 1 day` are exact."""
-    return tile_index(max_ts_ms - slack_ms, LIFETIME_TILE_MS) - 1
-
-
 #: Per-tile statistics each aggregation function needs: c count, s sum, q sum of squares,
 #: m min, M max, f first, l last, n newest values, d distinct values (a HyperLogLog).
 STATS_FOR_FUNCTION: dict[str, tuple[str, ...]] = {

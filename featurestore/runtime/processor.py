@@ -51,6 +51,7 @@ class ProcessorStats:
 
     records: int = 0
     events: int = 0
+    """Records decoded into events (late ones included: they go to the history, flagged)."""
     dead_letters: dict[str, int] = field(default_factory=dict)
     batches: int = 0
     entity_writes: int = 0
@@ -205,7 +206,7 @@ class StreamProcessor:
             batches.extend(rows)
             dead.extend(bad)
             self.stats.records += len(records)
-            self.stats.events += len(records) - len(bad)
+            self.stats.events += len(records) - sum(1 for d in bad if d.reason != "late")  # late ones are kept, flagged
         self._write(batches, dead)
         # only now may a checkpoint commit these offsets: their effects are applied
         self._offsets.update(offsets)
