@@ -6,7 +6,10 @@ FEATURESTORE_REDIS_URL), then measures, each beside its raw limit in the same ru
 - ingest: `StreamProcessor` (what `featurestore run` executes) over the example plan
   (2 views, 16 features, Redis + Parquet) vs a bare confluent-kafka consume of the same topic;
 - online: `FeatureStore.get_online_features` 1x10 and 100x10 vs a bare redis-py GET / MGET;
-- training: `get_historical_features` vs a hand-written DuckDB ASOF JOIN of the same history.
+- training: `get_historical_features` vs a hand-written DuckDB ASOF JOIN of the same history;
+- backfill: `featurestore backfill --materialize` (the `Backfill` job) over the same events
+  from a JSON lines file vs streaming them (the ingest figure), and the same online values;
+- storage: Redis fields and bytes per entity of each view after ingest.
 
 Every scenario checks a sample of its results against an independent computation and
 reports a wrong answer as a failure. Prints a markdown table and writes JSON next to it.
@@ -98,7 +101,10 @@ def setup(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> dict[str,
     t0 = time.perf_counter()
     produce_records(producer_config(settings), topic, records)
     print(f"produced {len(records):,} events in {time.perf_counter() - t0:.1f} s", flush=True)
-    return {"repo": repo, "settings": settings, "plan": plan, "topic": topic, "records": records, "end": end}
+    events_file = tmp / "events.jsonl"
+    events_file.write_bytes(b"\n".join(r.value for r in records) + b"\n")
+    return {"repo": repo, "settings": settings, "plan": plan, "topic": topic, "records": records, "end": end,
+            "events_file": events_file}
 
 
 def bench_ingest(b: Bench, ctx: dict[str, Any], rep: int) -> None:
@@ -126,10 +132,10 @@ def bench_ingest(b: Bench, ctx: dict[str, Any], rep: int) -> None:
         "project": f"{settings.project}-r{rep}", "consumer_group": f"{settings.project}-r{rep}",
         "offline_path": Path(str(settings.offline_root) + f"-r{rep}"),
     })
-    first_batch: list[float] = []
     proc = StreamProcessor(ctx["plan"], run_settings)
-    stats = proc.run(until_caught_up=True, on_batch=lambda s: first_batch or first_batch.append(time.perf_counter()))
-    ours_secs = time.perf_counter() - first_batch[0]
+    stats = proc.run(until_caught_up=True)
+    assert stats.first_record_at is not None
+    ours_secs = time.monotonic() - stats.first_record_at  # from the first record (after the group join) to caught up
     b.check(stats.events == n, f"processor applied {stats.events} of {n}")
     ctx["ingest_settings"] = run_settings
     ctx.setdefault("ingest_eps", []).append(n / ours_secs)
@@ -209,6 +215,51 @@ def bench_training(b: Bench, ctx: dict[str, Any]) -> None:
     store.close()
 
 
+def bench_backfill(b: Bench, ctx: dict[str, Any], rep: int) -> None:
+    """The same events from a file through `Backfill` (history + online), vs streaming them."""
+    from featurestore.runtime.backfill import Backfill
+
+    settings = ctx["settings"]
+    run_settings = settings.model_copy(update={
+        "project": f"{settings.project}-b{rep}", "offline_path": Path(str(settings.offline_root) + f"-b{rep}"),
+    })
+    stats = Backfill(ctx["plan"], run_settings).run(ctx["events_file"], materialize=True)
+    n = len(ctx["records"])
+    b.check(stats.events == n, f"backfill applied {stats.events} of {n}")
+    ctx.setdefault("backfill_eps", []).append(n / stats.seconds)
+    if rep == 0:  # the same online values as streaming the same events
+        users = sorted({r.event["user_id"] for r in ctx["records"] if r.event})[:200]
+        feats = ["user_payments:amount_count_1d", "user_payments:amount_sum_1d", "user_payments:merchants_1d"]
+        rows = [{"user_id": u} for u in users]
+        streamed = FeatureStore(ctx["repo"], settings=ctx["ingest_settings"])
+        backfilled = FeatureStore(ctx["repo"], settings=run_settings)
+        a = streamed.get_online_features(feats, rows, at=ctx["end"]).to_dict()
+        c = backfilled.get_online_features(feats, rows, at=ctx["end"]).to_dict()
+        b.check(a["amount_count_1d"] == c["amount_count_1d"] and a["merchants_1d"] == c["merchants_1d"]
+                and all(abs(x - y) <= 1e-9 * max(1, abs(x)) for x, y in zip(a["amount_sum_1d"], c["amount_sum_1d"])),
+                "backfilled online values differ from streamed ones")
+        streamed.close()
+        backfilled.close()
+
+
+def bench_storage(b: Bench, ctx: dict[str, Any]) -> None:
+    """Redis fields and bytes (MEMORY USAGE, HyperLogLogs included) per entity, per view."""
+    settings = ctx["ingest_settings"]
+    client = redis.Redis.from_url(settings.redis_url)
+    for view in ctx["plan"].views:
+        keys = [k for _, k in zip(range(500), client.scan_iter(f"fs:{settings.project}:{view.name}:*", count=1000))
+                if b"|" not in k.split(b":", 3)[3]]
+        fields, size = [], []
+        for key in keys:
+            fields.append(client.hlen(key))
+            extra = sum(client.memory_usage(k) or 0 for k in client.scan_iter(key + b"|*"))
+            size.append((client.memory_usage(key) or 0) + extra)
+        if keys:
+            b.record(f"storage {view.name}", "Redis per entity", "fields", [statistics.mean(fields)], "fields")
+            b.record(f"storage {view.name}", "Redis per entity", "bytes", [statistics.mean(size)], "bytes")
+    client.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: small data, 1 repetition")
@@ -231,6 +282,11 @@ def main() -> None:
                   flush=True)
         b.record("ingest", "featurestore run (Redis + Parquet)", "events/s", ctx["ingest_eps"], "ev/s")
         b.record("ingest", "bare confluent-kafka consume", "events/s", ctx["raw_eps"], "ev/s")
+        for rep in range(args.reps):
+            bench_backfill(b, ctx, rep)
+            print(f"backfill rep {rep + 1}: {ctx['backfill_eps'][-1]:,.0f} ev/s", flush=True)
+        b.record("ingest", "featurestore backfill --materialize (file)", "events/s", ctx["backfill_eps"], "ev/s")
+        bench_storage(b, ctx)
         bench_online(b, ctx)
         bench_training(b, ctx)
     finally:
@@ -250,7 +306,7 @@ def report(b: Bench) -> None:
              + (" (--quick)" if b.args.quick else ""), "",
              "| scenario | who | metric | median | min–max | runs |", "| --- | --- | --- | --- | --- | --- |"]
     for r in b.rows:
-        fmt = (lambda v: f"{v:,.0f}") if r["unit"] == "ev/s" else (lambda v: f"{v:.3f}")
+        fmt = (lambda v: f"{v:,.0f}") if r["unit"] in ("ev/s", "bytes", "fields") else (lambda v: f"{v:.3f}")
         lines.append(f"| {r['scenario']} | {r['who']} | {r['metric']} ({r['unit']}) | {fmt(r['median'])} | "
                      f"{fmt(r['min'])}–{fmt(r['max'])} | {r['runs']} |")
     ratios = []
@@ -258,6 +314,9 @@ def report(b: Bench) -> None:
     ours_key, raw_key = ("ingest", "featurestore run (Redis + Parquet)", "events/s"), ("ingest", "bare confluent-kafka consume", "events/s")
     if ours_key in by and raw_key in by:
         ratios.append(f"ingest: ours / bare consume = {by[ours_key] / by[raw_key]:.2f}")
+    back_key = ("ingest", "featurestore backfill --materialize (file)", "events/s")
+    if ours_key in by and back_key in by:
+        ratios.append(f"backfill / streaming = {by[back_key] / by[ours_key]:.2f}")
     for n, raw in ((1, "redis-py GET"), (100, "redis-py MGET x100")):
         key = f"online {n}x10"
         if (key, "featurestore SDK", "p99") in by:

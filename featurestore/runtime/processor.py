@@ -60,6 +60,8 @@ class ProcessorStats:
     retries: int = 0
     last_error: str = ""
     started_at: float = field(default_factory=time.monotonic)
+    first_record_at: float | None = None
+    """time.monotonic() when the first record arrived (after the group join): throughput's start."""
 
     @property
     def dead_lettered(self) -> int:
@@ -181,6 +183,8 @@ class StreamProcessor:
                 self.watermarks[p.topic].forget(p.partition)
 
     def _process(self, msgs: list[Message]) -> None:
+        if self.stats.first_record_at is None:
+            self.stats.first_record_at = time.monotonic()
         by_topic: dict[str, list[RawRecord]] = {}
         offsets: dict[tuple[str, int], int] = {}
         for m in msgs:
