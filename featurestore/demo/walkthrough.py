@@ -31,7 +31,8 @@ ONLINE_FEATURES = [
     "user_payments:amount_sum_1h",
     "user_payments:amount_count_1h",
     "user_payments:amount_mean_1d",
-    "user_payments:last_merchant",
+    "user_payments:merchants_1d",
+    "user_payments:recent_merchants_1h",
     "merchant_payments:amount_count_10m",
 ]
 
@@ -128,6 +129,12 @@ def _walk(repo: Path, n_events: int, console: Console) -> None:
                                 "the 5-hours-ago row predates every event)"))
 
     _show_dead_letters(settings, plan.source("payments").dead_letter_topic, console)
+
+    report = store.check_consistency(sample=200)
+    worst = max(report.features, key=lambda f: f.mismatch_rate)
+    checked = sum(f.checked for f in report.features)
+    console.print(f"[bold]8.[/bold] Online vs offline consistency: {checked:,} values of {len(report.features)} features "
+                  f"checked, {report.mismatches} mismatches (worst feature: {worst.feature}, {worst.mismatch_rate:.2%})")
     store.close()
 
 
