@@ -60,10 +60,10 @@ class _Acc:
     def add(self, stat: str, name: bytes, raw: bytes, got: dict[bytes, bytes]) -> None:
         if stat == "c":
             self.count += int(raw)
-        elif stat == "s":
-            self.sums.append(float(raw))
+        elif stat == "s":  # an exact sum, as "hi lo ..." (see tiles.lua)
+            self.sums.extend(float(x) for x in raw.split())
         elif stat == "q":
-            self.squares.append(float(raw))
+            self.squares.extend(float(x) for x in raw.split())
         elif stat == "m":
             x = float(raw)
             self.lo = x if self.lo is None or x < self.lo else self.lo

@@ -5,7 +5,9 @@
 --   G p first last             : a group of events from partition p, offsets first..last
 --     R ts p o n name1 val1 ... : row features, applied only if (ts,p,o) is newer than the stored (_ts,_p,_o)
 --     C field n                 : add to a tile count
---     S field x                 : add to a tile sum or sum of squares (float64, 17 significant digits)
+--     S field n x1 .. xn        : add to a tile sum or sum of squares the exact value x1 + .. + xn; sums
+--                                 are kept exact, as the canonical expansion "hi lo ..." of their value
+--                                 (hi the correctly rounded sum), so they do not depend on batching
 --     m field x / M field x     : keep the minimum / maximum
 --     L field ts p o val        : keep the value of the newest event (order (ts,p,o)); its order goes in field..'o'
 --     F field ts p o val        : keep the value of the oldest event
@@ -43,12 +45,12 @@ local function fmt(x)
   return string.format('%.17g', x)
 end
 
-local WIDTH = {G = 4, C = 3, S = 3, m = 3, M = 3, L = 6, F = 6, N = 4, B = 2}
+local WIDTH = {G = 4, C = 3, m = 3, M = 3, L = 6, F = 6, N = 4, B = 2}
 local function width(op, i)
   local w = WIDTH[op]
   if w ~= nil then return w end
   if op == 'R' then return 5 + 2 * tonumber(args[i+4]) end
-  if op == 'H' then return 3 + tonumber(args[i+2]) end
+  if op == 'H' or op == 'S' then return 3 + tonumber(args[i+2]) end
   if op == 'T' then return 3 + 6 * tonumber(args[i+2]) end
   return nil
 end
@@ -60,7 +62,70 @@ local function put(f, v)
   cur[f] = v
 end
 
+-- exact float sums: a tile's sum is stored as the canonical expansion of its exact value
+local function grow(p, x)
+  -- add x to the non-overlapping partials p (increasing magnitude), exactly
+  local out = {}
+  for _, y in ipairs(p) do
+    if math.abs(x) < math.abs(y) then x, y = y, x end
+    local hi = x + y
+    local lo = y - (hi - x)
+    if lo ~= 0 then out[#out + 1] = lo end
+    x = hi
+  end
+  if x ~= 0 then out[#out + 1] = x end
+  return out
+end
+local function round_sum(p)
+  -- the correctly rounded value of the exact sum of p (the algorithm of Python's math.fsum)
+  local n = #p
+  if n == 0 then return 0 end
+  local hi, lo = p[n], 0
+  n = n - 1
+  while n > 0 do
+    local x, y = hi, p[n]
+    n = n - 1
+    hi = x + y
+    local yr = hi - x
+    lo = y - yr
+    if lo ~= 0 then break end
+  end
+  if n > 0 and ((lo < 0 and p[n] < 0) or (lo > 0 and p[n] > 0)) then
+    local y = lo * 2
+    local x = hi + y
+    if y == x - hi then hi = x end
+  end
+  return hi
+end
+local function canonical(p)
+  -- the unique expansion of the exact sum: its rounded value, the rounded remainder, ...
+  local out = {}
+  for _ = 1, 64 do
+    if #p == 0 then break end
+    local hi = round_sum(p)
+    out[#out + 1] = hi
+    if hi ~= hi or hi == math.huge or hi == -math.huge then break end  -- inf/nan: no exact remainder
+    p = grow(p, -hi)
+  end
+  return out
+end
+local function parse_exact(raw)
+  -- a stored sum ("hi lo ...", largest first) as partials of increasing magnitude
+  local vals, p = {}, {}
+  if raw == nil or raw == false then return p end
+  for tok in string.gmatch(raw, '%S+') do vals[#vals + 1] = tonumber(tok) end
+  for j = #vals, 1, -1 do p[#p + 1] = vals[j] end
+  return p
+end
+
 -- merging one statistic into a field (shared by updates and lifetime folding)
+local function add_exact(f, xs)
+  local p = parse_exact(cur[f])
+  for _, x in ipairs(xs) do p = grow(p, x) end
+  local parts = {}
+  for j, v in ipairs(canonical(p)) do parts[j] = fmt(v) end
+  put(f, #parts > 0 and table.concat(parts, ' ') or '0')
+end
 local function add(f, x, integer)
   local base = cur[f]
   if base ~= nil and base ~= false then x = x + tonumber(base) end
@@ -176,7 +241,9 @@ while i <= n do
     elseif op == 'C' then
       add(args[i+1], tonumber(args[i+2]), true)
     elseif op == 'S' then
-      add(args[i+1], tonumber(args[i+2]), false)
+      local xs = {}
+      for j = 1, tonumber(args[i+2]) do xs[j] = tonumber(args[i+2+j]) end
+      add_exact(args[i+1], xs)
     elseif op == 'm' or op == 'M' then
       keep_extreme(args[i+1], args[i+2], op == 'm')
     elseif op == 'L' or op == 'F' then
@@ -243,7 +310,7 @@ if trim ~= nil and cur['_ts'] ~= nil and cur['_ts'] ~= false then
         local b = x[2] .. '|' .. base_index .. '|' .. stat
         local v = cur[f]
         if stat == 'c' then add(b, tonumber(v), true)
-        elseif stat == 's' or stat == 'q' then add(b, tonumber(v), false)
+        elseif stat == 's' or stat == 'q' then add_exact(b, parse_exact(v))
         elseif stat == 'm' or stat == 'M' then keep_extreme(b, v, stat == 'm')
         elseif stat == 'l' or stat == 'f' then keep_ordered(b, cur[f .. 'o'], v, stat == 'l')
         elseif stat == 'n' then merge_newest(b, keeps[x[2]], v)

@@ -128,6 +128,28 @@ class OnlineWriter:
         return SEP.join(tokens) + SEP
 
 
+def exact_partials(values: Sequence[Any]) -> list[str]:
+    """The exact sum of `values` as a count and non-overlapping float partials (Shewchuk's
+    msum): the Lua script adds them to a tile without rounding."""
+    if all(isinstance(v, int) for v in values):  # ints and bools: exact already
+        return ["1", str(int(sum(values)))]
+    partials: list[float] = []
+    for x in values:
+        x = float(x)
+        i = 0
+        for y in partials:
+            if abs(x) < abs(y):
+                x, y = y, x
+            hi = x + y
+            lo = y - (hi - x)
+            if lo:
+                partials[i] = lo
+                i += 1
+            x = hi
+        partials[i:] = [x]
+    return [str(len(partials)), *(repr(p) for p in partials)]
+
+
 def _order_key(rows: ViewRows, i: int) -> tuple[int, int, int]:
     return (rows.ts[i], rows.partition[i], rows.offset[i])
 
@@ -149,9 +171,9 @@ def _tile_tokens(tset: TileSet, rows: ViewRows, idxs: Sequence[int]) -> list[str
             if stat == "c":
                 tokens += ["C", field, str(len(values))]
             elif stat == "s":
-                tokens += ["S", field, _num(sum(values))]
+                tokens += ["S", field, *exact_partials(values)]
             elif stat == "q":
-                tokens += ["S", field, _num(sum(v * v for v in values))]
+                tokens += ["S", field, *exact_partials([v * v for v in values])]
             elif stat == "m":
                 tokens += ["m", field, _num(min(values))]
             elif stat == "M":
