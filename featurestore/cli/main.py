@@ -144,6 +144,16 @@ def registry_restore(version: int, repo: RepoOpt = Path(".")) -> None:
 
 
 # -- run ---------------------------------------------------------------------------------------
+def _progress_table(records: int, started: float, dead_letters: dict[str, int], label: str, value: int) -> Table:
+    """Live status of a long run: records and their rate, dead letters by reason, one more counter."""
+    secs = max(time.monotonic() - started, 1e-9)
+    t = Table.grid(padding=(0, 2))
+    t.add_row("records", f"{records:,}", "records/s", f"{records / secs:,.0f}")
+    dl = ", ".join(f"{k}={v}" for k, v in sorted(dead_letters.items())) or "0"
+    t.add_row("dead letters", dl, label, f"{value:,}")
+    return t
+
+
 @app.command()
 @friendly_errors
 def run(
@@ -166,11 +176,7 @@ def run(
     started = time.monotonic()
 
     def status(stats: ProcessorStats) -> Table:
-        secs = max(time.monotonic() - started, 1e-9)
-        t = Table.grid(padding=(0, 2))
-        t.add_row("records", f"{stats.records:,}", "events/s", f"{stats.records / secs:,.0f}")
-        dl = ", ".join(f"{k}={v}" for k, v in sorted(stats.dead_letters.items())) or "0"
-        t.add_row("dead letters", dl, "entity writes", f"{stats.entity_writes:,}")
+        t = _progress_table(stats.records, started, stats.dead_letters, "entity writes", stats.entity_writes)
         if stats.retries:
             t.add_row("retries", f"{stats.retries:,}", "last error", stats.last_error[:80])
         return t
@@ -229,12 +235,7 @@ def backfill(
     started = time.monotonic()
 
     def status(stats: BackfillStats) -> Table:
-        secs = max(time.monotonic() - started, 1e-9)
-        t = Table.grid(padding=(0, 2))
-        t.add_row("records", f"{stats.records:,}", "records/s", f"{stats.records / secs:,.0f}")
-        dl = ", ".join(f"{k}={v}" for k, v in sorted(stats.dead_letters.items())) or "0"
-        t.add_row("dead letters", dl, "outside range", f"{stats.outside_range:,}")
-        return t
+        return _progress_table(stats.records, started, stats.dead_letters, "outside range", stats.outside_range)
 
     console.print(f"Backfilling {job.source.name} from {from_path} -> {settings.offline_root}"
                   + (f" + {settings.redis_url}" if materialize else ""))

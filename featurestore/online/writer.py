@@ -54,8 +54,25 @@ class OnlineWriter:
         self._limits = {
             v.name: int(fields_per_entity(v, max_future_skew_ms + (v.allowed_lateness_ms or 0)) * 1.5) + 8 for v in plan.views
         }
+        self._trim = {v.name: self._trim_tokens(v) for v in plan.views}
         self.groups_applied = 0
         self.groups_skipped = 0
+
+    def _trim_tokens(self, view: ViewPlan) -> list[str]:
+        """The trim instruction of a view's payloads: the same for every entity, since the
+        script measures the bounds from the entity's own newest event."""
+        sets = self._tile_sets[view.name]
+        if not sets:
+            return []
+        tokens = ["T", str(self._limits[view.name]), str(len(sets))]
+        for tset in sets:
+            if tset.max_window_ms is None:  # lifetime: fold what no allowed event can reach
+                slack = self.skew_ms + (view.allowed_lateness_ms or 0)
+                tokens += [tset.prefix, str(tset.tile_ms), str(slack), str(1 + LIFETIME_EXTRA_TILES), "f", str(tset.last_n)]
+            else:
+                back = tset.max_window_ms // tset.tile_ms
+                tokens += [tset.prefix, str(tset.tile_ms), str(self.skew_ms), str(back), "d", str(tset.last_n)]
+        return tokens + ["B", str(LIFETIME_BASE_INDEX)]
 
     def write(self, batches: list[ViewRows]) -> int:
         """Apply the batches; returns the number of entity hashes written to."""
@@ -115,16 +132,7 @@ class OnlineWriter:
                 tokens += [row_field(f.name), orjson.dumps(rows.values[f.name][newest]).decode()]
             for tset in sets:
                 tokens += _tile_tokens(tset, rows, idxs)
-        if sets:
-            tokens += ["T", str(self._limits[view.name]), str(len(sets))]
-            for tset in sets:
-                if tset.max_window_ms is None:  # lifetime: fold what no allowed event can reach
-                    slack = self.skew_ms + (view.allowed_lateness_ms or 0)
-                    tokens += [tset.prefix, str(tset.tile_ms), str(slack), str(1 + LIFETIME_EXTRA_TILES), "f", str(tset.last_n)]
-                else:
-                    back = tset.max_window_ms // tset.tile_ms
-                    tokens += [tset.prefix, str(tset.tile_ms), str(self.skew_ms), str(back), "d", str(tset.last_n)]
-            tokens += ["B", str(LIFETIME_BASE_INDEX)]
+        tokens += self._trim[view.name]
         return SEP.join(tokens) + SEP
 
 

@@ -319,6 +319,18 @@ def _history(root: Path) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in drop} for r in rows]
 
 
+def _assert_same_stores(services: Services, a: Any, b: Any, events: list[dict[str, Any] | None]) -> None:
+    """Two runs over the same events left the same online state and the same history."""
+    keys = sorted({e["user_id"] for e in events if e is not None})
+    client = redis.Redis.from_url(services.redis_url)
+    try:
+        assert _online_state(client, a.project, keys) == _online_state(client, b.project, keys)
+    finally:
+        client.close()
+    if keys:
+        assert _history(Path(a.offline_root)) == _history(Path(b.offline_root))
+
+
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(stream=streams())
 def test_streaming_equals_backfill(stream: tuple[list[Any], list[int]], plan: Plan, repo: Path, services: Services) -> None:
@@ -339,14 +351,7 @@ def test_streaming_equals_backfill(stream: tuple[list[Any], list[int]], plan: Pl
         back = _backfill(plan_k, s_back, raw, Path(tmp) / "in")
         assert stats.events == back.events and stats.dead_letters == back.dead_letters
 
-        keys = sorted({e["user_id"] for e in events if e is not None})
-        client = redis.Redis.from_url(services.redis_url)
-        try:
-            assert _online_state(client, s_stream.project, keys) == _online_state(client, s_back.project, keys)
-        finally:
-            client.close()
-        if keys:
-            assert _history(Path(s_stream.offline_root)) == _history(Path(s_back.offline_root))
+        _assert_same_stores(services, s_stream, s_back, events)
         # the same dead letters, with the same reasons and original bytes
         streamed = _dead_letters(s_stream, f"{topic}.dlq", sum(stats.dead_letters.values()))
         lines = (back.dead_letter_file.read_text().splitlines() if back.dead_letter_file else [])
@@ -432,13 +437,7 @@ def test_late_decisions_survive_sigkills(tmp_path: Path, services: Services, run
     back_settings = _settings(repo, services, tmp_path / "backfill", f"late-b-{run_id}")
     back = _backfill(plan_k, back_settings, raw, tmp_path / "in")
     assert back.dead_letters["late"] == sum(late)
-    keys = sorted({e["user_id"] for e in events if e is not None})
-    client = redis.Redis.from_url(services.redis_url)
-    try:
-        assert _online_state(client, settings_.project, keys) == _online_state(client, back_settings.project, keys)
-    finally:
-        client.close()
-    assert _history(Path(settings_.offline_root)) == _history(Path(back_settings.offline_root))
+    _assert_same_stores(services, settings_, back_settings, events)
     # dead letters are at least once: the same set, each at least once
     streamed = _dead_letters(settings_, f"{topic}.dlq", sum(back.dead_letters.values()))
     from_files = {(json.loads(x)["reason"], json.loads(x)["record"].encode())
