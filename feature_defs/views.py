@@ -16,7 +16,7 @@ user_payments = FeatureView(
     allowed_lateness=timedelta(hours=1),
     owner="risk-team@example.com",
     description="Spending of each card holder.",
-    tags={"domain": "payments"},
+    tags={"domain": "payments", "pii": "true"},
     features=[
         Aggregation("amount", "sum", windows=[timedelta(hours=1), timedelta(days=1)]),
         Aggregation("amount", "count", windows=[timedelta(hours=1), timedelta(days=1), LIFETIME]),

@@ -1,7 +1,7 @@
 """A streaming feature store: Python definitions -> Kafka stream processors -> Redis + Parquet.
 
 Declare features with `Entity`, `KafkaSource`, `FeatureView`, `Aggregation`, `Field` and
-`Transform`; read them with `FeatureStore`.
+`Transform`; bundle them with `FeatureService`; read them with `FeatureStore`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from typing import Any as _Any
 
-from featurestore.definitions import LIFETIME, Aggregation, Entity, FeatureView, Field, KafkaSource, Transform
+from featurestore.definitions import (
+    LIFETIME,
+    Aggregation,
+    Entity,
+    FeatureService,
+    FeatureView,
+    Field,
+    KafkaSource,
+    Transform,
+)
 from featurestore.errors import (
     ConfigError,
     DefinitionError,
@@ -35,6 +44,7 @@ __all__ = [
     "Entity",
     "FeatureRequestError",
     "FeatureStore",
+    "FeatureService",
     "FeatureStoreError",
     "FeatureView",
     "Field",

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError
+import yaml
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from featurestore.errors import ConfigError
@@ -44,6 +46,94 @@ class Settings(BaseSettings):
     max_future_skew_s: float = Field(
         300.0, ge=0, description="Events stamped further than this in the future are dead-lettered."
     )
+    metrics_address: str = Field(
+        "", description="host:port where `featurestore run` serves Prometheus metrics (and `status` reads them); empty: off."
+    )
+    # -- transport security: secrets only from the environment or files -------------------
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="librdkafka security.protocol."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = Field(
+        None, description="SASL mechanism (with SASL_PLAINTEXT or SASL_SSL)."
+    )
+    kafka_sasl_username: str = Field("", description="SASL user (PLAIN, SCRAM).")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password: environment only.")
+    kafka_sasl_password_file: Path | None = Field(None, description="File holding the SASL password.")
+    kafka_ssl_ca_location: Path | None = Field(None, description="CA bundle that signed the brokers' certificates.")
+    kafka_ssl_certificate_location: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    kafka_ssl_key_location: Path | None = Field(None, description="Client private key (mutual TLS).")
+    kafka_oauth_token_endpoint_url: str = Field("", description="OAUTHBEARER: OIDC token endpoint (client credentials).")
+    kafka_oauth_client_id: str = Field("", description="OAUTHBEARER: OIDC client id.")
+    kafka_oauth_client_secret: SecretStr | None = Field(None, description="OAUTHBEARER: client secret: environment only.")
+    kafka_oauth_client_secret_file: Path | None = Field(None, description="File holding the OIDC client secret.")
+    kafka_oauth_scope: str = Field("", description="OAUTHBEARER: scope requested.")
+    redis_username: str = Field("", description="Redis ACL user (overrides the URL's).")
+    redis_password: SecretStr | None = Field(None, description="Redis password: environment only.")
+    redis_password_file: Path | None = Field(None, description="File holding the Redis password.")
+    redis_ssl_ca_certs: Path | None = Field(None, description="CA bundle for rediss:// servers.")
+    tokens_path: Path | None = Field(None, description="Feature server API token hashes; default .featurestore/tokens.json.")
+    audit_log_path: Path | None = Field(None, description="Feature server audit log (JSON lines); default .featurestore/audit.jsonl.")
+
+    def kafka_security_options(self) -> dict[str, Any]:
+        """librdkafka options for TLS and SASL (secrets read from the environment or files here)."""
+        opts: dict[str, Any] = {"security.protocol": self.kafka_security_protocol}
+        if self.kafka_ssl_ca_location:
+            opts["ssl.ca.location"] = str(self.kafka_ssl_ca_location)
+        if self.kafka_ssl_certificate_location:
+            opts["ssl.certificate.location"] = str(self.kafka_ssl_certificate_location)
+        if self.kafka_ssl_key_location:
+            opts["ssl.key.location"] = str(self.kafka_ssl_key_location)
+        if self.kafka_security_protocol.startswith("SASL"):
+            if self.kafka_sasl_mechanism is None:
+                raise ConfigError(f"kafka_security_protocol {self.kafka_security_protocol} needs kafka_sasl_mechanism")
+            opts["sasl.mechanism"] = self.kafka_sasl_mechanism
+            if self.kafka_sasl_mechanism == "OAUTHBEARER":
+                if self.kafka_oauth_token_endpoint_url:
+                    opts.update({
+                        "sasl.oauthbearer.method": "oidc",
+                        "sasl.oauthbearer.token.endpoint.url": self.kafka_oauth_token_endpoint_url,
+                        "sasl.oauthbearer.client.id": self.kafka_oauth_client_id,
+                        "sasl.oauthbearer.client.secret": _secret(
+                            self.kafka_oauth_client_secret, self.kafka_oauth_client_secret_file, "kafka_oauth_client_secret"
+                        ),
+                    })
+                    if self.kafka_oauth_scope:
+                        opts["sasl.oauthbearer.scope"] = self.kafka_oauth_scope
+            else:
+                opts["sasl.username"] = self.kafka_sasl_username
+                opts["sasl.password"] = _secret(self.kafka_sasl_password, self.kafka_sasl_password_file, "kafka_sasl_password")
+        elif self.kafka_sasl_mechanism is not None:
+            raise ConfigError(f"kafka_sasl_mechanism {self.kafka_sasl_mechanism} needs kafka_security_protocol SASL_SSL or SASL_PLAINTEXT")
+        return opts
+
+    def redis_client(self, **kwargs: Any) -> Any:
+        """A redis-py client for the online store, with the ACL user, password and TLS settings applied."""
+        import redis
+
+        opts: dict[str, Any] = dict(kwargs)
+        if self.redis_username:
+            opts["username"] = self.redis_username
+        if self.redis_password is not None or self.redis_password_file is not None:
+            opts["password"] = _secret(self.redis_password, self.redis_password_file, "redis_password")
+        if self.redis_ssl_ca_certs is not None:
+            opts["ssl_ca_certs"] = str(self.redis_ssl_ca_certs)
+        return redis.Redis.from_url(self.redis_url, **opts)
+
+    def redis_async_options(self) -> dict[str, Any]:
+        """The same credentials as keyword arguments for redis.asyncio.Redis.from_url."""
+        opts: dict[str, Any] = {}
+        if self.redis_username:
+            opts["username"] = self.redis_username
+        if self.redis_password is not None or self.redis_password_file is not None:
+            opts["password"] = _secret(self.redis_password, self.redis_password_file, "redis_password")
+        if self.redis_ssl_ca_certs is not None:
+            opts["ssl_ca_certs"] = str(self.redis_ssl_ca_certs)
+        return opts
+
+    @property
+    def redis_display(self) -> str:
+        """The Redis URL without its password, for messages and logs."""
+        return redact_url(self.redis_url)
 
     def resolved(self, repo: Path) -> Settings:
         """Fill the defaults that depend on the repository path."""
@@ -55,6 +145,8 @@ class Settings(BaseSettings):
                 "offline_path": repo / (self.offline_path or state / "offline"),
                 "registry_path": repo / (self.registry_path or state / "registry"),
                 "consumer_group": self.consumer_group or f"featurestore-{project}",
+                "tokens_path": repo / (self.tokens_path or state / "tokens.json"),
+                "audit_log_path": repo / (self.audit_log_path or state / "audit.jsonl"),
             }
         )
 
@@ -64,9 +156,64 @@ class Settings(BaseSettings):
         return self.offline_path
 
     @property
+    def tokens_file(self) -> Path:
+        assert self.tokens_path is not None, "call resolved() first"
+        return self.tokens_path
+
+    @property
+    def audit_log_file(self) -> Path:
+        assert self.audit_log_path is not None, "call resolved() first"
+        return self.audit_log_path
+
+    @property
     def registry_root(self) -> Path:
         assert self.registry_path is not None, "call resolved() first"
         return self.registry_path
+
+
+def redact_url(url: str) -> str:
+    """`scheme://user:***@host/...`: a URL safe to print."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _secret(value: SecretStr | None, path: Path | None, name: str) -> str:
+    if value is not None:
+        return value.get_secret_value()
+    if path is None:
+        raise ConfigError(f"{name} is required: set FEATURESTORE_{name.upper()} or FEATURESTORE_{name.upper()}_FILE")
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {name}_file {path}: {exc.strerror}") from None
+
+
+#: Settings that hold secrets: never accepted from featurestore.yaml (it is committed with the repo).
+SECRET_SETTINGS = ("kafka_sasl_password", "kafka_oauth_client_secret", "redis_password")
+_SECRET_OPTION_WORDS = ("password", "secret", "sasl.jaas", "ssl.key.pem")
+
+
+def _check_no_secrets(config_file: Path) -> None:
+    if not config_file.exists():
+        return
+    try:
+        data = yaml.safe_load(config_file.read_text()) or {}
+    except (yaml.YAMLError, OSError) as exc:
+        raise ConfigError(f"cannot read {config_file}: {exc}") from None
+    if not isinstance(data, dict):
+        return
+    for key in SECRET_SETTINGS:
+        if key in data:
+            raise ConfigError(f"{config_file}: '{key}' is a secret; set FEATURESTORE_{key.upper()} or {key}_file instead")
+    for key in data.get("kafka_options") or {}:
+        if any(w in str(key) for w in _SECRET_OPTION_WORDS):
+            raise ConfigError(f"{config_file}: kafka_options '{key}' is a secret; use the kafka_* security settings from the environment")
+    url = data.get("redis_url")
+    if isinstance(url, str) and urlsplit(url).password:
+        raise ConfigError(f"{config_file}: redis_url carries a password; set FEATURESTORE_REDIS_PASSWORD or redis_password_file instead")
 
 
 def load_settings(repo: Path | str, **overrides: Any) -> Settings:
@@ -87,6 +234,7 @@ def load_settings(repo: Path | str, **overrides: Any) -> Settings:
             return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
 
     clean = {k: v for k, v in overrides.items() if v is not None}
+    _check_no_secrets(config_file)
     try:
         raw = _RepoSettings(**clean)
     except ValidationError as exc:

@@ -9,7 +9,8 @@ Every error the library raises on purpose derives from one root::
     ├── ConfigError              invalid settings (file, environment or arguments)
     ├── FeatureRequestError      bad feature reference, missing join key, bad entity frame
     ├── ServiceError             an embedded service (broker, Redis) failed to start
-    └── StoreUnavailable         Kafka, Redis or the offline folder cannot be reached
+    ├── StoreUnavailable         Kafka, Redis, the offline folder or the feature server cannot be reached
+    └── AuthError                the feature server refused the token (401) or the permission (403)
 
 Errors carry their context on attributes so callers and the CLI can print one clear
 line without a traceback.
@@ -69,3 +70,11 @@ class ServiceError(FeatureStoreError):
 
 class StoreUnavailable(FeatureStoreError):
     """Kafka, Redis or the offline store could not be reached."""
+
+
+class AuthError(FeatureStoreError):
+    """The feature server refused a request: no valid token (401) or no permission (403)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status

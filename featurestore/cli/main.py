@@ -7,73 +7,41 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from featurestore.errors import FeatureStoreError, ValidationFailed
+from featurestore.cli.common import RepoOpt, _settings, console, err_console, friendly_errors
+from featurestore.cli.serving import serve, status, tokens_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Streaming feature store: definitions -> Kafka -> Redis + Parquet.")
 registry_app = typer.Typer(no_args_is_help=True, help="Inspect and restore applied registry versions.")
 dev_app = typer.Typer(help="Embedded broker + Redis for development (foreground; Ctrl-C stops).")
 app.add_typer(registry_app, name="registry")
 app.add_typer(dev_app, name="dev")
-
-console = Console()
-err_console = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
-
-RepoOpt = Annotated[Path, typer.Option("--repo", "-r", envvar="FEATURESTORE_REPO", help="Feature repository folder.")]
-
-
-def friendly_errors(fn: F) -> F:
-    """Turn expected failures into one clear line on stderr and exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from confluent_kafka import KafkaException
-        from redis import RedisError
-
-        try:
-            return fn(*args, **kwargs)
-        except ValidationFailed as exc:
-            err_console.print(f"[red]error:[/red] {len(exc.problems)} problem(s) in the feature repository:", highlight=False)
-            for p in exc.problems:
-                err_console.print(f"  - {p}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-        except FeatureStoreError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-        except KafkaException as exc:
-            err_console.print(f"[red]error:[/red] Kafka: {exc.args[0].str() if exc.args else exc}", highlight=False)
-            raise typer.Exit(1) from None
-        except RedisError as exc:
-            err_console.print(f"[red]error:[/red] Redis: {exc}", highlight=False)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _settings(repo: Path) -> Any:
-    from featurestore.config import load_settings
-
-    return load_settings(repo)
+app.add_typer(tokens_app, name="tokens")
+app.command()(serve)
+app.command()(status)
 
 
 # -- plan / apply -----------------------------------------------------------------------
 @app.command()
 @friendly_errors
-def plan(repo: RepoOpt = Path(".")) -> None:
+def plan(
+    repo: RepoOpt = Path("."),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the compiled plan as JSON instead of the diff.")] = False,
+) -> None:
     """Validate the repository and show what `apply` would change."""
     from featurestore.compile import compile_repo, diff_plans
     from featurestore.registry import FileRegistry
 
     new = compile_repo(repo)
+    if as_json:
+        sys.stdout.write(new.to_json().decode() + "\n")
+        return
     registry = FileRegistry(_settings(repo).registry_root)
     latest = registry.latest()
     diff = diff_plans(latest.plan if latest else None, new)
@@ -163,6 +131,7 @@ def run(
     ] = False,
 ) -> None:
     """Run the stream processors of the applied plan (Ctrl-C stops cleanly)."""
+    from featurestore.cli.serving import serve_metrics
     from featurestore.compile.loader import ensure_importable
     from featurestore.registry import FileRegistry
     from featurestore.runtime import ProcessorStats, StreamProcessor
@@ -171,6 +140,8 @@ def run(
     plan_ = FileRegistry(settings.registry_root).current_plan()
     ensure_importable(repo)
     processor = StreamProcessor(plan_, settings)
+    if settings.metrics_address:
+        serve_metrics(settings.metrics_address)
     previous = signal.signal(signal.SIGINT, lambda *_: processor.stop())
     signal.signal(signal.SIGTERM, lambda *_: processor.stop())
     started = time.monotonic()
@@ -182,7 +153,8 @@ def run(
         return t
 
     console.print(f"Processing {', '.join(s.topic for s in plan_.sources)} as group {settings.consumer_group} "
-                  f"-> {settings.redis_url} + {settings.offline_root}" + (" (until caught up)" if until_caught_up else " (Ctrl-C to stop)"))
+                  f"-> {settings.redis_display} + {settings.offline_root}"
+                  + (" (until caught up)" if until_caught_up else " (Ctrl-C to stop)"))
     try:
         with Live(status(processor.stats), console=console, refresh_per_second=4, transient=False) as live:
             stats = processor.run(until_caught_up=until_caught_up, on_batch=lambda s: live.update(status(s)))
@@ -231,14 +203,14 @@ def backfill(
     if materialize:
         from featurestore.runtime.processor import StreamProcessor
 
-        StreamProcessor.check_redis_url(settings.redis_url)
+        StreamProcessor.check_redis(settings)
     started = time.monotonic()
 
     def status(stats: BackfillStats) -> Table:
         return _progress_table(stats.records, started, stats.dead_letters, "outside range", stats.outside_range)
 
     console.print(f"Backfilling {job.source.name} from {from_path} -> {settings.offline_root}"
-                  + (f" + {settings.redis_url}" if materialize else ""))
+                  + (f" + {settings.redis_display}" if materialize else ""))
     with Live(status(BackfillStats()), console=console, refresh_per_second=4, transient=False) as live:
         stats = job.run(from_path, start_ms, end_ms, materialize, on_progress=lambda s: live.update(status(s)))
     console.print(f"Done in {stats.seconds:.1f} s: {stats.events:,} events from {stats.files} file(s), "
@@ -275,11 +247,11 @@ def rebuild_online(
     settings = _settings(repo)
     plan_ = FileRegistry(settings.registry_root).current_plan()
     ensure_importable(repo)
-    client = redis_lib.Redis.from_url(settings.redis_url)
+    client = settings.redis_client()
     try:
         client.ping()
     except redis_lib.RedisError as exc:
-        raise StoreUnavailable(f"Redis at {settings.redis_url} is unreachable: {exc}") from None
+        raise StoreUnavailable(f"Redis at {settings.redis_display} is unreachable: {exc}") from None
     active = None if force else group_is_active(admin_config(settings), settings.consumer_group)
     if active == "unknown":
         err_console.print(f"[yellow]warning:[/yellow] the broker did not say whether group {settings.consumer_group} "
@@ -300,7 +272,7 @@ def rebuild_online(
             task = progress.add_task(f"Replaying {view.name} history", total=totals[view.name] or 1)
             rebuild_view(writer, settings.offline_root, view, functools.partial(progress.advance, task))
             progress.update(task, completed=totals[view.name] or 1)
-    console.print(f"Replayed {sum(totals.values()):,} history rows into {settings.redis_url} "
+    console.print(f"Replayed {sum(totals.values()):,} history rows into {settings.redis_display} "
                   f"in {time.monotonic() - started:.1f} s ({writer.groups_skipped:,} groups already present).")
     if catch_up:
         with console.status("Applying the Kafka tail after the history..."):

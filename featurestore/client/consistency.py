@@ -112,7 +112,8 @@ def check_consistency(
         chosen = rnd.sample(all_keys, min(sample, len(all_keys)))
         if not chosen:
             continue
-        online = reader.read([ViewRequest(view, feats, [tuple(k) for k in chosen])], t_ms)[0]
+        read = reader.read_results([ViewRequest(view, feats, [tuple(k) for k in chosen])], t_ms)[0]
+        online = read.values
         table = pa.table({k: [c[i] for c in chosen] for i, k in enumerate(keys)})
         times = pa.array([t_ms] * len(chosen), pa.int64())
         # online holds every event processed so far that was not dropped as late
@@ -131,18 +132,12 @@ def check_consistency(
                     res.max_abs_diff = max(res.max_abs_diff, d)
                     if len(res.examples) < 3:
                         res.examples.append(f"{dict(zip(keys, key))}: online {online[f][i]!r}, offline {offline[f][i]!r}")
-        staleness[view.name] = _staleness(reader, view, chosen, offline_root, t_ms, con)
+        staleness[view.name] = _staleness(view, chosen, read.event_ms, offline_root, t_ms, con)
     return ConsistencyReport(dt.datetime.fromtimestamp(t_ms / 1000, dt.timezone.utc), results, staleness)
 
 
-def _staleness(reader: OnlineReader, view: Any, chosen: list[Any], offline_root: Path, t_ms: int, con: Any) -> int:
+def _staleness(view: Any, chosen: list[Any], online_ts: list[int | None], offline_root: Path, t_ms: int, con: Any) -> int:
     """Largest gap by which an entity's newest event in Redis trails its newest event in the history."""
-    from featurestore.online.keys import entity_key
-
-    pipe = reader.client.pipeline(transaction=False)
-    for key in chosen:
-        pipe.hget(entity_key(reader.project, view.name, tuple(key)), "_ts")
-    online_ts = [int(v) if v else None for v in pipe.execute()]
     keys = [k.name for k in view.join_keys]
     glob = history_glob(offline_root, view.name)
     newest = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,11 +14,13 @@ import pyarrow as pa
 import redis
 
 from featurestore.client.consistency import ConsistencyReport, check_consistency
+from featurestore.client.http import FeatureServerClient
+from featurestore.client.online_query import OnlineQuery, output_names, resolve_features
 from featurestore.client.responses import OnlineResponse, TrainingSet
 from featurestore.config import Settings, load_settings
 from featurestore.errors import FeatureRequestError, StoreUnavailable
 from featurestore.offline.point_in_time import MODES, point_in_time_features
-from featurestore.online.reader import OnlineReader, ViewRequest
+from featurestore.online.reader import OnlineReader
 from featurestore.plan import Plan, ViewPlan
 from featurestore.registry import FileRegistry
 from featurestore.runtime.decode import to_epoch_ms
@@ -33,10 +36,23 @@ class FeatureStore:
 
     `FeatureStore("feature_defs")` uses the repo's applied registry version and settings
     (arguments > environment > featurestore.yaml > defaults).
+    `FeatureStore("feature_defs", server_url="http://host:6566", token=...)` reads online
+    features through a feature server instead of Redis.
     """
 
-    def __init__(self, repo_path: Path | str = ".", settings: Settings | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        repo_path: Path | str = ".",
+        settings: Settings | None = None,
+        server_url: str | None = None,
+        token: str | None = None,
+        **overrides: Any,
+    ) -> None:
         self.repo_path = Path(repo_path)
+        self.server_url = server_url
+        """With a feature server URL, online reads go over HTTP (with `token`, default $FEATURESTORE_TOKEN)."""
+        self.token = token if token is not None else os.environ.get("FEATURESTORE_TOKEN")
+        self._http: FeatureServerClient | None = None
         self.settings = settings.resolved(self.repo_path) if settings else load_settings(self.repo_path, **overrides)
         self.registry = FileRegistry(self.settings.registry_root)
         self._plan: Plan | None = None
@@ -66,93 +82,54 @@ class FeatureStore:
     def list_features(self) -> list[str]:
         return [f"{v.name}:{f}" for v in self.plan.views for f in v.feature_names]
 
-    def _resolve(self, features: Sequence[str]) -> list[tuple[ViewPlan, str]]:
-        if isinstance(features, str) or not features:
-            raise FeatureRequestError('features must be a non-empty list of "view:feature" references')
-        out = []
-        views = {v.name: v for v in self.plan.views}
-        for ref in features:
-            view_name, sep, name = ref.partition(":")
-            if not sep or view_name not in views:
-                raise FeatureRequestError(
-                    f"unknown feature reference {ref!r}: expected 'view:feature' with view one of {sorted(views)}"
-                )
-            if name not in views[view_name].feature_names:
-                raise FeatureRequestError(
-                    f"view '{view_name}' has no feature '{name}' (features: {', '.join(views[view_name].feature_names)})"
-                )
-            out.append((views[view_name], name))
-        return out
+    def _resolve(self, features: Sequence[str] | None, service: str | None = None) -> list[tuple[ViewPlan, str]]:
+        return resolve_features(self.plan, features, service)
 
-    @staticmethod
-    def _output_names(resolved: list[tuple[ViewPlan, str]], full: bool) -> list[str]:
-        names = [f"{v.name}__{n}" if full else n for v, n in resolved]
-        dupes = {n for n in names if names.count(n) > 1}
-        if dupes:
-            raise FeatureRequestError(
-                f"feature names {sorted(dupes)} are ambiguous across views; pass full_feature_names=True"
-            )
-        return names
+    def list_feature_services(self) -> list[str]:
+        return [s.name for s in self.plan.services]
 
     # -- online ----------------------------------------------------------------------
     @property
     def redis(self) -> redis.Redis:
         if self._redis is None:
-            self._redis = redis.Redis.from_url(self.settings.redis_url)
+            self._redis = self.settings.redis_client()
         return self._redis
 
     def get_online_features(
         self,
-        features: Sequence[str],
-        entity_rows: Sequence[Mapping[str, Any]],
+        features: Sequence[str] | None = None,
+        entity_rows: Sequence[Mapping[str, Any]] = (),
         full_feature_names: bool = False,
         at: dt.datetime | None = None,
+        service: str | None = None,
+        max_staleness: dt.timedelta | None = None,
     ) -> OnlineResponse:
-        """Current feature values for each entity row, in one Redis round trip.
+        """Current feature values for each entity row, in one Redis round trip (or one HTTP request).
 
-        `at` evaluates windows and TTL as of that instant instead of now; it is meant for
-        reproducible reads at or after the newest processed event.
+        Features by "view:feature" reference or by `service` name. `at` evaluates windows
+        and TTL as of that instant instead of now (meant for reproducible reads at or after
+        the newest processed event). With `max_staleness`, values whose newest event is
+        older come back as None with status `stale`. Statuses and event times are on the
+        response (`status()`, `event_time()`, `staleness()`).
         """
-        resolved = self._resolve(features)
-        names = self._output_names(resolved, full_feature_names)
+        if self.server_url is not None:
+            return self._server().online(
+                features, entity_rows, service=service, full_feature_names=full_feature_names, at=at, max_staleness=max_staleness
+            )
+        query = OnlineQuery.build(self.plan, features, entity_rows, service, full_feature_names)
         t_ms = to_epoch_ms(at) if at is not None else int(time.time() * 1000)
-        grouped: dict[str, list[str]] = {}
-        for view, name in resolved:
-            grouped.setdefault(view.name, []).append(name)
-        views = {v.name: v for v, _ in resolved}
-        requests = [
-            ViewRequest(views[vn], feats, [self._key(views[vn], row, i) for i, row in enumerate(entity_rows)])
-            for vn, feats in grouped.items()
-        ]
+        max_ms = None if max_staleness is None else int(max_staleness.total_seconds() * 1000)
         try:
-            results = self._online_reader().read(requests, t_ms)
+            results = self._online_reader().read_results(query.requests, t_ms, max_ms)
         except redis.RedisError as exc:
-            raise StoreUnavailable(f"online store {self.settings.redis_url}: {exc}") from None
-        columns: dict[str, list[Any]] = {}
-        for view, _ in resolved:
-            for k in view.join_keys:
-                columns.setdefault(k.name, [row.get(k.name) for row in entity_rows])
-        by_feature = {(req.view.name, f): res[f] for req, res in zip(requests, results) for f in req.features}
-        for (view, name), out in zip(resolved, names):
-            columns[out] = by_feature[(view.name, name)]
-        return OnlineResponse(columns)
+            raise StoreUnavailable(f"online store {self.settings.redis_display}: {exc}") from None
+        return query.response(results, t_ms)
 
-    @staticmethod
-    def _key(view: ViewPlan, row: Mapping[str, Any], index: int) -> tuple[Any, ...]:
-        key = []
-        for spec in view.join_keys:
-            if spec.name not in row:
-                raise FeatureRequestError(f"entity row {index} lacks join key '{spec.name}' needed by view '{view.name}'")
-            value = row[spec.name]
-            if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-                value = value.item()  # numpy scalars
-            ok = isinstance(value, str) if spec.dtype == "str" else isinstance(value, int) and not isinstance(value, bool)
-            if not ok:
-                raise FeatureRequestError(
-                    f"entity row {index}: join key '{spec.name}' must be {spec.dtype}, got {type(value).__name__} {value!r}"
-                )
-            key.append(value)
-        return tuple(key)
+    def _server(self) -> FeatureServerClient:
+        if self._http is None:
+            assert self.server_url is not None
+            self._http = FeatureServerClient(self.server_url, token=self.token)
+        return self._http
 
     # -- offline ----------------------------------------------------------------------
     def get_historical_features(
@@ -171,7 +148,7 @@ class FeatureStore:
         if mode not in MODES:
             raise FeatureRequestError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         resolved = self._resolve(features)
-        names = self._output_names(resolved, full_feature_names)
+        names = output_names(resolved, full_feature_names)
         table = _as_table(entity_df)
         if timestamp_column not in table.column_names:
             raise FeatureRequestError(
@@ -207,6 +184,9 @@ class FeatureStore:
         return check_consistency(reader, self.settings.offline_root, self.plan, t_ms, sample)
 
     def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
         if self._redis is not None:
             self._redis.close()
             self._redis = None

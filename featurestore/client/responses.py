@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,11 +16,54 @@ if TYPE_CHECKING:
 class OnlineResponse:
     """Online feature values: join key columns, then one column per requested feature.
 
-    Missing entities and values past their view's TTL are None.
+    A value is None unless its status is `present`: `not_found` (no event for the entity),
+    `null` (no value, e.g. the max of an empty window), `expired` (newest event older than
+    the view's TTL) or `stale` (older than the request's max_staleness). `event_time(name)`
+    is the time of the newest event applied to the entity in the feature's view;
+    `staleness(name)` is how old that event was when the values were read.
     """
 
-    def __init__(self, columns: dict[str, list[Any]]) -> None:
+    def __init__(
+        self,
+        columns: dict[str, list[Any]],
+        statuses: dict[str, list[str]] | None = None,
+        event_ms: dict[str, list[int | None]] | None = None,
+        read_at_ms: int | None = None,
+    ) -> None:
         self._columns = columns
+        self._statuses = statuses or {}
+        self._event_ms = event_ms or {}
+        self.read_at_ms = read_at_ms
+        """When the values were evaluated (epoch ms)."""
+
+    def status(self, feature: str) -> list[str]:
+        """Per entity row: present, null, not_found, expired or stale."""
+        return list(self._statuses[feature])
+
+    def event_time_ms(self, feature: str) -> list[int | None]:
+        """Per entity row: the newest event time (epoch ms) behind the value, None if no event."""
+        return list(self._event_ms[feature])
+
+    def event_time(self, feature: str) -> list[dt.datetime | None]:
+        """Per entity row: the newest event time behind the value as an aware datetime."""
+        return [None if t is None else dt.datetime.fromtimestamp(t / 1000, dt.timezone.utc) for t in self._event_ms[feature]]
+
+    def staleness(self, feature: str) -> list[dt.timedelta | None]:
+        """Per entity row: read time minus event time."""
+        at = self.read_at_ms or 0
+        return [None if t is None else dt.timedelta(milliseconds=at - t) for t in self._event_ms[feature]]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self._statuses)
+
+    @property
+    def column_names(self) -> list[str]:
+        """Join keys, then features."""
+        return list(self._columns)
+
+    def column(self, name: str) -> list[Any]:
+        return self._columns[name]
 
     def to_dict(self) -> dict[str, list[Any]]:
         return {k: list(v) for k, v in self._columns.items()}

@@ -13,7 +13,17 @@ from typing import Any
 from pydantic import AwareDatetime, BaseModel, FutureDatetime, NaiveDatetime, PastDatetime
 
 from featurestore.compile.loader import LoadedRepo, load_repo
-from featurestore.definitions import AGGREGATION_FUNCTIONS, LIFETIME, Aggregation, Entity, FeatureView, Field, KafkaSource, Transform
+from featurestore.definitions import (
+    AGGREGATION_FUNCTIONS,
+    LIFETIME,
+    Aggregation,
+    Entity,
+    FeatureService,
+    FeatureView,
+    Field,
+    KafkaSource,
+    Transform,
+)
 from featurestore.errors import Problem, ValidationFailed
 from featurestore.plan import (
     AggregationPlan,
@@ -22,6 +32,7 @@ from featurestore.plan import (
     KeySpec,
     Plan,
     RowFeaturePlan,
+    ServicePlan,
     SourcePlan,
     ViewPlan,
     choose_tile_ms,
@@ -374,6 +385,44 @@ class _Builder:
         return plans if ok else []
 
 
+def _service_plan(b: _Builder, svc: FeatureService, views: list[ViewPlan]) -> ServicePlan | None:
+    label = f"FeatureService '{svc.name}'"
+    ok = b.check_name(svc, label, svc.name)
+    by_name = {v.name: v for v in views}
+    declared = {o.obj.name for o in b.loaded.objects if isinstance(o.obj, FeatureView)}
+    refs: list[str] = []
+    if not svc.features:
+        b.problem(svc, label, "no features", 'list "view:feature" references or FeatureView objects')
+        ok = False
+    for item in svc.features:
+        if isinstance(item, FeatureView):
+            refs.extend(f"{item.name}:{f}" for f in (by_name[item.name].feature_names if item.name in by_name else []))
+            continue
+        view_name, sep, feature = item.partition(":") if isinstance(item, str) else ("", "", "")
+        if not sep:
+            b.problem(svc, label, f"feature reference {item!r} is not 'view:feature'", 'e.g. "user_payments:amount_sum_1h"')
+            ok = False
+        elif view_name not in by_name and view_name in declared:
+            ok = False  # the view's own problems are reported
+        elif view_name not in by_name:
+            b.problem(svc, label, f"feature reference {item!r} names an unknown view '{view_name}'",
+                      f"use one of: {', '.join(sorted(by_name))}")
+            ok = False
+        elif feature not in by_name[view_name].feature_names:
+            b.problem(svc, label, f"view '{view_name}' has no feature '{feature}'",
+                      f"use one of: {', '.join(by_name[view_name].feature_names)}")
+            ok = False
+        else:
+            refs.append(item)
+    dupes = sorted({r for r in refs if refs.count(r) > 1})
+    if dupes:
+        b.problem(svc, label, f"features listed twice: {', '.join(dupes)}", "list each feature once")
+        ok = False
+    if not ok:
+        return None
+    return ServicePlan(name=svc.name, features=refs, owner=svc.owner, description=svc.description, tags=dict(svc.tags))
+
+
 def build_plan(loaded: LoadedRepo) -> tuple[Plan | None, list[Problem]]:
     """Validate the loaded definitions and build the plan. Returns (plan or None, problems)."""
     b = _Builder(loaded)
@@ -388,7 +437,11 @@ def build_plan(loaded: LoadedRepo) -> tuple[Plan | None, list[Problem]]:
     if not loaded.objects and not b.problems:
         b.problems.append(Problem(str(loaded.root), "repository", "no feature views found",
                                   "declare FeatureView objects at module level in .py files of the repo"))
+    services = [o.obj for o in loaded.objects if isinstance(o.obj, FeatureService)]
+    b.check_unique("FeatureService", services)
+    service_plans = [p for p in (_service_plan(b, s, view_plans) for s in services) if p]
     if b.problems:
         return None, b.problems
     dedup = lambda items: sorted({i.name: i for i in items}.values(), key=lambda i: i.name)  # noqa: E731
-    return Plan(entities=dedup(ent_plans), sources=dedup(src_plans), views=dedup(view_plans)), []
+    plan = Plan(entities=dedup(ent_plans), sources=dedup(src_plans), views=dedup(view_plans), services=dedup(service_plans))
+    return plan, []

@@ -12,7 +12,7 @@ from featurestore.plan import Plan
 class Change:
     """One object added, removed or changed, with the changed attributes."""
 
-    kind: str  # "Entity", "KafkaSource", "FeatureView"
+    kind: str  # "Entity", "KafkaSource", "FeatureView", "FeatureService"
     name: str
     action: str  # "add", "remove", "change"
     details: tuple[str, ...] = ()
@@ -62,7 +62,7 @@ def _detail_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") 
 def diff_plans(old: Plan | None, new: Plan) -> PlanDiff:
     """Changes that turn `old` (None: nothing applied) into `new`."""
     changes: list[Change] = []
-    for kind, attr in (("Entity", "entities"), ("KafkaSource", "sources"), ("FeatureView", "views")):
+    for kind, attr in (("Entity", "entities"), ("KafkaSource", "sources"), ("FeatureView", "views"), ("FeatureService", "services")):
         before = {o.name: o.model_dump(mode="json") for o in getattr(old, attr, [])} if old else {}
         after = {o.name: o.model_dump(mode="json") for o in getattr(new, attr)}
         for name in sorted(set(before) | set(after)):

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featurestore.definitions import Entity, FeatureView, KafkaSource
+from featurestore.definitions import Entity, FeatureService, FeatureView, KafkaSource
 from featurestore.errors import Problem
 
-DEFINITION_TYPES = (Entity, KafkaSource, FeatureView)
+DEFINITION_TYPES = (Entity, KafkaSource, FeatureView, FeatureService)
 _SKIP_DIRS = {"__pycache__", "tests", "node_modules"}
 
 

@@ -7,6 +7,7 @@ and reports every problem at once.
 
 from featurestore.definitions.entity import Entity
 from featurestore.definitions.features import AGGREGATION_FUNCTIONS, LIFETIME, Aggregation, Feature, Field, Transform
+from featurestore.definitions.service import FeatureService
 from featurestore.definitions.source import KafkaSource
 from featurestore.definitions.view import FeatureView
 
@@ -15,6 +16,7 @@ __all__ = [
     "Aggregation",
     "Entity",
     "Feature",
+    "FeatureService",
     "FeatureView",
     "Field",
     "KafkaSource",

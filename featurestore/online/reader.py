@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,7 +125,7 @@ _Lifetimes = list[tuple[bytes, int, int, tuple[str, ...]]]
 class OnlineReader:
     """Reads feature values as of a given instant."""
 
-    def __init__(self, client: redis.Redis, project: str, plan: Plan) -> None:
+    def __init__(self, client: redis.Redis | None, project: str, plan: Plan) -> None:
         self.client = client
         self.project = project
         self.plan = plan
@@ -167,27 +167,64 @@ class OnlineReader:
         return layout, index, lifetimes
 
     def read(self, requests: Sequence[ViewRequest], t_ms: int) -> list[dict[str, list[Any]]]:
-        """Per request, feature name -> values (one per key), evaluated at `t_ms`.
+        """Per request, feature name -> values (one per key), evaluated at `t_ms`."""
+        return [r.values for r in self.read_results(requests, t_ms)]
+
+    def read_results(self, requests: Sequence[ViewRequest], t_ms: int, max_staleness_ms: int | None = None) -> list[ViewResult]:
+        """Values, statuses and event times per request, over this reader's (synchronous) client."""
+        assert self.client is not None, "a reader without a client reads with aread_results"
+        steps = self.steps(requests, t_ms, max_staleness_ms)
+        try:
+            commands = next(steps)
+            while True:
+                pipe = self.client.pipeline(transaction=False)
+                for command in commands:
+                    pipe.execute_command(*command)
+                commands = steps.send(pipe.execute())
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    async def aread_results(
+        self, client: Any, requests: Sequence[ViewRequest], t_ms: int, max_staleness_ms: int | None = None
+    ) -> list[ViewResult]:
+        """As read_results, over an asyncio client (`redis.asyncio.Redis`)."""
+        steps = self.steps(requests, t_ms, max_staleness_ms)
+        try:
+            commands = next(steps)
+            while True:
+                pipe = client.pipeline(transaction=False)
+                for command in commands:
+                    pipe.execute_command(*command)
+                commands = steps.send(await pipe.execute())
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    def steps(
+        self, requests: Sequence[ViewRequest], t_ms: int, max_staleness_ms: int | None = None
+    ) -> Generator[list[tuple[Any, ...]], list[Any], list[ViewResult]]:
+        """The read as a dialogue: yields pipelines of commands, receives their replies.
 
         One pipelined HGETALL per (view, entity): hashes are bounded (expired tiles are
         trimmed), and each is scanned once, merging the tiles inside each window.
         count_distinct features take a second pipelined round trip (PFCOUNT of the
-        window's HyperLogLogs)."""
-        pipe = self.client.pipeline(transaction=False)
-        layouts = []
-        for req in requests:
-            layouts.append(self._cached_layout(req.view, req.features, t_ms))
-            for key in req.keys:
-                pipe.execute_command("HGETALL", entity_key(self.project, req.view.name, key))
-        replies = iter(pipe.execute())
-        out: list[dict[str, list[Any]]] = []
+        window's HyperLogLogs). An entity whose newest event is older than the view's TTL
+        reads as `expired`, older than `max_staleness_ms` as `stale`: no values."""
+        layouts = [self._cached_layout(req.view, req.features, t_ms) for req in requests]
+        commands = [("HGETALL", entity_key(self.project, req.view.name, key)) for req in requests for key in req.keys]
+        replies = iter((yield commands))
+        out: list[ViewResult] = []
         distinct: list[tuple[list[Any], int, str, list[bytes]]] = []
         for req, (layout, index, lifetimes) in zip(requests, layouts):
             cols: list[list[Any]] = [[] for _ in req.features]
+            event_ms: list[int | None] = []
+            states: list[str] = []
             for key in req.keys:
                 got: dict[bytes, bytes] = next(replies)
                 newest = got.get(b"_ts")
-                if newest is None or (req.view.ttl_ms is not None and t_ms - int(newest) > req.view.ttl_ms):
+                state = _entity_state(newest, t_ms, req.view.ttl_ms, max_staleness_ms)
+                event_ms.append(None if newest is None else int(newest))
+                states.append(state)
+                if state != FOUND:
                     for col in cols:
                         col.append(None)
                     continue
@@ -209,14 +246,42 @@ class OnlineReader:
                     if feat.function == "count_distinct" and acc.hlls:
                         ekey = entity_key(self.project, req.view.name, key)
                         distinct.append((cols[pos], len(cols[pos]) - 1, ekey, acc.hlls))
-            out.append(dict(zip(req.features, cols)))
+            out.append(ViewResult(dict(zip(req.features, cols)), event_ms, states))
         if distinct:
-            pipe = self.client.pipeline(transaction=False)
-            for _, _, ekey, fields in distinct:
-                pipe.execute_command("PFCOUNT", *[hll_key(ekey, f.decode()) for f in fields])
-            for (col, row, _, _), n in zip(distinct, pipe.execute()):
+            counts = yield [("PFCOUNT", *[hll_key(ekey, f.decode()) for f in fields]) for _, _, ekey, fields in distinct]
+            for (col, row, _, _), n in zip(distinct, counts):
                 col[row] = int(n)
         return out
+
+
+#: Entity states; with a value of None a found entity's feature reads as `null`.
+FOUND, NOT_FOUND, EXPIRED, STALE = "present", "not_found", "expired", "stale"
+
+
+def _entity_state(newest: bytes | None, t_ms: int, ttl_ms: int | None, max_staleness_ms: int | None) -> str:
+    if newest is None:
+        return NOT_FOUND
+    age = t_ms - int(newest)
+    if ttl_ms is not None and age > ttl_ms:
+        return EXPIRED
+    if max_staleness_ms is not None and age > max_staleness_ms:
+        return STALE
+    return FOUND
+
+
+@dataclass(frozen=True)
+class ViewResult:
+    """What one ViewRequest read: values per feature, and per key the entity's state and newest event time."""
+
+    values: dict[str, list[Any]]
+    event_ms: list[int | None]
+    """Per key: event time (epoch ms) of the newest event applied to the entity in this view."""
+    states: list[str]
+    """Per key: present, not_found, expired (past the view's TTL) or stale (past max_staleness)."""
+
+    def statuses(self, feature: str) -> list[str]:
+        """Per key, the status of one feature's value: the entity's state, or `null` for a present entity without a value."""
+        return [st if st != FOUND or v is not None else "null" for st, v in zip(self.states, self.values[feature])]
 
 
 def _add_lifetime(lifetimes: _Lifetimes, accs: list[_Acc | None], name: bytes, raw: bytes, got: dict[bytes, bytes]) -> None:

@@ -12,6 +12,7 @@ from featurestore.plan.models import (
     KeySpec,
     Plan,
     RowFeaturePlan,
+    ServicePlan,
     SourcePlan,
     ViewPlan,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "KeySpec",
     "Plan",
     "RowFeaturePlan",
+    "ServicePlan",
     "SourcePlan",
     "ViewPlan",
     "choose_tile_ms",

@@ -110,6 +110,20 @@ class ViewPlan(_Frozen):
         return list(cols.items())
 
 
+class ServicePlan(_Frozen):
+    """A named bundle of features: "view:feature" references."""
+
+    name: str
+    features: list[str]
+    owner: str = ""
+    description: str = ""
+    tags: dict[str, str] = {}
+
+    @property
+    def view_names(self) -> list[str]:
+        return sorted({ref.partition(":")[0] for ref in self.features})
+
+
 class Plan(_Frozen):
     """Everything the runtime, stores and client need, and nothing from user code but import paths."""
 
@@ -117,6 +131,7 @@ class Plan(_Frozen):
     entities: list[EntityPlan]
     sources: list[SourcePlan]
     views: list[ViewPlan]
+    services: list[ServicePlan] = []
 
     def to_json(self) -> bytes:
         """Canonical JSON (sorted keys), the basis of the content hash."""
@@ -130,6 +145,12 @@ class Plan(_Frozen):
         for v in self.views:
             if v.name == name:
                 return v
+        raise KeyError(name)
+
+    def service(self, name: str) -> ServicePlan:
+        for s in self.services:
+            if s.name == name:
+                return s
         raise KeyError(name)
 
     def source(self, name: str) -> SourcePlan:

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import orjson
 import pyarrow.parquet as pq
-import redis
 
 from featurestore.config import Settings
 from featurestore.errors import FeatureRequestError
@@ -121,7 +120,7 @@ class Backfill:
         stats = BackfillStats(files=len(files), partition=backfill_partition(files, start_ms, end_ms))
         online: OnlineWriter | None = None
         if materialize:
-            client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=30, socket_connect_timeout=10)
+            client = self.settings.redis_client(socket_timeout=30, socket_connect_timeout=10)
             online = OnlineWriter(client, self.settings.project, self.plan, self.skew_ms)
         marks = Watermarks(self.plan, self.source, Path(self.settings.offline_root))
         dl_path = Path(self.settings.offline_root) / "_dead_letters" / f"backfill-p{stats.partition}.jsonl"

@@ -26,7 +26,7 @@ _CONSUMER_ONLY = (
 
 
 def _client_options(settings: Settings, consumer: bool) -> dict[str, Any]:
-    opts = {k: v for k, v in settings.kafka_options.items()}
+    opts = {**settings.kafka_security_options(), **settings.kafka_options}
     if not consumer:
         opts = {k: v for k, v in opts.items() if not k.startswith(_CONSUMER_ONLY)}
     return opts

@@ -25,6 +25,7 @@ from typing import TypeVar, cast
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from featurestore import metrics
 from featurestore.config import Settings
 from featurestore.errors import StoreUnavailable
 from featurestore.faults import fault_point
@@ -80,7 +81,7 @@ class StreamProcessor:
         }
         self.dead_letter_topics = {s.topic: s.dead_letter_topic for s in plan.sources}
         self.watermarks = {s.topic: Watermarks(plan, s, Path(settings.offline_root)) for s in plan.sources}
-        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=10)
+        self.redis = settings.redis_client(socket_timeout=30, socket_connect_timeout=10)
         self.online = OnlineWriter(self.redis, settings.project, plan, skew_ms)
         self.history = HistoryWriter(Path(settings.offline_root), plan)
         self.stats = ProcessorStats()
@@ -139,15 +140,15 @@ class StreamProcessor:
 
     # -- helpers -----------------------------------------------------------------------
     def _check_redis(self) -> None:
-        self.check_redis_url(self.settings.redis_url, self.redis)
+        self.check_redis(self.settings, self.redis)
 
     @staticmethod
-    def check_redis_url(url: str, client: redis.Redis | None = None) -> None:
+    def check_redis(settings: Settings, client: redis.Redis | None = None) -> None:
         """Raise StoreUnavailable with a one-line reason if Redis does not answer."""
         try:
-            (client or redis.Redis.from_url(url, socket_connect_timeout=5)).ping()
+            (client or settings.redis_client(socket_connect_timeout=5)).ping()
         except redis.RedisError as exc:
-            raise StoreUnavailable(f"Redis at {url} is unreachable: {exc}") from None
+            raise StoreUnavailable(f"Redis at {settings.redis_display} is unreachable: {exc}") from None
 
     def _end_offsets(self, consumer: Consumer, topics: list[str]) -> dict[tuple[str, int], int]:
         """High watermarks at start (a lower bound on some brokers; EOF events complete it)."""
@@ -210,20 +211,38 @@ class StreamProcessor:
             batches.extend(rows)
             dead.extend(bad)
             self.stats.records += len(records)
+            metrics.RECORDS.labels(topic).inc(len(records))
             self.stats.events += len(records) - sum(1 for d in bad if d.reason != "late")  # late ones are kept, flagged
         self._write(batches, dead)
         # only now may a checkpoint commit these offsets: their effects are applied
         self._offsets.update(offsets)
+        metrics.BATCH_SIZE.observe(len(msgs))
+        self._observe_lag(offsets)
+
+    def _observe_lag(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Consumer lag per partition from the high watermark of the last fetch (no broker round trip)."""
+        if self._consumer is None:
+            return
+        for (topic, partition), nxt in offsets.items():
+            try:
+                _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                metrics.CONSUMER_LAG.labels(topic, str(partition)).set(max(0, high - nxt))
 
     def _write(self, batches: list[ViewRows], dead: list[DeadLetter]) -> None:
         if batches:
-            self.stats.entity_writes += self._with_retry(f"Redis write to {self.settings.redis_url}",
+            self.stats.entity_writes += self._with_retry(f"Redis write to {self.settings.redis_display}",
                                                          lambda: self.online.write(batches))
             fault_point("after_online_write")
+            visible_at = time.time()
+            metrics.observe_online_batch((metrics.BatchObservation(rows.view, _on_time(rows)) for rows in batches), visible_at)
             for rows in batches:
                 self.history.append(rows)
         for d in dead:
             self.stats.dead_letters[d.reason] = self.stats.dead_letters.get(d.reason, 0) + 1
+            metrics.DEAD_LETTERS.labels(d.topic, d.reason).inc()
             assert self._producer is not None
             self._producer.produce(
                 self.dead_letter_topics[d.topic],
@@ -242,6 +261,7 @@ class StreamProcessor:
                 return action()
             except (redis.RedisError, OSError, _Retryable) as exc:
                 self.stats.retries += 1
+                metrics.RETRIES.labels(what.split(" ")[0]).inc()
                 self.stats.last_error = f"{what}: {exc}"
                 if self._stop.is_set():
                     raise StoreUnavailable(
@@ -284,6 +304,12 @@ class StreamProcessor:
             self._offsets.clear()
         self._last_checkpoint = time.monotonic()
         self.stats.checkpoints += 1
+        metrics.CHECKPOINTS.inc()
+
+
+def _on_time(rows: ViewRows) -> list[int]:
+    """Event times of the rows applied online (late ones are not)."""
+    return [t for t, late in zip(rows.ts, rows.late) if not late] if rows.late else rows.ts
 
 
 def _has_views(plan: Plan, source: str) -> bool:

@@ -1,0 +1,53 @@
+"""What every command shares: consoles, the repo option, settings and one-line errors."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from featurestore.errors import FeatureStoreError, ValidationFailed
+
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+RepoOpt = Annotated[Path, typer.Option("--repo", "-r", envvar="FEATURESTORE_REPO", help="Feature repository folder.")]
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn expected failures into one clear line on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from confluent_kafka import KafkaException
+        from redis import RedisError
+
+        try:
+            return fn(*args, **kwargs)
+        except ValidationFailed as exc:
+            err_console.print(f"[red]error:[/red] {len(exc.problems)} problem(s) in the feature repository:", highlight=False)
+            for p in exc.problems:
+                err_console.print(f"  - {p}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except FeatureStoreError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KafkaException as exc:
+            err_console.print(f"[red]error:[/red] Kafka: {exc.args[0].str() if exc.args else exc}", highlight=False)
+            raise typer.Exit(1) from None
+        except RedisError as exc:
+            err_console.print(f"[red]error:[/red] Redis: {exc}", highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings(repo: Path) -> Any:
+    from featurestore.config import load_settings
+
+    return load_settings(repo)

@@ -1,0 +1,165 @@
+"""`featurestore serve`, `tokens` and `status`: the feature server, its tokens, and the processor's health."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from featurestore.cli.common import RepoOpt, _settings, console, friendly_errors
+from featurestore.errors import ConfigError, StoreUnavailable
+
+tokens_app = typer.Typer(no_args_is_help=True, help="API tokens of the feature server (only their hashes are stored).")
+
+
+def _split_address(address: str, what: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"{what} {address!r}: expected host:port")
+    return host or "127.0.0.1", int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve_metrics(address: str) -> None:
+    """Serve this process's Prometheus metrics at http://address/metrics (a daemon thread)."""
+    from prometheus_client import start_http_server
+
+    host, port = _split_address(address, "metrics_address")
+    try:
+        start_http_server(port, addr=host)
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot serve metrics on {address}: {exc.strerror}") from None
+    console.print(f"Metrics on http://{host}:{port}/metrics")
+
+
+@friendly_errors
+def serve(
+    repo: RepoOpt = Path("."),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 6566,
+    workers: Annotated[int, typer.Option(min=1, help="Server processes (each with its own Redis connections).")] = 1,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve without tokens (loopback only, unless --insecure).")] = False,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow --no-auth on a non-loopback address. Anyone who can connect reads everything.")
+    ] = False,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate: serve HTTPS.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
+) -> None:
+    """Serve online features over HTTP (OpenAPI at /docs): bearer tokens, audit log, /metrics."""
+    import uvicorn
+
+    from featurestore.registry import FileRegistry
+    from featurestore.server.auth import TokenStore
+
+    settings = _settings(repo)
+    if no_auth and not is_loopback(host) and not insecure:
+        raise ConfigError(f"refusing to serve without authentication on {host}: use tokens, a loopback address, or --insecure")
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    plan_ = FileRegistry(settings.registry_root).current_plan()
+    if not no_auth and not any(t.active for t in TokenStore(settings.tokens_file).records()):
+        console.print(f"[yellow]warning:[/yellow] no active token in {settings.tokens_file}: every request will get 401 "
+                      "(create one with `featurestore tokens create`)")
+    os.environ["FEATURESTORE_REPO"] = str(repo)
+    os.environ["FEATURESTORE_SERVE_AUTH"] = "0" if no_auth else "1"
+    scheme = "https" if tls_cert else "http"
+    console.print(f"Serving {len(plan_.views)} views of project {settings.project} on {scheme}://{host}:{port} "
+                  f"({'NO AUTH' if no_auth else 'tokens: ' + str(settings.tokens_file)}; audit: {settings.audit_log_file}; "
+                  f"Redis {settings.redis_display})")
+    uvicorn.run(
+        "featurestore.server.app:app_from_environment", factory=True, host=host, port=port, workers=workers,
+        log_level="warning", access_log=False, ssl_certfile=str(tls_cert) if tls_cert else None,
+        ssl_keyfile=str(tls_key) if tls_key else None, timeout_keep_alive=30,
+    )
+
+
+@tokens_app.command("create")
+@friendly_errors
+def tokens_create(
+    name: Annotated[str, typer.Argument(help="Who or what uses the token, e.g. fraud-service.")],
+    grant: Annotated[
+        list[str],
+        typer.Option("--grant", "-g", help="ACTION[:SCOPE]: read_online|read_offline|apply with :*, :view=NAME or "
+                                             ":tag=KEY=VALUE; or admin. Repeatable."),
+    ],
+    repo: RepoOpt = Path("."),
+) -> None:
+    """Create a token; it is printed once and only its SHA-256 is stored."""
+    from featurestore.server.auth import Permission, TokenStore
+
+    permissions = [Permission.parse(g) for g in grant]
+    token, record = TokenStore(_settings(repo).tokens_file).create(name, permissions)
+    console.print(f"Created token {record.id} ({name}): {', '.join(str(p) for p in permissions)}")
+    console.print("Store it now; it cannot be shown again:", highlight=False)
+    typer.echo(token)
+
+
+@tokens_app.command("list")
+@friendly_errors
+def tokens_list(repo: RepoOpt = Path(".")) -> None:
+    """List tokens: id, name, permissions, state (never the token)."""
+    from featurestore.server.auth import TokenStore
+
+    store = TokenStore(_settings(repo).tokens_file)
+    records = store.records()
+    if not records:
+        console.print(f"No tokens in {store.path}.")
+        return
+    table = Table("id", "name", "permissions", "created (UTC)", "state")
+    for r in records:
+        state = "active" if r.active else f"revoked {r.revoked_at:%Y-%m-%d %H:%M}"
+        table.add_row(r.id, r.name, ", ".join(str(p) for p in r.permissions), f"{r.created_at:%Y-%m-%d %H:%M}", state)
+    console.print(table)
+
+
+@tokens_app.command("revoke")
+@friendly_errors
+def tokens_revoke(token_id: Annotated[str, typer.Argument(help="The token's id (see `tokens list`).")], repo: RepoOpt = Path(".")) -> None:
+    """Revoke a token; running servers refuse it from their next request."""
+    from featurestore.server.auth import TokenStore
+
+    record = TokenStore(_settings(repo).tokens_file).revoke(token_id)
+    console.print(f"Revoked token {record.id} ({record.name}).")
+
+
+@friendly_errors
+def status(
+    repo: RepoOpt = Path("."),
+    metrics_url: Annotated[
+        list[str] | None, typer.Option("--metrics-url", help="Processor metrics URL(s); default http://<metrics_address>/metrics.")
+    ] = None,
+) -> None:
+    """Lag per partition and event-time freshness per view, from the processors' metrics."""
+    from featurestore.cli.status import fetch_status
+
+    settings = _settings(repo)
+    urls = list(metrics_url or [])
+    if not urls:
+        if not settings.metrics_address:
+            raise ConfigError("no processor metrics to read: pass --metrics-url or set metrics_address "
+                              "(FEATURESTORE_METRICS_ADDRESS) for `featurestore run`")
+        host, port = _split_address(settings.metrics_address, "metrics_address")
+        urls = [f"http://{host}:{port}/metrics"]
+    report = fetch_status(urls)
+    views = Table("view", "events", "newest event", "freshness p50", "freshness p99", title="Views")
+    for v in report.views:
+        views.add_row(v.view, f"{v.events:,.0f}", v.newest_age, v.p50, v.p99)
+    console.print(views)
+    lag = Table("topic", "partition", "lag (records)", title="Consumer lag")
+    for (topic, partition), n in sorted(report.lag.items()):
+        lag.add_row(topic, partition, f"{n:,.0f}")
+    console.print(lag)
+    dead = ", ".join(f"{reason}={n:,.0f}" for reason, n in sorted(report.dead_letters.items())) or "none"
+    console.print(f"Dead letters: {dead}")

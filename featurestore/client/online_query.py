@@ -1,0 +1,118 @@
+"""An online feature request, resolved against the plan: pure, shared by the SDK and the feature server."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from featurestore.client.responses import OnlineResponse
+from featurestore.errors import FeatureRequestError
+from featurestore.online.reader import ViewRequest, ViewResult
+from featurestore.plan import Plan, ViewPlan
+
+
+def resolve_features(plan: Plan, features: Sequence[str] | None, service: str | None = None) -> list[tuple[ViewPlan, str]]:
+    """(view, feature) for each "view:feature" reference, or for each feature of a named service."""
+    if service is not None:
+        if features:
+            raise FeatureRequestError("pass either features or service, not both")
+        try:
+            features = plan.service(service).features
+        except KeyError:
+            known = ", ".join(s.name for s in plan.services) or "none applied"
+            raise FeatureRequestError(f"unknown feature service {service!r} (services: {known})") from None
+    if isinstance(features, str) or not features:
+        raise FeatureRequestError('features must be a non-empty list of "view:feature" references (or pass service=)')
+    out = []
+    views = {v.name: v for v in plan.views}
+    for ref in features:
+        view_name, sep, name = ref.partition(":") if isinstance(ref, str) else ("", "", "")
+        if not sep or view_name not in views:
+            raise FeatureRequestError(f"unknown feature reference {ref!r}: expected 'view:feature' with view one of {sorted(views)}")
+        if name not in views[view_name].feature_names:
+            raise FeatureRequestError(
+                f"view '{view_name}' has no feature '{name}' (features: {', '.join(views[view_name].feature_names)})"
+            )
+        out.append((views[view_name], name))
+    return out
+
+
+def output_names(resolved: list[tuple[ViewPlan, str]], full: bool) -> list[str]:
+    """Result column names: `feature`, or `view__feature` with full names; ambiguity is an error."""
+    names = [f"{v.name}__{n}" if full else n for v, n in resolved]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise FeatureRequestError(f"feature names {sorted(dupes)} are ambiguous across views; pass full_feature_names=True")
+    return names
+
+
+def entity_key(view: ViewPlan, row: Mapping[str, Any], index: int) -> tuple[Any, ...]:
+    """The join key tuple of one entity row for a view, type-checked."""
+    key = []
+    for spec in view.join_keys:
+        if spec.name not in row:
+            raise FeatureRequestError(f"entity row {index} lacks join key '{spec.name}' needed by view '{view.name}'")
+        value = row[spec.name]
+        if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+            value = value.item()  # numpy scalars
+        ok = isinstance(value, str) if spec.dtype == "str" else isinstance(value, int) and not isinstance(value, bool)
+        if not ok:
+            raise FeatureRequestError(
+                f"entity row {index}: join key '{spec.name}' must be {spec.dtype}, got {type(value).__name__} {value!r}"
+            )
+        key.append(value)
+    return tuple(key)
+
+
+@dataclass(frozen=True)
+class OnlineQuery:
+    """A validated request: what to read from which views, and how to name the results."""
+
+    resolved: list[tuple[ViewPlan, str]]
+    names: list[str]
+    requests: list[ViewRequest]
+    entity_rows: Sequence[Mapping[str, Any]]
+
+    @property
+    def view_names(self) -> list[str]:
+        return [r.view.name for r in self.requests]
+
+    @classmethod
+    def build(
+        cls,
+        plan: Plan,
+        features: Sequence[str] | None,
+        entity_rows: Sequence[Mapping[str, Any]],
+        service: str | None = None,
+        full_feature_names: bool = False,
+    ) -> OnlineQuery:
+        resolved = resolve_features(plan, features, service)
+        names = output_names(resolved, full_feature_names)
+        grouped: dict[str, list[str]] = {}
+        views: dict[str, ViewPlan] = {}
+        for view, name in resolved:
+            grouped.setdefault(view.name, []).append(name)
+            views[view.name] = view
+        requests = [
+            ViewRequest(views[vn], feats, [entity_key(views[vn], row, i) for i, row in enumerate(entity_rows)])
+            for vn, feats in grouped.items()
+        ]
+        return cls(resolved, names, requests, entity_rows)
+
+    def response(self, results: Sequence[ViewResult], t_ms: int) -> OnlineResponse:
+        """Assemble the reader's results: join key columns, then one column per feature, with statuses."""
+        columns: dict[str, list[Any]] = {}
+        for view, _ in self.resolved:
+            for k in view.join_keys:
+                columns.setdefault(k.name, [row.get(k.name) for row in self.entity_rows])
+        by_view = {req.view.name: res for req, res in zip(self.requests, results)}
+        statuses: dict[str, list[str]] = {}
+        event_ms: dict[str, list[int | None]] = {}
+        for (view, name), out in zip(self.resolved, self.names):
+            res = by_view[view.name]
+            columns[out] = res.values[name]
+            statuses[out] = res.statuses(name)
+            event_ms[out] = res.event_ms
+        return OnlineResponse(columns, statuses, event_ms, t_ms)
+

@@ -1,0 +1,39 @@
+"""FeatureService: a named bundle of features that a model reads together."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, init=False)
+class FeatureService:
+    """The features one model reads, by name, so clients ask for `service=...` instead of a list.
+
+    `features` holds "view:feature" references, or FeatureView objects meaning every
+    feature of that view. Access control covers the views behind the references.
+    """
+
+    name: str
+    features: tuple[Any, ...]
+    owner: str
+    description: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def __init__(
+        self,
+        name: str,
+        features: Sequence[Any],
+        owner: str = "",
+        description: str = "",
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "features", tuple(features))
+        object.__setattr__(self, "owner", owner)
+        object.__setattr__(self, "description", description)
+        object.__setattr__(self, "tags", dict(tags or {}))
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.features))

@@ -1,0 +1,71 @@
+"""Request and answer bodies of the feature server's HTTP API (they make its OpenAPI document)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from featurestore.plan import Plan
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OnlineRequest(_Body):
+    features: list[str] | None = Field(None, description='"view:feature" references; or give `service`.')
+    service: str | None = Field(None, description="A feature service name instead of `features`.")
+    entities: dict[str, list[Any]] = Field(description="Join key columns, one value per entity: {'user_id': [1, 2]}.")
+    full_feature_names: bool = Field(False, description="Name results `view__feature`.")
+    at_ms: int | None = Field(None, description="Evaluate windows and TTL at this instant (epoch ms) instead of now.")
+    max_staleness_ms: int | None = Field(
+        None, ge=0, description="Values whose newest event is older come back as null with status `stale`."
+    )
+
+
+class FeatureColumn(BaseModel):
+    values: list[Any]
+    statuses: list[Literal["present", "null", "not_found", "expired", "stale"]]
+    event_time_ms: list[int | None] = Field(description="Newest event applied to the entity in the feature's view.")
+    staleness_ms: list[int | None] = Field(description="read_at_ms minus event_time_ms.")
+
+
+class OnlineAnswer(BaseModel):
+    read_at_ms: int
+    entities: dict[str, list[Any]]
+    features: dict[str, FeatureColumn]
+
+
+class HistoricalRequest(_Body):
+    features: list[str] | None = None
+    service: str | None = None
+    entities: dict[str, list[Any]] = Field(
+        description="Entity rows as columns: join keys and the timestamp column (ISO 8601 strings or epoch ms)."
+    )
+    timestamp_column: str = "event_timestamp"
+    mode: Literal["corrected", "as_served"] = "corrected"
+    full_feature_names: bool = False
+
+
+class HistoricalAnswer(BaseModel):
+    columns: dict[str, list[Any]]
+
+
+class ApplyRequest(_Body):
+    plan: Plan = Field(description="A compiled plan (`featurestore plan --json`).")
+    note: str = ""
+
+
+class ApplyAnswer(BaseModel):
+    version: int | None = Field(description="The new registry version; null if the plan was already applied.")
+    changes: list[str]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorAnswer(BaseModel):
+    error: ErrorBody

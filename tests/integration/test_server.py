@@ -1,0 +1,315 @@
+"""The feature server on a real Redis, fed by the real processor from a real broker: the SDK over
+HTTP equals a direct read, freshness per value, the authorization matrix, the audit log,
+and the processor's metrics read by `featurestore status`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import urllib3
+
+from featurestore import FeatureStore
+from featurestore.compile import compile_repo
+from featurestore.config import load_settings
+from featurestore.demo import payment_events, produce_records
+from featurestore.errors import AuthError
+from featurestore.runtime.kafka import ensure_topics, producer_config
+from tests.unit.test_cli import cli
+
+pytestmark = pytest.mark.integration
+
+FEATURES = ["user_payments:amount_count_1d", "user_payments:amount_sum_1d", "user_payments:last_country"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> Any:
+    """Poll `condition` until it returns a truthy value (a condition, not a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = condition()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@dataclass
+class Deployment:
+    repo: Path
+    env: dict[str, str]
+    url: str
+    records: list[Any]
+    tokens: dict[str, str]
+    token_ids: dict[str, str]
+    audit: Path
+    direct: FeatureStore
+
+
+def _create_token(repo: Path, env: dict[str, str], name: str, *grants: str) -> tuple[str, str]:
+    args = ["tokens", "create", name, "--repo", str(repo)]
+    for g in grants:
+        args += ["--grant", g]
+    res = cli(*args, env=env)
+    assert res.returncode == 0, res.stderr
+    token = res.stdout.strip().splitlines()[-1]
+    token_id = res.stdout.split("Created token ")[1].split()[0]
+    return token, token_id
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory, services: Any) -> Iterator[Deployment]:
+    import shutil
+    import uuid
+
+    from tests.conftest import EXAMPLE_REPO, FAST_GROUP
+
+    run_id = uuid.uuid4().hex[:10]
+    tmp = tmp_path_factory.mktemp("server")
+    repo = tmp / "repo"
+    shutil.copytree(EXAMPLE_REPO, repo, ignore=shutil.ignore_patterns(".featurestore", "__pycache__"))
+    src = repo / "sources.py"
+    src.write_text(src.read_text().replace('topic="payments"', f'topic="payments-{run_id}"'))
+    env = {
+        **services.env(),
+        "FEATURESTORE_PROJECT": f"test-{run_id}",
+        "FEATURESTORE_CONSUMER_GROUP": f"test-{run_id}",
+        "FEATURESTORE_KAFKA_OPTIONS": json.dumps(FAST_GROUP),
+        "FEATURESTORE_CHECKPOINT_INTERVAL_S": "1",
+    }
+    assert cli("apply", "--repo", str(repo), env=env).returncode == 0
+    os.environ.update(env)  # the in-process SDK and settings read the same environment
+    try:
+        settings = load_settings(repo)
+        topic = compile_repo(repo).source("payments").topic
+        ensure_topics(settings, [topic], partitions=2)
+        end = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)
+        records = payment_events(1200, end=end, span=dt.timedelta(minutes=30), users=10, merchants=5, seed=11)
+        produce_records(producer_config(settings), topic, records)
+        res = cli("run", "--until-caught-up", "--repo", str(repo), env=env)
+        assert res.returncode == 0, res.stderr
+
+        grants = {
+            "admin": ["admin"],
+            "user_reader": ["read_online:view=user_payments"],
+            "merchant_reader": ["read_online:view=merchant_payments"],
+            "tag_reader": ["read_online:tag=domain=payments"],
+            "offline_reader": ["read_offline:tag=domain=payments"],
+            "applier": ["apply:view=merchant_payments"],
+            "revoked": ["admin"],
+        }
+        tokens, ids = {}, {}
+        for name, g in grants.items():
+            tokens[name], ids[name] = _create_token(repo, env, name, *g)
+        assert cli("tokens", "revoke", ids["revoked"], "--repo", str(repo), env=env).returncode == 0
+
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "featurestore", "serve", "--repo", str(repo), "--port", str(port)],
+            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        http = urllib3.PoolManager(retries=False)
+
+        def ready() -> bool:
+            if server.poll() is not None:
+                raise AssertionError(f"server exited: {server.stderr.read() if server.stderr else ''}")
+            try:
+                return http.request("GET", url + "/v1/ready").status == 200
+            except urllib3.exceptions.HTTPError:
+                return False
+
+        wait_for(ready, 30, "the feature server to be ready")
+        direct = FeatureStore(repo)
+        try:
+            yield Deployment(repo, env, url, records, tokens, ids, settings.audit_log_file, direct)
+        finally:
+            direct.close()
+            server.send_signal(signal.SIGINT)
+            server.wait(timeout=20)
+    finally:
+        for k in env:
+            os.environ.pop(k, None)
+
+
+def _newest_event_ms(records: list[Any], user: int) -> int:
+    times = [r.event["ts"] for r in records if r.event and r.event["user_id"] == user]
+    return max(int(dt.datetime.fromisoformat(t).timestamp() * 1000) for t in times)
+
+
+def test_sdk_over_http_equals_a_direct_read_with_freshness(deployment: Deployment) -> None:
+    users = sorted({r.event["user_id"] for r in deployment.records if r.event})
+    rows = [{"user_id": u} for u in users] + [{"user_id": 10**9}]
+    at = dt.datetime.now(dt.timezone.utc)
+    remote = FeatureStore(deployment.repo, server_url=deployment.url, token=deployment.tokens["user_reader"])
+    try:
+        via_http = remote.get_online_features(service="fraud_model_v1", entity_rows=rows, at=at)
+    finally:
+        remote.close()
+    direct = deployment.direct.get_online_features(service="fraud_model_v1", entity_rows=rows, at=at)
+    assert via_http.to_dict() == direct.to_dict()
+    assert via_http.feature_names == direct.feature_names and len(via_http.feature_names) == 10
+    assert via_http.status("amount_count_1d") == ["present"] * len(users) + ["not_found"]
+    newest = [_newest_event_ms(deployment.records, u) for u in users]
+    assert via_http.event_time_ms("amount_count_1d") == newest + [None]
+    at_ms = int(at.timestamp() * 1000)
+    assert via_http.staleness("amount_sum_1d")[:-1] == [dt.timedelta(milliseconds=at_ms - t) for t in newest]
+
+
+def test_max_staleness_turns_old_values_into_stale_not_silent(deployment: Deployment) -> None:
+    users = sorted({r.event["user_id"] for r in deployment.records if r.event})[:4]
+    rows = [{"user_id": u} for u in users]
+    newest = [_newest_event_ms(deployment.records, u) for u in users]
+    at_ms = max(newest) + 60_000
+    at = dt.datetime.fromtimestamp(at_ms / 1000, dt.timezone.utc)
+    cutoff = sorted(at_ms - t for t in newest)[1]  # at least one fresher and one staler than this
+    body = {"features": FEATURES, "entities": {"user_id": users}, "at_ms": at_ms, "max_staleness_ms": cutoff}
+    answer = _post(deployment, "/v1/features/online", body, "user_reader")
+    assert answer.status == 200
+    got = orjson.loads(answer.data)["features"]["amount_count_1d"]
+    for i, t in enumerate(newest):
+        if at_ms - t > cutoff:
+            assert got["statuses"][i] == "stale" and got["values"][i] is None
+        else:
+            assert got["statuses"][i] == "present" and got["values"][i] > 0
+        assert got["event_time_ms"][i] == t and got["staleness_ms"][i] == at_ms - t
+    assert "stale" in got["statuses"] and "present" in got["statuses"]
+    sdk = deployment.direct.get_online_features(FEATURES, rows, at=at, max_staleness=dt.timedelta(milliseconds=cutoff))
+    assert sdk.status("amount_count_1d") == got["statuses"]
+
+
+def _post(deployment: Deployment, path: str, body: Any, token: str | None, raw_token: str | None = None) -> Any:
+    headers = {"Content-Type": "application/json"}
+    if token is not None or raw_token is not None:
+        headers["Authorization"] = f"Bearer {raw_token if raw_token is not None else deployment.tokens[token]}"  # type: ignore[index]
+    return urllib3.request("POST", deployment.url + path, body=orjson.dumps(body), headers=headers, retries=False)
+
+
+def _get(deployment: Deployment, path: str, token: str | None, raw_token: str | None = None) -> Any:
+    headers = {}
+    if token is not None or raw_token is not None:
+        headers["Authorization"] = f"Bearer {raw_token if raw_token is not None else deployment.tokens[token]}"  # type: ignore[index]
+    return urllib3.request("GET", deployment.url + path, headers=headers, retries=False)
+
+
+def _audit_lines(deployment: Deployment) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in deployment.audit.read_text().splitlines()]
+
+
+def test_authorization_matrix_and_audit(deployment: Deployment) -> None:
+    plan = compile_repo(deployment.repo)
+    user = next(r.event["user_id"] for r in deployment.records if r.event)
+    merchant = next(r.event["merchant_id"] for r in deployment.records if r.event)
+    now_iso = dt.datetime.now(dt.timezone.utc).isoformat()
+    online = {"features": FEATURES, "entities": {"user_id": [user]}}
+    # endpoint -> (method, path, body, token without permission, token with permission)
+    endpoints: dict[str, tuple[str, str, Any, str, str]] = {
+        "online": ("POST", "/v1/features/online", online, "merchant_reader", "user_reader"),
+        "online by tag": ("POST", "/v1/features/online", online, "offline_reader", "tag_reader"),
+        "online by service": ("POST", "/v1/features/online", {"service": "merchant_monitoring",
+                              "entities": {"merchant_id": [merchant]}}, "user_reader", "merchant_reader"),
+        "historical": ("POST", "/v1/features/historical", {"features": FEATURES, "entities": {
+            "user_id": [user], "event_timestamp": [now_iso]}}, "user_reader", "offline_reader"),
+        "registry": ("GET", "/v1/registry", None, "applier", "user_reader"),
+        "apply": ("POST", "/v1/apply", {"plan": plan.model_dump(mode="json")}, "user_reader", "admin"),
+        "metrics": ("GET", "/metrics", None, "user_reader", "admin"),
+    }
+    valid = deployment.tokens["user_reader"]
+    wrong = valid[:-4] + ("AAAA" if not valid.endswith("AAAA") else "BBBB")
+    before = len(_audit_lines(deployment))
+    sent = 0
+    for name, (method, path, body, without, with_) in endpoints.items():
+        cases = [(None, None, 401), ("revoked", None, 401), (None, wrong, 401), (without, None, 403), (with_, None, 200)]
+        for token, raw, expected in cases:
+            resp = _get(deployment, path, token, raw) if method == "GET" else _post(deployment, path, body, token, raw)
+            sent += 1
+            assert resp.status == expected, f"{name} with {token or raw or 'no token'}: {resp.status} {resp.data[:300]!r}"
+            if expected != 200:
+                assert orjson.loads(resp.data)["error"]["message"]
+    # views nobody declared: denied to a reader, a plain 400 for an admin
+    ghost = {"features": ["ghost_view:x"], "entities": {"user_id": [1]}}
+    assert _post(deployment, "/v1/features/online", ghost, "user_reader").status == 403
+    assert _post(deployment, "/v1/features/online", ghost, "admin").status == 400
+    assert _post(deployment, "/v1/features/online", {"service": "nope", "entities": {"user_id": [1]}}, "user_reader").status == 403
+    sent += 3
+
+    lines = _audit_lines(deployment)[before:]
+    assert len(lines) == sent, "one audit line per request, allowed or denied"
+    assert sorted({line["status"] for line in lines}) == [200, 400, 401, 403]
+    assert all({"token_id", "views", "entities", "status", "latency_ms", "path"} <= set(line) for line in lines)
+    assert {line["token_id"] for line in lines if line["status"] == 401} == {None}
+    granted = [line for line in lines if line["status"] == 200 and line["path"] == "/v1/features/online"]
+    assert {line["token_id"] for line in granted} == {deployment.token_ids[t] for t in ("user_reader", "tag_reader", "merchant_reader")}
+    text = deployment.audit.read_text()
+    for token in deployment.tokens.values():
+        assert token not in text, "tokens never reach the audit log"
+    for line in lines:
+        assert "user_payments" not in line.get("keys", {}), "user_payments is tagged pii: its keys are never logged"
+    assert any(line.get("keys", {}).get("merchant_payments") == [merchant] for line in lines)
+
+
+def test_tokens_file_holds_hashes_only(deployment: Deployment) -> None:
+    stored = (deployment.repo / ".featurestore" / "tokens.json").read_text()
+    assert all(token not in stored for token in deployment.tokens.values())
+    assert oct((deployment.repo / ".featurestore" / "tokens.json").stat().st_mode & 0o777) == "0o600"
+    listing = cli("tokens", "list", "--repo", str(deployment.repo), env=deployment.env)
+    assert listing.returncode == 0 and "revoked" in listing.stdout and deployment.token_ids["admin"] in listing.stdout
+    with pytest.raises(AuthError) as err:
+        FeatureStore(deployment.repo, server_url=deployment.url, token="fst_nope_nope").get_online_features(
+            FEATURES, [{"user_id": 1}]
+        )
+    assert err.value.status == 401
+
+
+def test_serve_refuses_to_run_without_auth_on_a_public_address(deployment: Deployment) -> None:
+    res = cli("serve", "--no-auth", "--host", "0.0.0.0", "--repo", str(deployment.repo), env=deployment.env)
+    assert res.returncode == 1
+    assert "refusing to serve without authentication on 0.0.0.0" in res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+
+
+def test_processor_metrics_and_status(deployment: Deployment) -> None:
+    settings = load_settings(deployment.repo)
+    topic = compile_repo(deployment.repo).source("payments").topic
+    more = payment_events(300, end=dt.datetime.now(dt.timezone.utc), span=dt.timedelta(minutes=5), users=10, seed=12)
+    produce_records(producer_config(settings), topic, more)
+    port = free_port()
+    env = {**os.environ, **deployment.env, "FEATURESTORE_METRICS_ADDRESS": f"127.0.0.1:{port}", "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "featurestore", "run", "--repo", str(deployment.repo)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    valid = sum(1 for r in more if r.event)  # 5 minutes of events: none later than the 1 h allowed lateness
+
+    def caught_up() -> str | None:
+        res = cli("status", "--repo", str(deployment.repo), env=env)
+        if res.returncode != 0 or "user_payments" not in res.stdout:
+            return None
+        row = next(line for line in res.stdout.splitlines() if "user_payments" in line)
+        lags = [line.split()[-1] for line in res.stdout.splitlines() if line.strip().startswith(topic)]
+        return res.stdout if row.split()[1] == f"{valid:,}" and lags == ["0", "0"] else None
+
+    try:
+        out = wait_for(caught_up, 60, f"status to show {valid} events and no lag")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    row = next(line for line in out.splitlines() if "user_payments" in line)
+    assert "ago" in row and "≤" in row, out
+    malformed = sum(1 for r in more if r.event is None)
+    assert ("malformed_json" in out or "schema_violation" in out) == bool(malformed), out
