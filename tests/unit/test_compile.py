@@ -88,3 +88,21 @@ def test_plan_diff_names_changed_attributes(tmp_path: Path) -> None:
     assert [c.name for c in diff.changes] == ["user_payments"]
     assert any("ttl_ms: 604800000 -> 259200000" in d for d in diff.changes[0].details)
     assert [str(c).split()[0] for c in diff_plans(None, after).changes] == ["+"] * 7
+
+
+def test_feature_services_are_checked_against_the_views(tmp_path: Path) -> None:
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "feature_defs", repo, ignore=shutil.ignore_patterns(".featurestore", "__pycache__"))
+    plan = compile_repo(repo)
+    assert plan.service("merchant_monitoring").features == [f"merchant_payments:{f}" for f in plan.view("merchant_payments").feature_names]
+    assert plan.service("fraud_model_v1").view_names == ["user_payments"]
+    services = repo / "services.py"
+    services.write_text(services.read_text().replace('"user_payments:last_country",', '"user_payments:nope", "ghost:x", "bad",'))
+    with pytest.raises(ValidationFailed) as err:
+        compile_repo(repo)
+    text = [str(p) for p in err.value.problems]
+    assert any("view 'user_payments' has no feature 'nope'" in t for t in text)
+    assert any("unknown view 'ghost'" in t for t in text)
+    assert any("'bad' is not 'view:feature'" in t for t in text)
