@@ -7,6 +7,8 @@ FEATURESTORE_REDIS_URL), then measures, each beside its raw limit in the same ru
   (2 views, 23 features, Redis + Parquet) and over the peers' scenario (1 view: count, sum,
   last of amount over 1 h) vs a bare confluent-kafka consume of the same topic;
 - online: `FeatureStore.get_online_features` 1x10 and 100x10 vs a bare redis-py GET / MGET;
+- HTTP: `featurestore serve` (tokens, audit, metrics on) at a fixed request rate, open loop,
+  1x10 and 100x10, beside the SDK reading Redis directly and the bare redis-py round trip;
 - training: `get_historical_features` vs a hand-written DuckDB ASOF JOIN of the same history;
 - backfill: `featurestore backfill --materialize` (the `Backfill` job) over the same events
   from a JSON lines file vs streaming them (the ingest figure), and the same online values;
@@ -40,6 +42,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.http_server import bench_http  # noqa: E402
 from featurestore import FeatureStore  # noqa: E402
 from featurestore.compile import compile_repo  # noqa: E402
 from featurestore.compile.loader import ensure_importable  # noqa: E402
@@ -320,6 +323,7 @@ def main() -> None:
         b.record("ingest", "featurestore backfill --materialize (file)", "events/s", ctx["backfill_eps"], "ev/s")
         bench_storage(b, ctx)
         bench_online(b, ctx)
+        bench_http(b, ctx, FEATURES_10, pct)
         bench_training(b, ctx)
     finally:
         if env_started:
@@ -349,10 +353,13 @@ def report(b: Bench) -> None:
     back_key = ("ingest", "featurestore backfill --materialize (file)", "events/s")
     if ours_key in by and back_key in by:
         ratios.append(f"backfill / streaming = {by[back_key] / by[ours_key]:.2f}")
-    for n, raw in ((1, "redis-py GET"), (100, "redis-py MGET x100")):
+    for n, raw, rate in ((1, "redis-py GET", 200), (100, "redis-py MGET x100", 10)):
         key = f"online {n}x10"
         if (key, "featurestore SDK", "p99") in by:
             ratios.append(f"{key} p99: ours / {raw} = {by[(key, 'featurestore SDK', 'p99')] / by[(key, raw, 'p99')]:.1f}x")
+        http_key = (key, f"feature server HTTP, open loop {rate} req/s", "p99")
+        if http_key in by and (key, "featurestore SDK", "p99") in by:
+            ratios.append(f"{key} p99: HTTP / SDK direct = {by[http_key] / by[(key, 'featurestore SDK', 'p99')]:.1f}x")
     lines += ["", "Ratios: " + "; ".join(ratios), "", "Correctness: " + ("all checks passed" if not b.failures else "FAILED")]
     text = "\n".join(lines)
     print("\n" + text)

@@ -142,8 +142,8 @@ class FeatureServer:
         audit.views = list(dict.fromkeys(view_names))
         views = {v.name: v for v in self.plan.views}
         denied = [n for n in audit.views if not allowed(audit.token, action, views.get(n), n)]
-        if denied or not audit.views:
-            raise Refused(403, "forbidden", f"token '{audit.token.name}' may not {action} on {', '.join(denied) or 'this'}")
+        if denied:
+            raise Refused(403, "forbidden", f"token '{audit.token.name}' may not {action} on {', '.join(denied)}")
 
     def requested_views(self, features: Sequence[str] | None, service: str | None) -> list[str]:
         """View names a request touches, before validating it (so refusals reveal nothing)."""
@@ -293,7 +293,6 @@ def create_app(server: FeatureServer) -> FastAPI:
         table = _entity_table(body)
         audit.entities = table.num_rows
         store = FeatureStore(settings=server.settings)
-        store._plan = server.plan
         features = body.features or [] if body.service is None else _service_features(server.plan, body.service)
         result = await run_in_threadpool(
             store.get_historical_features, table, features, body.timestamp_column, body.full_feature_names, body.mode

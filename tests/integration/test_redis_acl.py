@@ -100,8 +100,9 @@ def test_processor_and_server_under_least_privilege_users(example_repo: Path, se
         assert srv_pw not in out + err and "***" in out
         expected = [sum(1 for r in records if r.event and r.event["user_id"] == u) for u in users]
         assert got == expected
-        direct = FeatureStore(example_repo, project=project, redis_url=services.redis_url).get_online_features(["user_payments:amount_count_1d"],
-                                                                               [{"user_id": u} for u in users])
+        direct = FeatureStore(example_repo, project=project, redis_url=services.redis_url).get_online_features(
+            ["user_payments:amount_count_1d"], [{"user_id": u} for u in users]
+        )
         assert direct.to_dict()["amount_count_1d"] == got
 
         as_server = redis.Redis.from_url(services.redis_url, username=srv_user, password=srv_pw)

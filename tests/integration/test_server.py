@@ -240,7 +240,8 @@ def test_authorization_matrix_and_audit(deployment: Deployment) -> None:
         for token, raw, expected in cases:
             resp = _get(deployment, path, token, raw) if method == "GET" else _post(deployment, path, body, token, raw)
             sent += 1
-            assert resp.status == expected, f"{name} with {token or 'a wrong token' if raw else 'no token'}: {resp.status} {resp.data[:300]!r}"
+            who = token or ("a wrong token" if raw else "no token")
+            assert resp.status == expected, f"{name} with {who}: {resp.status} {resp.data[:300]!r}"
             if expected != 200:
                 assert orjson.loads(resp.data)["error"]["message"]
     # views nobody declared: denied to a reader, a plain 400 for an admin

@@ -19,7 +19,7 @@ def _view(name: str, tags: dict[str, str]) -> ViewPlan:
 
 
 def test_permissions_cover_by_name_tag_or_star_and_nothing_else() -> None:
-    users, merchants = _view("users", {"domain": "payments"}), _view("merchants", {})
+    users = _view("users", {"domain": "payments"})
     by_name = Permission.parse("read_online:view=users")
     by_tag = Permission.parse("read_online:tag=domain=payments")
     star = Permission.parse("read_offline:*")

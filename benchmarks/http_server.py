@@ -1,0 +1,133 @@
+"""The feature server over loopback TCP: open-loop latency at a fixed request rate.
+
+Requests are scheduled at fixed intervals whatever the answers do (open loop), sent over
+keep-alive connections by a few worker threads, and timed from their scheduled start, so
+queueing behind a slow answer counts (no coordinated omission). Tokens, the audit log and
+metrics are on, as in production.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import orjson
+
+from featurestore import FeatureStore
+from featurestore.server.auth import Permission, TokenStore
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(ctx: dict[str, Any]) -> tuple[subprocess.Popen[bytes], str, str]:
+    settings = ctx["ingest_settings"]
+    token, _ = TokenStore(settings.tokens_file).create("bench", [Permission.parse("read_online:*")])
+    port = _free_port()
+    env = {
+        **os.environ,
+        "FEATURESTORE_PROJECT": settings.project,
+        "FEATURESTORE_REDIS_URL": settings.redis_url,
+        "FEATURESTORE_REGISTRY_PATH": str(settings.registry_root),
+        "FEATURESTORE_OFFLINE_PATH": str(settings.offline_root),
+        "FEATURESTORE_TOKENS_PATH": str(settings.tokens_file),
+        "FEATURESTORE_AUDIT_LOG_PATH": str(settings.audit_log_file),
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "featurestore", "serve", "--repo", str(ctx["repo"]), "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"feature server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/v1/ready")
+            if conn.getresponse().status == 200:
+                break
+        except OSError:
+            time.sleep(0.1)
+    return proc, f"http://127.0.0.1:{port}", token
+
+
+def open_loop(port: int, token: str, body: bytes, rate: float, seconds: float, workers: int = 4) -> list[float]:
+    """Latencies (ms) of requests scheduled `rate` per second for `seconds`, from their scheduled time."""
+    due: queue.Queue[float | None] = queue.Queue()
+    lat: list[float] = []
+    errors: list[str] = []
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        while (at := due.get()) is not None:
+            conn.request("POST", "/v1/features/online", body=body, headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            done = time.perf_counter()
+            if resp.status != 200:
+                errors.append(str(resp.status))
+            lat.append((done - at) * 1000)
+        conn.close()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    start = time.perf_counter()
+    n = int(rate * seconds)
+    for i in range(n):
+        at = start + i / rate
+        delay = at - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        due.put(at)
+    for _ in threads:
+        due.put(None)
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} failed requests (e.g. HTTP {errors[0]})")
+    return lat
+
+
+def bench_http(b: Any, ctx: dict[str, Any], features: list[str], pct: Any) -> None:
+    proc, url, token = start_server(ctx)
+    port = int(url.rsplit(":", 1)[1])
+    users = sorted({r.event["user_id"] for r in ctx["records"] if r.event})
+    direct = FeatureStore(ctx["repo"], settings=ctx["ingest_settings"])
+    remote = FeatureStore(ctx["repo"], settings=ctx["ingest_settings"], server_url=url, token=token)
+    try:
+        at = ctx["end"]
+        rows = [{"user_id": u} for u in users[:100]]
+        b.check(remote.get_online_features(features, rows, at=at).to_dict() == direct.get_online_features(features, rows, at=at).to_dict(),
+                "HTTP answers differ from direct SDK reads")
+        seconds = 5 if b.args.quick else 20
+        for n_ent, rate in ((1, 200.0), (100, 10.0)):
+            body = orjson.dumps({"features": features, "entities": {"user_id": users[:n_ent]}})
+            open_loop(port, token, body, rate, 1.0)  # warm up
+            lat = open_loop(port, token, body, rate, seconds)
+            label = f"online {n_ent}x10"
+            who = f"feature server HTTP, open loop {rate:.0f} req/s"
+            b.record(label, who, "p50", [pct(lat, 0.5)], "ms")
+            b.record(label, who, "p99", [pct(lat, 0.99)], "ms")
+            sdk = []
+            for i in range(50 if b.args.quick else 300):
+                t0 = time.perf_counter()
+                remote.get_online_features(features, rows[:n_ent])
+                sdk.append((time.perf_counter() - t0) * 1000)
+            b.record(label, "SDK via feature server (closed loop)", "p50", [pct(sdk, 0.5)], "ms")
+            b.record(label, "SDK via feature server (closed loop)", "p99", [pct(sdk, 0.99)], "ms")
+    finally:
+        remote.close()
+        direct.close()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
