@@ -322,3 +322,18 @@ def test_processor_metrics_and_status(deployment: Deployment) -> None:
     assert row[2].endswith("ago") and row[3].startswith("≤") and row[4].startswith("≤"), out
     malformed = sum(1 for r in more if r.event is None)
     assert ("malformed_json" in out or "schema_violation" in out) == bool(malformed), out
+
+
+def test_openapi_document_and_bad_bodies(deployment: Deployment) -> None:
+    doc = orjson.loads(urllib3.request("GET", deployment.url + "/openapi.json").data)
+    assert {"/v1/features/online", "/v1/features/historical", "/v1/registry", "/v1/apply", "/metrics"} <= set(doc["paths"])
+    online = doc["paths"]["/v1/features/online"]["post"]
+    assert {"200", "401", "403"} <= set(online["responses"])
+    bad = {"features": FEATURES}  # no entities
+    assert _post(deployment, "/v1/features/online", bad, None).status == 401, "authentication comes before validation"
+    resp = _post(deployment, "/v1/features/online", bad, "user_reader")
+    assert resp.status == 422 and "entities" in orjson.loads(resp.data)["error"]["message"]
+    resp = _post(deployment, "/v1/features/online", {"features": FEATURES, "entities": {"user_id": ["x"]}}, "user_reader")
+    assert resp.status == 400 and "must be int" in orjson.loads(resp.data)["error"]["message"]
+    last = _audit_lines(deployment)[-1]
+    assert last["status"] == 400 and last["path"] == "/v1/features/online" and last["token_id"] == deployment.token_ids["user_reader"]
