@@ -65,6 +65,29 @@ def entity_key(view: ViewPlan, row: Mapping[str, Any], index: int) -> tuple[Any,
     return tuple(key)
 
 
+_Resolution = tuple[list[tuple[ViewPlan, str]], list[str], dict[str, list[str]], dict[str, ViewPlan]]
+_resolutions: dict[tuple[int, Any, str | None, bool], tuple[Plan, _Resolution]] = {}
+
+
+def _resolution(plan: Plan, features: tuple[str, ...] | None, service: str | None, full: bool) -> _Resolution:
+    """Resolved references, result names and per-view grouping; cached per plan and request shape."""
+    key = (id(plan), features, service, full)
+    hit = _resolutions.get(key)
+    if hit is not None and hit[0] is plan:  # the entry holds the plan, so its id is not reused meanwhile
+        return hit[1]
+    resolved = resolve_features(plan, features, service)
+    names = output_names(resolved, full)
+    grouped: dict[str, list[str]] = {}
+    views: dict[str, ViewPlan] = {}
+    for view, name in resolved:
+        grouped.setdefault(view.name, []).append(name)
+        views[view.name] = view
+    if len(_resolutions) >= 1024:
+        _resolutions.clear()
+    _resolutions[key] = (plan, (resolved, names, grouped, views))
+    return resolved, names, grouped, views
+
+
 @dataclass(frozen=True)
 class OnlineQuery:
     """A validated request: what to read from which views, and how to name the results."""
@@ -87,13 +110,8 @@ class OnlineQuery:
         service: str | None = None,
         full_feature_names: bool = False,
     ) -> OnlineQuery:
-        resolved = resolve_features(plan, features, service)
-        names = output_names(resolved, full_feature_names)
-        grouped: dict[str, list[str]] = {}
-        views: dict[str, ViewPlan] = {}
-        for view, name in resolved:
-            grouped.setdefault(view.name, []).append(name)
-            views[view.name] = view
+        resolved, names, grouped, views = _resolution(plan, tuple(features) if features is not None else None, service,
+                                                      full_feature_names)
         requests = [
             ViewRequest(views[vn], feats, [entity_key(views[vn], row, i) for i, row in enumerate(entity_rows)])
             for vn, feats in grouped.items()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from functools import cached_property
 from typing import Literal
 
 import orjson
@@ -95,7 +96,7 @@ class ViewPlan(_Frozen):
     tags: dict[str, str] = {}
     allowed_lateness_ms: int | None = None
 
-    @property
+    @cached_property
     def feature_names(self) -> list[str]:
         return [f.name for f in self.row_features] + [a.name for a in self.aggregations]
 
