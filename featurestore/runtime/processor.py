@@ -18,12 +18,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TypeVar, cast
+from typing import cast
 
 import redis
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from featurestore import metrics
 from featurestore.config import Settings
@@ -33,40 +31,11 @@ from featurestore.offline.history import HistoryWriter
 from featurestore.online.writer import OnlineWriter
 from featurestore.plan import Plan
 from featurestore.records import ViewRows
-from featurestore.runtime.dead_letters import dead_letter_headers
-from featurestore.runtime.decode import DeadLetter, Decoder, RawRecord
-from featurestore.runtime.kafka import consumer_config, ensure_topics, producer_config
-from featurestore.runtime.watermarks import Watermarks
+from featurestore.runtime.applier import BatchApplier, ProcessorStats, Retryable, check_redis
+from featurestore.runtime.decode import DeadLetter, RawRecord
+from featurestore.runtime.kafka import consumer_config
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-class _Retryable(Exception):
-    """A transient failure of a write the processor retries."""
-
-
-@dataclass
-class ProcessorStats:
-    """Counters of one processor run."""
-
-    records: int = 0
-    events: int = 0
-    """Records decoded into events (late ones included: they go to the history, flagged)."""
-    dead_letters: dict[str, int] = field(default_factory=dict)
-    batches: int = 0
-    entity_writes: int = 0
-    history_rows: int = 0
-    checkpoints: int = 0
-    retries: int = 0
-    last_error: str = ""
-    started_at: float = field(default_factory=time.monotonic)
-    first_record_at: float | None = None
-    """time.monotonic() when the first record arrived (after the group join): throughput's start."""
-
-    @property
-    def dead_lettered(self) -> int:
-        return sum(self.dead_letters.values())
 
 
 class StreamProcessor:
@@ -75,22 +44,24 @@ class StreamProcessor:
     def __init__(self, plan: Plan, settings: Settings) -> None:
         self.plan = plan
         self.settings = settings
-        skew_ms = int(settings.max_future_skew_s * 1000)
-        self.decoders = {
-            s.topic: Decoder(plan, s, skew_ms, settings.max_record_bytes) for s in plan.sources if _has_views(plan, s.name)
-        }
-        self.dead_letter_topics = {s.topic: s.dead_letter_topic for s in plan.sources}
-        self.watermarks = {s.topic: Watermarks(plan, s, Path(settings.offline_root)) for s in plan.sources}
-        self.redis = settings.redis_client(socket_timeout=30, socket_connect_timeout=10)
-        self.online = OnlineWriter(self.redis, settings.project, plan, skew_ms)
-        self.history = HistoryWriter(Path(settings.offline_root), plan)
-        self.stats = ProcessorStats()
         self._stop = threading.Event()
+        self.applier = BatchApplier(plan, settings, self._stop)
         self._offsets: dict[tuple[str, int], int] = {}
         self._eof: dict[tuple[str, int], int] = {}
         self._last_checkpoint = time.monotonic()
         self._consumer: Consumer | None = None
-        self._producer: Producer | None = None
+
+    @property
+    def stats(self) -> ProcessorStats:
+        return self.applier.stats
+
+    @property
+    def online(self) -> OnlineWriter:
+        return self.applier.online
+
+    @property
+    def history(self) -> HistoryWriter:
+        return self.applier.history
 
     # -- lifecycle -----------------------------------------------------------------
     def stop(self) -> None:
@@ -104,11 +75,9 @@ class StreamProcessor:
     ) -> ProcessorStats:
         """Process until stop() (or, with until_caught_up, until every record that was in the
         source topics at start has been processed). Always ends with a checkpoint."""
-        self._check_redis()
-        ensure_topics(self.settings, self.dead_letter_topics.values())
+        self.applier.open()
         consumer = self._consumer = Consumer(consumer_config(self.settings), logger=log)
-        self._producer = Producer(producer_config(self.settings), logger=log)
-        topics = list(self.decoders)
+        topics = self.applier.topics
         targets = self._end_offsets(consumer, topics) if until_caught_up else {}
         consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
         failed = False
@@ -135,20 +104,14 @@ class StreamProcessor:
                 log.exception("final checkpoint failed; uncommitted records will be reprocessed")
             finally:
                 consumer.close()
-                self._producer.flush(30)
+                self.applier.close()
         return self.stats
 
     # -- helpers -----------------------------------------------------------------------
-    def _check_redis(self) -> None:
-        self.check_redis(self.settings, self.redis)
-
     @staticmethod
     def check_redis(settings: Settings, client: redis.Redis | None = None) -> None:
         """Raise StoreUnavailable with a one-line reason if Redis does not answer."""
-        try:
-            (client or settings.redis_client(socket_connect_timeout=5)).ping()
-        except redis.RedisError as exc:
-            raise StoreUnavailable(f"Redis at {settings.redis_display} is unreachable: {exc}") from None
+        check_redis(settings, client)
 
     def _end_offsets(self, consumer: Consumer, topics: list[str]) -> dict[tuple[str, int], int]:
         """High watermarks at start (a lower bound on some brokers; EOF events complete it)."""
@@ -180,12 +143,9 @@ class StreamProcessor:
         self.checkpoint()
         for p in partitions:
             self._eof.pop((p.topic, p.partition), None)
-            if p.topic in self.watermarks:
-                self.watermarks[p.topic].forget(p.partition)
+            self.applier.forget(p.topic, p.partition)
 
     def _process(self, msgs: list[Message]) -> None:
-        if self.stats.first_record_at is None:
-            self.stats.first_record_at = time.monotonic()
         by_topic: dict[str, list[RawRecord]] = {}
         offsets: dict[tuple[str, int], int] = {}
         for m in msgs:
@@ -199,20 +159,7 @@ class StreamProcessor:
                 continue
             by_topic.setdefault(topic, []).append(RawRecord(partition, offset, m.key(), m.value()))
             offsets[(topic, partition)] = offset + 1
-        now_ms = int(time.time() * 1000)
-        batches: list[ViewRows] = []
-        dead: list[DeadLetter] = []
-        for topic, records in by_topic.items():
-            marks = self.watermarks[topic]
-            if marks.needed:
-                for rec in records:
-                    marks.ensure(rec.partition, rec.offset)
-            rows, bad = self.decoders[topic].decode(records, now_ms, marks.newest if marks.needed else None)
-            batches.extend(rows)
-            dead.extend(bad)
-            self.stats.records += len(records)
-            metrics.RECORDS.labels(topic).inc(len(records))
-            self.stats.events += len(records) - sum(1 for d in bad if d.reason != "late")  # late ones are kept, flagged
+        batches, dead = self.applier.decode(by_topic)
         self._write(batches, dead)
         # only now may a checkpoint commit these offsets: their effects are applied
         self._offsets.update(offsets)
@@ -232,51 +179,7 @@ class StreamProcessor:
                 metrics.CONSUMER_LAG.labels(topic, str(partition)).set(max(0, high - nxt))
 
     def _write(self, batches: list[ViewRows], dead: list[DeadLetter]) -> None:
-        if batches:
-            self.stats.entity_writes += self._with_retry(f"Redis write to {self.settings.redis_display}",
-                                                         lambda: self.online.write(batches))
-            fault_point("after_online_write")
-            visible_at = time.time()
-            metrics.observe_online_batch((metrics.BatchObservation(rows.view, _on_time(rows)) for rows in batches), visible_at)
-            for rows in batches:
-                self.history.append(rows)
-        for d in dead:
-            self.stats.dead_letters[d.reason] = self.stats.dead_letters.get(d.reason, 0) + 1
-            metrics.DEAD_LETTERS.labels(d.topic, d.reason).inc()
-            assert self._producer is not None
-            self._producer.produce(
-                self.dead_letter_topics[d.topic],
-                value=d.value,
-                key=d.key,
-                headers=dead_letter_headers(d),
-            )
-            self._producer.poll(0)
-        self.stats.batches += 1
-
-    def _with_retry(self, what: str, action: Callable[[], T]) -> T:
-        """Run an idempotent write until it succeeds, backing off; give up only when asked to stop."""
-        delay = 0.1
-        while True:
-            try:
-                return action()
-            except (redis.RedisError, OSError, _Retryable) as exc:
-                self.stats.retries += 1
-                metrics.RETRIES.labels(what.split(" ")[0]).inc()
-                self.stats.last_error = f"{what}: {exc}"
-                if self._stop.is_set():
-                    raise StoreUnavailable(
-                        f"{what} failed ({exc}) and the processor was asked to stop; "
-                        "the records since the last commit will be processed again on restart"
-                    ) from None
-                log.warning("%s failed (%s); retrying in %.1f s, offsets not advanced", what, exc, delay)
-                self._stop.wait(delay)  # backoff; a stop request ends the wait early
-                delay = min(delay * 2, self.settings.max_retry_backoff_s)
-
-    def _flush_dead_letters(self) -> None:
-        assert self._producer is not None
-        remaining = self._producer.flush(30)
-        if remaining:
-            raise _Retryable(f"{remaining} dead letters not yet acknowledged by the broker")
+        self.applier.write(batches, dead)
 
     def _commit_offsets(self) -> None:
         """Commit; a non-retriable failure (the partitions moved in a rebalance) drops the
@@ -288,29 +191,16 @@ class StreamProcessor:
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             if err is not None and hasattr(err, "retriable") and err.retriable():
-                raise _Retryable(f"offset commit: {err}") from None
+                raise Retryable(f"offset commit: {err}") from None
             log.warning("offset commit failed (%s); the next owner of these partitions replays them", exc)
 
     def checkpoint(self) -> None:
         """Make everything processed durable, then commit the offsets that cover it."""
-        before = self.history.rows_written
-        self._with_retry(f"history flush to {self.settings.offline_root}", self.history.flush)
-        self.stats.history_rows += self.history.rows_written - before
-        if self._producer is not None:
-            self._with_retry("dead-letter delivery", self._flush_dead_letters)
+        self.applier.flush()
         if self._offsets and self._consumer is not None:
             fault_point("before_offset_commit")
-            self._with_retry("offset commit", self._commit_offsets)
+            self.applier.with_retry("offset commit", self._commit_offsets)
             self._offsets.clear()
         self._last_checkpoint = time.monotonic()
         self.stats.checkpoints += 1
         metrics.CHECKPOINTS.inc()
-
-
-def _on_time(rows: ViewRows) -> list[int]:
-    """Event times of the rows applied online (late ones are not)."""
-    return [t for t, late in zip(rows.ts, rows.late) if not late] if rows.late else rows.ts
-
-
-def _has_views(plan: Plan, source: str) -> bool:
-    return any(v.source == source for v in plan.views)

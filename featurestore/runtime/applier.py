@@ -1,0 +1,188 @@
+"""What every stream engine does with a batch of records: decode, write Redis, buffer the
+history, dead-letter the bad ones; and what it does at a checkpoint: make the history and
+the dead letters durable. Engines (confluent-kafka, Faust) only consume and commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import redis
+from confluent_kafka import Producer
+
+from featurestore import metrics
+from featurestore.config import Settings
+from featurestore.errors import StoreUnavailable
+from featurestore.faults import fault_point
+from featurestore.offline.history import HistoryWriter
+from featurestore.online.writer import OnlineWriter
+from featurestore.plan import Plan
+from featurestore.records import ViewRows
+from featurestore.runtime.dead_letters import dead_letter_headers
+from featurestore.runtime.decode import DeadLetter, Decoder, RawRecord
+from featurestore.runtime.kafka import ensure_topics, producer_config
+from featurestore.runtime.watermarks import Watermarks
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Retryable(Exception):
+    """A transient failure of a write that is retried."""
+
+
+@dataclass
+class ProcessorStats:
+    """Counters of one processor run."""
+
+    records: int = 0
+    events: int = 0
+    """Records decoded into events (late ones included: they go to the history, flagged)."""
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+    entity_writes: int = 0
+    history_rows: int = 0
+    checkpoints: int = 0
+    retries: int = 0
+    last_error: str = ""
+    started_at: float = field(default_factory=time.monotonic)
+    first_record_at: float | None = None
+    """time.monotonic() when the first record arrived (after the group join): throughput's start."""
+
+    @property
+    def dead_lettered(self) -> int:
+        return sum(self.dead_letters.values())
+
+
+class BatchApplier:
+    """Applies batches of raw records of a plan's sources to Redis, the history and the dead-letter topics."""
+
+    def __init__(self, plan: Plan, settings: Settings, stop: threading.Event | None = None) -> None:
+        self.plan = plan
+        self.settings = settings
+        skew_ms = int(settings.max_future_skew_s * 1000)
+        self.decoders = {
+            s.topic: Decoder(plan, s, skew_ms, settings.max_record_bytes) for s in plan.sources if _has_views(plan, s.name)
+        }
+        self.dead_letter_topics = {s.topic: s.dead_letter_topic for s in plan.sources}
+        self.watermarks = {s.topic: Watermarks(plan, s, Path(settings.offline_root)) for s in plan.sources}
+        self.redis = settings.redis_client(socket_timeout=30, socket_connect_timeout=10)
+        self.online = OnlineWriter(self.redis, settings.project, plan, skew_ms)
+        self.history = HistoryWriter(Path(settings.offline_root), plan)
+        self.stats = ProcessorStats()
+        self.stop_requested = stop or threading.Event()
+        self.producer: Producer | None = None
+
+    @property
+    def topics(self) -> list[str]:
+        """Source topics that feed at least one view."""
+        return list(self.decoders)
+
+    def open(self) -> None:
+        """Check Redis, create the dead-letter topics, start the dead-letter producer."""
+        check_redis(self.settings, self.redis)
+        ensure_topics(self.settings, self.dead_letter_topics.values())
+        self.producer = Producer(producer_config(self.settings), logger=log)
+
+    def close(self) -> None:
+        if self.producer is not None:
+            self.producer.flush(30)
+
+    def decode(self, by_topic: dict[str, list[RawRecord]]) -> tuple[list[ViewRows], list[DeadLetter]]:
+        """Decode records per topic, judging lateness against each partition's watermark."""
+        if self.stats.first_record_at is None:
+            self.stats.first_record_at = time.monotonic()
+        now_ms = int(time.time() * 1000)
+        batches: list[ViewRows] = []
+        dead: list[DeadLetter] = []
+        for topic, records in by_topic.items():
+            marks = self.watermarks[topic]
+            if marks.needed:
+                for rec in records:
+                    marks.ensure(rec.partition, rec.offset)
+            rows, bad = self.decoders[topic].decode(records, now_ms, marks.newest if marks.needed else None)
+            batches.extend(rows)
+            dead.extend(bad)
+            self.stats.records += len(records)
+            metrics.RECORDS.labels(topic).inc(len(records))
+            self.stats.events += len(records) - sum(1 for d in bad if d.reason != "late")  # late ones are kept, flagged
+        return batches, dead
+
+    def write(self, batches: list[ViewRows], dead: list[DeadLetter]) -> None:
+        """Apply decoded rows online (retrying), buffer them for the history, produce dead letters."""
+        if batches:
+            self.stats.entity_writes += self.with_retry(f"Redis write to {self.settings.redis_display}",
+                                                        lambda: self.online.write(batches))
+            fault_point("after_online_write")
+            visible_at = time.time()
+            metrics.observe_online_batch((metrics.BatchObservation(rows.view, _on_time(rows)) for rows in batches), visible_at)
+            for rows in batches:
+                self.history.append(rows)
+        for d in dead:
+            self.stats.dead_letters[d.reason] = self.stats.dead_letters.get(d.reason, 0) + 1
+            metrics.DEAD_LETTERS.labels(d.topic, d.reason).inc()
+            assert self.producer is not None, "call open() first"
+            self.producer.produce(self.dead_letter_topics[d.topic], value=d.value, key=d.key, headers=dead_letter_headers(d))
+            self.producer.poll(0)
+        self.stats.batches += 1
+
+    def flush(self) -> None:
+        """Make the history and the dead letters of everything applied so far durable."""
+        before = self.history.rows_written
+        self.with_retry(f"history flush to {self.settings.offline_root}", self.history.flush)
+        self.stats.history_rows += self.history.rows_written - before
+        if self.producer is not None:
+            self.with_retry("dead-letter delivery", self._flush_dead_letters)
+
+    def forget(self, topic: str, partition: int) -> None:
+        """A partition moved away: its watermark is recovered again if it comes back."""
+        if topic in self.watermarks:
+            self.watermarks[topic].forget(partition)
+
+    def with_retry(self, what: str, action: Callable[[], T]) -> T:
+        """Run an idempotent write until it succeeds, backing off; give up only when asked to stop."""
+        delay = 0.1
+        while True:
+            try:
+                return action()
+            except (redis.RedisError, OSError, Retryable) as exc:
+                self.stats.retries += 1
+                metrics.RETRIES.labels(what.split(" ")[0]).inc()
+                self.stats.last_error = f"{what}: {exc}"
+                if self.stop_requested.is_set():
+                    raise StoreUnavailable(
+                        f"{what} failed ({exc}) and the processor was asked to stop; "
+                        "the records since the last commit will be processed again on restart"
+                    ) from None
+                log.warning("%s failed (%s); retrying in %.1f s, offsets not advanced", what, exc, delay)
+                self.stop_requested.wait(delay)  # backoff; a stop request ends the wait early
+                delay = min(delay * 2, self.settings.max_retry_backoff_s)
+
+    def _flush_dead_letters(self) -> None:
+        assert self.producer is not None
+        remaining = self.producer.flush(30)
+        if remaining:
+            raise Retryable(f"{remaining} dead letters not yet acknowledged by the broker")
+
+
+def check_redis(settings: Settings, client: redis.Redis | None = None) -> None:
+    """Raise StoreUnavailable with a one-line reason if Redis does not answer."""
+    try:
+        (client or settings.redis_client(socket_connect_timeout=5)).ping()
+    except redis.RedisError as exc:
+        raise StoreUnavailable(f"Redis at {settings.redis_display} is unreachable: {exc}") from None
+
+
+def _on_time(rows: ViewRows) -> list[int]:
+    """Event times of the rows applied online (late ones are not)."""
+    return [t for t, late in zip(rows.ts, rows.late) if not late] if rows.late else rows.ts
+
+
+def _has_views(plan: Plan, source: str) -> bool:
+    return any(v.source == source for v in plan.views)
