@@ -16,6 +16,7 @@ from rich.table import Table
 
 from featurestore.cli.common import RepoOpt, _settings, console, err_console, friendly_errors
 from featurestore.cli.serving import serve, status, tokens_app
+from featurestore.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Streaming feature store: definitions -> Kafka -> Redis + Parquet.")
 registry_app = typer.Typer(no_args_is_help=True, help="Inspect and restore applied registry versions.")
@@ -129,6 +130,9 @@ def run(
     until_caught_up: Annotated[
         bool, typer.Option("--until-caught-up", help="Exit once every record present at start is processed.")
     ] = False,
+    engine: Annotated[
+        str, typer.Option(help="confluent (default: confluent-kafka, fastest) or faust (Faust agents; pip install 'featurestore[faust]').")
+    ] = "confluent",
 ) -> None:
     """Run the stream processors of the applied plan (Ctrl-C stops cleanly)."""
     from featurestore.cli.serving import serve_metrics
@@ -136,14 +140,13 @@ def run(
     from featurestore.registry import FileRegistry
     from featurestore.runtime import ProcessorStats, StreamProcessor
 
+    if engine not in ("confluent", "faust"):
+        raise ConfigError(f"--engine must be confluent or faust, got {engine!r}")
     settings = _settings(repo)
     plan_ = FileRegistry(settings.registry_root).current_plan()
     ensure_importable(repo)
-    processor = StreamProcessor(plan_, settings)
     if settings.metrics_address:
         serve_metrics(settings.metrics_address)
-    previous = signal.signal(signal.SIGINT, lambda *_: processor.stop())
-    signal.signal(signal.SIGTERM, lambda *_: processor.stop())
     started = time.monotonic()
 
     def status(stats: ProcessorStats) -> Table:
@@ -153,14 +156,24 @@ def run(
         return t
 
     console.print(f"Processing {', '.join(s.topic for s in plan_.sources)} as group {settings.consumer_group} "
-                  f"-> {settings.redis_display} + {settings.offline_root}"
+                  f"with the {engine} engine -> {settings.redis_display} + {settings.offline_root}"
                   + (" (until caught up)" if until_caught_up else " (Ctrl-C to stop)"))
-    try:
-        with Live(status(processor.stats), console=console, refresh_per_second=4, transient=False) as live:
-            stats = processor.run(until_caught_up=until_caught_up, on_batch=lambda s: live.update(status(s)))
+    if engine == "faust":
+        from featurestore.runtime.faust_engine import run_faust
+
+        with Live(status(ProcessorStats()), console=console, refresh_per_second=4, transient=False) as live:
+            stats = run_faust(plan_, settings, until_caught_up, on_batch=lambda s: live.update(status(s)))
             live.update(status(stats))
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    else:
+        processor = StreamProcessor(plan_, settings)
+        previous = signal.signal(signal.SIGINT, lambda *_: processor.stop())
+        signal.signal(signal.SIGTERM, lambda *_: processor.stop())
+        try:
+            with Live(status(processor.stats), console=console, refresh_per_second=4, transient=False) as live:
+                stats = processor.run(until_caught_up=until_caught_up, on_batch=lambda s: live.update(status(s)))
+                live.update(status(stats))
+        finally:
+            signal.signal(signal.SIGINT, previous)
     console.print(f"Done: {stats.events:,} events applied, {stats.dead_lettered:,} dead-lettered, "
                   f"{stats.history_rows:,} history rows written.")
 
