@@ -41,11 +41,13 @@ def fault_point(name: str) -> None:
 def crash_loop(
     cmd: list[str], env: dict[str, str], kills: int, seed: int, dangerous: tuple[str, ...] = (),
     random_time: tuple[float, float] = (4.0, 12.0), on_kill: Callable[[str], None] | None = None,
+    run_timeout: float | None = None,
 ) -> dict[str, int]:
     """Run `cmd` (a processor run that exits 0 when caught up) until `kills` runs have been
     SIGKILLed or a run completes, then once more to completion. Runs alternate between a
     fault point (the `dangerous` ones first, then random points at random occurrences) and a
-    kill at a random moment within `random_time` seconds. Returns kills per kind."""
+    kill at a random moment within `random_time` seconds; a run taking longer than
+    `run_timeout` raises subprocess.TimeoutExpired. Returns kills per kind."""
     import random
     import subprocess
 
@@ -72,7 +74,8 @@ def crash_loop(
         else:
             n = attempt // 2
             fault = dangerous[n] if n < len(dangerous) else f"{rnd.choice(POINTS)}:{rnd.randint(1, 3)}"
-            res = subprocess.run(cmd, env={**env, "FEATURESTORE_FAULT": fault}, capture_output=True, text=True)
+            res = subprocess.run(cmd, env={**env, "FEATURESTORE_FAULT": fault}, capture_output=True, text=True,
+                                 timeout=run_timeout)
             if res.returncode == -signal.SIGKILL:
                 kind = fault.split(":")[0]
                 counts[kind] = counts.get(kind, 0) + 1
@@ -84,5 +87,5 @@ def crash_loop(
                 raise RuntimeError(f"run with FEATURESTORE_FAULT={fault!r} failed: {res.stderr[-3000:]}")
         attempt += 1
     if not finished:
-        subprocess.run(cmd, env={**env, "FEATURESTORE_FAULT": ""}, check=True, capture_output=True)
+        subprocess.run(cmd, env={**env, "FEATURESTORE_FAULT": ""}, check=True, capture_output=True, timeout=run_timeout)
     return counts

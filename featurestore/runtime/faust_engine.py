@@ -16,6 +16,7 @@ Mount into an existing Faust app with `FaustEngine(plan, settings).mount(app)`.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import signal as signals
@@ -27,7 +28,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from featurestore import metrics
 from featurestore.config import Settings
-from featurestore.errors import ConfigError
+from featurestore.errors import ConfigError, StoreUnavailable
 from featurestore.faults import fault_point
 from featurestore.plan import Plan
 from featurestore.runtime.applier import BatchApplier, ProcessorStats
@@ -42,12 +43,11 @@ log = logging.getLogger(__name__)
 IDLE_S = 1.0
 
 
-def _faust() -> Any:
+def _faust_module(name: str = "faust") -> Any:
     try:
-        import faust
+        return importlib.import_module(name)
     except ImportError:
         raise ConfigError("the Faust engine needs faust-streaming: pip install 'featurestore[faust]'") from None
-    return faust
 
 
 class FaustEngine:
@@ -72,6 +72,7 @@ class FaustEngine:
         self._targets: dict[tuple[str, int], int] = {}
         self._finished = False
         self._checkpointing: asyncio.Future[None] | None = None
+        self.failure: BaseException | None = None
         self.app: faust.App | None = None
 
     @property
@@ -84,10 +85,11 @@ class FaustEngine:
         self.app = app
         self.applier.open()
         if self.until_caught_up:
-            self._targets = start_watermarks(self.settings, self.applier.topics)
+            self._targets, self._next = start_positions(self.settings, self.applier.topics)
+        crash = _faust_module("mode").CrashingSupervisor  # a failed batch stops the worker: no ack may pass it
         for topic in self.applier.topics:
             channel = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-            app.agent(channel, name=f"featurestore.{topic}")(self._agent(topic))
+            app.agent(channel, name=f"featurestore.{topic}", supervisor_strategy=crash)(self._agent(topic))
         app.timer(0.1, name="featurestore.checkpoint")(self._tick)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_before_shutdown.connect(self._on_shutdown)
@@ -96,21 +98,30 @@ class FaustEngine:
         batch_size, within = self.settings.batch_size, self.settings.batch_timeout_s
 
         async def process(stream: Any) -> None:
-            async for events in stream.noack_take(batch_size, within=within):
-                records = [RawRecord(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
-                async with self._guard():
-                    await asyncio.get_running_loop().run_in_executor(None, self._apply, topic, records)
-                    self._pending.extend(events)
-                    for r in records:
-                        tp = (topic, r.partition)
-                        self._next[tp] = max(self._next.get(tp, 0), r.offset + 1)
-                    self._last_batch_at = time.monotonic()
-                metrics.BATCH_SIZE.observe(len(records))
-                if self.on_batch:
-                    self.on_batch(self.stats)
+            try:
+                async for events in stream.noack_take(batch_size, within=within):
+                    await self._process(topic, events)
+            except Exception as exc:
+                self.failure = exc
+                log.exception("batch of %s failed; stopping the worker (nothing past it is acknowledged)", topic)
+                os.kill(os.getpid(), signals.SIGTERM)
+                raise
 
         process.__name__ = process.__qualname__ = f"featurestore_{topic.replace('-', '_').replace('.', '_')}"
         return process
+
+    async def _process(self, topic: str, events: list[Any]) -> None:
+        records = [RawRecord(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
+        async with self._guard():
+            await asyncio.get_running_loop().run_in_executor(None, self._apply, topic, records)
+            self._pending.extend(events)
+            for r in records:
+                tp = (topic, r.partition)
+                self._next[tp] = max(self._next.get(tp, 0), r.offset + 1)
+            self._last_batch_at = time.monotonic()
+        metrics.BATCH_SIZE.observe(len(records))
+        if self.on_batch:
+            self.on_batch(self.stats)
 
     def _guard(self) -> asyncio.Lock:
         """One batch or checkpoint at a time (agents of several topics share the applier)."""
@@ -167,23 +178,25 @@ class FaustEngine:
         self.applier.close()
 
 
-def start_watermarks(settings: Settings, topics: list[str]) -> dict[tuple[str, int], int]:
-    """High watermarks of every partition now (a lower bound on some brokers, hence IDLE_S)."""
-    consumer = Consumer({**consumer_config(settings), "group.id": f"{settings.consumer_group}-watermarks"})
+def start_positions(settings: Settings, topics: list[str]) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]]:
+    """(high watermark, committed offset of the group) of every partition now.
+
+    Watermarks are a lower bound on some brokers, hence also IDLE_S; committed offsets say
+    where the group resumes, so a group already at the end is caught up at once."""
+    consumer = Consumer({**consumer_config(settings), "group.id": settings.consumer_group})
     try:
         meta = consumer.list_topics(timeout=15)
-        targets = {}
-        for topic in topics:
-            for p in meta.topics[topic].partitions:
-                targets[(topic, p)] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)[1]
-        return targets
+        tps = [TopicPartition(topic, p) for topic in topics for p in meta.topics[topic].partitions]
+        targets = {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=15)[1] for tp in tps}
+        committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(tps, timeout=15) if tp.offset >= 0}
+        return targets, committed
     finally:
         consumer.close()
 
 
 def build_app(settings: Settings) -> faust.App:
     """A Faust app for the plan: consumer group, broker, credentials and batching from the settings."""
-    faust = _faust()
+    faust = _faust_module()
     opts = settings.kafka_options
     return faust.App(
         settings.consumer_group,
@@ -201,7 +214,7 @@ def build_app(settings: Settings) -> faust.App:
 
 def faust_credentials(settings: Settings) -> Any:
     """The TLS/SASL settings as Faust (aiokafka) credentials; None for PLAINTEXT."""
-    faust = _faust()
+    faust = _faust_module()
     opts = settings.kafka_security_options()
     protocol = opts["security.protocol"]
     if protocol == "PLAINTEXT":
@@ -224,7 +237,7 @@ def faust_credentials(settings: Settings) -> Any:
 def run_faust(plan: Plan, settings: Settings, until_caught_up: bool = False,
               on_batch: Callable[[ProcessorStats], None] | None = None) -> ProcessorStats:
     """Run the plan in a Faust worker until SIGINT/SIGTERM (or caught up); returns the counters."""
-    faust = _faust()
+    faust = _faust_module()
     app = build_app(settings)
     engine = FaustEngine(plan, settings, until_caught_up, on_batch)
     engine.mount(app)
@@ -233,5 +246,9 @@ def run_faust(plan: Plan, settings: Settings, until_caught_up: bool = False,
         worker.execute_from_commandline()
     except SystemExit as exc:
         if exc.code not in (0, None):
-            raise
+            raise StoreUnavailable(f"the Faust worker exited with code {exc.code}") from None
+    failure = engine.failure or app.crash_reason
+    if failure is not None:
+        raise StoreUnavailable(f"the Faust worker stopped after a failure: {failure}; "
+                               "unacknowledged records are processed again on restart") from None
     return engine.stats

@@ -102,6 +102,9 @@ def test_faust_engine_equals_the_default_engine(example_repo: Path, services: An
     done = re.findall(r"Done: .*", ran_default.stdout)
     assert done and done == re.findall(r"Done: .*", ran_faust.stdout), (ran_default.stdout, ran_faust.stdout)
 
+    again = cli("run", "--engine", "faust", "--until-caught-up", "--repo", str(faust_repo), env=faust_env)
+    assert again.returncode == 0 and "Done: 0 events applied" in again.stdout, "a group at the end is caught up at once"
+
     client = redis.Redis.from_url(services.redis_url)
     default_state = online_state(client, f"def-{run_id}")
     assert len(default_state) > 60
@@ -133,7 +136,7 @@ def test_faust_engine_exactly_once_through_sigkills(tmp_path: Path, services: An
     cmd = [sys.executable, "-m", "featurestore", "run", "--engine", "faust", "--until-caught-up", "--repo", str(repo)]
     kills = crash_loop(cmd, {**os.environ, **env}, kills=6, seed=3,
                        dangerous=("after_online_write:3", "after_history_commit:1", "before_offset_commit:2"),
-                       random_time=(3.0, 8.0))
+                       random_time=(3.0, 8.0), run_timeout=180)
     assert sum(kills.values()) >= 3, kills
 
     clean_repo = tmp_path / "clean"
