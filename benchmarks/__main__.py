@@ -5,7 +5,8 @@ FEATURESTORE_REDIS_URL), then measures, each beside its raw limit in the same ru
 
 - ingest: `StreamProcessor` (what `featurestore run` executes) over the example plan
   (2 views, 23 features, Redis + Parquet) and over the peers' scenario (1 view: count, sum,
-  last of amount over 1 h) vs a bare confluent-kafka consume of the same topic;
+  last of amount over 1 h) vs a bare confluent-kafka consume of the same topic; the Faust
+  engine (`run --engine faust`) over the example plan, same events, profiled with py-spy;
 - online: `FeatureStore.get_online_features` 1x10 and 100x10 vs a bare redis-py GET / MGET;
 - HTTP: `featurestore serve` (tokens, audit, metrics on) at a fixed request rate, open loop,
   1x10 and 100x10, beside the SDK reading Redis directly and the bare redis-py round trip;
@@ -42,6 +43,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.faust_engine import profile_path, run_engine, summarise_profile  # noqa: E402
 from benchmarks.http_server import bench_http  # noqa: E402
 from featurestore import FeatureStore  # noqa: E402
 from featurestore.compile import compile_repo  # noqa: E402
@@ -87,6 +89,7 @@ class Bench:
         self.args = args
         self.rows: list[dict[str, Any]] = []
         self.failures: list[str] = []
+        self.profile: list[tuple[str, float]] = []
 
     def record(self, scenario: str, who: str, metric: str, values: list[float], unit: str, **extra: Any) -> None:
         self.rows.append({"scenario": scenario, "who": who, "metric": metric, "unit": unit,
@@ -165,6 +168,28 @@ def bench_ingest(b: Bench, ctx: dict[str, Any], rep: int) -> None:
         "offline_path": Path(str(settings.offline_root) + f"-p{rep}"),
     })
     ctx.setdefault("peer_eps", []).append(_run_processor(b, ctx["peer_plan"], peer_settings, n))
+    # the Faust engine over the same plan and events
+    faust_settings = run_settings.model_copy(update={
+        "project": f"{settings.project}-f{rep}", "consumer_group": f"{settings.project}-f{rep}",
+        "offline_path": Path(str(settings.offline_root) + f"-f{rep}"),
+    })
+    profile = profile_path() if rep == 0 else None
+    ctx.setdefault("faust_eps", []).append(run_engine(b, ctx["plan"], faust_settings, n, profile))
+    if profile is not None:
+        ctx["faust_profile"] = summarise_profile(profile)
+    _check_same_online(b, ctx, run_settings, faust_settings)
+
+
+def _check_same_online(b: Bench, ctx: dict[str, Any], a: Any, other: Any) -> None:
+    """Both engines hold the same online values (a sample of users, every user feature)."""
+    users = sorted({r.event["user_id"] for r in ctx["records"] if r.event})[:200]
+    feats = [f"user_payments:{f}" for f in ctx["plan"].view("user_payments").feature_names]
+    rows = [{"user_id": u} for u in users]
+    stores = [FeatureStore(ctx["repo"], settings=s) for s in (a, other)]
+    got = [st.get_online_features(feats, rows, at=ctx["end"]).to_dict() for st in stores]
+    for st in stores:
+        st.close()
+    b.check(got[0] == got[1], "the Faust engine's online values differ from the default engine's")
 
 
 def _run_processor(b: Bench, plan: Any, settings: Any, n: int) -> float:
@@ -313,9 +338,11 @@ def main() -> None:
         for rep in range(args.reps):
             bench_ingest(b, ctx, rep)
             print(f"ingest rep {rep + 1}: ours {ctx['ingest_eps'][-1]:,.0f} ev/s (peer scenario {ctx['peer_eps'][-1]:,.0f}), "
-                  f"raw consume {ctx['raw_eps'][-1]:,.0f} ev/s", flush=True)
+                  f"Faust engine {ctx['faust_eps'][-1]:,.0f} ev/s, raw consume {ctx['raw_eps'][-1]:,.0f} ev/s", flush=True)
         b.record("ingest", "featurestore run (Redis + Parquet)", "events/s", ctx["ingest_eps"], "ev/s")
         b.record("ingest", "bare confluent-kafka consume", "events/s", ctx["raw_eps"], "ev/s")
+        b.record("ingest", "featurestore run --engine faust (Redis + Parquet)", "events/s", ctx["faust_eps"], "ev/s")
+        b.profile = ctx.get("faust_profile", [])
         b.record("ingest, peers' scenario (1 view: count/sum/last 1h)", "featurestore run (Redis + Parquet)", "events/s",
                  ctx["peer_eps"], "ev/s")
         for rep in range(args.reps):
@@ -351,6 +378,9 @@ def report(b: Bench) -> None:
     ours_key, raw_key = ("ingest", "featurestore run (Redis + Parquet)", "events/s"), ("ingest", "bare confluent-kafka consume", "events/s")
     if ours_key in by and raw_key in by:
         ratios.append(f"ingest: ours / bare consume = {by[ours_key] / by[raw_key]:.2f}")
+    faust_key = ("ingest", "featurestore run --engine faust (Redis + Parquet)", "events/s")
+    if ours_key in by and faust_key in by:
+        ratios.append(f"Faust engine / default engine = {by[faust_key] / by[ours_key]:.2f}")
     back_key = ("ingest", "featurestore backfill --materialize (file)", "events/s")
     if ours_key in by and back_key in by:
         ratios.append(f"backfill / streaming = {by[back_key] / by[ours_key]:.2f}")
@@ -361,14 +391,18 @@ def report(b: Bench) -> None:
         http_key = (key, f"feature server HTTP, open loop {rate} req/s", "p99")
         if http_key in by and (key, "featurestore SDK", "p99") in by:
             ratios.append(f"{key} p99: HTTP / SDK direct = {by[http_key] / by[(key, 'featurestore SDK', 'p99')]:.1f}x")
-    lines += ["", "Ratios: " + "; ".join(ratios), "", "Correctness: " + ("all checks passed" if not b.failures else "FAILED")]
+    lines += ["", "Ratios: " + "; ".join(ratios)]
+    if b.profile:
+        lines += ["", "Faust engine profile (py-spy, busy samples by layer): "
+                  + "; ".join(f"{name} {share:.0f}%" for name, share in b.profile)]
+    lines += ["", "Correctness: " + ("all checks passed" if not b.failures else "FAILED")]
     text = "\n".join(lines)
     print("\n" + text)
     b.args.out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     (b.args.out / f"bench-{stamp}.json").write_text(json.dumps(
         {"when": when, "machine": machine, "args": {k: str(v) for k, v in vars(b.args).items()}, "rows": b.rows,
-         "failures": b.failures}, indent=2))
+         "faust_profile": b.profile, "failures": b.failures}, indent=2))
     (b.args.out / "latest.md").write_text(text + "\n")
 
 

@@ -54,6 +54,8 @@ class ProcessorStats:
     started_at: float = field(default_factory=time.monotonic)
     first_record_at: float | None = None
     """time.monotonic() when the first record arrived (after the group join): throughput's start."""
+    caught_up_at: float | None = None
+    """time.monotonic() when --until-caught-up found everything processed and durable: throughput's end."""
 
     @property
     def dead_lettered(self) -> int:

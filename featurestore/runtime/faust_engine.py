@@ -154,8 +154,11 @@ class FaustEngine:
             self._checkpointing = asyncio.ensure_future(self._background_checkpoint())
         if self.until_caught_up and not self._finished and self._caught_up():
             self._finished = True
+            started = time.monotonic()
             await self.checkpoint()
             await self.app.consumer.commit()
+            # the end of the work: the last batch plus the final checkpoint, not the idle wait that detects it
+            self.stats.caught_up_at = self._last_batch_at + (time.monotonic() - started)
             os.kill(os.getpid(), signals.SIGTERM)  # the worker's own graceful stop, as on Ctrl-C
 
     async def _background_checkpoint(self) -> None:

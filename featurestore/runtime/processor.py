@@ -91,6 +91,8 @@ class StreamProcessor:
                 if time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s:
                     self.checkpoint()
                 if until_caught_up and self._caught_up(targets):
+                    self.checkpoint()
+                    self.stats.caught_up_at = time.monotonic()
                     break
         except BaseException:
             failed = True
