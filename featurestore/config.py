@@ -110,17 +110,10 @@ class Settings(BaseSettings):
         """A redis-py client for the online store, with the ACL user, password and TLS settings applied."""
         import redis
 
-        opts: dict[str, Any] = dict(kwargs)
-        if self.redis_username:
-            opts["username"] = self.redis_username
-        if self.redis_password is not None or self.redis_password_file is not None:
-            opts["password"] = _secret(self.redis_password, self.redis_password_file, "redis_password")
-        if self.redis_ssl_ca_certs is not None:
-            opts["ssl_ca_certs"] = str(self.redis_ssl_ca_certs)
-        return redis.Redis.from_url(self.redis_url, **opts)
+        return redis.Redis.from_url(self.redis_url, **self.redis_options(), **kwargs)
 
-    def redis_async_options(self) -> dict[str, Any]:
-        """The same credentials as keyword arguments for redis.asyncio.Redis.from_url."""
+    def redis_options(self) -> dict[str, Any]:
+        """ACL user, password and CA as keyword arguments of redis-py's from_url (sync or asyncio)."""
         opts: dict[str, Any] = {}
         if self.redis_username:
             opts["username"] = self.redis_username

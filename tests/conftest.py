@@ -89,5 +89,31 @@ def overrides(services: Services, tmp_path: Path, run_id: str) -> dict[str, obje
     }
 
 
+def read_dead_letters(bootstrap_servers: str, topic: str, expected: int) -> list[tuple[dict[str, str], bytes]]:
+    """(headers, value) of every dead letter on a topic, read to its end (at least `expected`)."""
+    from confluent_kafka import Consumer, KafkaError
+
+    from featurestore.runtime.dead_letters import read_headers
+
+    if expected == 0:
+        return []
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": f"dlq-{uuid.uuid4().hex[:6]}",
+                         "auto.offset.reset": "earliest", "enable.partition.eof": True, **FAST_GROUP})
+    consumer.subscribe([topic])
+    got: list[tuple[dict[str, str], bytes]] = []
+    try:
+        while True:
+            msg = consumer.poll(30)
+            assert msg is not None, f"only {len(got)} of {expected} dead letters arrived"
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF and len(got) >= expected:
+                    break
+                continue
+            got.append((read_headers(msg.headers()), msg.value()))
+    finally:
+        consumer.close()
+    return got
+
+
 def sanitize(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)

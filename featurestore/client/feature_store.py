@@ -46,12 +46,15 @@ class FeatureStore:
         settings: Settings | None = None,
         server_url: str | None = None,
         token: str | None = None,
+        server_ca_certs: str | None = None,
         **overrides: Any,
     ) -> None:
         self.repo_path = Path(repo_path)
         self.server_url = server_url
         """With a feature server URL, online reads go over HTTP (with `token`, default $FEATURESTORE_TOKEN)."""
         self.token = token if token is not None else os.environ.get("FEATURESTORE_TOKEN")
+        self.server_ca_certs = server_ca_certs
+        """CA bundle for an https:// server_url signed by a private CA (default: the system's)."""
         self._http: FeatureServerClient | None = None
         self.settings = settings.resolved(self.repo_path) if settings else load_settings(self.repo_path, **overrides)
         self.registry = FileRegistry(self.settings.registry_root)
@@ -128,7 +131,7 @@ class FeatureStore:
     def _server(self) -> FeatureServerClient:
         if self._http is None:
             assert self.server_url is not None
-            self._http = FeatureServerClient(self.server_url, token=self.token)
+            self._http = FeatureServerClient(self.server_url, token=self.token, ca_certs=self.server_ca_certs)
         return self._http
 
     # -- offline ----------------------------------------------------------------------

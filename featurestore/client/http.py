@@ -19,12 +19,15 @@ ONLINE_PATH = "/v1/features/online"
 class FeatureServerClient:
     """Keep-alive HTTP client of one feature server; thread-safe (a pool of connections)."""
 
-    def __init__(self, url: str, token: str | None = None, timeout_s: float = 10.0, pool_size: int = 8) -> None:
+    def __init__(
+        self, url: str, token: str | None = None, timeout_s: float = 10.0, pool_size: int = 8, ca_certs: str | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         self._headers = {"Content-Type": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
-        self._pool = urllib3.PoolManager(maxsize=pool_size, timeout=urllib3.Timeout(total=timeout_s), retries=False)
+        self._pool = urllib3.PoolManager(maxsize=pool_size, timeout=urllib3.Timeout(total=timeout_s), retries=False,
+                                         ca_certs=ca_certs)
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         """Send one request; return the decoded JSON answer or raise the matching FeatureStoreError."""

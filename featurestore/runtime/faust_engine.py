@@ -241,6 +241,7 @@ def run_faust(plan: Plan, settings: Settings, until_caught_up: bool = False,
               on_batch: Callable[[ProcessorStats], None] | None = None) -> ProcessorStats:
     """Run the plan in a Faust worker until SIGINT/SIGTERM (or caught up); returns the counters."""
     faust = _faust_module()
+    asyncio.set_event_loop(asyncio.new_event_loop())  # a worker closes its loop when it stops
     app = build_app(settings)
     engine = FaustEngine(plan, settings, until_caught_up, on_batch)
     engine.mount(app)

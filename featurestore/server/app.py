@@ -90,7 +90,7 @@ class FeatureServer:
         self.registry = FileRegistry(settings.registry_root)
         self.tokens = TokenStore(settings.tokens_file) if auth else None
         self.audit = AuditLog(settings.audit_log_file)
-        self.redis = aioredis.Redis.from_url(settings.redis_url, **settings.redis_async_options())
+        self.redis = aioredis.Redis.from_url(settings.redis_url, **settings.redis_options())
         self._plan: Plan | None = None
         self._plan_stamp: int | None = None
         self._plan_checked = 0.0

@@ -11,14 +11,12 @@ import os
 import random
 import re
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 import redis
-from confluent_kafka import Consumer, KafkaError
 
 from featurestore.compile import compile_repo
 from featurestore.config import load_settings
@@ -26,9 +24,9 @@ from featurestore.demo import payment_events, produce_records
 from featurestore.demo.events import DemoEvent
 from featurestore.demo.sequenced import sequenced_events, write_sequenced_repo
 from featurestore.faults import crash_loop
-from featurestore.runtime.dead_letters import ERROR, SOURCE_OFFSET, SOURCE_PARTITION, read_headers
+from featurestore.runtime.dead_letters import ERROR, SOURCE_OFFSET, SOURCE_PARTITION
 from featurestore.runtime.kafka import ensure_topics, producer_config
-from tests.conftest import FAST_GROUP
+from tests.conftest import FAST_GROUP, read_dead_letters
 from tests.integration.test_failures import assert_same_state, history_rows, online_state
 from tests.unit.test_cli import cli
 
@@ -46,24 +44,9 @@ def _engine_env(services: Any, name: str) -> dict[str, str]:
 
 
 def _dead_letters(settings: Any, topic: str, expected: int) -> list[tuple[str, int, int, bytes]]:
-    """(reason, source partition, source offset, value) of every dead letter on a topic, read to its end."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": f"dlq-{uuid.uuid4().hex[:6]}",
-                         "auto.offset.reset": "earliest", "enable.partition.eof": True, **FAST_GROUP})
-    consumer.subscribe([topic])
-    got: set[tuple[str, int, int, bytes]] = set()  # at least once: duplicates collapse
-    try:
-        while True:
-            msg = consumer.poll(30)
-            assert msg is not None, f"only {len(got)} of {expected} dead letters arrived"
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF and len(got) >= expected:
-                    break
-                continue
-            h = read_headers(msg.headers())
-            got.add((h[ERROR], int(h[SOURCE_PARTITION]), int(h[SOURCE_OFFSET]), msg.value()))
-    finally:
-        consumer.close()
-    return sorted(got)
+    """(reason, source partition, source offset, value) of every dead letter (at least once: duplicates collapse)."""
+    got = read_dead_letters(settings.kafka_bootstrap_servers, topic, expected)
+    return sorted({(h[ERROR], int(h[SOURCE_PARTITION]), int(h[SOURCE_OFFSET]), value) for h, value in got})
 
 
 def test_faust_engine_equals_the_default_engine(example_repo: Path, services: Any, run_id: str, tmp_path: Path) -> None:

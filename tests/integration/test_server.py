@@ -25,7 +25,7 @@ from featurestore import FeatureStore
 from featurestore.compile import compile_repo
 from featurestore.config import load_settings
 from featurestore.demo import payment_events, produce_records
-from featurestore.errors import AuthError
+from featurestore.errors import AuthError, StoreUnavailable
 from featurestore.runtime.kafka import ensure_topics, producer_config
 from tests.unit.test_cli import cli
 
@@ -337,3 +337,64 @@ def test_openapi_document_and_bad_bodies(deployment: Deployment) -> None:
     assert resp.status == 400 and "must be int" in orjson.loads(resp.data)["error"]["message"]
     last = _audit_lines(deployment)[-1]
     assert last["status"] == 400 and last["path"] == "/v1/features/online" and last["token_id"] == deployment.token_ids["user_reader"]
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.timezone.utc)
+    import ipaddress
+
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp / "cert.pem", tmp / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def test_https(deployment: Deployment, tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "featurestore", "serve", "--repo", str(deployment.repo), "--port", str(port),
+         "--tls-cert", str(cert), "--tls-key", str(key)],
+        env={**os.environ, **deployment.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    https = urllib3.PoolManager(ca_certs=str(cert), retries=False)
+    url = f"https://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if server.poll() is not None:
+            raise AssertionError(f"server exited: {server.stderr.read() if server.stderr else ''}")
+        try:
+            return https.request("GET", url + "/v1/health").status == 200
+        except urllib3.exceptions.HTTPError:
+            return False
+
+    try:
+        wait_for(up, 30, "the HTTPS server")
+        token = deployment.tokens["user_reader"]
+        resp = https.request("GET", url + "/v1/registry", headers={"Authorization": f"Bearer {token}"})
+        assert resp.status == 200 and [v["name"] for v in orjson.loads(resp.data)["views"]] == ["user_payments"]
+        remote = FeatureStore(deployment.repo, server_url=url, token=token)
+        with pytest.raises(StoreUnavailable, match="CERTIFICATE_VERIFY_FAILED"):  # an unknown CA is refused
+            remote.get_online_features(FEATURES, [{"user_id": 1}])
+        remote.close()
+        trusted = FeatureStore(deployment.repo, server_url=url, token=token, server_ca_certs=str(cert))
+        assert trusted.get_online_features(FEATURES, [{"user_id": 1}]).status("amount_count_1d") in (["present"], ["not_found"])
+        trusted.close()
+        with pytest.raises(urllib3.exceptions.HTTPError):
+            urllib3.request("GET", f"http://127.0.0.1:{port}/v1/health", retries=False)
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=20)

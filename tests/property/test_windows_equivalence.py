@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 import redis
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Producer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,10 +33,10 @@ from featurestore.offline.point_in_time import point_in_time_features
 from featurestore.online.reader import OnlineReader, ViewRequest
 from featurestore.plan import Plan
 from featurestore.runtime.backfill import Backfill
-from featurestore.runtime.dead_letters import ERROR, read_headers
+from featurestore.runtime.dead_letters import ERROR
 from featurestore.runtime.kafka import ensure_topics, producer_config
 from featurestore.runtime.processor import StreamProcessor
-from tests.conftest import FAST_GROUP, Services
+from tests.conftest import FAST_GROUP, Services, read_dead_letters
 from tests.property.reference import Agg, Event, aggregate, close, late_flags
 
 pytestmark = pytest.mark.integration
@@ -360,25 +360,8 @@ def test_streaming_equals_backfill(stream: tuple[list[Any], list[int]], plan: Pl
 
 
 def _dead_letters(settings_: Any, topic: str, expected: int) -> list[tuple[str, bytes]]:
-    """Every dead letter on the topic (read to its end; at least `expected` of them)."""
-    if expected == 0:
-        return []
-    consumer = Consumer({"bootstrap.servers": settings_.kafka_bootstrap_servers, "group.id": f"dlq-{uuid.uuid4().hex[:6]}",
-                         "auto.offset.reset": "earliest", "enable.partition.eof": True, **FAST_GROUP})
-    consumer.subscribe([topic])
-    got: list[tuple[str, bytes]] = []
-    try:
-        while True:
-            msg = consumer.poll(30)
-            assert msg is not None, f"only {len(got)} of {expected} dead letters arrived"
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF and len(got) >= expected:
-                    break
-                continue
-            got.append((read_headers(msg.headers())[ERROR], msg.value()))
-    finally:
-        consumer.close()
-    return sorted(got)
+    """(reason, value) of every dead letter on the topic."""
+    return sorted((h[ERROR], value) for h, value in read_dead_letters(settings_.kafka_bootstrap_servers, topic, expected))
 
 
 # -- lateness decisions survive crashes ----------------------------------------------------------
