@@ -81,7 +81,7 @@ def serve(
     uvicorn.run(
         "featurestore.server.app:app_from_environment", factory=True, host=host, port=port, workers=workers,
         log_level="warning", access_log=False, ssl_certfile=str(tls_cert) if tls_cert else None,
-        ssl_keyfile=str(tls_key) if tls_key else None, timeout_keep_alive=30,
+        ssl_keyfile=str(tls_key) if tls_key else None, timeout_keep_alive=30, timeout_graceful_shutdown=10,
     )
 
 

@@ -396,5 +396,8 @@ def test_https(deployment: Deployment, tmp_path: Path) -> None:
         with pytest.raises(urllib3.exceptions.HTTPError):
             urllib3.request("GET", f"http://127.0.0.1:{port}/v1/health", retries=False)
     finally:
+        https.clear()
+        stopping = time.monotonic()
         server.send_signal(signal.SIGINT)
-        server.wait(timeout=20)
+        server.wait(timeout=30)
+    assert time.monotonic() - stopping < 15, "the server stops within its graceful-shutdown timeout"
