@@ -111,8 +111,11 @@ def _walk(repo: Path, n_events: int, console: Console) -> None:
     t0 = time.perf_counter()
     resp = store.get_online_features(ONLINE_FEATURES, rows)
     ms = (time.perf_counter() - t0) * 1000
-    console.print(_table(resp.to_dict(), f"5. Online features ({len(rows)} entities, one Redis round trip, {ms:.2f} ms; "
-                                           "user 999999 is unknown)"))
+    shown = resp.to_dict()
+    shown["user status"] = resp.status("amount_sum_1h")  # freshness travels with every value
+    shown["user newest event"] = [f"{s.total_seconds():,.0f} s ago" if s is not None else "-" for s in resp.staleness("amount_sum_1h")]
+    console.print(_table(shown, f"5. Online features ({len(rows)} entities, one Redis round trip, {ms:.2f} ms; "
+                                "user 999999 is unknown)"))
 
     rnd = random.Random(1)
     stamps = [end - dt.timedelta(minutes=m) for m in (150, 90, 30, 0)]
