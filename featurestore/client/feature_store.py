@@ -138,19 +138,21 @@ class FeatureStore:
     def get_historical_features(
         self,
         entity_df: pd.DataFrame | pa.Table,
-        features: Sequence[str],
+        features: Sequence[str] | None = None,
         timestamp_column: str = "event_timestamp",
         full_feature_names: bool = False,
         mode: str = "corrected",
+        service: str | None = None,
     ) -> TrainingSet:
         """Point-in-time correct features for each entity row as of its timestamp.
 
         `mode="corrected"` (default): every event by event time, late ones included.
         `mode="as_served"`: what the online store held at each timestamp: events processed
-        after it, or dropped as later than the view's allowed lateness, are absent."""
+        after it, or dropped as later than the view's allowed lateness, are absent.
+        `service=` names a feature service instead of `features`."""
         if mode not in MODES:
             raise FeatureRequestError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        resolved = self._resolve(features)
+        resolved = self._resolve(features, service)
         names = output_names(resolved, full_feature_names)
         table = _as_table(entity_df)
         if timestamp_column not in table.column_names:

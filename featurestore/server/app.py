@@ -340,9 +340,9 @@ def create_app(server: FeatureServer) -> FastAPI:
         table = _entity_table(body)
         audit.entities = table.num_rows
         store = FeatureStore(settings=server.settings)
-        features = body.features or [] if body.service is None else _service_features(server.plan, body.service)
         result = await run_in_threadpool(
-            store.get_historical_features, table, features, body.timestamp_column, body.full_feature_names, body.mode
+            store.get_historical_features, table, body.features, body.timestamp_column, body.full_feature_names, body.mode,
+            body.service,
         )
         out = result.to_arrow()
         columns = {name: out.column(name).to_pylist() for name in out.column_names}
@@ -434,13 +434,6 @@ def _entity_table(body: HistoricalRequest) -> pa.Table:
         return pa.table(columns)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise FeatureRequestError(f"entity columns: {exc}") from None
-
-
-def _service_features(plan: Plan, name: str) -> list[str]:
-    try:
-        return plan.service(name).features
-    except KeyError:
-        raise FeatureRequestError(f"unknown feature service {name!r}") from None
 
 
 def _describe(view: ViewPlan) -> dict[str, Any]:
