@@ -43,8 +43,13 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.faust_engine import profile_path, run_engine, summarise_profile  # noqa: E402
+from benchmarks.faust_engine import run_engine  # noqa: E402
+from benchmarks.freshness import bench_freshness  # noqa: E402
 from benchmarks.http_server import bench_http  # noqa: E402
+from benchmarks.materialize import bench_materialize  # noqa: E402
+from benchmarks.plot import plot  # noqa: E402
+from benchmarks.profiling import profile_path, profiled, summarise_profile  # noqa: E402
+from benchmarks.resources import measured  # noqa: E402
 from featurestore import FeatureStore  # noqa: E402
 from featurestore.compile import compile_repo  # noqa: E402
 from featurestore.compile.loader import ensure_importable  # noqa: E402
@@ -89,9 +94,13 @@ class Bench:
         self.args = args
         self.rows: list[dict[str, Any]] = []
         self.failures: list[str] = []
-        self.profile: list[tuple[str, float]] = []
+        self.profiles: dict[str, list[tuple[str, float]]] = {}
 
-    def record(self, scenario: str, who: str, metric: str, values: list[float], unit: str, **extra: Any) -> None:
+    def record(self, scenario: str, who: str, metric: str, values: list[float], unit: str,
+               usage: list[dict[str, float]] | None = None, **extra: Any) -> None:
+        """One table row; `usage`: per run CPU s / peak RSS MB / Redis CPU s (medians reported)."""
+        if usage:
+            extra.update({k: statistics.median(u[k] for u in usage) for k in usage[0]})
         self.rows.append({"scenario": scenario, "who": who, "metric": metric, "unit": unit,
                           "median": statistics.median(values), "min": min(values), "max": max(values),
                           "runs": len(values), **extra})
@@ -132,7 +141,7 @@ def setup(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> dict[str,
     events_file = tmp / "events.jsonl"
     events_file.write_bytes(b"\n".join(r.value for r in records) + b"\n")
     return {"repo": repo, "settings": settings, "plan": plan, "topic": topic, "records": records, "end": end,
-            "events_file": events_file, "peer_plan": peer_plan}
+            "events_file": events_file, "peer_plan": peer_plan, "peer_repo": peer_repo, "tmp": tmp}
 
 
 def bench_ingest(b: Bench, ctx: dict[str, Any], rep: int) -> None:
@@ -161,20 +170,31 @@ def bench_ingest(b: Bench, ctx: dict[str, Any], rep: int) -> None:
         "offline_path": Path(str(settings.offline_root) + f"-r{rep}"),
     })
     ctx["ingest_settings"] = run_settings
-    ctx.setdefault("ingest_eps", []).append(_run_processor(b, ctx["plan"], run_settings, n))
+    client = redis.Redis.from_url(settings.redis_url)
+    profile = profile_path() if rep == 0 else None
+    with measured(client) as usage, profiled(profile):
+        ctx.setdefault("ingest_eps", []).append(_run_processor(b, ctx["plan"], run_settings, n))
+    if profile is not None:
+        ctx["ingest_profile"] = summarise_profile(profile)
+    ctx.setdefault("ingest_usage", []).append(usage.as_dict())
     ctx.setdefault("raw_eps", []).append(got / max(raw_secs, 1e-9))
     peer_settings = run_settings.model_copy(update={
         "project": f"{settings.project}-p{rep}", "consumer_group": f"{settings.project}-p{rep}",
         "offline_path": Path(str(settings.offline_root) + f"-p{rep}"),
     })
-    ctx.setdefault("peer_eps", []).append(_run_processor(b, ctx["peer_plan"], peer_settings, n))
+    with measured(client) as usage:
+        ctx.setdefault("peer_eps", []).append(_run_processor(b, ctx["peer_plan"], peer_settings, n))
+    ctx.setdefault("peer_usage", []).append(usage.as_dict())
     # the Faust engine over the same plan and events
     faust_settings = run_settings.model_copy(update={
         "project": f"{settings.project}-f{rep}", "consumer_group": f"{settings.project}-f{rep}",
         "offline_path": Path(str(settings.offline_root) + f"-f{rep}"),
     })
     profile = profile_path() if rep == 0 else None
-    ctx.setdefault("faust_eps", []).append(run_engine(b, ctx["plan"], faust_settings, n, profile))
+    with measured(client) as usage:
+        ctx.setdefault("faust_eps", []).append(run_engine(b, ctx["plan"], faust_settings, n, profile))
+    ctx.setdefault("faust_usage", []).append(usage.as_dict())
+    client.close()
     if profile is not None:
         ctx["faust_profile"] = summarise_profile(profile)
     _check_same_online(b, ctx, run_settings, faust_settings)
@@ -325,11 +345,14 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=None)
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--entity-rows", type=int, default=None)
+    parser.add_argument("--freshness", default="", help="comma-separated produce rates (ev/s) of the freshness runs")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     args.events = args.events or (20_000 if args.quick else 300_000)
     args.reps = args.reps or (1 if args.quick else 3)
     args.entity_rows = args.entity_rows or (2_000 if args.quick else 100_000)
+    args.freshness_rates = [int(r) for r in args.freshness.split(",")] if args.freshness else (
+        [500] if args.quick else [1_000, 10_000, 50_000])
     b = Bench(args)
     env, env_started = services_from_env_or_start()
     tmp = Path(tempfile.mkdtemp(prefix="featurestore-bench-"))
@@ -339,17 +362,31 @@ def main() -> None:
             bench_ingest(b, ctx, rep)
             print(f"ingest rep {rep + 1}: ours {ctx['ingest_eps'][-1]:,.0f} ev/s (peer scenario {ctx['peer_eps'][-1]:,.0f}), "
                   f"Faust engine {ctx['faust_eps'][-1]:,.0f} ev/s, raw consume {ctx['raw_eps'][-1]:,.0f} ev/s", flush=True)
-        b.record("ingest", "featurestore run (Redis + Parquet)", "events/s", ctx["ingest_eps"], "ev/s")
+        b.record("ingest", "featurestore run (Redis + Parquet)", "events/s", ctx["ingest_eps"], "ev/s", ctx["ingest_usage"])
         b.record("ingest", "bare confluent-kafka consume", "events/s", ctx["raw_eps"], "ev/s")
-        b.record("ingest", "featurestore run --engine faust (Redis + Parquet)", "events/s", ctx["faust_eps"], "ev/s")
-        b.profile = ctx.get("faust_profile", [])
+        b.record("ingest", "featurestore run --engine faust (Redis + Parquet)", "events/s", ctx["faust_eps"], "ev/s",
+                 ctx["faust_usage"])
+        b.profiles = {"default engine": ctx.get("ingest_profile", []), "Faust engine": ctx.get("faust_profile", [])}
         b.record("ingest, peers' scenario (1 view: count/sum/last 1h)", "featurestore run (Redis + Parquet)", "events/s",
-                 ctx["peer_eps"], "ev/s")
+                 ctx["peer_eps"], "ev/s", ctx["peer_usage"])
         for rep in range(args.reps):
             bench_backfill(b, ctx, rep)
             print(f"backfill rep {rep + 1}: {ctx['backfill_eps'][-1]:,.0f} ev/s", flush=True)
         b.record("ingest", "featurestore backfill --materialize (file)", "events/s", ctx["backfill_eps"], "ev/s")
+        for rep in range(args.reps):
+            bench_materialize(b, ctx, rep)
+            ours, raw, rows, keys, _, _ = ctx["materialize"][-1]
+            print(f"materialize rep {rep + 1}: {rows:,} history rows replayed in {ours:.1f} s; "
+                  f"latest-per-key floor {raw:.1f} s ({keys:,} keys)", flush=True)
+        runs = ctx["materialize"]
+        label = f"load {runs[0][2]:,} history rows into Redis"
+        b.record(label, "featurestore rebuild-online (replay: windows + exactly-once)", "seconds", [r[0] for r in runs], "s",
+                 [r[4] for r in runs])
+        b.record(label, "DuckDB latest per key + pipelined HSET (no windows)", "seconds", [r[1] for r in runs], "s",
+                 [r[5] for r in runs])
         bench_storage(b, ctx)
+        for rate in args.freshness_rates:
+            bench_freshness(b, ctx, rate, 5 if args.quick else 20, pct)
         bench_online(b, ctx)
         bench_http(b, ctx, FEATURES_10, pct)
         bench_training(b, ctx)
@@ -368,11 +405,13 @@ def report(b: Bench) -> None:
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"Run {when} on {machine}; {b.args.events:,} events, {b.args.reps} repetition(s)"
              + (" (--quick)" if b.args.quick else ""), "",
-             "| scenario | who | metric | median | min–max | runs |", "| --- | --- | --- | --- | --- | --- |"]
+             "| scenario | who | metric | median | min–max | runs | CPU s | peak RSS MB | Redis CPU s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in b.rows:
         fmt = (lambda v: f"{v:,.0f}") if r["unit"] in ("ev/s", "bytes", "fields") else (lambda v: f"{v:.3f}")
+        extra = " | ".join(f"{r[k]:,.1f}" if k in r else "" for k in ("cpu_s", "peak_rss_mb", "redis_cpu_s"))
         lines.append(f"| {r['scenario']} | {r['who']} | {r['metric']} ({r['unit']}) | {fmt(r['median'])} | "
-                     f"{fmt(r['min'])}–{fmt(r['max'])} | {r['runs']} |")
+                     f"{fmt(r['min'])}–{fmt(r['max'])} | {r['runs']} | {extra} |")
     ratios = []
     by = {(r["scenario"], r["who"], r["metric"]): r["median"] for r in b.rows}
     ours_key, raw_key = ("ingest", "featurestore run (Redis + Parquet)", "events/s"), ("ingest", "bare confluent-kafka consume", "events/s")
@@ -392,9 +431,10 @@ def report(b: Bench) -> None:
         if http_key in by and (key, "featurestore SDK", "p99") in by:
             ratios.append(f"{key} p99: HTTP / SDK direct = {by[http_key] / by[(key, 'featurestore SDK', 'p99')]:.1f}x")
     lines += ["", "Ratios: " + "; ".join(ratios)]
-    if b.profile:
-        lines += ["", "Faust engine profile (py-spy, busy samples by layer): "
-                  + "; ".join(f"{name} {share:.0f}%" for name, share in b.profile)]
+    for engine, profile in b.profiles.items():
+        if profile:
+            lines += ["", f"{engine} profile (py-spy, busy samples of this process by layer): "
+                      + "; ".join(f"{name} {share:.0f}%" for name, share in profile)]
     lines += ["", "Correctness: " + ("all checks passed" if not b.failures else "FAILED")]
     text = "\n".join(lines)
     print("\n" + text)
@@ -402,8 +442,10 @@ def report(b: Bench) -> None:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     (b.args.out / f"bench-{stamp}.json").write_text(json.dumps(
         {"when": when, "machine": machine, "args": {k: str(v) for k, v in vars(b.args).items()}, "rows": b.rows,
-         "faust_profile": b.profile, "failures": b.failures}, indent=2))
+         "profiles": b.profiles, "failures": b.failures}, indent=2))
     (b.args.out / "latest.md").write_text(text + "\n")
+    plotted = plot(b.rows, b.args.out / "latest.png", f"{when}, {machine}")
+    print(f"plot: {plotted}" if plotted else "plot: skipped (pip install matplotlib, or the [bench] extra)")
 
 
 if __name__ == "__main__":

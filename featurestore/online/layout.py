@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from featurestore.online.keys import tile_prefix
 from featurestore.plan import ViewPlan
@@ -29,7 +30,7 @@ class TileSet:
     def lifetime(self) -> bool:
         return self.max_window_ms is None
 
-    @property
+    @cached_property
     def prefix(self) -> str:
         return tile_prefix(self.key, self.tile_ms, self.lifetime)
 

@@ -1,7 +1,7 @@
 -- Apply one batch of updates to one entity hash (KEYS[1]) atomically and idempotently.
 --
--- ARGV[1] is one payload: tokens each terminated by the byte 0x1F. It holds groups, one
--- per source partition whose events touched this entity, then an optional trim:
+-- ARGV holds the tokens of the updates: groups, one per source partition whose events
+-- touched this entity, then an optional trim:
 --   G p first last             : a group of events from partition p, offsets first..last
 --     R ts p o n name1 val1 ... : row features, applied only if (ts,p,o) is newer than the stored (_ts,_p,_o)
 --     C field n                 : add to a tile count
@@ -26,10 +26,7 @@
 -- applied: the script changes nothing and returns {'partial', p, mark, ...} so the caller
 -- resends only the events above each mark. Otherwise it returns {'ok', groups applied}.
 local key = KEYS[1]
-local args = {}
-for tok in string.gmatch(ARGV[1], '([^\31]*)\31') do
-  args[#args + 1] = tok
-end
+local args = ARGV
 local n = #args
 
 local function newer(ts, p, o, ots, op, oo)
@@ -120,7 +117,22 @@ end
 
 -- merging one statistic into a field (shared by updates and lifetime folding)
 local function add_exact(f, xs)
-  local p = parse_exact(cur[f])
+  local raw = cur[f]
+  if #xs == 1 then
+    -- fast path: a stored single value (or none) plus one value is the pair (hi, lo) of a two-sum
+    local a = 0
+    if raw ~= nil and raw ~= false then a = tonumber(raw) end
+    if a ~= nil then
+      local x = xs[1]
+      local hi = a + x
+      local bv = hi - a
+      local lo = (a - (hi - bv)) + (x - bv)
+      if hi ~= hi or hi == math.huge or hi == -math.huge then lo = 0 end
+      if lo == 0 then put(f, fmt(hi)) else put(f, fmt(hi) .. ' ' .. fmt(lo)) end
+      return
+    end
+  end
+  local p = parse_exact(raw)
   for _, x in ipairs(xs) do p = grow(p, x) end
   local parts = {}
   for j, v in ipairs(canonical(p)) do parts[j] = fmt(v) end

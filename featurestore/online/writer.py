@@ -2,7 +2,7 @@
 
 The batch is first reduced in Python: per entity and source partition, the newest event
 (for row-level features and TTL) and per tile the statistics its aggregations need.
-Each entity's updates travel as a single payload argument. The script keeps, per entity
+Each entity's updates travel as the tokens of one script call. The script keeps, per entity
 and partition, the highest offset applied, so replaying a batch (after a crash or by a
 former owner of the partition) changes nothing: every event takes effect exactly once.
 """
@@ -16,15 +16,15 @@ from typing import Any
 import orjson
 import redis
 
-from featurestore.online.keys import entity_key, row_field, tile_field
+from featurestore.online.keys import entity_key, row_field
 from featurestore.online.layout import LIFETIME_EXTRA_TILES, TileSet, fields_per_entity, tile_sets
+from featurestore.online.streaming import ScriptStream
 from featurestore.plan import Plan, ViewPlan
 from featurestore.plan.windows import LIFETIME_BASE_INDEX
 from featurestore.records import ViewRows
 
 _PIPELINE_CHUNK = 2000
 _MAX_RESENDS = 5
-SEP = "\x1f"  # token separator of the payload; JSON escapes control characters, so values never contain it
 
 
 def _num(x: Any) -> str:
@@ -49,7 +49,7 @@ class OnlineWriter:
         self.views = {v.name: v for v in plan.views}
         self.skew_ms = max_future_skew_ms
         lua = resources.files("featurestore.online").joinpath("tiles.lua").read_text()
-        self._script = client.register_script(lua)
+        self._calls = ScriptStream(client, lua, _PIPELINE_CHUNK)
         self._tile_sets = {v.name: tile_sets(v) for v in plan.views}
         self._limits = {
             v.name: int(fields_per_entity(v, max_future_skew_ms + (v.allowed_lateness_ms or 0)) * 1.5) + 8 for v in plan.views
@@ -90,19 +90,17 @@ class OnlineWriter:
                         ent = entities[key] = _Entity()
                     ent.groups.setdefault(p, []).append(i)
                 work.extend((view, rows, key, ent) for key, ent in entities.items())
-        for start in range(0, len(work), _PIPELINE_CHUNK):
-            self._apply(work[start : start + _PIPELINE_CHUNK])
+        self._apply(work)
         return len(work)
 
     def _apply(self, work: list[tuple[ViewPlan, ViewRows, tuple[Any, ...], _Entity]]) -> None:
         pending = [(view, rows, key, ent.groups) for view, rows, key, ent in work]
         for _ in range(_MAX_RESENDS):
-            pipe = self.client.pipeline(transaction=False)
-            for view, rows, key, groups in pending:
-                payload = self._payload(view, rows, groups)
-                self._script(keys=[entity_key(self.project, view.name, key)], args=[payload], client=pipe)
+            replies = self._calls.run(pending, self._call)
             retry = []
-            for (view, rows, key, groups), reply in zip(pending, pipe.execute()):
+            for (view, rows, key, groups), reply in zip(pending, replies):
+                if isinstance(reply, Exception):
+                    raise reply
                 status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
                 if status == "ok":
                     applied = int(reply[1])
@@ -120,7 +118,11 @@ class OnlineWriter:
             pending = retry
         raise RuntimeError(f"online writes kept conflicting for {len(pending)} entities; is another writer replaying?")
 
-    def _payload(self, view: ViewPlan, rows: ViewRows, groups: dict[int, list[int]]) -> str:
+    def _call(self, item: tuple[ViewPlan, ViewRows, tuple[Any, ...], dict[int, list[int]]]) -> tuple[str, list[str]]:
+        view, rows, key, groups = item
+        return entity_key(self.project, view.name, key), self._payload(view, rows, groups)
+
+    def _payload(self, view: ViewPlan, rows: ViewRows, groups: dict[int, list[int]]) -> list[str]:
         sets = self._tile_sets[view.name]
         tokens: list[str] = []
         for p, idxs in groups.items():
@@ -129,16 +131,19 @@ class OnlineWriter:
             newest = max(idxs, key=lambda i: (rows.ts[i], rows.offset[i]))
             tokens += ["R", str(rows.ts[newest]), str(p), str(rows.offset[newest]), str(len(view.row_features))]
             for f in view.row_features:
-                tokens += [row_field(f.name), orjson.dumps(rows.values[f.name][newest]).decode()]
+                tokens += [row_field(f.name), _json(rows.values[f.name][newest])]
             for tset in sets:
                 tokens += _tile_tokens(tset, rows, idxs)
         tokens += self._trim[view.name]
-        return SEP.join(tokens) + SEP
+        return tokens
 
 
 def exact_partials(values: Sequence[Any]) -> list[str]:
     """The exact sum of `values` as a count and non-overlapping float partials (Shewchuk's
     msum): the Lua script adds them to a tile without rounding."""
+    if len(values) == 1:
+        x = values[0]
+        return ["1", str(int(x)) if isinstance(x, int) else repr(float(x))]
     if all(isinstance(v, int) for v in values):  # ints and bools: exact already
         return ["1", str(int(sum(values)))]
     partials: list[float] = []
@@ -162,20 +167,31 @@ def _order_key(rows: ViewRows, i: int) -> tuple[int, int, int]:
     return (rows.ts[i], rows.partition[i], rows.offset[i])
 
 
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
 def _tile_tokens(tset: TileSet, rows: ViewRows, idxs: Sequence[int]) -> list[str]:
     """Tokens updating the tiles of one tile set with the events `idxs` of one group."""
-    col, tile_ms, stats = rows.values[tset.column], tset.tile_ms, tset.stats
+    col, tile_ms, ts = rows.values[tset.column], tset.tile_ms, rows.ts
     where = rows.values[tset.where] if tset.where is not None else None
     per_tile: dict[int, list[int]] = {}
     for i in idxs:
         if col[i] is None or (where is not None and where[i] is not True):
             continue
-        per_tile.setdefault(-((-rows.ts[i]) // tile_ms) - 1, []).append(i)
+        idx = -((-ts[i]) // tile_ms) - 1
+        members = per_tile.get(idx)
+        if members is None:
+            per_tile[idx] = [i]
+        else:
+            members.append(i)
     tokens: list[str] = []
+    prefix = tset.prefix
     for idx, members in per_tile.items():
+        base = f"{prefix}|{idx}|"
         values = [col[i] for i in members]
-        for stat in stats:
-            field = tile_field(tset.prefix, idx, stat)
+        for stat in tset.stats:
+            field = base + stat
             if stat == "c":
                 tokens += ["C", field, str(len(values))]
             elif stat == "s":
@@ -187,15 +203,17 @@ def _tile_tokens(tset: TileSet, rows: ViewRows, idxs: Sequence[int]) -> list[str
             elif stat == "M":
                 tokens += ["M", field, _num(max(values))]
             elif stat in "lf":
-                pick = max if stat == "l" else min
-                i = pick(members, key=lambda j: _order_key(rows, j))
-                ts, p, o = _order_key(rows, i)
-                tokens += [stat.upper(), field, str(ts), str(p), str(o), orjson.dumps(col[i]).decode()]
+                if len(members) == 1:
+                    i = members[0]
+                else:
+                    pick = max if stat == "l" else min
+                    i = pick(members, key=lambda j: _order_key(rows, j))
+                tokens += [stat.upper(), field, str(ts[i]), str(rows.partition[i]), str(rows.offset[i]), _json(col[i])]
             elif stat == "n":
                 newest = sorted(members, key=lambda j: _order_key(rows, j), reverse=True)[: tset.last_n]
-                items = [[*_order_key(rows, j), orjson.dumps(col[j]).decode()] for j in newest]
-                tokens += ["N", field, str(tset.last_n), orjson.dumps(items).decode()]
+                items = [[*_order_key(rows, j), _json(col[j])] for j in newest]
+                tokens += ["N", field, str(tset.last_n), _json(items)]
             elif stat == "d":
-                distinct = sorted({orjson.dumps(v).decode() for v in values})
+                distinct = sorted({_json(v) for v in values})
                 tokens += ["H", field, str(len(distinct)), *distinct]
     return tokens

@@ -83,7 +83,7 @@ class StreamProcessor:
         failed = False
         try:
             while not self._stop.is_set():
-                msgs = consumer.consume(self.settings.batch_size, self.settings.batch_timeout_s)
+                msgs = self._take(consumer)
                 if msgs:
                     self._process(msgs)
                     if on_batch:
@@ -146,6 +146,19 @@ class StreamProcessor:
         for p in partitions:
             self._eof.pop((p.topic, p.partition), None)
             self.applier.forget(p.topic, p.partition)
+
+    def _take(self, consumer: Consumer) -> list[Message]:
+        """What the consumer holds now, up to batch_size; when it holds nothing, wait up to
+        batch_timeout_s for the first record. Under load the batches are large (records queue
+        while the previous batch is applied); when idle a record waits for nothing."""
+        size = self.settings.batch_size
+        msgs = consumer.consume(size, 0)
+        if msgs:
+            return msgs
+        first = consumer.poll(self.settings.batch_timeout_s)
+        if first is None:
+            return []
+        return [first, *consumer.consume(size - 1, 0)] if size > 1 else [first]
 
     def _process(self, msgs: list[Message]) -> None:
         by_topic: dict[str, list[RawRecord]] = {}

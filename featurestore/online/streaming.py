@@ -1,0 +1,80 @@
+"""Send many calls of one Lua script on one Redis connection, overlapping Python and Redis.
+
+A redis-py pipeline builds every command, sends them, then waits for every reply, so
+Python and Redis take turns. `ScriptStream` sends the calls in chunks and reads a chunk's
+replies only after the next chunk has been built and sent: Redis runs one chunk while
+Python builds the next. At most two chunks are in flight, so replies never fill the socket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import redis
+from hiredis import pack_command
+from redis.exceptions import NoScriptError, ResponseError
+
+T = TypeVar("T")
+
+
+class ScriptStream:
+    """Runs a registered Lua script over many (keys, args) calls, `chunk` calls per send."""
+
+    def __init__(self, client: redis.Redis, lua: str, chunk: int = 1000) -> None:
+        self.client = client
+        self.lua = lua
+        self.sha: str | None = None  # loaded on first use
+        self.chunk = chunk
+
+    def run(self, items: Sequence[T], call: Callable[[T], tuple[str, list[str]]]) -> list[Any]:
+        """Replies of `call(item)` → (key, script arguments) for every item, in order. A reply that is a
+        Redis error is returned as the exception; a lost connection raises."""
+        if self.sha is None:
+            self.sha = self.client.script_load(self.lua)
+        try:
+            return self._run(items, call)
+        except NoScriptError:  # Redis restarted or flushed its scripts: load again, run again
+            self.sha = self.client.script_load(self.lua)
+            return self._run(items, call)
+
+    def _run(self, items: Sequence[T], call: Callable[[T], tuple[str, list[str]]]) -> list[Any]:
+        sha = self.sha
+        assert sha is not None
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        replies: list[Any] = []
+        in_flight = 0
+        ok = False
+        try:
+            for chunk in _chunks(items, self.chunk):
+                packed = [pack_command(("EVALSHA", sha, "1", key, *args)) for key, args in map(call, chunk)]  # type: ignore[arg-type]
+                conn.send_packed_command(packed, check_health=False)
+                if in_flight:
+                    replies.extend(_read(conn, in_flight))
+                in_flight = len(packed)
+            replies.extend(_read(conn, in_flight))
+            ok = True
+        finally:
+            if not ok:
+                conn.disconnect()  # unread replies would answer the next user's commands
+            pool.release(conn)
+        for reply in replies:
+            if isinstance(reply, NoScriptError):
+                raise reply
+        return replies
+
+
+def _read(conn: Any, n: int) -> list[Any]:
+    out: list[Any] = []
+    for _ in range(n):
+        try:
+            out.append(conn.read_response())
+        except ResponseError as exc:
+            out.append(exc)
+    return out
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
