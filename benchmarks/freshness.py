@@ -104,13 +104,15 @@ def bench_freshness(b: Any, ctx: dict[str, Any], rate: int, seconds: float, pct:
            "FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
            "FEATURESTORE_REGISTRY_PATH": str(registry), "FEATURESTORE_OFFLINE_PATH": str(ctx["tmp"] / f"offline-{run}"),
            "FEATURESTORE_CONSUMER_GROUP": project, "FEATURESTORE_KAFKA_OPTIONS": '{"session.timeout.ms": 6000}'}
-    proc = subprocess.Popen([sys.executable, "-m", "featurestore", "run", "--repo", str(repo)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = ctx["tmp"] / f"run-{run}.log"
+    with log.open("wb") as out:  # the child keeps its own handle
+        proc = subprocess.Popen([sys.executable, "-m", "featurestore", "run", "--repo", str(repo)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=out)
     store = FeatureStore(repo, settings=settings.model_copy(update={"project": project, "registry_path": registry}))
     feature = [f"user_txn:{name}" for name in plan.view("user_txn").feature_names if "last" in name]
     try:
         conf = {**producer_config(settings), "linger.ms": 5}
-        _wait_for_processor(store, feature, conf, topic, proc)
+        _wait_for_processor(store, feature, conf, topic, proc, log)
         load = _Load(conf, topic, rate, seconds)
         cpu0, _ = _proc_usage(proc.pid)
         load.start()
@@ -147,7 +149,7 @@ def bench_freshness(b: Any, ctx: dict[str, Any], rate: int, seconds: float, pct:
 
 
 def _wait_for_processor(store: FeatureStore, feature: list[str], conf: dict[str, Any], topic: str,
-                        proc: subprocess.Popen[bytes]) -> None:
+                        proc: subprocess.Popen[bytes], log: Path) -> None:
     """Produce a warm-up probe until the processor (group join included) makes it readable."""
     producer = Producer(conf)
     ts = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
@@ -156,7 +158,7 @@ def _wait_for_processor(store: FeatureStore, feature: list[str], conf: dict[str,
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"featurestore run exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+            raise RuntimeError(f"featurestore run exited: {log.read_text()[-2000:]}")
         got = store.get_online_features(feature, [{"user_id": PROBE_USER}]).to_dict()[feature[0].split(":")[1]][0]
         if got is not None:
             return

@@ -39,7 +39,9 @@ class Settings(BaseSettings):
     registry_path: Path | None = Field(None, description="Registry folder; default <repo>/.featurestore/registry.")
     consumer_group: str = Field("", description="Kafka consumer group; default featurestore-<project>.")
     batch_size: int = Field(20_000, gt=0, description="Maximum records the processor takes per batch.")
-    batch_timeout_s: float = Field(0.2, gt=0, description="Default engine: longest wait for the first record when none is queued (a batch is what is queued, up to batch_size); Faust engine: longest wait for a batch to fill.")
+    batch_timeout_s: float = Field(0.2, gt=0, description=(
+        "Default engine: longest wait for a first record when none is queued (a batch is what is "
+        "queued, up to batch_size); Faust engine: longest wait for a batch to fill."))
     checkpoint_interval_s: float = Field(5.0, gt=0, description="Parquet flush + offset commit interval.")
     max_record_bytes: int = Field(1024 * 1024, gt=0, description="Larger records are dead-lettered as oversized.")
     max_retry_backoff_s: float = Field(5.0, gt=0, description="Longest wait between retries of a failed write.")

@@ -204,17 +204,27 @@ class HistoryWriter:
         if len(rows):
             self._buffer.setdefault(rows.view, []).append(rows)
 
+    def take(self) -> dict[str, list[ViewRows]]:
+        """Hand over the buffered rows (to flush_taken, maybe in another thread); appends go to a new buffer."""
+        taken, self._buffer = self._buffer, {}
+        return taken
+
     def flush(self) -> list[Path]:
         """Write every buffered row not yet committed; returns the files written."""
+        written = self.flush_taken(self._buffer)
+        self._buffer.clear()
+        return written
+
+    def flush_taken(self, buffer: dict[str, list[ViewRows]]) -> list[Path]:
+        """Write rows handed over by take() (idempotent: a retry after a failure writes nothing twice)."""
         written: list[Path] = []
-        for view, batches in self._buffer.items():
+        for view, batches in buffer.items():
             table = self._table(view, batches)
             for topic in pc.unique(table["_topic"]).to_pylist():
                 in_topic = table.filter(pc.equal(table["_topic"], topic))
                 for partition in sorted(pc.unique(in_topic["_partition"]).to_pylist()):
                     part = in_topic.filter(pc.equal(in_topic["_partition"], partition))
                     written += self._commit_partition(view, topic, partition, part)
-        self._buffer.clear()
         return written
 
     def _commit_partition(self, view: str, topic: str, partition: int, table: pa.Table) -> list[Path]:

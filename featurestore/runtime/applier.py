@@ -136,8 +136,12 @@ class BatchApplier:
 
     def flush(self) -> None:
         """Make the history and the dead letters of everything applied so far durable."""
+        self.flush_taken(self.history.take())
+
+    def flush_taken(self, buffer: dict[str, list[ViewRows]]) -> None:
+        """Make history rows handed over by `history.take()` durable, and every dead letter produced so far."""
         before = self.history.rows_written
-        self.with_retry(f"history flush to {self.settings.offline_root}", self.history.flush)
+        self.with_retry(f"history flush to {self.settings.offline_root}", lambda: self.history.flush_taken(buffer))
         self.stats.history_rows += self.history.rows_written - before
         if self.producer is not None:
             self.with_retry("dead-letter delivery", self._flush_dead_letters)

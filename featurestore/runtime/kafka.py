@@ -18,6 +18,7 @@ FAST_FETCH: dict[str, Any] = {
     "max.partition.fetch.bytes": 8 * 1024 * 1024,
     "fetch.max.bytes": 64 * 1024 * 1024,
     "queued.min.messages": 200_000,
+    "fetch.wait.max.ms": 10,
 }
 _CONSUMER_ONLY = (
     "max.partition.fetch.bytes", "fetch.", "queued.", "session.", "heartbeat.", "group.",

@@ -2,7 +2,9 @@
 
 Checkpoint order (one place): Parquet history committed per partition -> dead letters
 flushed to Kafka -> consumer offsets committed. Online writes happen per batch, before
-the checkpoint that covers them. A crash anywhere replays the uncommitted records, and
+the checkpoint that covers them. Periodic checkpoints run in a worker thread on what was
+processed when they started, while the next batches are applied (one at a time);
+rebalances, the end of a run and stops checkpoint synchronously. A crash anywhere replays the uncommitted records, and
 both stores ignore what they already hold (per-entity applied offsets in Redis, per-
 partition committed offsets in the history), so every event takes effect exactly once.
 Dead letters are produced at least once (their headers identify the source record).
@@ -18,6 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import cast
 
 import redis
@@ -50,6 +53,8 @@ class StreamProcessor:
         self._eof: dict[tuple[str, int], int] = {}
         self._last_checkpoint = time.monotonic()
         self._consumer: Consumer | None = None
+        self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._pending_checkpoint: Future[None] | None = None
 
     @property
     def stats(self) -> ProcessorStats:
@@ -89,7 +94,7 @@ class StreamProcessor:
                     if on_batch:
                         on_batch(self.stats)
                 if time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s:
-                    self.checkpoint()
+                    self._checkpoint_in_background()
                 if until_caught_up and self._caught_up(targets):
                     self.checkpoint()
                     self.stats.caught_up_at = time.monotonic()
@@ -105,6 +110,7 @@ class StreamProcessor:
                     raise
                 log.exception("final checkpoint failed; uncommitted records will be reprocessed")
             finally:
+                self._checkpointer.shutdown(wait=True)
                 consumer.close()
                 self.applier.close()
         return self.stats
@@ -196,13 +202,12 @@ class StreamProcessor:
     def _write(self, batches: list[ViewRows], dead: list[DeadLetter]) -> None:
         self.applier.write(batches, dead)
 
-    def _commit_offsets(self) -> None:
+    def _commit_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
         """Commit; a non-retriable failure (the partitions moved in a rebalance) drops the
         offsets: the new owner replays from the last commit and the stores skip what they hold."""
         assert self._consumer is not None
-        offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            self._consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             if err is not None and hasattr(err, "retriable") and err.retriable():
@@ -210,12 +215,32 @@ class StreamProcessor:
             log.warning("offset commit failed (%s); the next owner of these partitions replays them", exc)
 
     def checkpoint(self) -> None:
-        """Make everything processed durable, then commit the offsets that cover it."""
-        self.applier.flush()
-        if self._offsets and self._consumer is not None:
+        """Make everything processed durable, then commit the offsets that cover it (waits)."""
+        self._wait_for_checkpoint()
+        self._checkpoint(self.history.take(), self._take_offsets())
+
+    def _checkpoint_in_background(self) -> None:
+        """The periodic checkpoint: what is processed so far is handed to a worker thread and
+        made durable there while the next batches are applied (one checkpoint at a time)."""
+        self._wait_for_checkpoint()
+        self._pending_checkpoint = self._checkpointer.submit(self._checkpoint, self.history.take(), self._take_offsets())
+        self._last_checkpoint = time.monotonic()
+
+    def _wait_for_checkpoint(self) -> None:
+        """Wait for the background checkpoint, if one runs; its failure is raised here."""
+        pending, self._pending_checkpoint = self._pending_checkpoint, None
+        if pending is not None:
+            pending.result()
+
+    def _take_offsets(self) -> dict[tuple[str, int], int]:
+        offsets, self._offsets = self._offsets, {}
+        return offsets
+
+    def _checkpoint(self, history: dict[str, list[ViewRows]], offsets: dict[tuple[str, int], int]) -> None:
+        self.applier.flush_taken(history)
+        if offsets and self._consumer is not None:
             fault_point("before_offset_commit")
-            self.applier.with_retry("offset commit", self._commit_offsets)
-            self._offsets.clear()
+            self.applier.with_retry("offset commit", lambda: self._commit_offsets(offsets))
         self._last_checkpoint = time.monotonic()
         self.stats.checkpoints += 1
         metrics.CHECKPOINTS.inc()
