@@ -13,10 +13,17 @@ FEATURESTORE_REDIS_URL), then measures, each beside its raw limit in the same ru
 - training: `get_historical_features` vs a hand-written DuckDB ASOF JOIN of the same history;
 - backfill: `featurestore backfill --materialize` (the `Backfill` job) over the same events
   from a JSON lines file vs streaming them (the ingest figure), and the same online values;
-- storage: Redis fields and bytes per entity of each view after ingest.
+- storage: Redis fields and bytes per entity of each view after ingest;
+- materialize: `rebuild-online`'s replay of the Parquet history into Redis vs DuckDB
+  latest-per-key + pipelined HSET (benchmarks.materialize);
+- freshness: produce → readable with `get_online_features`, through `featurestore run`
+  as its own process, at fixed produce rates (benchmarks.freshness).
 
 Every scenario checks a sample of its results against an independent computation and
-reports a wrong answer as a failure. Prints a markdown table and writes JSON next to it.
+reports a wrong answer as a failure. Ingest, materialize and training rows carry the CPU
+seconds and peak RSS of the measured process and Redis's CPU seconds; the default and
+Faust engines are profiled with py-spy on the first repetition. Prints a markdown table,
+writes JSON and a PNG plot (with matplotlib: the [bench] extra) to benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -263,34 +270,45 @@ def bench_online(b: Bench, ctx: dict[str, Any]) -> None:
 def bench_training(b: Bench, ctx: dict[str, Any]) -> None:
     settings = ctx["ingest_settings"]
     store = FeatureStore(ctx["repo"], settings=settings)
-    rows = ctx["records"][:: max(1, len(ctx["records"]) // b.args.entity_rows)]
+    events = [r for r in ctx["records"] if r.event]
+    rows = [events[i % len(events)] for i in range(0, b.args.entity_rows * 7, 7)]  # each event's instant, cycled
     entity_df = pd.DataFrame({
-        "user_id": [r.event["user_id"] for r in rows if r.event],
-        "event_timestamp": [pd.Timestamp(r.event["ts"]) for r in rows if r.event],
+        "user_id": [r.event["user_id"] for r in rows],
+        "event_timestamp": [pd.Timestamp(r.event["ts"]) for r in rows],
     })
-    ours, raw = [], []
+    ours, raw, ours_usage, raw_usage = [], [], [], []
     for _ in range(b.args.reps):
-        t0 = time.perf_counter()
-        result = store.get_historical_features(entity_df, FEATURES_10).to_arrow()
-        ours.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        con = duckdb.connect()
-        con.register("entity_df", entity_df)
-        glob = history_glob(settings.offline_root, "user_payments")
-        asof = con.sql(
-            f"""SELECT e.user_id, e.event_timestamp, h.last_merchant, h.last_country, h.amount_eur
-                FROM entity_df e ASOF LEFT JOIN read_parquet('{glob}', hive_partitioning=true) h
-                ON e.user_id = h.user_id AND e.event_timestamp >= h.event_timestamp""")
-        raw_table = getattr(asof, "to_arrow_table", None) or asof.arrow
-        raw_rows = raw_table().num_rows
-        raw.append(time.perf_counter() - t0)
+        with measured() as usage:
+            t0 = time.perf_counter()
+            result = store.get_historical_features(entity_df, FEATURES_10).to_arrow()
+            ours.append(time.perf_counter() - t0)
+        ours_usage.append(usage.as_dict())
+        with measured() as usage:
+            raw_rows = _raw_asof(entity_df, settings, raw)
+        raw_usage.append(usage.as_dict())
     b.check(result.num_rows == len(entity_df) == raw_rows, "training set lost or added rows")
     # every row is at one of its own events, so the count in the 1h window is at least 1
     b.check(min(result["amount_count_1h"].to_pylist()) >= 1, "a row does not see its own event")
     label = f"training set {len(entity_df):,} rows"
-    b.record(label, "featurestore (10 features, 7 windowed)", "seconds", ours, "s")
-    b.record(label, "DuckDB ASOF JOIN (3 last-value columns)", "seconds", raw, "s")
+    b.record(label, "featurestore (10 features, 7 windowed)", "seconds", ours, "s", ours_usage)
+    b.record(label, "DuckDB ASOF JOIN (3 last-value columns)", "seconds", raw, "s", raw_usage)
     store.close()
+
+
+def _raw_asof(entity_df: pd.DataFrame, settings: Any, times: list[float]) -> int:
+    """The raw floor: one hand-written ASOF JOIN of the history; appends its time, returns its rows."""
+    t0 = time.perf_counter()
+    con = duckdb.connect()
+    con.register("entity_df", entity_df)
+    glob = history_glob(settings.offline_root, "user_payments")
+    asof = con.sql(
+        f"""SELECT e.user_id, e.event_timestamp, h.last_merchant, h.last_country, h.amount_eur
+            FROM entity_df e ASOF LEFT JOIN read_parquet('{glob}', hive_partitioning=true) h
+            ON e.user_id = h.user_id AND e.event_timestamp >= h.event_timestamp""")
+    raw_table = getattr(asof, "to_arrow_table", None) or asof.arrow
+    raw_rows = raw_table().num_rows
+    times.append(time.perf_counter() - t0)
+    return int(raw_rows)
 
 
 def bench_backfill(b: Bench, ctx: dict[str, Any], rep: int) -> None:
@@ -350,7 +368,7 @@ def main() -> None:
     args = parser.parse_args()
     args.events = args.events or (20_000 if args.quick else 300_000)
     args.reps = args.reps or (1 if args.quick else 3)
-    args.entity_rows = args.entity_rows or (2_000 if args.quick else 100_000)
+    args.entity_rows = args.entity_rows or (2_000 if args.quick else 1_000_000)
     args.freshness_rates = [int(r) for r in args.freshness.split(",")] if args.freshness else (
         [500] if args.quick else [1_000, 10_000, 50_000])
     b = Bench(args)
@@ -430,6 +448,12 @@ def report(b: Bench) -> None:
         http_key = (key, f"feature server HTTP, open loop {rate} req/s", "p99")
         if http_key in by and (key, "featurestore SDK", "p99") in by:
             ratios.append(f"{key} p99: HTTP / SDK direct = {by[http_key] / by[(key, 'featurestore SDK', 'p99')]:.1f}x")
+    mat = [r for r in b.rows if r["scenario"].startswith("load ")]
+    if len(mat) == 2:
+        ratios.append(f"materialize: replay / latest-per-key floor = {mat[0]['median'] / mat[1]['median']:.1f}x")
+    train = [r for r in b.rows if r["scenario"].startswith("training set")]
+    if len(train) == 2:
+        ratios.append(f"training: ours / raw ASOF = {train[0]['median'] / train[1]['median']:.1f}x")
     lines += ["", "Ratios: " + "; ".join(ratios)]
     for engine, profile in b.profiles.items():
         if profile:

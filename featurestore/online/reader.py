@@ -61,9 +61,12 @@ class _Acc:
         if stat == "c":
             self.count += int(raw)
         elif stat == "s":  # an exact sum, as "hi lo ..." (see tiles.lua)
-            self.sums.extend(float(x) for x in raw.split())
+            if b" " in raw:
+                self.sums.extend(map(float, raw.split()))
+            else:
+                self.sums.append(float(raw))
         elif stat == "q":
-            self.squares.extend(float(x) for x in raw.split())
+            self.squares.extend(map(float, raw.split()))
         elif stat == "m":
             x = float(raw)
             self.lo = x if self.lo is None or x < self.lo else self.lo
