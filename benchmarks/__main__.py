@@ -5,7 +5,8 @@ FEATURESTORE_REDIS_URL), then measures, each beside its raw limit in the same ru
 
 - ingest: `StreamProcessor` (what `featurestore run` executes) over the example plan
   (2 views, 23 features, Redis + Parquet) and over the peers' scenario (1 view: count, sum,
-  last of amount over 1 h) vs a bare confluent-kafka consume of the same topic; the Faust
+  last of amount over 1 h) vs a bare confluent-kafka consume of the same topic, and Quix
+  Streams on the same topic in its own venv (benchmarks.peers; --no-peers skips it); the Faust
   engine (`run --engine faust`) over the example plan, same events, profiled with py-spy;
 - online: `FeatureStore.get_online_features` 1x10 and 100x10 vs a bare redis-py GET / MGET;
 - HTTP: `featurestore serve` (tokens, audit, metrics on) at a fixed request rate, open loop,
@@ -54,6 +55,7 @@ from benchmarks.faust_engine import run_engine  # noqa: E402
 from benchmarks.freshness import bench_freshness  # noqa: E402
 from benchmarks.http_server import bench_http  # noqa: E402
 from benchmarks.materialize import bench_materialize  # noqa: E402
+from benchmarks.peers import run_quix  # noqa: E402
 from benchmarks.plot import plot  # noqa: E402
 from benchmarks.profiling import profile_path, profiled, summarise_profile  # noqa: E402
 from benchmarks.resources import measured  # noqa: E402
@@ -204,6 +206,11 @@ def bench_ingest(b: Bench, ctx: dict[str, Any], rep: int) -> None:
     client.close()
     if profile is not None:
         ctx["faust_profile"] = summarise_profile(profile)
+    if b.args.peers:
+        quix = run_quix(b, ctx, rep)
+        if quix is not None:
+            ctx.setdefault("quix_eps", []).append(quix[0])
+            ctx.setdefault("quix_usage", []).append({"cpu_s": quix[1]})
     _check_same_online(b, ctx, run_settings, faust_settings)
 
 
@@ -363,6 +370,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=None)
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--entity-rows", type=int, default=None)
+    parser.add_argument("--no-peers", dest="peers", action="store_false",
+                        help="skip the peers run in their own venvs (benchmarks/.venvs, made once from PyPI)")
     parser.add_argument("--freshness", default="", help="comma-separated produce rates (ev/s) of the freshness runs")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
@@ -387,6 +396,10 @@ def main() -> None:
         b.profiles = {"default engine": ctx.get("ingest_profile", []), "Faust engine": ctx.get("faust_profile", [])}
         b.record("ingest, peers' scenario (1 view: count/sum/last 1h)", "featurestore run (Redis + Parquet)", "events/s",
                  ctx["peer_eps"], "ev/s", ctx["peer_usage"])
+        if ctx.get("quix_eps"):
+            b.record("ingest, peers' scenario (1 view: count/sum/last 1h)",
+                     "Quix Streams (own venv; RocksDB + changelog, Redis sink)", "events/s", ctx["quix_eps"], "ev/s",
+                     ctx["quix_usage"])
         for rep in range(args.reps):
             bench_backfill(b, ctx, rep)
             print(f"backfill rep {rep + 1}: {ctx['backfill_eps'][-1]:,.0f} ev/s", flush=True)
@@ -454,6 +467,11 @@ def report(b: Bench) -> None:
     train = [r for r in b.rows if r["scenario"].startswith("training set")]
     if len(train) == 2:
         ratios.append(f"training: ours / raw ASOF = {train[0]['median'] / train[1]['median']:.1f}x")
+    quix = ("ingest, peers' scenario (1 view: count/sum/last 1h)", "Quix Streams (own venv; RocksDB + changelog, Redis sink)",
+            "events/s")
+    ours_peer = ("ingest, peers' scenario (1 view: count/sum/last 1h)", "featurestore run (Redis + Parquet)", "events/s")
+    if quix in by and ours_peer in by:
+        ratios.append(f"peers' scenario: ours / Quix Streams = {by[ours_peer] / by[quix]:.2f}")
     lines += ["", "Ratios: " + "; ".join(ratios)]
     for engine, profile in b.profiles.items():
         if profile:
