@@ -109,7 +109,7 @@ def bench_freshness(b: Any, ctx: dict[str, Any], rate: int, seconds: float, pct:
         proc = subprocess.Popen([sys.executable, "-m", "featurestore", "run", "--repo", str(repo)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=out)
     store = FeatureStore(repo, settings=settings.model_copy(update={"project": project, "registry_path": registry}))
-    feature = [f"user_txn:{name}" for name in plan.view("user_txn").feature_names if "last" in name]
+    feature = next(f"user_txn:{name}" for name in plan.view("user_txn").feature_names if "last" in name)
     try:
         conf = {**producer_config(settings), "linger.ms": 5}
         _wait_for_processor(store, feature, conf, topic, proc, log)
@@ -119,7 +119,7 @@ def bench_freshness(b: Any, ctx: dict[str, Any], rate: int, seconds: float, pct:
         seen: dict[int, float] = {}
         deadline = time.perf_counter() + seconds + 15
         while time.perf_counter() < deadline and (load.is_alive() or len(seen) < len(load.sent)):
-            value = store.get_online_features(feature, [{"user_id": PROBE_USER}]).to_dict()[feature[0].split(":")[1]][0]
+            value = _probe_value(store, feature)
             now = time.perf_counter()
             if value is not None:
                 for s in range(1, int(value) + 1):
@@ -148,7 +148,12 @@ def bench_freshness(b: Any, ctx: dict[str, Any], rate: int, seconds: float, pct:
               f"p99 {pct(lags, 0.99):.0f} ms, max {max(lags):.0f} ms, mean {statistics.mean(lags):.0f} ms", flush=True)
 
 
-def _wait_for_processor(store: FeatureStore, feature: list[str], conf: dict[str, Any], topic: str,
+def _probe_value(store: FeatureStore, feature: str) -> Any:
+    """The probe user's last amount online (None before its first event)."""
+    return store.get_online_features([feature], [{"user_id": PROBE_USER}]).to_dict()[feature.split(":")[1]][0]
+
+
+def _wait_for_processor(store: FeatureStore, feature: str, conf: dict[str, Any], topic: str,
                         proc: subprocess.Popen[bytes], log: Path) -> None:
     """Produce a warm-up probe until the processor (group join included) makes it readable."""
     producer = Producer(conf)
@@ -159,8 +164,7 @@ def _wait_for_processor(store: FeatureStore, feature: list[str], conf: dict[str,
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"featurestore run exited: {log.read_text()[-2000:]}")
-        got = store.get_online_features(feature, [{"user_id": PROBE_USER}]).to_dict()[feature[0].split(":")[1]][0]
-        if got is not None:
+        if _probe_value(store, feature) is not None:
             return
         time.sleep(0.1)  # polling for the group join
     raise RuntimeError("the processor did not apply the warm-up event within 90 s")

@@ -25,7 +25,7 @@ from featurestore.compile import compile_repo
 from featurestore.config import load_settings
 from featurestore.demo import payment_events, produce_records
 from featurestore.runtime.kafka import ensure_topics, producer_config
-from tests.integration.test_server import free_port, wait_for
+from tests.integration.test_server import free_port, server_answers, wait_for
 from tests.unit.test_cli import cli
 
 pytestmark = pytest.mark.integration
@@ -87,7 +87,8 @@ def test_processor_and_server_under_least_privilege_users(example_repo: Path, se
         )
         try:
             url = f"http://127.0.0.1:{port}"
-            wait_for(lambda: _ready(url, server), 30, "the server to be ready")
+            probe = urllib3.PoolManager(retries=False)
+            wait_for(lambda: server_answers(server, probe, url), 30, "the server to be ready")
             users = sorted({r.event["user_id"] for r in records if r.event})
             body = {"features": ["user_payments:amount_count_1d", "user_payments:amount_sum_1d"], "entities": {"user_id": users}}
             resp = urllib3.request("POST", url + "/v1/features/online", body=orjson.dumps(body),
@@ -114,12 +115,3 @@ def test_processor_and_server_under_least_privilege_users(example_repo: Path, se
     finally:
         admin.execute_command("ACL", "DELUSER", proc_user, srv_user)
         admin.close()
-
-
-def _ready(url: str, server: subprocess.Popen[str]) -> bool:
-    if server.poll() is not None:
-        raise AssertionError(f"server exited: {server.stderr.read() if server.stderr else ''}")
-    try:
-        return urllib3.request("GET", url + "/v1/ready", retries=False).status == 200
-    except urllib3.exceptions.HTTPError:
-        return False

@@ -40,6 +40,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def server_answers(server: subprocess.Popen[str], http: urllib3.PoolManager, url: str, path: str = "/v1/ready") -> bool:
+    """The `featurestore serve` child answers 200 on `path` (raises if it exited)."""
+    if server.poll() is not None:
+        raise AssertionError(f"server exited: {server.stderr.read() if server.stderr else ''}")
+    try:
+        return http.request("GET", url + path).status == 200
+    except urllib3.exceptions.HTTPError:
+        return False
+
+
 def wait_for(condition: Any, timeout: float, what: str) -> Any:
     """Poll `condition` until it returns a truthy value (a condition, not a fixed sleep)."""
     deadline = time.monotonic() + timeout
@@ -128,15 +138,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, services: Any) -> Itera
         url = f"http://127.0.0.1:{port}"
         http = urllib3.PoolManager(retries=False)
 
-        def ready() -> bool:
-            if server.poll() is not None:
-                raise AssertionError(f"server exited: {server.stderr.read() if server.stderr else ''}")
-            try:
-                return http.request("GET", url + "/v1/ready").status == 200
-            except urllib3.exceptions.HTTPError:
-                return False
-
-        wait_for(ready, 30, "the feature server to be ready")
+        wait_for(lambda: server_answers(server, http, url), 30, "the feature server to be ready")
         direct = FeatureStore(repo)
         try:
             yield Deployment(repo, env, url, records, tokens, ids, settings.audit_log_file, direct)
@@ -373,16 +375,8 @@ def test_https(deployment: Deployment, tmp_path: Path) -> None:
     https = urllib3.PoolManager(ca_certs=str(cert), retries=False)
     url = f"https://127.0.0.1:{port}"
 
-    def up() -> bool:
-        if server.poll() is not None:
-            raise AssertionError(f"server exited: {server.stderr.read() if server.stderr else ''}")
-        try:
-            return https.request("GET", url + "/v1/health").status == 200
-        except urllib3.exceptions.HTTPError:
-            return False
-
     try:
-        wait_for(up, 30, "the HTTPS server")
+        wait_for(lambda: server_answers(server, https, url, "/v1/health"), 30, "the HTTPS server")
         token = deployment.tokens["user_reader"]
         resp = https.request("GET", url + "/v1/registry", headers={"Authorization": f"Bearer {token}"})
         assert resp.status == 200 and [v["name"] for v in orjson.loads(resp.data)["views"]] == ["user_payments"]
