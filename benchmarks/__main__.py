@@ -36,6 +36,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +44,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import duckdb
+import numpy as np
 import pandas as pd
 import redis
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -55,7 +56,7 @@ from benchmarks.faust_engine import run_engine  # noqa: E402
 from benchmarks.freshness import bench_freshness  # noqa: E402
 from benchmarks.http_server import bench_http  # noqa: E402
 from benchmarks.materialize import bench_materialize  # noqa: E402
-from benchmarks.peers import run_quix  # noqa: E402
+from benchmarks.peers import run_feast, run_quix  # noqa: E402
 from benchmarks.plot import plot  # noqa: E402
 from benchmarks.profiling import profile_path, profiled, summarise_profile  # noqa: E402
 from benchmarks.resources import measured  # noqa: E402
@@ -65,7 +66,6 @@ from featurestore.compile.loader import ensure_importable  # noqa: E402
 from featurestore.config import load_settings  # noqa: E402
 from featurestore.demo import payment_events, produce_records  # noqa: E402
 from featurestore.embedded.services import services_from_env_or_start  # noqa: E402
-from featurestore.offline.history import history_glob  # noqa: E402
 from featurestore.registry import FileRegistry  # noqa: E402
 from featurestore.runtime import StreamProcessor  # noqa: E402
 from featurestore.runtime.kafka import FAST_FETCH, ensure_topics, producer_config  # noqa: E402
@@ -275,47 +275,54 @@ def bench_online(b: Bench, ctx: dict[str, Any]) -> None:
 
 
 def bench_training(b: Bench, ctx: dict[str, Any]) -> None:
+    """Ours and the raw ASOF join, each in its own process (benchmarks.training_job), on
+    entity rows at the events' own instants; then once at 10x the rows (full runs)."""
+    events = [r.event for r in ctx["records"] if r.event]
+    users = np.array([e["user_id"] for e in events], dtype=np.int64)
+    stamps = pd.to_datetime([e["ts"] for e in events], utc=True, format="ISO8601")
+    sizes = [b.args.entity_rows] if b.args.quick else [b.args.entity_rows, 10 * b.args.entity_rows]
+    for size in sizes:
+        pick = np.arange(0, size * 7, 7) % len(events)  # each event's instant, cycled
+        entity_df = pd.DataFrame({"user_id": users[pick], "event_timestamp": stamps[pick]})
+        path = ctx["tmp"] / f"entity_df_{size}.parquet"
+        entity_df.to_parquet(path)
+        if size == b.args.entity_rows:
+            ctx["entity_df"] = entity_df
+        del entity_df
+        runs: dict[str, list[dict[str, Any]]] = {"ours": [], "raw": []}
+        for _ in range(b.args.reps if size == b.args.entity_rows else 1):
+            for who in ("ours", "raw"):
+                result = _training_job(ctx, path, who)
+                if result is None:
+                    b.check(False, f"training set of {size:,} rows ({who}) failed")
+                    return
+                runs[who].append(result)
+        for who, results in runs.items():
+            b.check(all(r["rows"] == size for r in results), f"training set ({who}) lost or added rows")
+        # every row is at one of its own events, so the count in the 1h window is at least 1
+        b.check(min(r["min_count_1h"] for r in runs["ours"]) >= 1, "a training row does not see its own event")
+        label = f"training set {size:,} rows"
+        for who, name in (("ours", "featurestore (10 features, 7 windowed)"), ("raw", "DuckDB ASOF JOIN (3 last-value columns)")):
+            b.record(label, name, "seconds", [r["seconds"] for r in runs[who]], "s",
+                     [{"cpu_s": r["cpu_s"], "peak_rss_mb": r["peak_rss_mb"]} for r in runs[who]])
+        print(f"training {size:,} rows: ours {runs['ours'][-1]['seconds']:.1f} s / {runs['ours'][-1]['peak_rss_mb']:,.0f} MB, "
+              f"raw ASOF {runs['raw'][-1]['seconds']:.1f} s / {runs['raw'][-1]['peak_rss_mb']:,.0f} MB", flush=True)
+
+
+def _training_job(ctx: dict[str, Any], entity_df: Path, who: str) -> dict[str, Any] | None:
     settings = ctx["ingest_settings"]
-    store = FeatureStore(ctx["repo"], settings=settings)
-    events = [r for r in ctx["records"] if r.event]
-    rows = [events[i % len(events)] for i in range(0, b.args.entity_rows * 7, 7)]  # each event's instant, cycled
-    entity_df = pd.DataFrame({
-        "user_id": [r.event["user_id"] for r in rows],
-        "event_timestamp": [pd.Timestamp(r.event["ts"]) for r in rows],
-    })
-    ours, raw, ours_usage, raw_usage = [], [], [], []
-    for _ in range(b.args.reps):
-        with measured() as usage:
-            t0 = time.perf_counter()
-            result = store.get_historical_features(entity_df, FEATURES_10).to_arrow()
-            ours.append(time.perf_counter() - t0)
-        ours_usage.append(usage.as_dict())
-        with measured() as usage:
-            raw_rows = _raw_asof(entity_df, settings, raw)
-        raw_usage.append(usage.as_dict())
-    b.check(result.num_rows == len(entity_df) == raw_rows, "training set lost or added rows")
-    # every row is at one of its own events, so the count in the 1h window is at least 1
-    b.check(min(result["amount_count_1h"].to_pylist()) >= 1, "a row does not see its own event")
-    label = f"training set {len(entity_df):,} rows"
-    b.record(label, "featurestore (10 features, 7 windowed)", "seconds", ours, "s", ours_usage)
-    b.record(label, "DuckDB ASOF JOIN (3 last-value columns)", "seconds", raw, "s", raw_usage)
-    store.close()
-
-
-def _raw_asof(entity_df: pd.DataFrame, settings: Any, times: list[float]) -> int:
-    """The raw floor: one hand-written ASOF JOIN of the history; appends its time, returns its rows."""
-    t0 = time.perf_counter()
-    con = duckdb.connect()
-    con.register("entity_df", entity_df)
-    glob = history_glob(settings.offline_root, "user_payments")
-    asof = con.sql(
-        f"""SELECT e.user_id, e.event_timestamp, h.last_merchant, h.last_country, h.amount_eur
-            FROM entity_df e ASOF LEFT JOIN read_parquet('{glob}', hive_partitioning=true) h
-            ON e.user_id = h.user_id AND e.event_timestamp >= h.event_timestamp""")
-    raw_table = getattr(asof, "to_arrow_table", None) or asof.arrow
-    raw_rows = raw_table().num_rows
-    times.append(time.perf_counter() - t0)
-    return int(raw_rows)
+    config = {"repo": str(ctx["repo"]), "entity_df": str(entity_df), "features": FEATURES_10, "who": who,
+              "settings": {"redis_url": settings.redis_url, "project": settings.project,
+                           "registry_path": str(settings.registry_root), "offline_path": str(settings.offline_root)}}
+    path = ctx["tmp"] / "training_job.json"
+    path.write_text(json.dumps(config))
+    done = subprocess.run([sys.executable, "-m", "benchmarks.training_job", str(path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=3600)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT=")), None)
+    if done.returncode != 0 or line is None:
+        print(done.stderr[-2000:], flush=True)
+        return None
+    return dict(json.loads(line[len("RESULT="):]))
 
 
 def bench_backfill(b: Bench, ctx: dict[str, Any], rep: int) -> None:
@@ -421,6 +428,8 @@ def main() -> None:
         bench_online(b, ctx)
         bench_http(b, ctx, FEATURES_10, pct)
         bench_training(b, ctx)
+        if args.peers:
+            run_feast(b, ctx, ctx["entity_df"])
     finally:
         if env_started:
             env_started.stop()
@@ -461,12 +470,20 @@ def report(b: Bench) -> None:
         http_key = (key, f"feature server HTTP, open loop {rate} req/s", "p99")
         if http_key in by and (key, "featurestore SDK", "p99") in by:
             ratios.append(f"{key} p99: HTTP / SDK direct = {by[http_key] / by[(key, 'featurestore SDK', 'p99')]:.1f}x")
-    mat = [r for r in b.rows if r["scenario"].startswith("load ")]
-    if len(mat) == 2:
-        ratios.append(f"materialize: replay / latest-per-key floor = {mat[0]['median'] / mat[1]['median']:.1f}x")
-    train = [r for r in b.rows if r["scenario"].startswith("training set")]
-    if len(train) == 2:
-        ratios.append(f"training: ours / raw ASOF = {train[0]['median'] / train[1]['median']:.1f}x")
+    for what, prefix in (("materialize", "load "), ("training", "training set")):
+        rows = {r["who"].split(" (")[0]: r["median"] for r in b.rows if r["scenario"].startswith(prefix)}
+        mine = rows.get("featurestore rebuild-online") or rows.get("featurestore")
+        floor = rows.get("DuckDB latest per key + pipelined HSET") or rows.get("DuckDB ASOF JOIN")
+        if mine and floor:
+            ratios.append(f"{what}: ours / raw floor = {mine / floor:.1f}x")
+        for who, value in rows.items():
+            if mine and who.startswith("Feast"):
+                ratios.append(f"{what}: ours / {who} = {mine / value:.2f}")
+    for n in (1, 100):
+        feast = next((r["median"] for r in b.rows if r["scenario"] == f"online {n}x10" and r["who"].startswith("Feast")
+                      and r["metric"] == "p99"), None)
+        if feast and (f"online {n}x10", "featurestore SDK", "p99") in by:
+            ratios.append(f"online {n}x10 p99: ours / Feast = {by[(f'online {n}x10', 'featurestore SDK', 'p99')] / feast:.1f}x")
     quix = ("ingest, peers' scenario (1 view: count/sum/last 1h)", "Quix Streams (own venv; RocksDB + changelog, Redis sink)",
             "events/s")
     ours_peer = ("ingest, peers' scenario (1 view: count/sum/last 1h)", "featurestore run (Redis + Parquet)", "events/s")

@@ -84,3 +84,85 @@ def _check_quix(b: Any, ctx: dict[str, Any], prefix: str) -> None:
         wrong += not (total - late <= int(got[b"count"]) <= total)
     client.close()
     b.check(wrong == 0, f"Quix Streams: {wrong} of {len(users)} sampled users have a window count outside [on time, all]")
+
+
+FEAST = ("feast[redis,duckdb]==0.67.0",)
+#: The row-level columns of the user_payments history that Feast serves (its latest values).
+FEAST_FEATURES = {"last_merchant": "string", "last_country": "string", "amount_eur": "double", "is_large": "bool",
+                  "amount": "double", "merchant_id": "string", "country": "string"}
+
+
+def run_feast(b: Any, ctx: dict[str, Any], entity_df: Any) -> None:
+    """Feast 0.67 (its own venv) on our run's data: the user_payments history as its FileSource
+    (DuckDB offline store, Redis online store): materialize, online reads, a training set."""
+    from urllib.parse import urlparse
+
+    import duckdb
+
+    from featurestore import FeatureStore
+    from featurestore.offline.history import history_glob
+
+    try:
+        python = ensure_venv("feast", FEAST)
+    except OSError as exc:
+        print(f"Feast peer skipped: its venv could not be made ({exc})", flush=True)
+        return
+    settings = ctx["ingest_settings"]
+    work = Path(tempfile.mkdtemp(prefix="feast-", dir=ctx["tmp"]))
+    source = work / "user_payments.parquet"
+    glob = history_glob(settings.offline_root, "user_payments")
+    duckdb.sql(f"COPY (SELECT user_id, event_timestamp, {', '.join(FEAST_FEATURES)} FROM read_parquet('{glob}', "
+               f"hive_partitioning = true)) TO '{source}' (FORMAT parquet)")
+    rows = int(duckdb.sql(f"SELECT count(*) FROM '{source}'").fetchall()[0][0])
+    entity_path = work / "entity_df.parquet"
+    entity_df.assign(row_id=range(len(entity_df))).to_parquet(entity_path)
+    users = sorted({r.event["user_id"] for r in ctx["records"] if r.event})[:200]
+    url = urlparse(settings.redis_url)
+    sample = list(range(0, len(entity_df), max(1, len(entity_df) // 1000)))
+    config = {"repo": str(work / "repo"), "redis": f"{url.hostname}:{url.port or 6379}",
+              "db": int((url.path or "/0").strip("/") or 0) + 1, "source": str(source), "features": FEAST_FEATURES,
+              "start": (ctx["end"] - dt.timedelta(days=2)).isoformat(), "end": (ctx["end"] + dt.timedelta(hours=1)).isoformat(),
+              "users": users, "iters": 300 if b.args.quick else 2000, "entity_df": str(entity_path), "sample": sample}
+    (work / "config.json").write_text(json.dumps(config))
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for rep in range(b.args.reps):
+        for phase in ("materialize", "online", "training"):
+            done = subprocess.run([str(python), str(HERE / "feast_job.py"), str(work / "config.json"), phase],
+                                  capture_output=True, text=True, timeout=1800)
+            line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT=")), None)
+            if done.returncode != 0 or line is None:
+                b.check(False, f"Feast {phase} failed: {done.stderr[-1500:]}")
+                return
+            runs.setdefault(phase, []).append(json.loads(line[len("RESULT="):]))
+        print(f"Feast rep {rep + 1}: materialize {runs['materialize'][-1]['seconds']:.1f} s, online 1x p99 "
+              f"{runs['online'][-1]['1x']['p99']:.2f} ms, training {runs['training'][-1]['seconds']:.1f} s", flush=True)
+    # correctness: Feast's latest values are ours (row features: the newest event per user)
+    store = FeatureStore(ctx["repo"], settings=settings)
+    ours = store.get_online_features(["user_payments:last_merchant", "user_payments:last_country"],
+                                     [{"user_id": u} for u in users], at=ctx["end"]).to_dict()
+    store.close()
+    got = runs["online"][0]["values"]
+    wrong = sum(a != c or x != y for a, c, x, y in zip(got["last_merchant"], ours["last_merchant"],
+                                                       got["last_country"], ours["last_country"]))
+    b.check(wrong == 0, f"Feast's online last_merchant/last_country differ from ours for {wrong} of {len(users)} users")
+    training = runs["training"][0]
+    b.check(training["rows"] == len(entity_df), f"Feast's training set has {training['rows']} of {len(entity_df)} rows")
+    con = duckdb.connect()
+    con.register("picked", entity_df.iloc[sample].assign(row_id=sample))
+    expected = con.sql(
+        f"""SELECT h.last_merchant FROM picked e ASOF LEFT JOIN '{source}' h
+            ON e.user_id = h.user_id AND e.event_timestamp >= h.event_timestamp ORDER BY e.row_id""").fetchall()
+    wrong = sum(a != c for (a,), c in zip(expected, training["values"]["last_merchant"]))
+    b.check(wrong == 0, f"Feast's training last_merchant differs from a DuckDB ASOF join in {wrong} of {len(sample)} rows")
+    usage = [{"cpu_s": r["cpu_s"], "peak_rss_mb": r["peak_rss_mb"]} for r in runs["materialize"]]
+    b.record(f"load {ctx['materialize'][0][2]:,} history rows into Redis",
+             f"Feast 0.67 materialize (user view: {rows:,} rows, latest values, no windows)", "seconds",
+             [r["seconds"] for r in runs["materialize"]], "s", usage)
+    n_feat = len(FEAST_FEATURES)
+    for n in (1, 100):
+        for q in ("p50", "p99"):
+            b.record(f"online {n}x10", f"Feast 0.67 SDK ({n}x{n_feat} latest values)", q,
+                     [r[f"{n}x"][q] for r in runs["online"]], "ms")
+    usage = [{"cpu_s": r["cpu_s"], "peak_rss_mb": r["peak_rss_mb"]} for r in runs["training"]]
+    b.record(f"training set {len(entity_df):,} rows", f"Feast 0.67 DuckDB store ({n_feat} latest values)", "seconds",
+             [r["seconds"] for r in runs["training"]], "s", usage)

@@ -2,9 +2,11 @@
 
 Checkpoint order (one place): Parquet history committed per partition -> dead letters
 flushed to Kafka -> consumer offsets committed. Online writes happen per batch, before
-the checkpoint that covers them. Periodic checkpoints run in a worker thread on what was
-processed when they started, while the next batches are applied (one at a time);
-rebalances, the end of a run and stops checkpoint synchronously. A crash anywhere replays the uncommitted records, and
+the checkpoint that covers them. A periodic checkpoint makes what was processed when it
+started durable in a worker thread while the next batches are applied (one at a time); the
+consumer's own thread commits its offsets once that is done (a commit from the worker while
+a rebalance callback waited for that worker stalled the whole group). Rebalances, the end
+of a run and stops checkpoint synchronously. A crash anywhere replays the uncommitted records, and
 both stores ignore what they already hold (per-entity applied offsets in Redis, per-
 partition committed offsets in the history), so every event takes effect exactly once.
 Dead letters are produced at least once (their headers identify the source record).
@@ -54,7 +56,7 @@ class StreamProcessor:
         self._last_checkpoint = time.monotonic()
         self._consumer: Consumer | None = None
         self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
-        self._pending_checkpoint: Future[None] | None = None
+        self._pending_checkpoint: tuple[Future[None], dict[tuple[str, int], int]] | None = None
 
     @property
     def stats(self) -> ProcessorStats:
@@ -93,6 +95,8 @@ class StreamProcessor:
                     self._process(msgs)
                     if on_batch:
                         on_batch(self.stats)
+                if self._pending_checkpoint is not None and self._pending_checkpoint[0].done():
+                    self._finish_checkpoint()
                 if time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s:
                     self._checkpoint_in_background()
                 if until_caught_up and self._caught_up(targets):
@@ -216,28 +220,34 @@ class StreamProcessor:
 
     def checkpoint(self) -> None:
         """Make everything processed durable, then commit the offsets that cover it (waits)."""
-        self._wait_for_checkpoint()
-        self._checkpoint(self.history.take(), self._take_offsets())
+        self._finish_checkpoint()
+        history, offsets = self.history.take(), self._take_offsets()
+        self.applier.flush_taken(history)
+        self._commit(offsets)
 
     def _checkpoint_in_background(self) -> None:
         """The periodic checkpoint: what is processed so far is handed to a worker thread and
-        made durable there while the next batches are applied (one checkpoint at a time)."""
-        self._wait_for_checkpoint()
-        self._pending_checkpoint = self._checkpointer.submit(self._checkpoint, self.history.take(), self._take_offsets())
+        made durable there while the next batches are applied (one checkpoint at a time);
+        `_finish_checkpoint` commits its offsets on this thread."""
+        self._finish_checkpoint()
+        history, offsets = self.history.take(), self._take_offsets()
+        self._pending_checkpoint = (self._checkpointer.submit(self.applier.flush_taken, history), offsets)
         self._last_checkpoint = time.monotonic()
 
-    def _wait_for_checkpoint(self) -> None:
-        """Wait for the background checkpoint, if one runs; its failure is raised here."""
+    def _finish_checkpoint(self) -> None:
+        """Wait for the background checkpoint, if one runs (its failure is raised here), and
+        commit the offsets it covers."""
         pending, self._pending_checkpoint = self._pending_checkpoint, None
         if pending is not None:
-            pending.result()
+            future, offsets = pending
+            future.result()
+            self._commit(offsets)
 
     def _take_offsets(self) -> dict[tuple[str, int], int]:
         offsets, self._offsets = self._offsets, {}
         return offsets
 
-    def _checkpoint(self, history: dict[str, list[ViewRows]], offsets: dict[tuple[str, int], int]) -> None:
-        self.applier.flush_taken(history)
+    def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
         if offsets and self._consumer is not None:
             fault_point("before_offset_commit")
             self.applier.with_retry("offset commit", lambda: self._commit_offsets(offsets))

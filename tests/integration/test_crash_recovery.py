@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -106,34 +107,46 @@ def test_rebalances_while_one_of_two_processors_keeps_dying(tmp_path: Path, serv
         env[f"FEATURESTORE_{name.upper()}"] = str(overrides[name])
     cmd = [sys.executable, "-m", "featurestore", "run", "--repo", str(repo)]
     rnd = random.Random(11)
+    logs: list[Path] = []
 
     def start(fault: str = "") -> subprocess.Popen[str]:
-        return subprocess.Popen(cmd, env=dict(env, FEATURESTORE_FAULT=fault), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        # stderr goes to a file: a pipe nobody reads would block a long-lived processor once full
+        logs.append(tmp_path / f"processor-{len(logs)}.log")
+        with logs[-1].open("w") as log:
+            return subprocess.Popen(cmd, env=dict(env, FEATURESTORE_FAULT=fault), stdout=subprocess.DEVNULL,
+                                    stderr=log, text=True)
+
+    def tails() -> str:
+        return "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in (logs[0], logs[-1]))
 
     survivor = start()
     victim = start(f"after_online_write:{rnd.randint(1, 3)}")
     kills = 0
-    produced = 0
-    waves = 8
-    for wave in range(waves):
-        chunk = records[wave * len(records) // waves:(wave + 1) * len(records) // waves]
-        produce_records(producer_config(settings), topic, chunk)
-        produced += len(chunk)
-        deadline = time.monotonic() + 120
-        while committed(settings, topic, partitions) < produced and time.monotonic() < deadline:
-            if victim.poll() is not None:
-                assert victim.returncode == -signal.SIGKILL, victim.stderr.read() if victim.stderr else ""
-                kills += 1
-                victim = start(f"{rnd.choice(['after_online_write', 'after_history_staged', 'before_offset_commit'])}:"
-                               f"{rnd.randint(1, 3)}")
-            time.sleep(0.2)  # polls a condition: everything produced so far is committed
-        assert committed(settings, topic, partitions) == produced, f"wave {wave} was not processed"
-    for proc in (survivor, victim):
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-    for proc in (survivor, victim):
-        proc.wait(timeout=60)
+    try:
+        produced = 0
+        waves = 8
+        for wave in range(waves):
+            chunk = records[wave * len(records) // waves:(wave + 1) * len(records) // waves]
+            produce_records(producer_config(settings), topic, chunk)
+            produced += len(chunk)
+            deadline = time.monotonic() + 120
+            while committed(settings, topic, partitions) < produced and time.monotonic() < deadline:
+                if victim.poll() is not None:
+                    assert victim.returncode == -signal.SIGKILL, tails()
+                    kills += 1
+                    victim = start(f"{rnd.choice(['after_online_write', 'after_history_staged', 'before_offset_commit'])}:"
+                                   f"{rnd.randint(1, 3)}")
+                time.sleep(0.2)  # polls a condition: everything produced so far is committed
+            assert committed(settings, topic, partitions) == produced, f"wave {wave} was not processed\n{tails()}"
+        for proc in (survivor, victim):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in (survivor, victim):
+            proc.wait(timeout=60)
+    finally:  # a failed test leaves no processor behind
+        for proc in (survivor, victim):
+            if proc.poll() is None:
+                proc.kill()
     assert survivor.returncode == 0
     assert kills >= 3, f"the victim died only {kills} times"
     client = redis.Redis.from_url(settings.redis_url)
@@ -150,6 +163,12 @@ def test_every_batch_delivered_twice_plus_a_zombie(tmp_path: Path, overrides: di
 
     class TwiceAndAZombie(StreamProcessor):
         first: list[ViewRows] | None = None
+        background = 0
+        commit_threads: set[str] = set()
+
+        def _commit_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
+            self.commit_threads.add(threading.current_thread().name)
+            super()._commit_offsets(offsets)
 
         def _write(self, batches: list[ViewRows], dead: list[DeadLetter]) -> None:
             super()._write(batches, dead)
@@ -163,13 +182,14 @@ def test_every_batch_delivered_twice_plus_a_zombie(tmp_path: Path, overrides: di
             super().checkpoint()
 
         def _checkpoint_in_background(self) -> None:
+            self.background += 1
             if self.first is not None:
                 super()._write(self.first, [])
             super()._checkpoint_in_background()
 
     topic = f"txns-{run_id}"
     repo = write_sequenced_repo(tmp_path / "repo", topic)
-    settings = load_settings(repo, **dict(overrides, batch_size=700))
+    settings = load_settings(repo, **dict(overrides, batch_size=700, checkpoint_interval_s=0.02))
     plan = compile_repo(repo)
     FileRegistry(settings.registry_root).apply(plan)
     ensure_topics(settings, [topic], partitions=3)
@@ -178,6 +198,10 @@ def test_every_batch_delivered_twice_plus_a_zombie(tmp_path: Path, overrides: di
     processor = TwiceAndAZombie(plan, settings)
     processor.run(until_caught_up=True)
     assert processor.online.groups_skipped > 0 and processor.history.rows_skipped > 0
+    # background checkpoints ran, and offsets were committed only by the consumer's own thread
+    # (a commit from the checkpoint worker deadlocked against a rebalance callback)
+    assert processor.background > 0
+    assert processor.commit_threads == {threading.current_thread().name}
     client = redis.Redis.from_url(settings.redis_url)
     state, rows = check_exactly_once(client, settings, records, "user_txns")
     clean = load_settings(repo, **dict(overrides, project=f"{overrides['project']}-ref",
