@@ -35,7 +35,9 @@ def _redis_cpu(client: redis.Redis | None) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: of its own address space; getrusage's ru_maxrss would
+    carry a parent's peak over fork + exec)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -63,4 +65,4 @@ def measured(redis_client: redis.Redis | None = None) -> Iterator[Usage]:
     finally:
         usage.cpu_s = time.process_time() - cpu0
         usage.redis_cpu_s = _redis_cpu(redis_client) - redis0
-        usage.peak_rss_mb = _peak_rss_mb()
+        usage.peak_rss_mb = peak_rss_mb()

@@ -12,7 +12,6 @@ peak RSS MB of the process, and the smallest amount_count_1h (ours).
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from benchmarks.resources import peak_rss_mb
 from featurestore import FeatureStore
 from featurestore.compile.loader import ensure_importable
 from featurestore.config import load_settings
@@ -52,7 +52,7 @@ def main() -> None:
         out["seconds"] = time.perf_counter() - t0
     out["rows"] = table.num_rows
     out["cpu_s"] = time.process_time() - cpu0
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_mb()
     print("RESULT=" + json.dumps(out), flush=True)
 
 

@@ -59,6 +59,14 @@ def pct(samples: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
+def peak_rss_mb() -> float:
+    """VmHWM: the peak of this process's own address space (ru_maxrss carries the parent's over fork + exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     from feast import FeatureStore
 
@@ -96,7 +104,7 @@ def main() -> None:
         out["seconds"] = seconds
     out.setdefault("seconds", time.perf_counter() - t0)
     out["cpu_s"] = time.process_time() - cpu0
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_mb()
     print("RESULT=" + json.dumps(out, default=str), flush=True)
 
 

@@ -12,6 +12,7 @@ import orjson
 import redis
 
 from featurestore.online.keys import entity_key, hll_key, row_field, tile_field, tile_prefix
+from featurestore.online.streaming import run_commands
 from featurestore.plan import AggregationPlan, Plan, ViewPlan
 from featurestore.plan.windows import STATS_FOR_FUNCTION, tile_index, window_tiles
 
@@ -119,8 +120,8 @@ class _Acc:
 
 #: Per feature: (row feature plan, its field) or (aggregation plan, None).
 _Layout = list[tuple[Any, bytes | None]]
-#: Tile field -> (feature position, stat) for every tile inside a feature's window.
-_Index = dict[bytes, list[tuple[int, str]]]
+#: Tile field -> (its stat, positions of the features whose window holds the tile).
+_Index = dict[bytes, tuple[str, list[int]]]
 #: Lifetime features: (tile prefix + b"|", feature position, last tile index, stats).
 _Lifetimes = list[tuple[bytes, int, int, tuple[str, ...]]]
 
@@ -166,7 +167,7 @@ class OnlineReader:
             prefix = tile_prefix(agg.tiles_key, agg.tile_ms)
             for stat in STATS_FOR_FUNCTION[agg.function]:
                 for idx in window_tiles(t_ms, agg.window_ms, agg.tile_ms):
-                    index.setdefault(tile_field(prefix, idx, stat).encode(), []).append((pos, stat))
+                    index.setdefault(tile_field(prefix, idx, stat).encode(), (stat, []))[1].append(pos)
         return layout, index, lifetimes
 
     def read(self, requests: Sequence[ViewRequest], t_ms: int) -> list[dict[str, list[Any]]]:
@@ -180,10 +181,7 @@ class OnlineReader:
         try:
             commands = next(steps)
             while True:
-                pipe = self.client.pipeline(transaction=False)
-                for command in commands:
-                    pipe.execute_command(*command)
-                commands = steps.send(pipe.execute())
+                commands = steps.send(run_commands(self.client, commands))
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
@@ -222,7 +220,8 @@ class OnlineReader:
             event_ms: list[int | None] = []
             states: list[str] = []
             for key in req.keys:
-                got: dict[bytes, bytes] = next(replies)
+                reply = next(replies)
+                got: dict[bytes, bytes] = reply if isinstance(reply, dict) else _pairs(reply)
                 newest = got.get(b"_ts")
                 state = _entity_state(newest, t_ms, req.view.ttl_ms, max_staleness_ms)
                 event_ms.append(None if newest is None else int(newest))
@@ -233,12 +232,23 @@ class OnlineReader:
                     continue
                 accs = [_Acc() if field is None else None for _, field in layout]
                 for name, raw in got.items():
-                    targets = index.get(name)
-                    if targets:
-                        for pos, stat in targets:
+                    hit = index.get(name)
+                    if hit is None:
+                        if lifetimes:
+                            _add_lifetime(lifetimes, accs, name, raw, got)
+                        continue
+                    stat, positions = hit
+                    if stat == "c":  # the common statistics, parsed once for every feature they feed
+                        n = int(raw)
+                        for pos in positions:
+                            accs[pos].count += n  # type: ignore[union-attr]
+                    elif stat == "s":
+                        parts = [float(x) for x in raw.split()] if b" " in raw else [float(raw)]
+                        for pos in positions:
+                            accs[pos].sums.extend(parts)  # type: ignore[union-attr]
+                    else:
+                        for pos in positions:
                             accs[pos].add(stat, name, raw, got)  # type: ignore[union-attr]
-                    elif lifetimes:
-                        _add_lifetime(lifetimes, accs, name, raw, got)
                 for pos, (feat, field) in enumerate(layout):
                     if field is not None:
                         cols[pos].append(decode_value(got.get(field), feat.dtype))
@@ -285,6 +295,12 @@ class ViewResult:
     def statuses(self, feature: str) -> list[str]:
         """Per key, the status of one feature's value: the entity's state, or `null` for a present entity without a value."""
         return [st if st != FOUND or v is not None else "null" for st, v in zip(self.states, self.values[feature])]
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A raw HGETALL reply ([field, value, ...]) as a dict."""
+    it = iter(flat)
+    return dict(zip(it, it))
 
 
 def _add_lifetime(lifetimes: _Lifetimes, accs: list[_Acc | None], name: bytes, raw: bytes, got: dict[bytes, bytes]) -> None:

@@ -1,7 +1,11 @@
-"""Send many calls of one Lua script on one Redis connection, overlapping Python and Redis.
+"""Send many commands on one Redis connection without redis-py's pipeline machinery.
 
-A redis-py pipeline builds every command, sends them, then waits for every reply, so
-Python and Redis take turns. `ScriptStream` sends the calls in chunks and reads a chunk's
+`run_commands` sends a batch of commands in one write and reads their raw replies (the read
+path: per entity a pipeline costs more in redis-py than in Redis). `ScriptStream` runs many
+calls of one Lua script, overlapping Python and Redis:
+
+a redis-py pipeline builds every command, sends them, then waits for every reply, so
+Python and Redis take turns; `ScriptStream` sends the calls in chunks and reads a chunk's
 replies only after the next chunk has been built and sent: Redis runs one chunk while
 Python builds the next. At most two chunks are in flight, so replies never fill the socket.
 """
@@ -63,6 +67,34 @@ class ScriptStream:
             if isinstance(reply, NoScriptError):
                 raise reply
         return replies
+
+
+def run_commands(client: redis.Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Send commands in one write on one connection and return their raw replies (no
+    redis-py response callbacks: HGETALL gives a flat [field, value, ...] list). A reply that
+    is a Redis error is raised; a lost connection is retried once on a new one (reads only)."""
+    packed = [pack_command(command) for command in commands]  # type: ignore[arg-type]
+    for attempt in (1, 2):
+        pool = client.connection_pool
+        conn = pool.get_connection()
+        ok = False
+        try:
+            conn.send_packed_command(packed, check_health=False)
+            replies = _read(conn, len(packed))
+            ok = True
+        except (redis.ConnectionError, redis.TimeoutError):
+            if attempt == 2:
+                raise
+            continue
+        finally:
+            if not ok:
+                conn.disconnect()  # unread replies would answer the next user's commands
+            pool.release(conn)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
+    raise AssertionError("unreachable")
 
 
 def _read(conn: Any, n: int) -> list[Any]:
