@@ -13,6 +13,7 @@ Python builds the next. At most two chunks are in flight, so replies never fill 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import redis
@@ -45,12 +46,9 @@ class ScriptStream:
     def _run(self, items: Sequence[T], call: Callable[[T], tuple[str, list[str]]]) -> list[Any]:
         sha = self.sha
         assert sha is not None
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
         replies: list[Any] = []
         in_flight = 0
-        ok = False
-        try:
+        with _borrowed(self.client) as conn:
             for chunk in _chunks(items, self.chunk):
                 packed = [pack_command(("EVALSHA", sha, "1", key, *args)) for key, args in map(call, chunk)]  # type: ignore[arg-type]
                 conn.send_packed_command(packed, check_health=False)
@@ -58,11 +56,6 @@ class ScriptStream:
                     replies.extend(_read(conn, in_flight))
                 in_flight = len(packed)
             replies.extend(_read(conn, in_flight))
-            ok = True
-        finally:
-            if not ok:
-                conn.disconnect()  # unread replies would answer the next user's commands
-            pool.release(conn)
         for reply in replies:
             if isinstance(reply, NoScriptError):
                 raise reply
@@ -75,26 +68,34 @@ def run_commands(client: redis.Redis, commands: Sequence[tuple[Any, ...]]) -> li
     is a Redis error is raised; a lost connection is retried once on a new one (reads only)."""
     packed = [pack_command(command) for command in commands]  # type: ignore[arg-type]
     for attempt in (1, 2):
-        pool = client.connection_pool
-        conn = pool.get_connection()
-        ok = False
         try:
-            conn.send_packed_command(packed, check_health=False)
-            replies = _read(conn, len(packed))
-            ok = True
+            with _borrowed(client) as conn:
+                conn.send_packed_command(packed, check_health=False)
+                replies = _read(conn, len(packed))
         except (redis.ConnectionError, redis.TimeoutError):
             if attempt == 2:
                 raise
             continue
-        finally:
-            if not ok:
-                conn.disconnect()  # unread replies would answer the next user's commands
-            pool.release(conn)
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply
         return replies
     raise AssertionError("unreachable")
+
+
+@contextmanager
+def _borrowed(client: redis.Redis) -> Iterator[Any]:
+    """A connection of the client's pool, disconnected if the body fails: unread replies
+    would answer the next user's commands."""
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        yield conn
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
 
 
 def _read(conn: Any, n: int) -> list[Any]:

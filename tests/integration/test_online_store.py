@@ -105,3 +105,30 @@ def test_replayed_and_overlapping_batches_take_effect_once(store) -> None:  # ty
     got = reader.read([ViewRequest(view, ["amount_count_1h"], [(u,) for u in range(5)])], t)[0]
     lo = window_lower_bound(t, 3_600_000, 60_000)
     assert sum(got["amount_count_1h"]) == sum(1 for e in events if lo < e[1] <= t) > 0
+
+
+def test_reads_survive_a_dropped_connection_and_report_a_wrong_type(store) -> None:  # type: ignore[no-untyped-def]
+    """Reads send raw pipelined commands on a pooled connection: a pooled connection the
+    server closed does not fail the next read, and a Redis error reply is raised, not
+    returned as a value."""
+    plan, client, writer, reader, project = store
+    view = plan.view("user_payments")
+    t0 = 1_700_000_000_000
+    writer.write([_rows(view, [(1, t0, _event(10.0, "m1")), (2, t0, _event(5.0, "m2"))])])
+    request = [ViewRequest(view, ["last_merchant", "amount_count_1h"], [(1,), (2,)])]
+    assert reader.read(request, t0 + 1000)[0] == {"last_merchant": ["m1", "m2"], "amount_count_1h": [1, 1]}
+    name = f"reader-{project}"
+    conn = client.connection_pool.get_connection()
+    conn.send_command("CLIENT", "SETNAME", name)
+    conn.read_response()
+    client.connection_pool.release(conn)  # the pooled connection the next read takes
+    pool = client.connection_pool
+    admin = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **pool.connection_kwargs))
+    ids = [c["id"] for c in admin.client_list() if c.get("name") == name]
+    assert len(ids) == 1
+    admin.execute_command("CLIENT", "KILL", "ID", ids[0])
+    assert reader.read(request, t0 + 1000)[0] == {"last_merchant": ["m1", "m2"], "amount_count_1h": [1, 1]}
+    client.set(f"fs:{project}:user_payments:3", "not a hash")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        reader.read([ViewRequest(view, ["last_merchant"], [(3,)])], t0 + 1000)
+    admin.close()
