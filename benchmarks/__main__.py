@@ -8,21 +8,25 @@ FEATURESTORE_REDIS_URL), then measures, each beside its raw limit in the same ru
   last of amount over 1 h) vs a bare confluent-kafka consume of the same topic, and Quix
   Streams on the same topic in its own venv (benchmarks.peers; --no-peers skips it); the Faust
   engine (`run --engine faust`) over the example plan, same events, profiled with py-spy;
-- online: `FeatureStore.get_online_features` 1x10 and 100x10 vs a bare redis-py GET / MGET;
+- online: `FeatureStore.get_online_features` 1x10 and 100x10 vs a bare redis-py GET / MGET
+  and Feast 0.67's SDK on the same users (benchmarks.peers, its own venv);
 - HTTP: `featurestore serve` (tokens, audit, metrics on) at a fixed request rate, open loop,
   1x10 and 100x10, beside the SDK reading Redis directly and the bare redis-py round trip;
-- training: `get_historical_features` vs a hand-written DuckDB ASOF JOIN of the same history;
+- training: `get_historical_features` vs a hand-written DuckDB ASOF JOIN of the same history
+  and Feast's DuckDB store, each in its own process (benchmarks.training_job: its own peak
+  RSS), at 1M entity rows and once at 10M;
 - backfill: `featurestore backfill --materialize` (the `Backfill` job) over the same events
   from a JSON lines file vs streaming them (the ingest figure), and the same online values;
 - storage: Redis fields and bytes per entity of each view after ingest;
 - materialize: `rebuild-online`'s replay of the Parquet history into Redis vs DuckDB
-  latest-per-key + pipelined HSET (benchmarks.materialize);
+  latest-per-key + pipelined HSET (benchmarks.materialize) and Feast's materialize;
 - freshness: produce → readable with `get_online_features`, through `featurestore run`
   as its own process, at fixed produce rates (benchmarks.freshness).
 
 Every scenario checks a sample of its results against an independent computation and
-reports a wrong answer as a failure. Ingest, materialize and training rows carry the CPU
-seconds and peak RSS of the measured process and Redis's CPU seconds; the default and
+reports a wrong answer as a failure. Jobs and latency loops run --reps times (3). Ingest,
+materialize and training rows carry the CPU seconds and peak RSS of the measured process
+and Redis's CPU seconds; the default and
 Faust engines are profiled with py-spy on the first repetition. Prints a markdown table,
 writes JSON and a PNG plot (with matplotlib: the [bench] extra) to benchmarks/results/.
 """
