@@ -478,15 +478,16 @@ def report(b: Bench) -> None:
         http_key = (key, f"feature server HTTP, open loop {rate} req/s", "p99")
         if http_key in by and (key, "featurestore SDK", "p99") in by:
             ratios.append(f"{key} p99: HTTP / SDK direct = {by[http_key] / by[(key, 'featurestore SDK', 'p99')]:.1f}x")
-    for what, prefix in (("materialize", "load "), ("training", "training set")):
-        rows = {r["who"].split(" (")[0]: r["median"] for r in b.rows if r["scenario"].startswith(prefix)}
+    jobs = [sc for sc in dict.fromkeys(r["scenario"] for r in b.rows) if sc.startswith(("load ", "training set"))]
+    for scenario in jobs:  # one scenario per size: ratios within it
+        rows = {r["who"].split(" (")[0]: r["median"] for r in b.rows if r["scenario"] == scenario}
         mine = rows.get("featurestore rebuild-online") or rows.get("featurestore")
         floor = rows.get("DuckDB latest per key + pipelined HSET") or rows.get("DuckDB ASOF JOIN")
         if mine and floor:
-            ratios.append(f"{what}: ours / raw floor = {mine / floor:.1f}x")
+            ratios.append(f"{scenario}: ours / raw floor = {mine / floor:.1f}x")
         for who, value in rows.items():
             if mine and who.startswith("Feast"):
-                ratios.append(f"{what}: ours / {who} = {mine / value:.2f}")
+                ratios.append(f"{scenario}: ours / {who} = {mine / value:.2f}")
     for n in (1, 100):
         feast = next((r["median"] for r in b.rows if r["scenario"] == f"online {n}x10" and r["who"].startswith("Feast")
                       and r["metric"] == "p99"), None)
