@@ -50,6 +50,7 @@ def crash_loop(
     `run_timeout` raises subprocess.TimeoutExpired. Returns kills per kind."""
     import random
     import subprocess
+    import tempfile
 
     rnd = random.Random(seed)
     counts: dict[str, int] = {}
@@ -57,13 +58,14 @@ def crash_loop(
     while sum(counts.values()) < kills and not finished:
         if attempt % 2 == 1:
             delay = rnd.uniform(*random_time)
-            proc = subprocess.Popen(cmd, env={**env, "FEATURESTORE_FAULT": ""}, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, text=True)
+            log = tempfile.TemporaryFile()  # not a pipe: nobody reads one while the run goes on
+            proc = subprocess.Popen(cmd, env={**env, "FEATURESTORE_FAULT": ""}, stdout=subprocess.DEVNULL, stderr=log)
             try:
                 proc.wait(timeout=delay)  # the random kill time itself, not a synchronisation
                 finished = proc.returncode == 0
                 if not finished:
-                    raise RuntimeError(f"run failed: {proc.stderr.read() if proc.stderr else ''}")
+                    log.seek(0)
+                    raise RuntimeError(f"run failed: {log.read()[-3000:].decode(errors='replace')}")
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -71,6 +73,8 @@ def crash_loop(
                 counts[kind] = counts.get(kind, 0) + 1
                 if on_kill:
                     on_kill(f"after {delay:.1f} s")
+            finally:
+                log.close()
         else:
             n = attempt // 2
             fault = dangerous[n] if n < len(dangerous) else f"{rnd.choice(POINTS)}:{rnd.randint(1, 3)}"
