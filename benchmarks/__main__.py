@@ -41,7 +41,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -64,7 +63,7 @@ from benchmarks.materialize import bench_materialize  # noqa: E402
 from benchmarks.peers import run_feast, run_quix  # noqa: E402
 from benchmarks.plot import plot  # noqa: E402
 from benchmarks.profiling import profile_path, profiled, summarise_profile  # noqa: E402
-from benchmarks.resources import measured  # noqa: E402
+from benchmarks.resources import job_result, measured  # noqa: E402
 from featurestore import FeatureStore  # noqa: E402
 from featurestore.compile import compile_repo  # noqa: E402
 from featurestore.compile.loader import ensure_importable  # noqa: E402
@@ -118,6 +117,11 @@ class Bench:
         self.rows.append({"scenario": scenario, "who": who, "metric": metric, "unit": unit,
                           "median": statistics.median(values), "min": min(values), "max": max(values),
                           "runs": len(values), **extra})
+
+    def record_latency(self, scenario: str, who: str, runs: list[list[float]]) -> None:
+        """p50 and p99 rows of repeated latency runs (ms): each run's percentile, then their median."""
+        for q, metric in ((0.5, "p50"), (0.99, "p99")):
+            self.record(scenario, who, metric, [pct(lat, q) for lat in runs], "ms")
 
     def check(self, ok: bool, what: str) -> None:
         if not ok:
@@ -276,10 +280,8 @@ def bench_online(b: Bench, ctx: dict[str, Any]) -> None:
                     raw.append((t2 - t1) * 1000)
             runs["ours"].append(ours)
             runs["raw"].append(raw)
-        label = f"online {n_ent}x10"
-        for key, name in (("ours", "featurestore SDK"), ("raw", raw_name)):
-            for q, metric in ((0.5, "p50"), (0.99, "p99")):
-                b.record(label, name, metric, [pct(lat, q) for lat in runs[key]], "ms")
+        b.record_latency(f"online {n_ent}x10", "featurestore SDK", runs["ours"])
+        b.record_latency(f"online {n_ent}x10", raw_name, runs["raw"])
     store.close()
 
 
@@ -325,13 +327,10 @@ def _training_job(ctx: dict[str, Any], entity_df: Path, who: str) -> dict[str, A
                            "registry_path": str(settings.registry_root), "offline_path": str(settings.offline_root)}}
     path = ctx["tmp"] / "training_job.json"
     path.write_text(json.dumps(config))
-    done = subprocess.run([sys.executable, "-m", "benchmarks.training_job", str(path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=3600)
-    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT=")), None)
-    if done.returncode != 0 or line is None:
-        print(done.stderr[-2000:], flush=True)
-        return None
-    return dict(json.loads(line[len("RESULT="):]))
+    result, errors = job_result([sys.executable, "-m", "benchmarks.training_job", str(path)], 3600, cwd=ROOT)
+    if result is None:
+        print(errors, flush=True)
+    return result
 
 
 def bench_backfill(b: Bench, ctx: dict[str, Any], rep: int) -> None:
@@ -438,7 +437,7 @@ def main() -> None:
         for rate in args.freshness_rates:
             bench_freshness(b, ctx, rate, 5 if args.quick else 20, pct)
         bench_online(b, ctx)
-        bench_http(b, ctx, FEATURES_10, pct)
+        bench_http(b, ctx, FEATURES_10)
         bench_training(b, ctx)
         if args.peers:
             run_feast(b, ctx, ctx["entity_df"])

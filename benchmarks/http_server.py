@@ -111,7 +111,7 @@ def open_loop(port: int, token: str, body: bytes, rate: float, seconds: float, c
     return uvloop.run(run())
 
 
-def bench_http(b: Any, ctx: dict[str, Any], features: list[str], pct: Any) -> None:
+def bench_http(b: Any, ctx: dict[str, Any], features: list[str]) -> None:
     proc, url, token = start_server(ctx)
     port = int(url.rsplit(":", 1)[1])
     users = sorted({r.event["user_id"] for r in ctx["records"] if r.event})
@@ -137,9 +137,8 @@ def bench_http(b: Any, ctx: dict[str, Any], features: list[str], pct: Any) -> No
                     remote.get_online_features(features, rows[:n_ent])
                     sdk.append((time.perf_counter() - t0) * 1000)
                 runs["sdk"].append(sdk)
-            for key, name in (("http", who), ("sdk", "SDK via feature server (closed loop)")):
-                for q, metric in ((0.5, "p50"), (0.99, "p99")):
-                    b.record(label, name, metric, [pct(lat, q) for lat in runs[key]], "ms")
+            b.record_latency(label, who, runs["http"])
+            b.record_latency(label, "SDK via feature server (closed loop)", runs["sdk"])
     finally:
         remote.close()
         direct.close()

@@ -6,12 +6,15 @@ so each scenario reports its own peak, not the process's lifetime maximum.
 
 from __future__ import annotations
 
+import json
 import resource
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -66,3 +69,13 @@ def measured(redis_client: redis.Redis | None = None) -> Iterator[Usage]:
         usage.cpu_s = time.process_time() - cpu0
         usage.redis_cpu_s = _redis_cpu(redis_client) - redis0
         usage.peak_rss_mb = peak_rss_mb()
+
+
+def job_result(cmd: list[str], timeout: float, cwd: Path | None = None) -> tuple[dict[str, Any] | None, str]:
+    """Run a measuring job (its own process) and parse the `RESULT={json}` line it prints:
+    (the result, or None if it failed or printed none; the tail of its stderr)."""
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT=")), None)
+    if done.returncode != 0 or line is None:
+        return None, done.stderr[-2000:]
+    return dict(json.loads(line[len("RESULT="):])), ""

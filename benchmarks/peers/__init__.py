@@ -12,6 +12,8 @@ import venv
 from pathlib import Path
 from typing import Any
 
+from benchmarks.resources import job_result
+
 HERE = Path(__file__).resolve().parent
 VENVS = HERE.parent / ".venvs"
 QUIX = ("quixstreams>=3.20,<4", "redis>=5.0")
@@ -43,14 +45,12 @@ def run_quix(b: Any, ctx: dict[str, Any], rep: int) -> tuple[float, float] | Non
     n = len(ctx["records"])
     prefix = f"bench:quix{rep}"
     with tempfile.TemporaryDirectory(prefix="quix-state-") as state:
-        done = subprocess.run(
+        result, errors = job_result(
             [str(python), str(HERE / "quix_job.py"), settings.kafka_bootstrap_servers, ctx["topic"], settings.redis_url,
-             prefix, str(n), state], capture_output=True, text=True, timeout=1800)
-    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT=")), None)
-    if done.returncode != 0 or line is None:
-        b.check(False, f"Quix Streams run failed: {done.stderr[-1500:]}")
+             prefix, str(n), state], 1800)
+    if result is None:
+        b.check(False, f"Quix Streams run failed: {errors}")
         return None
-    result = json.loads(line[len("RESULT="):])
     b.check(result["seen"] == n, f"Quix Streams saw {result['seen']} of {n} records")
     _check_quix(b, ctx, prefix)
     return n / result["seconds"], result["cpu_s"]
@@ -127,13 +127,11 @@ def run_feast(b: Any, ctx: dict[str, Any], entity_df: Any) -> None:
     runs: dict[str, list[dict[str, Any]]] = {}
     for rep in range(b.args.reps):
         for phase in ("materialize", "online", "training"):
-            done = subprocess.run([str(python), str(HERE / "feast_job.py"), str(work / "config.json"), phase],
-                                  capture_output=True, text=True, timeout=1800)
-            line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT=")), None)
-            if done.returncode != 0 or line is None:
-                b.check(False, f"Feast {phase} failed: {done.stderr[-1500:]}")
+            result, errors = job_result([str(python), str(HERE / "feast_job.py"), str(work / "config.json"), phase], 1800)
+            if result is None:
+                b.check(False, f"Feast {phase} failed: {errors}")
                 return
-            runs.setdefault(phase, []).append(json.loads(line[len("RESULT="):]))
+            runs.setdefault(phase, []).append(result)
         print(f"Feast rep {rep + 1}: materialize {runs['materialize'][-1]['seconds']:.1f} s, online 1x p99 "
               f"{runs['online'][-1]['1x']['p99']:.2f} ms, training {runs['training'][-1]['seconds']:.1f} s", flush=True)
     # correctness: Feast's latest values are ours (row features: the newest event per user)
