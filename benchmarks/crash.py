@@ -36,6 +36,7 @@ from featurestore.demo.sequenced import sequenced_events, write_sequenced_repo  
 from featurestore.embedded.services import services_from_env_or_start  # noqa: E402
 from featurestore.faults import crash_loop  # noqa: E402
 from featurestore.offline.history import history_glob  # noqa: E402
+from featurestore.online.reader import OnlineReader, ViewRequest  # noqa: E402
 from featurestore.registry import FileRegistry  # noqa: E402
 from featurestore.runtime.kafka import ensure_topics, producer_config  # noqa: E402
 
@@ -62,7 +63,8 @@ def main() -> None:
                      "consumer_group": f"crash-{run}", "registry_path": tmp / "registry", "offline_path": tmp / "offline",
                      "checkpoint_interval_s": 1.0, "kafka_options": FAST_GROUP}
         settings = load_settings(repo, **overrides)
-        FileRegistry(settings.registry_root).apply(compile_repo(repo))
+        plan = compile_repo(repo)
+        FileRegistry(settings.registry_root).apply(plan)
         ensure_topics(settings, [topic], partitions=args.partitions)
         records = sequenced_events(args.events, dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1))
         produce_records(producer_config(settings), topic, records)
@@ -83,12 +85,12 @@ def main() -> None:
         last: dict[int, int] = {}
         for r in records:
             last[r.event["user_id"]] = r.event["seq"]
-        wrong = 0
-        for user, n in last.items():
-            fields = client.hgetall(f"fs:{settings.project}:user_txns:{user}")
-            count = sum(int(v) for k, v in fields.items() if k.startswith(b"seq|") and k.endswith(b"|c"))
-            total = sum(float(v) for k, v in fields.items() if k.startswith(b"seq|") and k.endswith(b"|s"))
-            wrong += not (count == n and total == n * (n + 1) / 2 and fields.get(b"r:last_seq") == str(n).encode())
+        reader = OnlineReader(client, settings.project, plan)
+        users = list(last)
+        got = reader.read([ViewRequest(plan.view("user_txns"), ["seq_count_30d", "seq_sum_30d", "last_seq"],
+                                       [(u,) for u in users])], int(time.time() * 1000))[0]
+        wrong = sum(not (c == n and total == n * (n + 1) // 2 and seq == n)
+                    for n, c, total, seq in zip(last.values(), got["seq_count_30d"], got["seq_sum_30d"], got["last_seq"]))
         glob = history_glob(Path(settings.offline_root), "user_txns")
         rows, distinct = duckdb.connect().execute(
             f"SELECT count(*), count(DISTINCT (_partition, _offset)) FROM read_parquet('{glob}', hive_partitioning = true)"

@@ -5,13 +5,19 @@ key value (several keys joined with `|`). Fields:
 
 - `_ts`, `_p`, `_o`: event time (ms), partition and offset of the newest event applied;
 - `r:{feature}`: the latest value of a row-level feature (JSON);
-- `{column}|{tile_ms}|{index}|{stat}`: tile statistics, stat one of c (count), s (sum),
-  q (sum of squares), m (min), M (max), f / l (first / last value, JSON) with fo / lo (the
-  order of that value: "ts partition offset"), n (the newest values: a JSON list of
-  [ts, partition, offset, value JSON], newest first) and d (marks that the tile's
-  HyperLogLog exists, under the key `<entity key>|<field>`). A filtered aggregation's
-  column is written `{column}?{where}`; lifetime tiles use `L{tile_ms}`, their folded base
-  tile the index -2^40.
+- `{column}|{tile_ms}|P`: the numeric tile statistics of a tile set, packed (see
+  `featurestore.online.packed`): one little-endian float64 row per tile, sorted by tile
+  index: the index, then per statistic c (count), s (exact sum: hi, lo), q (exact sum of
+  squares: hi, lo), m (min), M (max), those of the set in that order;
+- `{column}|{tile_ms}|X`: the rare third and further terms of exact sums, one line
+  `index stat x3 x4 ...` per tile and statistic (absent when no sum needs them);
+- `{column}|{tile_ms}|{index}|{stat}`: the other tile statistics, stat one of f / l (first
+  / last value, JSON) with fo / lo (the order of that value: "ts partition offset"), n (the
+  newest values: a JSON list of [ts, partition, offset, value JSON], newest first) and d
+  (marks that the tile's HyperLogLog exists, under the key `<entity key>|<field>`).
+
+A filtered aggregation's column is written `{column}?{where}`; lifetime tiles use
+`L{tile_ms}`, their folded base tile the index -2^40.
 """
 
 from __future__ import annotations
@@ -36,6 +42,16 @@ def tile_prefix(tiles_key: str, tile_ms: int, lifetime: bool = False) -> str:
 
 def tile_field(prefix: str, index: int, stat: str) -> str:
     return f"{prefix}|{index}|{stat}"
+
+
+def packed_field(prefix: str) -> str:
+    """Field of a tile set's packed numeric statistics."""
+    return f"{prefix}|P"
+
+
+def overflow_field(prefix: str) -> str:
+    """Field of the further terms of a tile set's exact sums."""
+    return f"{prefix}|X"
 
 
 def hll_key(entity: str, field: str) -> str:

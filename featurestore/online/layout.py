@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from featurestore.online.keys import tile_prefix
+from featurestore.online.packed import packed_stats
 from featurestore.plan import ViewPlan
 from featurestore.plan.windows import LIFETIME_TILE_MS, STAT_ORDER, STATS_FOR_FUNCTION
 
@@ -34,6 +35,23 @@ class TileSet:
     def prefix(self) -> str:
         return tile_prefix(self.key, self.tile_ms, self.lifetime)
 
+    @cached_property
+    def packed(self) -> str:
+        """Its statistics kept packed (one field for all tiles), in column order."""
+        return packed_stats(self.stats)
+
+    @cached_property
+    def per_tile_fields(self) -> tuple[str, ...]:
+        """Its statistics kept as one hash field per tile."""
+        return tuple(s for s in self.stats if s not in self.packed)
+
+    def live_tiles(self, slack_ms: int) -> int:
+        """Upper bound of the tiles that a read can still reach (from the entity's newest
+        event, with `slack_ms` of lateness and future skew)."""
+        if self.max_window_ms is None:  # base + [tile(newest - slack) - 1 - extra, tile(newest)]
+            return 1 + -(-slack_ms // LIFETIME_TILE_MS) + LIFETIME_EXTRA_TILES + 2
+        return self.max_window_ms // self.tile_ms + 1 + -(-slack_ms // self.tile_ms)
+
 
 def tile_sets(view: ViewPlan) -> list[TileSet]:
     """Tile sets of a view: aggregations of the same column, filter and tile size share one
@@ -58,12 +76,13 @@ def tile_sets(view: ViewPlan) -> list[TileSet]:
 
 
 def fields_per_entity(view: ViewPlan, slack_ms: int) -> int:
-    """Upper bound of the live hash fields of one entity (meta + rows + tiles in window)."""
+    """Upper bound of the live hash fields of one entity (meta + rows + packed and per-tile fields)."""
     total = 3 + len(view.row_features) + 8
     for ts in tile_sets(view):
-        if ts.max_window_ms is None:  # base + [tile(newest - slack) - 1 - extra, tile(newest)]
-            tiles = 1 + -(-slack_ms // LIFETIME_TILE_MS) + LIFETIME_EXTRA_TILES + 2
-        else:
-            tiles = ts.max_window_ms // ts.tile_ms + 1 + -(-slack_ms // ts.tile_ms)
-        total += tiles * sum(2 if s in "lf" else 1 for s in ts.stats)
+        total += 2 * bool(ts.packed) + ts.live_tiles(slack_ms) * sum(2 if s in "lf" else 1 for s in ts.per_tile_fields)
     return total
+
+
+def packed_rows_bound(tset: TileSet, slack_ms: int) -> int:
+    """Rows above which the writer trims a packed field (1.5x its live tiles)."""
+    return int(tset.live_tiles(slack_ms) * 1.5) + 2

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import struct
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 import redis
 
-from featurestore.online.keys import entity_key, hll_key, row_field, tile_field, tile_prefix
+from featurestore.online.keys import entity_key, hll_key, overflow_field, packed_field, row_field, tile_field, tile_prefix
+from featurestore.online.packed import NUMERIC_STATS, columns, packed_stats, parse_overflow, row_width
 from featurestore.online.streaming import run_commands
 from featurestore.plan import AggregationPlan, Plan, ViewPlan
 from featurestore.plan.windows import STATS_FOR_FUNCTION, tile_index, window_tiles
@@ -41,16 +44,11 @@ def _cast(x: float, dtype: str) -> Any:
 
 
 class _Acc:
-    """Merges the tile statistics of one aggregation for one entity."""
+    """Merges the per-tile statistics (first, last, newest values, distinct) of one aggregation for one entity."""
 
-    __slots__ = ("count", "sums", "squares", "lo", "hi", "first_order", "first", "last_order", "last", "items", "hlls")
+    __slots__ = ("first_order", "first", "last_order", "last", "items", "hlls")
 
     def __init__(self) -> None:
-        self.count = 0
-        self.sums: list[float] = []
-        self.squares: list[float] = []
-        self.lo: float | None = None
-        self.hi: float | None = None
         self.first_order: tuple[int, ...] | None = None
         self.first: bytes | None = None
         self.last_order: tuple[int, ...] | None = None
@@ -59,22 +57,7 @@ class _Acc:
         self.hlls: list[bytes] = []
 
     def add(self, stat: str, name: bytes, raw: bytes, got: dict[bytes, bytes]) -> None:
-        if stat == "c":
-            self.count += int(raw)
-        elif stat == "s":  # an exact sum, as "hi lo ..." (see tiles.lua)
-            if b" " in raw:
-                self.sums.extend(map(float, raw.split()))
-            else:
-                self.sums.append(float(raw))
-        elif stat == "q":
-            self.squares.extend(map(float, raw.split()))
-        elif stat == "m":
-            x = float(raw)
-            self.lo = x if self.lo is None or x < self.lo else self.lo
-        elif stat == "M":
-            x = float(raw)
-            self.hi = x if self.hi is None or x > self.hi else self.hi
-        elif stat == "l" or stat == "f":
+        if stat == "l" or stat == "f":
             extra = got.get(name + b"o")
             if extra is None:
                 return
@@ -88,24 +71,8 @@ class _Acc:
         elif stat == "d":
             self.hlls.append(name)
 
-    def value(self, agg: AggregationPlan, distinct: int = 0) -> Any:
+    def value(self, agg: AggregationPlan) -> Any:
         f = agg.function
-        if f == "count":
-            return self.count
-        if f == "sum":
-            return _cast(math.fsum(self.sums), agg.dtype)
-        if f == "mean":
-            return math.fsum(self.sums) / self.count if self.count else None
-        if f in ("variance", "stddev"):
-            if not self.count:
-                return None
-            total = math.fsum(self.sums)
-            var = max(0.0, (math.fsum(self.squares) - total * total / self.count) / self.count)
-            return var if f == "variance" else math.sqrt(var)
-        if f == "min":
-            return None if self.lo is None else _cast(self.lo, agg.dtype)
-        if f == "max":
-            return None if self.hi is None else _cast(self.hi, agg.dtype)
         if f == "first":
             return decode_value(self.first, agg.dtype)
         if f == "last_n":
@@ -114,16 +81,129 @@ class _Acc:
             self.items.sort(key=lambda it: (it[0], it[1], it[2]), reverse=True)
             return [decode_value(it[3].encode(), agg.dtype) for it in self.items[: agg.k]]
         if f == "count_distinct":
-            return distinct
+            return 0
         return decode_value(self.last, agg.dtype)
 
 
-#: Per feature: (row feature plan, its field) or (aggregation plan, None).
-_Layout = list[tuple[Any, bytes | None]]
-#: Tile field -> (its stat, positions of the features whose window holds the tile).
-_Index = dict[bytes, tuple[str, list[int]]]
-#: Lifetime features: (tile prefix + b"|", feature position, last tile index, stats).
-_Lifetimes = list[tuple[bytes, int, int, tuple[str, ...]]]
+#: Requests with at most this many found entities merge packed rows in plain Python (numpy's
+#: per-call overhead costs more than the loop below it).
+_SMALL = 8
+
+
+@dataclass
+class _PackedSet:
+    """The numeric aggregations read from one packed tile set: (position, plan, first and
+    last tile index of its window)."""
+
+    field: bytes
+    overflow: bytes
+    stats: str
+    features: list[tuple[int, AggregationPlan, int, int]]
+
+    def values(self, blobs: list[bytes], overflows: dict[int, bytes]) -> dict[int, list[Any]]:
+        """Per feature position, its value for each entity (`blobs`: the entities' packed
+        rows; `overflows`: entity -> its overflow field, for the few that have one)."""
+        extras = {e: parse_overflow(raw) for e, raw in overflows.items()}
+        gather = self._gather_small if len(blobs) <= _SMALL else self._gather
+        windows: dict[tuple[int, int], dict[str, list[Any]]] = {}
+        out: dict[int, list[Any]] = {}
+        for pos, agg, first, last in self.features:
+            got = windows.get((first, last))
+            if got is None:
+                got = windows[(first, last)] = gather(blobs, first, last)
+            out[pos] = _finish(agg, got, extras, first, last)
+        return out
+
+    def _gather(self, blobs: list[bytes], first: int, last: int) -> dict[str, list[Any]]:
+        """Per statistic, per entity: the count, the exact sums' (hi, lo) terms, the min / max
+        (None: no tile in the window) of the rows inside [first, last] (vectorised)."""
+        n, width, cols = len(blobs), row_width(self.stats), columns(self.stats)
+        rows = np.frombuffer(b"".join(blobs), dtype="<f8").reshape(-1, width)
+        entity = np.repeat(np.arange(n), [len(b) // (8 * width) for b in blobs])
+        inside = (rows[:, 0] >= first) & (rows[:, 0] <= last)
+        ent, sel = entity[inside], rows[inside]
+        out: dict[str, list[Any]] = {}
+        present = (np.bincount(ent, minlength=n) > 0).tolist()
+        bounds = np.searchsorted(ent, np.arange(n + 1)).tolist()
+        for stat, col in cols.items():
+            if stat == "c":
+                out[stat] = np.bincount(ent, weights=sel[:, col], minlength=n).astype(np.int64).tolist()
+            elif stat in "sq":
+                terms = sel[:, col : col + 2].ravel().tolist()
+                out[stat] = [terms[2 * bounds[e] : 2 * bounds[e + 1]] for e in range(n)]
+            else:
+                best = np.full(n, np.inf if stat == "m" else -np.inf)
+                (np.minimum if stat == "m" else np.maximum).at(best, ent, sel[:, col])
+                out[stat] = [x if ok else None for x, ok in zip(best.tolist(), present)]
+        return out
+
+    def _gather_small(self, blobs: list[bytes], first: int, last: int) -> dict[str, list[Any]]:
+        """As _gather, in plain Python (a few entities)."""
+        width, cols = row_width(self.stats), columns(self.stats)
+        out: dict[str, list[Any]] = {stat: [] for stat in cols}
+        for blob in blobs:
+            flat = struct.unpack(f"<{len(blob) // 8}d", blob)
+            rows = [flat[r : r + width] for r in range(0, len(flat), width) if first <= flat[r] <= last]
+            for stat, col in cols.items():
+                if stat == "c":
+                    out[stat].append(int(sum(row[col] for row in rows)))
+                elif stat in "sq":
+                    out[stat].append([x for row in rows for x in row[col : col + 2]])
+                elif rows:
+                    out[stat].append((min if stat == "m" else max)(row[col] for row in rows))
+                else:
+                    out[stat].append(None)
+        return out
+
+
+def _finish(agg: AggregationPlan, got: dict[str, list[Any]], extras: dict[int, dict[tuple[int, str], list[float]]],
+            first: int, last: int) -> list[Any]:
+    """An aggregation's values from the gathered statistics of its window."""
+    f = agg.function
+    if f == "count":
+        return got["c"]
+    if f in ("min", "max"):
+        return [None if x is None else _cast(x, agg.dtype) for x in got["m" if f == "min" else "M"]]
+    sums = _exact_sums(got["s"], extras, "s", first, last)
+    if f == "sum":
+        return [_cast(x, agg.dtype) for x in sums]
+    if f == "mean":
+        return [x / c if c else None for x, c in zip(sums, got["c"])]
+    squares = _exact_sums(got["q"], extras, "q", first, last)  # variance, stddev
+    return [_spread(f, x, q, c) for x, q, c in zip(sums, squares, got["c"])]
+
+
+def _exact_sums(terms: list[list[float]], extras: dict[int, dict[tuple[int, str], list[float]]], stat: str,
+                first: int, last: int) -> list[float]:
+    """Per entity, the correctly rounded sum of its tiles' exact sums (hi, lo, further terms)."""
+    out = [math.fsum(t) for t in terms]
+    for e, more in extras.items():
+        further = [x for (idx, st), xs in more.items() if st == stat and first <= idx <= last for x in xs]
+        if further:
+            out[e] = math.fsum(terms[e] + further)
+    return out
+
+
+def _spread(function: str, total: float, squares: float, count: int) -> float | None:
+    if not count:
+        return None
+    var = max(0.0, (squares - total * total / count) / count)
+    return var if function == "variance" else math.sqrt(var)
+
+
+@dataclass
+class _Layout:
+    """How one request's features are read: the fields to fetch and how to merge them."""
+
+    features: list[tuple[Any, bytes | None]]
+    """Per feature: (row feature plan, its field) or (aggregation plan, None)."""
+    packed: list[_PackedSet]
+    index: dict[bytes, tuple[str, list[int]]]
+    """Per-tile field -> (its stat, positions of the features whose window holds the tile)."""
+    lifetimes: list[tuple[bytes, int, int, tuple[str, ...]]]
+    """Lifetime per-tile features: (tile prefix + b"|", position, last tile index, stats)."""
+    names: list[bytes] | None
+    """The fields to HMGET, or None: every field (HGETALL, for lifetime per-tile features)."""
 
 
 class OnlineReader:
@@ -133,9 +213,9 @@ class OnlineReader:
         self.client = client
         self.project = project
         self.plan = plan
-        self._layouts: dict[tuple[Any, ...], tuple[_Layout, _Index, _Lifetimes]] = {}
+        self._layouts: dict[tuple[Any, ...], _Layout] = {}
 
-    def _cached_layout(self, view: ViewPlan, features: Sequence[str], t_ms: int) -> tuple[_Layout, _Index, _Lifetimes]:
+    def _cached_layout(self, view: ViewPlan, features: Sequence[str], t_ms: int) -> _Layout:
         """The layout depends on t only through the tile holding t, per tile size: cache it."""
         aggs = {a.name: a for a in view.aggregations}
         tiles = tuple(tile_index(t_ms, aggs[f].tile_ms) for f in features if f in aggs)
@@ -148,27 +228,47 @@ class OnlineReader:
         return hit
 
     @staticmethod
-    def _layout(view: ViewPlan, features: Sequence[str], t_ms: int) -> tuple[_Layout, _Index, _Lifetimes]:
+    def _layout(view: ViewPlan, features: Sequence[str], t_ms: int) -> _Layout:
         rows = {r.name: r for r in view.row_features}
         aggs = {a.name: a for a in view.aggregations}
-        layout: _Layout = []
-        index: _Index = {}
-        lifetimes: _Lifetimes = []
+        layout = _Layout([], [], {}, [], None)
+        packed: dict[str, _PackedSet] = {}
+        stats_of: dict[str, set[str]] = {}
+        for agg in view.aggregations:  # a packed field holds the stats of every aggregation of its set
+            prefix = tile_prefix(agg.tiles_key, agg.tile_ms, agg.window_ms is None)
+            stats_of.setdefault(prefix, set()).update(STATS_FOR_FUNCTION[agg.function])
+        names = [b"_ts"]
         for pos, name in enumerate(features):
             if name in rows:
-                layout.append((rows[name], row_field(name).encode()))
+                layout.features.append((rows[name], row_field(name).encode()))
+                names.append(row_field(name).encode())
                 continue
             agg = aggs[name]
-            layout.append((agg, None))
-            if agg.window_ms is None:
-                prefix = tile_prefix(agg.tiles_key, agg.tile_ms, lifetime=True)
-                lifetimes.append(((prefix + "|").encode(), pos, tile_index(t_ms, agg.tile_ms), STATS_FOR_FUNCTION[agg.function]))
-                continue
-            prefix = tile_prefix(agg.tiles_key, agg.tile_ms)
-            for stat in STATS_FOR_FUNCTION[agg.function]:
-                for idx in window_tiles(t_ms, agg.window_ms, agg.tile_ms):
-                    index.setdefault(tile_field(prefix, idx, stat).encode(), (stat, []))[1].append(pos)
-        return layout, index, lifetimes
+            layout.features.append((agg, None))
+            lifetime = agg.window_ms is None
+            prefix = tile_prefix(agg.tiles_key, agg.tile_ms, lifetime)
+            stats = STATS_FOR_FUNCTION[agg.function]
+            last = tile_index(t_ms, agg.tile_ms)
+            if stats[0] in NUMERIC_STATS:
+                first = -(2**62) if lifetime else last - agg.window_ms // agg.tile_ms + 1  # type: ignore[operator]
+                if prefix not in packed:
+                    packed[prefix] = _PackedSet(packed_field(prefix).encode(), overflow_field(prefix).encode(),
+                                                packed_stats(stats_of[prefix]), [])
+                    names += [packed[prefix].field, packed[prefix].overflow]
+                packed[prefix].features.append((pos, agg, first, last))
+            elif lifetime:
+                layout.lifetimes.append(((prefix + "|").encode(), pos, last, stats))
+            else:
+                for stat in stats:
+                    for idx in window_tiles(t_ms, agg.window_ms, agg.tile_ms):  # type: ignore[arg-type]
+                        field = tile_field(prefix, idx, stat).encode()
+                        if field not in layout.index:
+                            layout.index[field] = (stat, [])
+                            names += [field, field + b"o"] if stat in "lf" else [field]
+                        layout.index[field][1].append(pos)
+        layout.packed = list(packed.values())
+        layout.names = None if layout.lifetimes else names
+        return layout
 
     def read(self, requests: Sequence[ViewRequest], t_ms: int) -> list[dict[str, list[Any]]]:
         """Per request, feature name -> values (one per key), evaluated at `t_ms`."""
@@ -211,60 +311,72 @@ class OnlineReader:
         window's HyperLogLogs). An entity whose newest event is older than the view's TTL
         reads as `expired`, older than `max_staleness_ms` as `stale`: no values."""
         layouts = [self._cached_layout(req.view, req.features, t_ms) for req in requests]
-        commands = [("HGETALL", entity_key(self.project, req.view.name, key)) for req in requests for key in req.keys]
+        commands = [
+            ("HGETALL", entity_key(self.project, req.view.name, key)) if layout.names is None
+            else ("HMGET", entity_key(self.project, req.view.name, key), *layout.names)
+            for req, layout in zip(requests, layouts) for key in req.keys
+        ]
         replies = iter((yield commands))
         out: list[ViewResult] = []
         distinct: list[tuple[list[Any], int, str, list[bytes]]] = []
-        for req, (layout, index, lifetimes) in zip(requests, layouts):
+        for req, layout in zip(requests, layouts):
             cols: list[list[Any]] = [[] for _ in req.features]
             event_ms: list[int | None] = []
             states: list[str] = []
-            for key in req.keys:
+            found: list[tuple[int, dict[bytes, bytes]]] = []
+            for row, key in enumerate(req.keys):
                 reply = next(replies)
-                got: dict[bytes, bytes] = reply if isinstance(reply, dict) else _pairs(reply)
+                if layout.names is not None:
+                    got = {name: v for name, v in zip(layout.names, reply) if v is not None}
+                else:
+                    got = reply if isinstance(reply, dict) else _pairs(reply)
                 newest = got.get(b"_ts")
                 state = _entity_state(newest, t_ms, req.view.ttl_ms, max_staleness_ms)
                 event_ms.append(None if newest is None else int(newest))
                 states.append(state)
+                for col in cols:
+                    col.append(None)
                 if state != FOUND:
-                    for col in cols:
-                        col.append(None)
                     continue
-                accs = [_Acc() if field is None else None for _, field in layout]
-                for name, raw in got.items():
-                    hit = index.get(name)
-                    if hit is None:
-                        if lifetimes:
-                            _add_lifetime(lifetimes, accs, name, raw, got)
-                        continue
-                    stat, positions = hit
-                    if stat == "c":  # the common statistics, parsed once for every feature they feed
-                        n = int(raw)
-                        for pos in positions:
-                            accs[pos].count += n  # type: ignore[union-attr]
-                    elif stat == "s":
-                        parts = [float(x) for x in raw.split()] if b" " in raw else [float(raw)]
-                        for pos in positions:
-                            accs[pos].sums.extend(parts)  # type: ignore[union-attr]
-                    else:
-                        for pos in positions:
-                            accs[pos].add(stat, name, raw, got)  # type: ignore[union-attr]
-                for pos, (feat, field) in enumerate(layout):
+                found.append((row, got))
+                if layout.index or layout.lifetimes:
+                    self._merge_tiles(layout, got, cols, row, req, key, distinct)
+                for pos, (feat, field) in enumerate(layout.features):
                     if field is not None:
-                        cols[pos].append(decode_value(got.get(field), feat.dtype))
-                        continue
-                    acc = accs[pos]
-                    assert acc is not None
-                    cols[pos].append(acc.value(feat))
-                    if feat.function == "count_distinct" and acc.hlls:
-                        ekey = entity_key(self.project, req.view.name, key)
-                        distinct.append((cols[pos], len(cols[pos]) - 1, ekey, acc.hlls))
+                        cols[pos][row] = decode_value(got.get(field), feat.dtype)
+            for pset in layout.packed:
+                blobs = [got.get(pset.field, b"") for _, got in found]
+                overflows = {e: got[pset.overflow] for e, (_, got) in enumerate(found) if pset.overflow in got}
+                for pos, values in pset.values(blobs, overflows).items():
+                    for (row, _), v in zip(found, values):
+                        cols[pos][row] = v
             out.append(ViewResult(dict(zip(req.features, cols)), event_ms, states))
         if distinct:
             counts = yield [("PFCOUNT", *[hll_key(ekey, f.decode()) for f in fields]) for _, _, ekey, fields in distinct]
             for (col, row, _, _), n in zip(distinct, counts):
                 col[row] = int(n)
         return out
+
+    def _merge_tiles(self, layout: _Layout, got: dict[bytes, bytes], cols: list[list[Any]], row: int, req: ViewRequest,
+                     key: tuple[Any, ...], distinct: list[tuple[list[Any], int, str, list[bytes]]]) -> None:
+        """The per-tile features (first, last, last_n, count_distinct) of one entity."""
+        accs = [_Acc() if field is None else None for _, field in layout.features]
+        for name, raw in got.items():
+            hit = layout.index.get(name)
+            if hit is None:
+                if layout.lifetimes:
+                    _add_lifetime(layout.lifetimes, accs, name, raw, got)
+                continue
+            stat, positions = hit
+            for pos in positions:
+                accs[pos].add(stat, name, raw, got)  # type: ignore[union-attr]
+        for pos, (feat, field) in enumerate(layout.features):
+            acc = accs[pos]
+            if field is not None or acc is None or feat.function not in ("first", "last", "last_n", "count_distinct"):
+                continue
+            cols[pos][row] = acc.value(feat)
+            if feat.function == "count_distinct" and acc.hlls:
+                distinct.append((cols[pos], row, entity_key(self.project, req.view.name, key), acc.hlls))
 
 
 #: Entity states; with a value of None a found entity's feature reads as `null`.
@@ -303,11 +415,12 @@ def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
     return dict(zip(it, it))
 
 
-def _add_lifetime(lifetimes: _Lifetimes, accs: list[_Acc | None], name: bytes, raw: bytes, got: dict[bytes, bytes]) -> None:
+def _add_lifetime(lifetimes: list[tuple[bytes, int, int, tuple[str, ...]]], accs: list[_Acc | None], name: bytes, raw: bytes,
+                  got: dict[bytes, bytes]) -> None:
     """Merge a field of a lifetime tile set: every tile up to the one holding t, and the base."""
     for prefix, pos, last, stats in lifetimes:
         if name.startswith(prefix):
-            idx, _, stat = name[len(prefix):].partition(b"|")
+            idx, sep, stat = name[len(prefix):].partition(b"|")
             st = stat.decode()
-            if st in stats and int(idx) <= last:
+            if sep and st in stats and int(idx) <= last:
                 accs[pos].add(st, name, raw, got)  # type: ignore[union-attr]

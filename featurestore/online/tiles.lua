@@ -4,20 +4,24 @@
 -- touched this entity, then an optional trim:
 --   G p first last             : a group of events from partition p, offsets first..last
 --     R ts p o n name1 val1 ... : row features, applied only if (ts,p,o) is newer than the stored (_ts,_p,_o)
---     C field n                 : add to a tile count
---     S field n x1 .. xn        : add to a tile sum or sum of squares the exact value x1 + .. + xn; sums
---                                 are kept exact, as the canonical expansion "hi lo ..." of their value
---                                 (hi the correctly rounded sum), so they do not depend on batching
---     m field x / M field x     : keep the minimum / maximum
+--     P prefix stats idx v...   : add to tile `idx` of the packed numeric statistics of tile set `prefix`
+--                                 (field prefix..'|P', float64 rows; see featurestore/online/packed.py):
+--                                 per letter of `stats`, in order, c: a count; s / q: n x1 .. xn, an exact
+--                                 sum (of values / of squares) as n partials; m / M: a minimum / maximum.
+--                                 Sums are kept exact, as the canonical expansion of their value (hi = the
+--                                 correctly rounded sum, lo = the rounded remainder, further terms in the
+--                                 overflow field prefix..'|X'), so they do not depend on batching
 --     L field ts p o val        : keep the value of the newest event (order (ts,p,o)); its order goes in field..'o'
 --     F field ts p o val        : keep the value of the oldest event
 --     N field k list            : merge a JSON list of [ts,p,o,val] (newest first), keep the k newest
 --     H field n v1 .. vn        : add the values to the tile's HyperLogLog (key KEYS[1]..'|'..field)
---   T limit k (prefix tile shift back mode keep)*k : if the hash has more than `limit` fields, remove
---                                 the tile fields "prefix|idx|stat" with idx < min, where
---                                 min = tile_index(newest event time - shift) - back: mode 'd'
---                                 deletes them, mode 'f' folds them into the base tile "prefix|base|stat"
---                                 (keeping the `keep` newest values of 'n')
+--   T limit k (prefix tile shift back mode keep rows)*k : bounds of the tile sets, measured from
+--                                 the entity's newest event: tiles with idx < min, where
+--                                 min = tile_index(newest event time - shift) - back, are removed
+--                                 (mode 'd') or folded into the base tile (mode 'f', keeping the `keep`
+--                                 newest values of 'n'): from a packed field touched by this call once
+--                                 it has more than `rows` rows; from the per-tile fields
+--                                 "prefix|idx|stat" once the hash has more than `limit` fields
 --   B base                      : the index of the base tile (with T)
 --
 -- Field `_a:<p>` holds the highest offset of partition p already applied to this entity.
@@ -42,13 +46,41 @@ local function fmt(x)
   return string.format('%.17g', x)
 end
 
-local WIDTH = {G = 4, C = 3, m = 3, M = 3, L = 6, F = 6, N = 4, B = 2}
+local WIDTH = {G = 4, L = 6, F = 6, N = 4, B = 2}
+local STAT_WIDTH = {c = 1, s = 2, q = 2, m = 1, M = 1}
+-- a packed set's statistics string, parsed once: its letters, their columns, the row width
+local LAYOUTS = {}
+local function layout(stats)
+  local l = LAYOUTS[stats]
+  if l ~= nil then return l end
+  l = {chars = {}, cols = {}, exact = false}
+  local w = 2
+  for j = 1, #stats do
+    local st = string.sub(stats, j, j)
+    l.chars[j] = st
+    l.cols[st] = w
+    w = w + STAT_WIDTH[st]
+    if st == 's' or st == 'q' then l.exact = true end
+  end
+  l.width = w - 1
+  LAYOUTS[stats] = l
+  return l
+end
 local function width(op, i)
   local w = WIDTH[op]
   if w ~= nil then return w end
   if op == 'R' then return 5 + 2 * tonumber(args[i+4]) end
-  if op == 'H' or op == 'S' then return 3 + tonumber(args[i+2]) end
-  if op == 'T' then return 3 + 6 * tonumber(args[i+2]) end
+  if op == 'H' then return 3 + tonumber(args[i+2]) end
+  if op == 'T' then return 3 + 7 * tonumber(args[i+2]) end
+  if op == 'P' then
+    local l = layout(args[i+2])
+    if not l.exact then return 4 + #l.chars end
+    w = 4
+    for _, st in ipairs(l.chars) do
+      if st == 's' or st == 'q' then w = w + 1 + tonumber(args[i+w]) else w = w + 1 end
+    end
+    return w
+  end
   return nil
 end
 
@@ -59,35 +91,35 @@ local function put(f, v)
   cur[f] = v
 end
 
--- exact float sums: a tile's sum is stored as the canonical expansion of its exact value
+-- exact float sums: the canonical expansion of the exact value
 local function grow(p, x)
   -- add x to the non-overlapping partials p (increasing magnitude), exactly
-  local out = {}
+  local res = {}
   for _, y in ipairs(p) do
     if math.abs(x) < math.abs(y) then x, y = y, x end
     local hi = x + y
     local lo = y - (hi - x)
-    if lo ~= 0 then out[#out + 1] = lo end
+    if lo ~= 0 then res[#res + 1] = lo end
     x = hi
   end
-  if x ~= 0 then out[#out + 1] = x end
-  return out
+  if x ~= 0 then res[#res + 1] = x end
+  return res
 end
 local function round_sum(p)
   -- the correctly rounded value of the exact sum of p (the algorithm of Python's math.fsum)
-  local n = #p
-  if n == 0 then return 0 end
-  local hi, lo = p[n], 0
-  n = n - 1
-  while n > 0 do
-    local x, y = hi, p[n]
-    n = n - 1
+  local m = #p
+  if m == 0 then return 0 end
+  local hi, lo = p[m], 0
+  m = m - 1
+  while m > 0 do
+    local x, y = hi, p[m]
+    m = m - 1
     hi = x + y
     local yr = hi - x
     lo = y - yr
     if lo ~= 0 then break end
   end
-  if n > 0 and ((lo < 0 and p[n] < 0) or (lo > 0 and p[n] > 0)) then
+  if m > 0 and ((lo < 0 and p[m] < 0) or (lo > 0 and p[m] > 0)) then
     local y = lo * 2
     local x = hi + y
     if y == x - hi then hi = x end
@@ -96,59 +128,208 @@ local function round_sum(p)
 end
 local function canonical(p)
   -- the unique expansion of the exact sum: its rounded value, the rounded remainder, ...
-  local out = {}
+  local res = {}
   for _ = 1, 64 do
     if #p == 0 then break end
     local hi = round_sum(p)
-    out[#out + 1] = hi
+    res[#res + 1] = hi
     if hi ~= hi or hi == math.huge or hi == -math.huge then break end  -- inf/nan: no exact remainder
     p = grow(p, -hi)
   end
-  return out
-end
-local function parse_exact(raw)
-  -- a stored sum ("hi lo ...", largest first) as partials of increasing magnitude
-  local vals, p = {}, {}
-  if raw == nil or raw == false then return p end
-  for tok in string.gmatch(raw, '%S+') do vals[#vals + 1] = tonumber(tok) end
-  for j = #vals, 1, -1 do p[#p + 1] = vals[j] end
-  return p
+  return res
 end
 
--- merging one statistic into a field (shared by updates and lifetime folding)
-local function add_exact(f, xs)
-  local raw = cur[f]
-  if #xs == 1 then
-    -- fast path: a stored single value (or none) plus one value is the pair (hi, lo) of a two-sum
-    local a = 0
-    if raw ~= nil and raw ~= false then a = tonumber(raw) end
-    if a ~= nil then
-      local x = xs[1]
-      local hi = a + x
-      local bv = hi - a
-      local lo = (a - (hi - bv)) + (x - bv)
-      if hi ~= hi or hi == math.huge or hi == -math.huge then lo = 0 end
-      if lo == 0 then put(f, fmt(hi)) else put(f, fmt(hi) .. ' ' .. fmt(lo)) end
-      return
+-- packed numeric tile sets: prefix -> {stats, cols, width, vals (the rows, flat), at (idx -> offset
+-- of its row in vals), x (stat -> idx -> further terms of its exact sum)}
+local CHUNK = 3000  -- float64 values per struct.pack / struct.unpack call
+local FORMATS = {}
+local function doubles(m)
+  local f = FORMATS[m]
+  if f == nil then f = '<' .. string.rep('d', m); FORMATS[m] = f end
+  return f
+end
+local sets = {}
+local function open_set(prefix, stats)
+  local s = sets[prefix]
+  if s ~= nil then return s end
+  local l = layout(stats)
+  local width = l.width
+  s = {chars = l.chars, cols = l.cols, width = width, vals = {}, at = {}, rows = 0, sorted = true, had_x = false,
+       x = {s = {}, q = {}}, nx = 0}
+  local raw = cur[prefix .. '|P']
+  if raw ~= nil and raw ~= false and #raw > 0 then
+    local total, vals = #raw / 8, s.vals
+    local per = math.floor(CHUNK / width) * width
+    local pos, done = 1, 0
+    while done < total do
+      local m = math.min(per, total - done)
+      local got = {struct.unpack(doubles(m), raw, pos)}
+      pos = got[m + 1]
+      for k = 1, m do vals[done + k] = got[k] end
+      done = done + m
+    end
+    s.rows = total / width
+    for r = 0, s.rows - 1 do s.at[vals[r * width + 1]] = r * width end
+  end
+  local xraw = cur[prefix .. '|X']
+  if xraw ~= nil and xraw ~= false then
+    s.had_x = true
+    for line in string.gmatch(xraw, '[^\n]+') do
+      local idx, st, rest = string.match(line, '^(%S+) (%a) (.*)$')
+      local xs = {}
+      for tok in string.gmatch(rest, '%S+') do xs[#xs + 1] = tonumber(tok) end
+      s.x[st][tonumber(idx)] = xs
+      s.nx = s.nx + 1
     end
   end
-  local p = parse_exact(raw)
+  sets[prefix] = s
+  return s
+end
+local function row_of(s, idx)
+  -- offset of tile idx's row in s.vals (a new row if absent)
+  local off = s.at[idx]
+  if off ~= nil then return off end
+  local vals = s.vals
+  off = s.rows * s.width
+  if s.rows > 0 and idx < vals[off - s.width + 1] then s.sorted = false end
+  vals[off + 1] = idx
+  for _, st in ipairs(s.chars) do
+    local c = off + s.cols[st]
+    if st == 'm' then vals[c] = math.huge
+    elseif st == 'M' then vals[c] = -math.huge
+    else
+      vals[c] = 0
+      if STAT_WIDTH[st] == 2 then vals[c + 1] = 0 end
+    end
+  end
+  s.rows = s.rows + 1
+  s.at[idx] = off
+  return off
+end
+local function expansion(s, off, st)
+  -- the partials (increasing magnitude) of a tile's exact sum
+  local c = off + s.cols[st]
+  local p, extra = {}, nil
+  if s.nx > 0 then extra = s.x[st][s.vals[off + 1]] end
+  if extra ~= nil then for j = #extra, 1, -1 do p[#p + 1] = extra[j] end end
+  if s.vals[c + 1] ~= 0 then p[#p + 1] = s.vals[c + 1] end
+  if s.vals[c] ~= 0 then p[#p + 1] = s.vals[c] end
+  return p
+end
+local function add_exact(s, off, st, xs)
+  local vals, c = s.vals, off + s.cols[st]
+  local idx = vals[off + 1]
+  if #xs == 1 and vals[c + 1] == 0 and (s.nx == 0 or s.x[st][idx] == nil) then
+    -- fast path: one value plus one value is the pair (hi, lo) of a two-sum
+    local a, x = vals[c], xs[1]
+    local hi = a + x
+    local bv = hi - a
+    local lo = (a - (hi - bv)) + (x - bv)
+    if hi ~= hi or hi == math.huge or hi == -math.huge then lo = 0 end
+    vals[c], vals[c + 1] = hi, lo
+    return
+  end
+  local p = expansion(s, off, st)
   for _, x in ipairs(xs) do p = grow(p, x) end
-  local parts = {}
-  for j, v in ipairs(canonical(p)) do parts[j] = fmt(v) end
-  put(f, #parts > 0 and table.concat(parts, ' ') or '0')
-end
-local function add(f, x, integer)
-  local base = cur[f]
-  if base ~= nil and base ~= false then x = x + tonumber(base) end
-  put(f, integer and string.format('%d', x) or fmt(x))
-end
-local function keep_extreme(f, raw, want_min)
-  local base, x = cur[f], tonumber(raw)
-  if base == nil or base == false or (want_min and x < tonumber(base)) or ((not want_min) and x > tonumber(base)) then
-    put(f, raw)
+  local e = canonical(p)
+  vals[c], vals[c + 1] = e[1] or 0, e[2] or 0
+  local had = s.x[st][idx] ~= nil
+  if #e > 2 then
+    local rest = {}
+    for j = 3, #e do rest[#rest + 1] = e[j] end
+    s.x[st][idx] = rest
+    if not had then s.nx = s.nx + 1 end
+  elseif had then
+    s.x[st][idx] = nil
+    s.nx = s.nx - 1
   end
 end
+local function update_packed(i)
+  -- a P op at args[i]
+  local s = open_set(args[i+1], args[i+2])
+  local off = row_of(s, tonumber(args[i+3]))
+  local vals, at = s.vals, i + 4
+  for _, st in ipairs(s.chars) do
+    local c = off + s.cols[st]
+    if st == 'c' then
+      vals[c] = vals[c] + tonumber(args[at]); at = at + 1
+    elseif st == 's' or st == 'q' then
+      local cnt = tonumber(args[at])
+      if cnt == 1 then
+        add_exact(s, off, st, {tonumber(args[at + 1])})
+      else
+        local xs = {}
+        for k = 1, cnt do xs[k] = tonumber(args[at + k]) end
+        add_exact(s, off, st, xs)
+      end
+      at = at + 1 + cnt
+    else
+      local x = tonumber(args[at]); at = at + 1
+      if (st == 'm' and x < vals[c]) or (st == 'M' and x > vals[c]) then vals[c] = x end
+    end
+  end
+end
+local function fold_row(s, base, off)
+  -- merge the row at `off` into the base tile's row
+  local vals = s.vals
+  for _, st in ipairs(s.chars) do
+    local c = s.cols[st]
+    if st == 'c' then vals[base + c] = vals[base + c] + vals[off + c]
+    elseif st == 's' or st == 'q' then add_exact(s, base, st, expansion(s, off, st))
+    elseif st == 'm' then if vals[off + c] < vals[base + c] then vals[base + c] = vals[off + c] end
+    elseif st == 'M' then if vals[off + c] > vals[base + c] then vals[base + c] = vals[off + c] end
+    end
+  end
+end
+local function pack(vals)
+  local parts = {}
+  for j = 1, #vals, CHUNK do
+    local m = math.min(CHUNK, #vals - j + 1)
+    parts[#parts + 1] = struct.pack(doubles(m), unpack(vals, j, j + m - 1))
+  end
+  return table.concat(parts)
+end
+local function encode_set(prefix, s, dropped)
+  -- write the rows (sorted by tile index, without `dropped`) and the further terms of sums
+  local vals, width = s.vals, s.width
+  if not s.sorted or next(dropped) ~= nil then
+    local order = {}
+    for idx in pairs(s.at) do
+      if dropped[idx] == nil then order[#order + 1] = idx end
+    end
+    table.sort(order)
+    local out_vals = {}
+    for _, idx in ipairs(order) do
+      local off = s.at[idx]
+      for c = 1, width do out_vals[#out_vals + 1] = vals[off + c] end
+    end
+    vals = out_vals
+  end
+  if #vals == 0 then
+    redis.call('HDEL', key, prefix .. '|P', prefix .. '|X')
+    return
+  end
+  put(prefix .. '|P', pack(vals))
+  if s.nx == 0 then
+    if s.had_x then redis.call('HDEL', key, prefix .. '|X') end
+    return
+  end
+  local lines = {}
+  for _, st in ipairs({'s', 'q'}) do
+    for idx, extra in pairs(s.x[st]) do
+      if dropped[idx] == nil then
+        local toks = {fmt(idx), st}
+        for _, v in ipairs(extra) do toks[#toks + 1] = fmt(v) end
+        lines[#lines + 1] = table.concat(toks, ' ')
+      end
+    end
+  end
+  table.sort(lines)
+  if #lines > 0 then put(prefix .. '|X', table.concat(lines, '\n'))
+  elseif s.had_x then redis.call('HDEL', key, prefix .. '|X') end
+end
+
+-- per-tile fields (first / last / newest values)
 local function keep_ordered(f, order, val, want_newest)
   local ts, p, o = string.match(order, '^(%-?%d+) (%-?%d+) (%d+)$')
   local prev = cur[f .. 'o']
@@ -175,7 +356,8 @@ local function merge_newest(f, k, list_json)
   put(f, cjson.encode(kept))
 end
 
--- pass 1: which fields are read
+-- pass 1: the ops, and which fields are read
+local ops = {}
 local want, slot = {}, {}
 local function need(f)
   if slot[f] == nil then want[#want + 1] = f; slot[f] = #want end
@@ -187,10 +369,13 @@ while i <= n do
   local op = args[i]
   local w = width(op, i)
   if w == nil then return redis.error_reply('unknown op ' .. tostring(op)) end
+  ops[#ops + 1] = i
   if op == 'G' then
     need('_a:' .. args[i+1])
   elseif op == 'R' then
     need('_ts'); need('_p'); need('_o')
+  elseif op == 'P' then
+    need(args[i+1] .. '|P'); need(args[i+1] .. '|X')
   elseif op == 'L' or op == 'F' then
     need(args[i+1] .. 'o')
   elseif op == 'T' then
@@ -209,19 +394,17 @@ end
 
 -- pass 2: decide each group
 local partial = {}
-i = 1
-while i <= n do
-  if args[i] == 'G' then
-    local mark = cur['_a:' .. args[i+1]]
+for _, at in ipairs(ops) do
+  if args[at] == 'G' then
+    local mark = cur['_a:' .. args[at+1]]
     if mark ~= false and mark ~= nil then
       mark = tonumber(mark)
-      if mark >= tonumber(args[i+2]) and mark < tonumber(args[i+3]) then
-        partial[#partial + 1] = args[i+1]
+      if mark >= tonumber(args[at+2]) and mark < tonumber(args[at+3]) then
+        partial[#partial + 1] = args[at+1]
         partial[#partial + 1] = tostring(mark)
       end
     end
   end
-  i = i + width(args[i], i)
 end
 if #partial > 0 then
   table.insert(partial, 1, 'partial')
@@ -231,44 +414,69 @@ end
 -- pass 3: new values of the groups to apply
 local applied = 0
 local active = false
-i = 1
-while i <= n do
-  local op = args[i]
+for _, at in ipairs(ops) do
+  local op = args[at]
   if op == 'G' then
-    local mark = cur['_a:' .. args[i+1]]
-    active = mark == false or mark == nil or tonumber(mark) < tonumber(args[i+2])
+    local mark = cur['_a:' .. args[at+1]]
+    active = mark == false or mark == nil or tonumber(mark) < tonumber(args[at+2])
     if active then
-      put('_a:' .. args[i+1], args[i+3])
+      put('_a:' .. args[at+1], args[at+3])
       applied = applied + 1
     end
   elseif op == 'T' or op == 'B' then
     active = false
   elseif active then
     if op == 'R' then
-      local ts, p, o, cnt = args[i+1], args[i+2], args[i+3], tonumber(args[i+4])
+      local ts, p, o, cnt = args[at+1], args[at+2], args[at+3], tonumber(args[at+4])
       if newer(ts, p, o, cur['_ts'], cur['_p'], cur['_o']) then
         put('_ts', ts); put('_p', p); put('_o', o)
-        for j = 0, cnt - 1 do put(args[i+5+2*j], args[i+6+2*j]) end
+        for j = 0, cnt - 1 do put(args[at+5+2*j], args[at+6+2*j]) end
       end
-    elseif op == 'C' then
-      add(args[i+1], tonumber(args[i+2]), true)
-    elseif op == 'S' then
-      local xs = {}
-      for j = 1, tonumber(args[i+2]) do xs[j] = tonumber(args[i+2+j]) end
-      add_exact(args[i+1], xs)
-    elseif op == 'm' or op == 'M' then
-      keep_extreme(args[i+1], args[i+2], op == 'm')
+    elseif op == 'P' then
+      update_packed(at)
     elseif op == 'L' or op == 'F' then
-      keep_ordered(args[i+1], args[i+2] .. ' ' .. args[i+3] .. ' ' .. args[i+4], args[i+5], op == 'L')
+      keep_ordered(args[at+1], args[at+2] .. ' ' .. args[at+3] .. ' ' .. args[at+4], args[at+5], op == 'L')
     elseif op == 'N' then
-      merge_newest(args[i+1], tonumber(args[i+2]), args[i+3])
+      merge_newest(args[at+1], tonumber(args[at+2]), args[at+3])
     elseif op == 'H' then
-      local cnt = tonumber(args[i+2])
-      redis.call('PFADD', key .. '|' .. args[i+1], unpack(args, i + 3, i + 2 + cnt))
-      put(args[i+1], '1')
+      local cnt = tonumber(args[at+2])
+      redis.call('PFADD', key .. '|' .. args[at+1], unpack(args, at + 3, at + 2 + cnt))
+      put(args[at+1], '1')
     end
   end
-  i = i + width(op, i)
+end
+
+-- the bounds of the tile sets, from the entity's newest event
+local bounds = {}
+local newest = cur['_ts']
+if trim ~= nil and newest ~= nil and newest ~= false then
+  newest = tonumber(newest)
+  for j = 0, tonumber(args[trim+2]) - 1 do
+    local at = trim + 3 + 7 * j
+    local tile, shift, back = tonumber(args[at+1]), tonumber(args[at+2]), tonumber(args[at+3])
+    bounds[args[at]] = {min = math.ceil((newest - shift) / tile) - 1 - back, mode = args[at+4],
+                        keep = tonumber(args[at+5]), rows = tonumber(args[at+6])}
+  end
+end
+
+-- packed sets touched: trim past their bound, then write
+local base_num = base_index and tonumber(base_index)
+for prefix, s in pairs(sets) do
+  local b, dropped = bounds[prefix], {}
+  if b ~= nil and s.rows > b.rows then
+    local old = {}
+    for idx in pairs(s.at) do
+      if idx < b.min and idx ~= base_num then old[#old + 1] = idx end
+    end
+    table.sort(old)
+    local base = nil
+    if b.mode == 'f' and #old > 0 then base = row_of(s, base_num) end
+    for _, idx in ipairs(old) do
+      if base ~= nil then fold_row(s, base, s.at[idx]) end
+      dropped[idx] = true
+    end
+  end
+  encode_set(prefix, s, dropped)
 end
 
 local function flush()
@@ -281,64 +489,50 @@ local function flush()
 end
 flush()
 
-if trim ~= nil and cur['_ts'] ~= nil and cur['_ts'] ~= false then
-  local limit, k = tonumber(args[trim+1]), tonumber(args[trim+2])
-  if redis.call('HLEN', key) > limit then
-    -- bounds follow the entity's newest event time, whatever this batch held
-    local newest = tonumber(cur['_ts'])
-    local mins, modes, keeps = {}, {}, {}
-    for j = 0, k - 1 do
-      local at = trim + 3 + 6 * j
-      keeps[args[at]] = tonumber(args[at+5])
-      local tile, shift, back = tonumber(args[at+1]), tonumber(args[at+2]), tonumber(args[at+3])
-      mins[args[at]] = math.ceil((newest - shift) / tile) - 1 - back
-      modes[args[at]] = args[at+4]
-    end
-    local dead, folded = {}, {}
-    for _, f in ipairs(redis.call('HKEYS', key)) do
-      local prefix, idx, stat = string.match(f, '^(.+|L?%d+)|(%-?%d+)|(%a+)$')
-      if prefix ~= nil and mins[prefix] ~= nil and tonumber(idx) < mins[prefix] and idx ~= base_index then
-        dead[#dead + 1] = f
-        if modes[prefix] == 'f' and stat ~= 'lo' and stat ~= 'fo' then
-          folded[#folded + 1] = {f, prefix, stat}
-        end
+-- per-tile fields past their bound, once the hash holds more than `limit` fields
+if trim ~= nil and next(bounds) ~= nil and redis.call('HLEN', key) > tonumber(args[trim+1]) then
+  local dead, folded = {}, {}
+  for _, f in ipairs(redis.call('HKEYS', key)) do
+    local prefix, idx, stat = string.match(f, '^(.+|L?%d+)|(%-?%d+)|(%a+)$')
+    local b = prefix ~= nil and bounds[prefix] or nil
+    if b ~= nil and tonumber(idx) < b.min and idx ~= base_index then
+      dead[#dead + 1] = f
+      if b.mode == 'f' and stat ~= 'lo' and stat ~= 'fo' then
+        folded[#folded + 1] = {f, prefix, stat}
       end
     end
-    -- fold lifetime tiles into their base tile
-    if #folded > 0 then
-      local names = {}
-      for _, x in ipairs(folded) do
-        names[#names + 1] = x[1]
-        names[#names + 1] = x[2] .. '|' .. base_index .. '|' .. x[3]
-        if x[3] == 'l' or x[3] == 'f' then
-          names[#names + 1] = x[1] .. 'o'
-          names[#names + 1] = x[2] .. '|' .. base_index .. '|' .. x[3] .. 'o'
-        end
+  end
+  -- fold lifetime tiles into their base tile
+  if #folded > 0 then
+    local names = {}
+    for _, x in ipairs(folded) do
+      names[#names + 1] = x[1]
+      names[#names + 1] = x[2] .. '|' .. base_index .. '|' .. x[3]
+      if x[3] == 'l' or x[3] == 'f' then
+        names[#names + 1] = x[1] .. 'o'
+        names[#names + 1] = x[2] .. '|' .. base_index .. '|' .. x[3] .. 'o'
       end
-      local got = redis.call('HMGET', key, unpack(names))
-      for j, f in ipairs(names) do cur[f] = got[j] end
-      for _, x in ipairs(folded) do
-        local f, stat = x[1], x[3]
-        local b = x[2] .. '|' .. base_index .. '|' .. stat
-        local v = cur[f]
-        if stat == 'c' then add(b, tonumber(v), true)
-        elseif stat == 's' or stat == 'q' then add_exact(b, parse_exact(v))
-        elseif stat == 'm' or stat == 'M' then keep_extreme(b, v, stat == 'm')
-        elseif stat == 'l' or stat == 'f' then keep_ordered(b, cur[f .. 'o'], v, stat == 'l')
-        elseif stat == 'n' then merge_newest(b, keeps[x[2]], v)
-        elseif stat == 'd' then
-          redis.call('PFMERGE', key .. '|' .. b, key .. '|' .. b, key .. '|' .. f)
-          put(b, '1')
-        end
+    end
+    local got = redis.call('HMGET', key, unpack(names))
+    for j, f in ipairs(names) do cur[f] = got[j] end
+    for _, x in ipairs(folded) do
+      local f, stat = x[1], x[3]
+      local b = x[2] .. '|' .. base_index .. '|' .. stat
+      local v = cur[f]
+      if stat == 'l' or stat == 'f' then keep_ordered(b, cur[f .. 'o'], v, stat == 'l')
+      elseif stat == 'n' then merge_newest(b, bounds[x[2]].keep, v)
+      elseif stat == 'd' then
+        redis.call('PFMERGE', key .. '|' .. b, key .. '|' .. b, key .. '|' .. f)
+        put(b, '1')
       end
-      flush()
     end
-    for _, f in ipairs(dead) do
-      if string.sub(f, -2) == '|d' then redis.call('DEL', key .. '|' .. f) end
-    end
-    for j = 1, #dead, 1000 do
-      redis.call('HDEL', key, unpack(dead, j, math.min(j + 999, #dead)))
-    end
+    flush()
+  end
+  for _, f in ipairs(dead) do
+    if string.sub(f, -2) == '|d' then redis.call('DEL', key .. '|' .. f) end
+  end
+  for j = 1, #dead, 1000 do
+    redis.call('HDEL', key, unpack(dead, j, math.min(j + 999, #dead)))
   end
 end
 return {'ok', tostring(applied)}

@@ -17,7 +17,7 @@ import orjson
 import redis
 
 from featurestore.online.keys import entity_key, row_field
-from featurestore.online.layout import LIFETIME_EXTRA_TILES, TileSet, fields_per_entity, tile_sets
+from featurestore.online.layout import LIFETIME_EXTRA_TILES, TileSet, fields_per_entity, packed_rows_bound, tile_sets
 from featurestore.online.streaming import ScriptStream
 from featurestore.plan import Plan, ViewPlan
 from featurestore.plan.windows import LIFETIME_BASE_INDEX
@@ -65,13 +65,14 @@ class OnlineWriter:
         if not sets:
             return []
         tokens = ["T", str(self._limits[view.name]), str(len(sets))]
+        slack = self.skew_ms + (view.allowed_lateness_ms or 0)
         for tset in sets:
+            rows = str(packed_rows_bound(tset, slack))
             if tset.max_window_ms is None:  # lifetime: fold what no allowed event can reach
-                slack = self.skew_ms + (view.allowed_lateness_ms or 0)
-                tokens += [tset.prefix, str(tset.tile_ms), str(slack), str(1 + LIFETIME_EXTRA_TILES), "f", str(tset.last_n)]
+                tokens += [tset.prefix, str(tset.tile_ms), str(slack), str(1 + LIFETIME_EXTRA_TILES), "f", str(tset.last_n), rows]
             else:
                 back = tset.max_window_ms // tset.tile_ms
-                tokens += [tset.prefix, str(tset.tile_ms), str(self.skew_ms), str(back), "d", str(tset.last_n)]
+                tokens += [tset.prefix, str(tset.tile_ms), str(self.skew_ms), str(back), "d", str(tset.last_n), rows]
         return tokens + ["B", str(LIFETIME_BASE_INDEX)]
 
     def write(self, batches: list[ViewRows]) -> int:
@@ -186,23 +187,26 @@ def _tile_tokens(tset: TileSet, rows: ViewRows, idxs: Sequence[int]) -> list[str
         else:
             members.append(i)
     tokens: list[str] = []
-    prefix = tset.prefix
+    prefix, packed, others = tset.prefix, tset.packed, tset.per_tile_fields
     for idx, members in per_tile.items():
-        base = f"{prefix}|{idx}|"
         values = [col[i] for i in members]
-        for stat in tset.stats:
+        if packed:
+            tokens += ["P", prefix, packed, str(idx)]
+            for stat in packed:
+                if stat == "c":
+                    tokens.append(str(len(values)))
+                elif stat == "s":
+                    tokens += exact_partials(values)
+                elif stat == "q":
+                    tokens += exact_partials([v * v for v in values])
+                elif stat == "m":
+                    tokens.append(_num(min(values)))
+                else:
+                    tokens.append(_num(max(values)))
+        base = f"{prefix}|{idx}|"
+        for stat in others:
             field = base + stat
-            if stat == "c":
-                tokens += ["C", field, str(len(values))]
-            elif stat == "s":
-                tokens += ["S", field, *exact_partials(values)]
-            elif stat == "q":
-                tokens += ["S", field, *exact_partials([v * v for v in values])]
-            elif stat == "m":
-                tokens += ["m", field, _num(min(values))]
-            elif stat == "M":
-                tokens += ["M", field, _num(max(values))]
-            elif stat in "lf":
+            if stat in "lf":
                 if len(members) == 1:
                     i = members[0]
                 else:

@@ -30,12 +30,13 @@ pytestmark = pytest.mark.integration
 
 N_EVENTS = 100_000
 PARTITIONS = 3
-def check_exactly_once(client: redis.Redis, settings, records: list[DemoEvent], view: str):  # type: ignore[no-untyped-def]
-    """Each user's events counted once and in order, and each record once in the history."""
+def check_exactly_once(client: redis.Redis, settings, records: list[DemoEvent], plan, view: str):  # type: ignore[no-untyped-def]
+    """Each user's events counted once and in order, and each record once in the history
+    (the state read with the plan: one field per tile and statistic)."""
     expected: dict[int, int] = {}
     for r in records:
         expected[r.event["user_id"]] = r.event["seq"]
-    state = online_state(client, settings.project)
+    state = online_state(client, settings.project, plan)
     assert len(state) == len(expected)
     for user, n in expected.items():
         fields = state[f"{view}:{user}".encode()]
@@ -73,13 +74,13 @@ def test_sigkill_at_random_and_dangerous_points(tmp_path: Path, services, overri
     assert committed(settings, topic, PARTITIONS) == N_EVENTS
 
     client = redis.Redis.from_url(settings.redis_url)
-    state, rows = check_exactly_once(client, settings, records, "user_txns")
+    state, rows = check_exactly_once(client, settings, records, plan, "user_txns")
     # and identical to an uninterrupted run
     clean = load_settings(repo, **dict(overrides, project=f"{overrides['project']}-ref",
                                        consumer_group=f"{overrides['consumer_group']}-ref",
                                        offline_path=tmp_path / "offline-ref", batch_size=20_000))
     StreamProcessor(plan, clean).run(until_caught_up=True)
-    assert_same_state(state, online_state(client, clean.project))
+    assert_same_state(state, online_state(client, clean.project, plan))
     assert rows == history_rows(Path(clean.offline_root), "user_txns")
     for key in client.scan_iter(f"fs:{settings.project}*"):
         client.delete(key)
@@ -150,7 +151,7 @@ def test_rebalances_while_one_of_two_processors_keeps_dying(tmp_path: Path, serv
     assert survivor.returncode == 0
     assert kills >= 3, f"the victim died only {kills} times"
     client = redis.Redis.from_url(settings.redis_url)
-    check_exactly_once(client, settings, records, "user_txns")
+    check_exactly_once(client, settings, records, plan, "user_txns")
     for key in client.scan_iter(f"fs:{settings.project}*"):
         client.delete(key)
 
@@ -203,10 +204,10 @@ def test_every_batch_delivered_twice_plus_a_zombie(tmp_path: Path, overrides: di
     assert processor.background > 0
     assert processor.commit_threads == {threading.current_thread().name}
     client = redis.Redis.from_url(settings.redis_url)
-    state, rows = check_exactly_once(client, settings, records, "user_txns")
+    state, rows = check_exactly_once(client, settings, records, plan, "user_txns")
     clean = load_settings(repo, **dict(overrides, project=f"{overrides['project']}-ref",
                                        consumer_group=f"{overrides['consumer_group']}-ref",
                                        offline_path=tmp_path / "offline-ref"))
     StreamProcessor(plan, clean).run(until_caught_up=True)
-    assert_same_state(state, online_state(client, clean.project))
+    assert_same_state(state, online_state(client, clean.project, plan))
     assert rows == history_rows(Path(clean.offline_root), "user_txns")

@@ -21,6 +21,7 @@ from featurestore.config import Settings, load_settings
 from featurestore.demo import payment_events, produce_records
 from featurestore.embedded import start_redis
 from featurestore.online.layout import TileSet, tile_sets
+from featurestore.online.packed import columns, decode_rows, parse_overflow
 from featurestore.plan import Plan
 from featurestore.registry import FileRegistry
 from featurestore.runtime import StreamProcessor
@@ -59,6 +60,8 @@ def online_state(client: redis.Redis, project: str, plan: Plan | None = None) ->
             continue
         newest = int(fields[b"_ts"])
         for tset in tile_sets(view):
+            if tset.packed:
+                fields.update(_unpacked(tset, fields.pop(f"{tset.prefix}|P".encode(), b""), fields.pop(f"{tset.prefix}|X".encode(), None)))
             head = f"{tset.prefix}|".encode()
             mine = {name: value for name, value in fields.items() if name.startswith(head)}
             if tset.lifetime:
@@ -72,6 +75,24 @@ def online_state(client: redis.Redis, project: str, plan: Plan | None = None) ->
                     del fields[name]
                     dropped.add(key + b"|" + name)
     return {k: v for k, v in state.items() if k not in dropped}
+
+
+def _unpacked(tset: TileSet, blob: bytes, overflow: bytes | None) -> dict[bytes, bytes]:
+    """A packed field as one field per tile and statistic (`prefix|idx|stat`: count, exact
+    sum terms, min or max), so that tiles can be dropped and lifetime sets merged as above."""
+    further = parse_overflow(overflow)
+    out: dict[bytes, bytes] = {}
+    for row in decode_rows(blob, tset.packed).tolist():
+        idx = int(row[0])
+        for stat, col in columns(tset.packed).items():
+            if stat == "c":
+                text = str(int(row[col]))
+            elif stat in "sq":
+                text = " ".join(repr(x) for x in [row[col], row[col + 1], *further.get((idx, stat), [])] if x)
+            else:
+                text = repr(row[col])
+            out[f"{tset.prefix}|{idx}|{stat}".encode()] = text.encode()
+    return out
 
 
 def _merged_lifetime(tset: TileSet, fields: dict[bytes, bytes]) -> dict[bytes, bytes]:

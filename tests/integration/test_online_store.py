@@ -10,6 +10,8 @@ import redis
 
 from featurestore.compile import compile_repo
 from featurestore.online import OnlineReader, OnlineWriter
+from featurestore.online.layout import packed_rows_bound, tile_sets
+from featurestore.online.packed import decode_rows
 from featurestore.online.reader import ViewRequest
 from featurestore.records import ViewRows
 
@@ -71,13 +73,19 @@ def test_storage_per_entity_stays_bounded(store) -> None:  # type: ignore[no-unt
     plan, client, writer, _reader, project = store
     view = plan.view("user_payments")
     t0 = 1_700_000_000_000
-    sizes = []
+    sizes, packed = [], []
+    sets = [ts for ts in tile_sets(view) if ts.packed]
+    slack = writer.skew_ms + (view.allowed_lateness_ms or 0)
     for day in range(6):  # one event a minute for six days, written in hourly batches
         for hour in range(24):
             start = t0 + day * DAY + hour * HOUR
             writer.write([_rows(view, [(7, start + m * 60_000, _event(1.0, "m")) for m in range(60)],
                                 first_offset=(day * 24 + hour) * 60)])
+            key = f"fs:{project}:user_payments:7"
+            packed.append(all(len(decode_rows(client.hget(key, f"{ts.prefix}|P"), ts.packed)) <= packed_rows_bound(ts, slack)
+                              for ts in sets))
         sizes.append(client.hlen(f"fs:{project}:user_payments:7"))
+    assert all(packed), "every packed tile set stays within its row bound"
     assert max(sizes) == max(sizes[1:]), "size stops growing once the longest window is full"
     assert max(sizes) <= writer._limits["user_payments"], "never above the documented trim threshold"
     assert sizes[-1] <= sizes[1] * 1.1
