@@ -123,7 +123,8 @@ class OnlineQuery:
         columns: dict[str, list[Any]] = {}
         for view, _ in self.resolved:
             for k in view.join_keys:
-                columns.setdefault(k.name, [row.get(k.name) for row in self.entity_rows])
+                if k.name not in columns:
+                    columns[k.name] = [row.get(k.name) for row in self.entity_rows]
         by_view = {req.view.name: res for req, res in zip(self.requests, results)}
         statuses: dict[str, list[str]] = {}
         event_ms: dict[str, list[int | None]] = {}

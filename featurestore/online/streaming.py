@@ -51,7 +51,7 @@ class ScriptStream:
         with _borrowed(self.client) as conn:
             for chunk in _chunks(items, self.chunk):
                 packed = [pack_command(("EVALSHA", sha, "1", key, *args)) for key, args in map(call, chunk)]  # type: ignore[arg-type]
-                conn.send_packed_command(packed, check_health=False)
+                conn.send_packed_command([b"".join(packed)], check_health=False)  # one write, not one per command
                 if in_flight:
                     replies.extend(_read(conn, in_flight))
                 in_flight = len(packed)
@@ -66,12 +66,12 @@ def run_commands(client: redis.Redis, commands: Sequence[tuple[Any, ...]]) -> li
     """Send commands in one write on one connection and return their raw replies (no
     redis-py response callbacks: HGETALL gives a flat [field, value, ...] list). A reply that
     is a Redis error is raised; a lost connection is retried once on a new one (reads only)."""
-    packed = [pack_command(command) for command in commands]  # type: ignore[arg-type]
+    packed = [b"".join([pack_command(command) for command in commands])]  # type: ignore[misc]
     for attempt in (1, 2):
         try:
             with _borrowed(client) as conn:
                 conn.send_packed_command(packed, check_health=False)
-                replies = _read(conn, len(packed))
+                replies = _read(conn, len(commands))
         except (redis.ConnectionError, redis.TimeoutError):
             if attempt == 2:
                 raise
