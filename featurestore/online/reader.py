@@ -15,7 +15,7 @@ import redis
 
 from featurestore.online.keys import entity_key, hll_key, overflow_field, packed_field, row_field, tile_field, tile_prefix
 from featurestore.online.packed import NUMERIC_STATS, columns, packed_stats, parse_overflow, row_width
-from featurestore.online.streaming import run_commands
+from featurestore.online.streaming import arun_commands, run_commands
 from featurestore.plan import AggregationPlan, Plan, ViewPlan
 from featurestore.plan.windows import STATS_FOR_FUNCTION, tile_index, window_tiles
 
@@ -171,19 +171,23 @@ class _PackedSet:
 
 def _finish(agg: AggregationPlan, got: dict[str, list[Any]], extras: dict[int, dict[tuple[int, str], list[float]]],
             first: int, last: int) -> list[Any]:
-    """An aggregation's values from the gathered statistics of its window."""
+    """An aggregation's values from the gathered statistics of its window (exact sums are
+    kept in `got` for the other features of the window)."""
     f = agg.function
     if f == "count":
         return got["c"]
     if f in ("min", "max"):
         return [None if x is None else _cast(x, agg.dtype) for x in got["m" if f == "min" else "M"]]
-    sums = _exact_sums(got["s"], extras, "s", first, last)
+    if "sum:s" not in got:
+        got["sum:s"] = _exact_sums(got["s"], extras, "s", first, last)
+    sums = got["sum:s"]
     if f == "sum":
         return [_cast(x, agg.dtype) for x in sums]
     if f == "mean":
         return [x / c if c else None for x, c in zip(sums, got["c"])]
-    squares = _exact_sums(got["q"], extras, "q", first, last)  # variance, stddev
-    return [_spread(f, x, q, c) for x, q, c in zip(sums, squares, got["c"])]
+    if "sum:q" not in got:  # variance, stddev
+        got["sum:q"] = _exact_sums(got["q"], extras, "q", first, last)
+    return [_spread(f, x, q, c) for x, q, c in zip(sums, got["sum:q"], got["c"])]
 
 
 def _exact_sums(terms: list[list[float]], extras: dict[int, dict[tuple[int, str], list[float]]], stat: str,
@@ -306,10 +310,7 @@ class OnlineReader:
         try:
             commands = next(steps)
             while True:
-                pipe = client.pipeline(transaction=False)
-                for command in commands:
-                    pipe.execute_command(*command)
-                commands = steps.send(await pipe.execute())
+                commands = steps.send(await arun_commands(client, commands))
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 

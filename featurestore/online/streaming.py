@@ -12,6 +12,8 @@ Python builds the next. At most two chunks are in flight, so replies never fill 
 
 from __future__ import annotations
 
+import asyncio
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -81,6 +83,41 @@ def run_commands(client: redis.Redis, commands: Sequence[tuple[Any, ...]]) -> li
                 raise reply
         return replies
     raise AssertionError("unreachable")
+
+
+async def arun_commands(client: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """As run_commands, over an asyncio client (`redis.asyncio.Redis`): one write, then the
+    replies read under one timeout (redis-py's pipeline starts a timeout per reply)."""
+    packed = [b"".join([pack_command(command) for command in commands])]  # type: ignore[misc]
+    pool = client.connection_pool
+    for attempt in (1, 2):
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(packed, check_health=False)
+            async with asyncio.timeout(conn.socket_timeout):
+                replies = [await _aread_one(conn) for _ in commands]
+        except (redis.ConnectionError, redis.TimeoutError, TimeoutError):
+            await conn.disconnect()
+            if attempt == 2:
+                raise
+            continue
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
+    raise AssertionError("unreachable")
+
+
+async def _aread_one(conn: Any) -> Any:
+    try:
+        return await conn.read_response(timeout=math.inf)  # the caller's timeout covers every reply
+    except ResponseError as exc:
+        return exc
 
 
 @contextmanager

@@ -140,3 +140,42 @@ def test_reads_survive_a_dropped_connection_and_report_a_wrong_type(store) -> No
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
         reader.read([ViewRequest(view, ["last_merchant"], [(3,)])], t0 + 1000)
     admin.close()
+
+
+def test_async_reads_survive_a_dropped_connection_and_report_a_wrong_type(store) -> None:  # type: ignore[no-untyped-def]
+    """The feature server's reads (asyncio client): the same answers as the synchronous
+    reader, a pooled connection the server closed is replaced, a Redis error is raised."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    plan, client, writer, reader, project = store
+    view = plan.view("user_payments")
+    t0 = 1_700_000_000_000
+    writer.write([_rows(view, [(1, t0, _event(10.0, "m1")), (2, t0, _event(5.0, "m2"))])])
+    request = [ViewRequest(view, ["last_merchant", "amount_count_1h", "amount_sum_1h"], [(1,), (2,), (9,)])]
+    name = f"areader-{project}"
+    pool = client.connection_pool
+    admin = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **pool.connection_kwargs))
+
+    async def scenario() -> None:
+        aclient = aioredis.Redis(**{k: v for k, v in pool.connection_kwargs.items() if k in ("host", "port", "db", "username", "password")})
+        try:
+            want = reader.read_results(request, t0 + 1000)
+            got = await reader.aread_results(aclient, request, t0 + 1000)
+            assert got == want and got[0].values["amount_sum_1h"] == [10.0, 5.0, None]
+            await aclient.client_setname(name)  # the pooled connection the next read takes
+            ids = [c["id"] for c in admin.client_list() if c.get("name") == name]
+            assert len(ids) == 1
+            admin.execute_command("CLIENT", "KILL", "ID", ids[0])
+            assert await reader.aread_results(aclient, request, t0 + 1000) == want
+            await aclient.set(f"fs:{project}:user_payments:3", "not a hash")
+            with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+                await reader.aread_results(aclient, [ViewRequest(view, ["last_merchant"], [(3,)])], t0 + 1000)
+        finally:
+            await aclient.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        admin.close()
