@@ -7,6 +7,7 @@ import math
 import struct
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 import numpy as np
@@ -221,6 +222,16 @@ class _Layout:
     """Lifetime per-tile features: (tile prefix + b"|", position, last tile index, stats)."""
     names: list[bytes] | None
     """The fields to HMGET, or None: every field (HGETALL, for lifetime per-tile features)."""
+    slots: dict[bytes, int] = dataclass_field(default_factory=dict)
+    """Position of each HMGET field in the reply."""
+    hmget_tail: bytes = b""
+    """The HMGET command's field names, RESP-encoded (the same for every entity)."""
+
+    def hmget(self, key: str) -> bytes:
+        """The RESP-encoded HMGET of these fields from one entity hash."""
+        assert self.names is not None
+        k = key.encode()
+        return b"*%d\r\n$5\r\nHMGET\r\n$%d\r\n%b\r\n%b" % (2 + len(self.names), len(k), k, self.hmget_tail)
 
 
 class OnlineReader:
@@ -284,7 +295,10 @@ class OnlineReader:
                             names += [field, field + b"o"] if stat in "lf" else [field]
                         layout.index[field][1].append(pos)
         layout.packed = list(packed.values())
-        layout.names = None if layout.lifetimes else names
+        if not layout.lifetimes:
+            layout.names = names
+            layout.slots = {name: i for i, name in enumerate(names)}
+            layout.hmget_tail = b"".join(b"$%d\r\n%b\r\n" % (len(name), name) for name in names)
         return layout
 
     def read(self, requests: Sequence[ViewRequest], t_ms: int) -> list[dict[str, list[Any]]]:
@@ -316,7 +330,7 @@ class OnlineReader:
 
     def steps(
         self, requests: Sequence[ViewRequest], t_ms: int, max_staleness_ms: int | None = None
-    ) -> Generator[list[tuple[Any, ...]], list[Any], list[ViewResult]]:
+    ) -> Generator[list[tuple[Any, ...] | bytes], list[Any], list[ViewResult]]:
         """The read as a dialogue: yields pipelines of commands, receives their replies.
 
         One pipelined HGETALL per (view, entity): hashes are bounded (expired tiles are
@@ -327,7 +341,7 @@ class OnlineReader:
         layouts = [self._cached_layout(req.view, req.features, t_ms) for req in requests]
         commands = [
             ("HGETALL", entity_key(self.project, req.view.name, key)) if layout.names is None
-            else ("HMGET", entity_key(self.project, req.view.name, key), *layout.names)
+            else layout.hmget(entity_key(self.project, req.view.name, key))
             for req, layout in zip(requests, layouts) for key in req.keys
         ]
         replies = iter((yield commands))
@@ -339,14 +353,18 @@ class OnlineReader:
             event_ms: list[int | None] = []
             states: list[str] = []
             rows: list[int] = []  # the found entities: their positions and fields
-            gots: list[dict[bytes, bytes]] = []
+            gots: list[Any] = []  # HMGET replies as they are, or field -> value
+            positional = layout.names is not None and not layout.index
             for row, key in enumerate(req.keys):
                 reply = next(replies)
-                if layout.names is not None:
-                    got = {name: v for name, v in zip(layout.names, reply) if v is not None}
+                if positional:
+                    got, newest = reply, reply[0]
                 else:
-                    got = reply if isinstance(reply, dict) else _pairs(reply)
-                newest = got.get(b"_ts")
+                    if layout.names is not None:
+                        got = {name: v for name, v in zip(layout.names, reply) if v is not None}
+                    else:
+                        got = reply if isinstance(reply, dict) else _pairs(reply)
+                    newest = got.get(b"_ts")
                 state = _entity_state(newest, t_ms, req.view.ttl_ms, max_staleness_ms)
                 event_ms.append(None if newest is None else int(newest))
                 states.append(state)
@@ -357,12 +375,18 @@ class OnlineReader:
                 if layout.index or layout.lifetimes:
                     self._merge_tiles(layout, got, cols, row, req, key, distinct)
             if rows:
-                for pos, (feat, field) in enumerate(layout.features):
-                    if field is not None:
-                        _scatter(cols[pos], rows, decode_values([got.get(field) for got in gots], feat.dtype))
+                def pick(name: bytes) -> list[Any]:
+                    if positional:
+                        at = layout.slots[name]
+                        return [got[at] for got in gots]
+                    return [got.get(name) for got in gots]
+
+                for pos, (feat, field_name) in enumerate(layout.features):
+                    if field_name is not None:
+                        _scatter(cols[pos], rows, decode_values(pick(field_name), feat.dtype))
                 for pset in layout.packed:
-                    blobs = [got.get(pset.field, b"") for got in gots]
-                    overflows = {e: got[pset.overflow] for e, got in enumerate(gots) if pset.overflow in got}
+                    blobs = [blob or b"" for blob in pick(pset.field)]
+                    overflows = {e: raw for e, raw in enumerate(pick(pset.overflow)) if raw is not None}
                     for pos, values in pset.values(blobs, overflows).items():
                         _scatter(cols[pos], rows, values)
             out.append(ViewResult(dict(zip(req.features, cols)), event_ms, states))

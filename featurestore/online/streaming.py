@@ -64,11 +64,12 @@ class ScriptStream:
         return replies
 
 
-def run_commands(client: redis.Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-    """Send commands in one write on one connection and return their raw replies (no
-    redis-py response callbacks: HGETALL gives a flat [field, value, ...] list). A reply that
-    is a Redis error is raised; a lost connection is retried once on a new one (reads only)."""
-    packed = [b"".join([pack_command(command) for command in commands])]  # type: ignore[misc]
+def run_commands(client: redis.Redis, commands: Sequence[tuple[Any, ...] | bytes]) -> list[Any]:
+    """Send commands (argument tuples, or already RESP-encoded) in one write on one
+    connection and return their raw replies (no redis-py response callbacks: HGETALL gives
+    a flat [field, value, ...] list). A reply that is a Redis error is raised; a lost
+    connection is retried once on a new one (reads only)."""
+    packed = [_packed(commands)]
     for attempt in (1, 2):
         try:
             with _borrowed(client) as conn:
@@ -85,10 +86,10 @@ def run_commands(client: redis.Redis, commands: Sequence[tuple[Any, ...]]) -> li
     raise AssertionError("unreachable")
 
 
-async def arun_commands(client: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+async def arun_commands(client: Any, commands: Sequence[tuple[Any, ...] | bytes]) -> list[Any]:
     """As run_commands, over an asyncio client (`redis.asyncio.Redis`): one write, then the
     replies read under one timeout (redis-py's pipeline starts a timeout per reply)."""
-    packed = [b"".join([pack_command(command) for command in commands])]  # type: ignore[misc]
+    packed = [_packed(commands)]
     pool = client.connection_pool
     for attempt in (1, 2):
         conn = await pool.get_connection()
@@ -111,6 +112,10 @@ async def arun_commands(client: Any, commands: Sequence[tuple[Any, ...]]) -> lis
                 raise reply
         return replies
     raise AssertionError("unreachable")
+
+
+def _packed(commands: Sequence[tuple[Any, ...] | bytes]) -> bytes:
+    return b"".join([c if isinstance(c, bytes) else pack_command(c) for c in commands])  # type: ignore[arg-type]
 
 
 async def _aread_one(conn: Any) -> Any:
