@@ -10,6 +10,7 @@ Every error the library raises on purpose derives from one root::
     ├── FeatureRequestError      bad feature reference, missing join key, bad entity frame
     ├── ServiceError             an embedded service (broker, Redis) failed to start
     ├── StoreUnavailable         Kafka, Redis, the offline folder or the feature server cannot be reached
+    ├── OnlineLayoutError        Redis holds online state of another storage layout (rebuild it)
     └── AuthError                the feature server refused the token (401) or the permission (403)
 
 Errors carry their context on attributes so callers and the CLI can print one clear
@@ -70,6 +71,11 @@ class ServiceError(FeatureStoreError):
 
 class StoreUnavailable(FeatureStoreError):
     """Kafka, Redis or the offline store could not be reached."""
+
+
+class OnlineLayoutError(FeatureStoreError):
+    """An entity's online state was written in another storage layout than this version
+    reads and writes: `featurestore rebuild-online` rewrites it from the history."""
 
 
 class AuthError(FeatureStoreError):

@@ -3,6 +3,7 @@
 One hash per (project, view, entity): `fs:{project}:{view}:{key}`, where `key` is the join
 key value (several keys joined with `|`). Fields:
 
+- `_v`: the storage layout version the hash was written in (`LAYOUT_VERSION`);
 - `_ts`, `_p`, `_o`: event time (ms), partition and offset of the newest event applied;
 - `r:{feature}`: the latest value of a row-level feature (JSON);
 - `{column}|{tile_ms}|P`: the numeric tile statistics of a tile set, packed (see
@@ -24,6 +25,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+from featurestore.errors import OnlineLayoutError
+
+#: Version of this layout, in each entity hash's `_v` (tiles.lua checks the same value).
+LAYOUT_VERSION = "2"
+LAYOUT_FIELD = "_v"
+
+
+def layout_error(key: str, found: bytes | str | None) -> OnlineLayoutError:
+    """The error for an entity hash written in another layout."""
+    was = found.decode() if isinstance(found, bytes) else found
+    return OnlineLayoutError(
+        f"online state of {key} is in storage layout {was or '1'}, this version reads and writes layout "
+        f"{LAYOUT_VERSION}: stop the processors and run `featurestore rebuild-online`"
+    )
 
 
 def key_string(values: Sequence[Any]) -> str:

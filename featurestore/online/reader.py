@@ -14,7 +14,18 @@ import numpy as np
 import orjson
 import redis
 
-from featurestore.online.keys import entity_key, hll_key, overflow_field, packed_field, row_field, tile_field, tile_prefix
+from featurestore.online.keys import (
+    LAYOUT_FIELD,
+    LAYOUT_VERSION,
+    entity_key,
+    hll_key,
+    layout_error,
+    overflow_field,
+    packed_field,
+    row_field,
+    tile_field,
+    tile_prefix,
+)
 from featurestore.online.packed import NUMERIC_STATS, columns, packed_stats, parse_overflow, row_width
 from featurestore.online.streaming import arun_commands, run_commands
 from featurestore.plan import AggregationPlan, Plan, ViewPlan
@@ -265,7 +276,7 @@ class OnlineReader:
         for agg in view.aggregations:  # a packed field holds the stats of every aggregation of its set
             prefix = tile_prefix(agg.tiles_key, agg.tile_ms, agg.window_ms is None)
             stats_of.setdefault(prefix, set()).update(STATS_FOR_FUNCTION[agg.function])
-        names = [b"_ts"]
+        names = [b"_ts", LAYOUT_FIELD.encode()]
         for pos, name in enumerate(features):
             if name in rows:
                 layout.features.append((rows[name], row_field(name).encode()))
@@ -358,13 +369,15 @@ class OnlineReader:
             for row, key in enumerate(req.keys):
                 reply = next(replies)
                 if positional:
-                    got, newest = reply, reply[0]
+                    got, newest, version = reply, reply[0], reply[1]
                 else:
                     if layout.names is not None:
                         got = {name: v for name, v in zip(layout.names, reply) if v is not None}
                     else:
                         got = reply if isinstance(reply, dict) else _pairs(reply)
-                    newest = got.get(b"_ts")
+                    newest, version = got.get(b"_ts"), got.get(_VERSION_FIELD)
+                if newest is not None and version != _VERSION:
+                    raise layout_error(entity_key(self.project, req.view.name, key), version)
                 state = _entity_state(newest, t_ms, req.view.ttl_ms, max_staleness_ms)
                 event_ms.append(None if newest is None else int(newest))
                 states.append(state)
@@ -417,6 +430,8 @@ class OnlineReader:
             if feat.function == "count_distinct" and acc.hlls:
                 distinct.append((cols[pos], row, entity_key(self.project, req.view.name, key), acc.hlls))
 
+
+_VERSION_FIELD, _VERSION = LAYOUT_FIELD.encode(), LAYOUT_VERSION.encode()
 
 #: Entity states; with a value of None a found entity's feature reads as `null`.
 FOUND, NOT_FOUND, EXPIRED, STALE = "present", "not_found", "expired", "stale"

@@ -24,11 +24,14 @@
 --                                 "prefix|idx|stat" once the hash has more than `limit` fields
 --   B base                      : the index of the base tile (with T)
 --
+-- Field `_v` holds the storage layout version (LAYOUT below, LAYOUT_VERSION in keys.py): a hash
+-- of another layout is not touched, the script returns the error 'FSLAYOUT <its version>'.
 -- Field `_a:<p>` holds the highest offset of partition p already applied to this entity.
 -- A group whose `last` is at or below it is skipped (a replay, or a zombie writer); a group
 -- entirely above it is applied and moves it to `last`. A group straddling it is not
 -- applied: the script changes nothing and returns {'partial', p, mark, ...} so the caller
 -- resends only the events above each mark. Otherwise it returns {'ok', groups applied}.
+local LAYOUT = '2'
 local key = KEYS[1]
 local args = ARGV
 local n = #args
@@ -364,7 +367,7 @@ local function need(f)
 end
 local i = 1
 local trim, base_index = nil, nil
-need('_ts')
+need('_ts'); need('_v')
 while i <= n do
   local op = args[i]
   local w = width(op, i)
@@ -392,6 +395,10 @@ if #want > 0 then
   for j, f in ipairs(want) do cur[f] = got[j] end
 end
 
+if cur['_ts'] ~= false and cur['_ts'] ~= nil and cur['_v'] ~= LAYOUT then
+  return redis.error_reply('FSLAYOUT ' .. (cur['_v'] or '1'))
+end
+
 -- pass 2: decide each group
 local partial = {}
 for _, at in ipairs(ops) do
@@ -412,6 +419,7 @@ if #partial > 0 then
 end
 
 -- pass 3: new values of the groups to apply
+if cur['_v'] ~= LAYOUT then put('_v', LAYOUT) end
 local applied = 0
 local active = false
 for _, at in ipairs(ops) do

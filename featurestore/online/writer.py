@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import redis
 
-from featurestore.online.keys import entity_key, row_field
+from featurestore.online.keys import entity_key, layout_error, row_field
 from featurestore.online.layout import LIFETIME_EXTRA_TILES, TileSet, fields_per_entity, packed_rows_bound, tile_sets
 from featurestore.online.streaming import ScriptStream
 from featurestore.plan import Plan, ViewPlan
@@ -101,6 +101,8 @@ class OnlineWriter:
             retry = []
             for (view, rows, key, groups), reply in zip(pending, replies):
                 if isinstance(reply, Exception):
+                    if str(reply).startswith("FSLAYOUT"):
+                        raise layout_error(entity_key(self.project, view.name, key), str(reply).split()[-1]) from None
                     raise reply
                 status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
                 if status == "ok":

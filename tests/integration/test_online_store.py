@@ -179,3 +179,26 @@ def test_async_reads_survive_a_dropped_connection_and_report_a_wrong_type(store)
         asyncio.run(scenario())
     finally:
         admin.close()
+
+
+def test_state_of_another_layout_is_refused_not_misread(store) -> None:  # type: ignore[no-untyped-def]
+    """An entity hash without this layout's version (written before the packed layout) is
+    neither read as empty windows nor written over: both raise OnlineLayoutError naming the
+    fix, and the hash is left as it was."""
+    from featurestore.errors import OnlineLayoutError
+    from featurestore.online.keys import LAYOUT_VERSION
+
+    plan, client, writer, reader, project = store
+    view = plan.view("user_payments")
+    t0 = 1_700_000_000_000
+    writer.write([_rows(view, [(1, t0, _event(10.0, "m1"))])])
+    key = f"fs:{project}:user_payments:1"
+    assert client.hget(key, "_v") == LAYOUT_VERSION.encode()
+    client.hdel(key, "_v")  # as a hash of the previous layout looks
+    client.hset(key, "amount|60000|28333333|c", "1")
+    before = client.hgetall(key)
+    with pytest.raises(OnlineLayoutError, match="rebuild-online"):
+        reader.read([ViewRequest(view, ["amount_count_1h"], [(1,)])], t0 + 1000)
+    with pytest.raises(OnlineLayoutError, match=f"layout 1, this version reads and writes layout {LAYOUT_VERSION}"):
+        writer.write([_rows(view, [(1, t0 + 5, _event(3.0, "m2"))], first_offset=10)])
+    assert client.hgetall(key) == before
