@@ -169,12 +169,14 @@ def bench_ingest(b: Bench, ctx: dict[str, Any], rep: int) -> None:
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": f"raw-{uuid.uuid4().hex[:6]}",
                          "enable.partition.eof": True, "auto.offset.reset": "earliest", **FAST_FETCH})
     consumer.assign([TopicPartition(ctx["topic"], p, 0) for p in range(4)])
-    got, eof, first, last = 0, set(), 0.0, 0.0
+    got, first, last = 0, 0.0, 0.0
+    eof: set[int] = set()
     while len(eof) < 4:
         for m in consumer.consume(20_000, 0.1):
-            if m.error():
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    eof.add(m.partition())
+            error = m.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    eof.add(m.partition() or 0)
                 continue
             first = first or time.perf_counter()
             got += 1

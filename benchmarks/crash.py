@@ -84,6 +84,7 @@ def main() -> None:
         client = redis.Redis.from_url(settings.redis_url)
         last: dict[int, int] = {}
         for r in records:
+            assert r.event is not None  # sequenced events are all valid
             last[r.event["user_id"]] = r.event["seq"]
         reader = OnlineReader(client, settings.project, plan)
         users = list(last)
