@@ -26,7 +26,8 @@ from featurestore.online.keys import (
     tile_field,
     tile_prefix,
 )
-from featurestore.online.packed import NUMERIC_STATS, columns, packed_stats, parse_overflow, row_width
+from featurestore.online.layout import tile_sets
+from featurestore.online.packed import NUMERIC_STATS, columns, decode_rows, parse_overflow, row_width
 from featurestore.online.streaming import arun_commands, run_commands
 from featurestore.plan import AggregationPlan, Plan, ViewPlan
 from featurestore.plan.windows import STATS_FOR_FUNCTION, tile_index, window_tiles
@@ -143,7 +144,7 @@ class _PackedSet:
         """Per statistic, per entity: the count, the exact sums' (hi, lo) terms, the min / max
         (None: no tile in the window) of the rows inside [first, last] (vectorised)."""
         n, width, cols = len(blobs), row_width(self.stats), columns(self.stats)
-        rows = np.frombuffer(b"".join(blobs), dtype="<f8").reshape(-1, width)
+        rows = decode_rows(b"".join(blobs), self.stats)
         entity = np.repeat(np.arange(n), [len(b) // (8 * width) for b in blobs])
         inside = (rows[:, 0] >= first) & (rows[:, 0] <= last)
         ent, sel = entity[inside], rows[inside]
@@ -272,10 +273,7 @@ class OnlineReader:
         aggs = {a.name: a for a in view.aggregations}
         layout = _Layout([], [], {}, [], None)
         packed: dict[str, _PackedSet] = {}
-        stats_of: dict[str, set[str]] = {}
-        for agg in view.aggregations:  # a packed field holds the stats of every aggregation of its set
-            prefix = tile_prefix(agg.tiles_key, agg.tile_ms, agg.window_ms is None)
-            stats_of.setdefault(prefix, set()).update(STATS_FOR_FUNCTION[agg.function])
+        packed_of = {ts.prefix: ts.packed for ts in tile_sets(view)}  # a packed field holds its whole set's stats
         names = [b"_ts", LAYOUT_FIELD.encode()]
         for pos, name in enumerate(features):
             if name in rows:
@@ -292,7 +290,7 @@ class OnlineReader:
                 first = -(2**62) if lifetime else last - agg.window_ms // agg.tile_ms + 1  # type: ignore[operator]
                 if prefix not in packed:
                     packed[prefix] = _PackedSet(packed_field(prefix).encode(), overflow_field(prefix).encode(),
-                                                packed_stats(stats_of[prefix]), [])
+                                                packed_of[prefix], [])
                     names += [packed[prefix].field, packed[prefix].overflow]
                 packed[prefix].features.append((pos, agg, first, last))
             elif lifetime:
@@ -344,8 +342,10 @@ class OnlineReader:
     ) -> Generator[list[tuple[Any, ...] | bytes], list[Any], list[ViewResult]]:
         """The read as a dialogue: yields pipelines of commands, receives their replies.
 
-        One pipelined HGETALL per (view, entity): hashes are bounded (expired tiles are
-        trimmed), and each is scanned once, merging the tiles inside each window.
+        One pipelined HMGET per (view, entity) of the fields the features need: `_ts`, row
+        values, the packed numeric tiles of their tile sets and the per-tile fields of their
+        windows (HGETALL when a lifetime first/last/last_n/count_distinct is asked for:
+        hashes are bounded). Packed rows are merged for all entities of a request at once.
         count_distinct features take a second pipelined round trip (PFCOUNT of the
         window's HyperLogLogs). An entity whose newest event is older than the view's TTL
         reads as `expired`, older than `max_staleness_ms` as `stale`: no values."""

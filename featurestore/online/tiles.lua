@@ -454,23 +454,30 @@ for _, at in ipairs(ops) do
   end
 end
 
--- the bounds of the tile sets, from the entity's newest event
-local bounds = {}
+-- the bounds of the tile sets, from the entity's newest event (parsed when a set needs one)
 local newest = cur['_ts']
-if trim ~= nil and newest ~= nil and newest ~= false then
+local trimming = trim ~= nil and newest ~= nil and newest ~= false
+local entry, bounds = {}, {}
+if trimming then
   newest = tonumber(newest)
-  for j = 0, tonumber(args[trim+2]) - 1 do
-    local at = trim + 3 + 7 * j
+  for j = 0, tonumber(args[trim+2]) - 1 do entry[args[trim + 3 + 7 * j]] = trim + 3 + 7 * j end
+end
+local function bound(prefix)
+  local b = bounds[prefix]
+  if b == nil and entry[prefix] ~= nil then
+    local at = entry[prefix]
     local tile, shift, back = tonumber(args[at+1]), tonumber(args[at+2]), tonumber(args[at+3])
-    bounds[args[at]] = {min = math.ceil((newest - shift) / tile) - 1 - back, mode = args[at+4],
-                        keep = tonumber(args[at+5]), rows = tonumber(args[at+6])}
+    b = {min = math.ceil((newest - shift) / tile) - 1 - back, mode = args[at+4],
+         keep = tonumber(args[at+5]), rows = tonumber(args[at+6])}
+    bounds[prefix] = b
   end
+  return b
 end
 
 -- packed sets touched: trim past their bound, then write
 local base_num = base_index and tonumber(base_index)
 for prefix, s in pairs(sets) do
-  local b, dropped = bounds[prefix], {}
+  local b, dropped = bound(prefix), {}
   if b ~= nil and s.rows > b.rows then
     local old = {}
     for idx in pairs(s.at) do
@@ -498,11 +505,11 @@ end
 flush()
 
 -- per-tile fields past their bound, once the hash holds more than `limit` fields
-if trim ~= nil and next(bounds) ~= nil and redis.call('HLEN', key) > tonumber(args[trim+1]) then
+if trimming and redis.call('HLEN', key) > tonumber(args[trim+1]) then
   local dead, folded = {}, {}
   for _, f in ipairs(redis.call('HKEYS', key)) do
     local prefix, idx, stat = string.match(f, '^(.+|L?%d+)|(%-?%d+)|(%a+)$')
-    local b = prefix ~= nil and bounds[prefix] or nil
+    local b = prefix ~= nil and bound(prefix) or nil
     if b ~= nil and tonumber(idx) < b.min and idx ~= base_index then
       dead[#dead + 1] = f
       if b.mode == 'f' and stat ~= 'lo' and stat ~= 'fo' then
@@ -528,7 +535,7 @@ if trim ~= nil and next(bounds) ~= nil and redis.call('HLEN', key) > tonumber(ar
       local b = x[2] .. '|' .. base_index .. '|' .. stat
       local v = cur[f]
       if stat == 'l' or stat == 'f' then keep_ordered(b, cur[f .. 'o'], v, stat == 'l')
-      elseif stat == 'n' then merge_newest(b, bounds[x[2]].keep, v)
+      elseif stat == 'n' then merge_newest(b, bound(x[2]).keep, v)
       elseif stat == 'd' then
         redis.call('PFMERGE', key .. '|' .. b, key .. '|' .. b, key .. '|' .. f)
         put(b, '1')
