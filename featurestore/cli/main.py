@@ -244,14 +244,15 @@ def rebuild_online(
 ) -> None:
     """Restore the online store from the offline history after Redis lost data.
 
-    Wipes the project's online keys, replays the history through the streaming writer,
-    applies the Kafka tail, then compares a sample online vs offline. Stop the processors first.
+    Wipes the project's online keys, loads each entity's state computed from its whole
+    history (windows, tiles, applied offsets: as streaming left them), applies the Kafka
+    tail, then compares a sample online vs offline. Stop the processors first.
     """
     import redis as redis_lib
 
     from featurestore.compile.loader import ensure_importable
     from featurestore.errors import StoreUnavailable
-    from featurestore.online import OnlineReader, OnlineWriter
+    from featurestore.online import OnlineReader
     from featurestore.registry import FileRegistry
     from featurestore.runtime import StreamProcessor
     from featurestore.runtime.kafka import admin_config
@@ -275,18 +276,19 @@ def rebuild_online(
         )
     wiped = wipe_online(client, settings.project)
     console.print(f"Removed {wiped:,} online keys of project {settings.project}.")
-    writer = OnlineWriter(client, settings.project, plan_, int(settings.max_future_skew_s * 1000))
+    skew_ms = int(settings.max_future_skew_s * 1000)
     totals = {v.name: count_history(settings.offline_root, v) for v in plan_.views}
     from rich.progress import Progress
 
     started = time.monotonic()
     with Progress(console=console) as progress:
         for view in plan_.views:
-            task = progress.add_task(f"Replaying {view.name} history", total=totals[view.name] or 1)
-            rebuild_view(writer, settings.offline_root, view, functools.partial(progress.advance, task))
+            task = progress.add_task(f"Loading {view.name} history", total=totals[view.name] or 1)
+            rebuild_view(client, settings.project, settings.offline_root, view, skew_ms,
+                         functools.partial(progress.advance, task))
             progress.update(task, completed=totals[view.name] or 1)
-    console.print(f"Replayed {sum(totals.values()):,} history rows into {settings.redis_display} "
-                  f"in {time.monotonic() - started:.1f} s ({writer.groups_skipped:,} groups already present).")
+    console.print(f"Loaded {sum(totals.values()):,} history rows into {settings.redis_display} "
+                  f"in {time.monotonic() - started:.1f} s.")
     if catch_up:
         with console.status("Applying the Kafka tail after the history..."):
             stats = StreamProcessor(plan_, settings).run(until_caught_up=True)

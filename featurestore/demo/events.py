@@ -6,6 +6,7 @@ import datetime as dt
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from confluent_kafka import Producer
@@ -62,15 +63,22 @@ def payment_events(
         if rnd.random() < malformed_fraction:
             out.append((arrival, DemoEvent(key, _break(event, rnd), None)))
         else:
-            out.append((arrival, DemoEvent(key, orjson.dumps(event), event)))
+            out.append((arrival, DemoEvent(key, json_bytes(event), event)))
     out.sort(key=lambda pair: pair[0])
     return [e for _, e in out]
+
+
+def json_bytes(value: Any) -> bytes:
+    """`value` as JSON, in a bytes object of its own size: orjson >= 3.12 returns each
+    result in a buffer of at least 4 KiB, so a million small events kept in memory would
+    hold 4 GB."""
+    return orjson.dumps(value).decode().encode()
 
 
 def _break(event: dict, rnd: random.Random) -> bytes:
     kind = rnd.randrange(4)
     if kind == 0:
-        return orjson.dumps(event)[:-7]  # truncated JSON
+        return json_bytes(event)[:-7]  # truncated JSON
     bad = dict(event)
     if kind == 1:
         del bad["user_id"]
@@ -78,7 +86,7 @@ def _break(event: dict, rnd: random.Random) -> bytes:
         bad["amount"] = "lots"
     else:
         bad["amount"] = -abs(bad["amount"])
-    return orjson.dumps(bad)
+    return json_bytes(bad)
 
 
 def produce_records(

@@ -7,9 +7,7 @@ import datetime as dt
 import random
 from pathlib import Path
 
-import orjson
-
-from featurestore.demo.events import DemoEvent
+from featurestore.demo.events import DemoEvent, json_bytes
 
 #: A feature repository over sequenced transactions; write it with `write_sequenced_repo`.
 SEQUENCED_REPO = '''
@@ -54,5 +52,5 @@ def sequenced_events(n: int, end: dt.datetime, users: int = 2_000, seed: int = 2
         seq[user] = seq.get(user, 0) + 1
         ts = dt.datetime.fromtimestamp((start_ms + i * step) / 1000, dt.timezone.utc)
         event = {"user_id": user, "seq": seq[user], "amount": round(rnd.uniform(1, 100), 2), "ts": ts.isoformat()}
-        out.append(DemoEvent(str(user).encode(), orjson.dumps(event), event))
+        out.append(DemoEvent(str(user).encode(), json_bytes(event), event))
     return out

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -48,20 +48,32 @@ class ScriptStream:
     def _run(self, items: Sequence[T], call: Callable[[T], tuple[str, list[str]]]) -> list[Any]:
         sha = self.sha
         assert sha is not None
-        replies: list[Any] = []
-        in_flight = 0
-        with _borrowed(self.client) as conn:
-            for chunk in _chunks(items, self.chunk):
-                packed = [pack_command(("EVALSHA", sha, "1", key, *args)) for key, args in map(call, chunk)]  # type: ignore[arg-type]
-                conn.send_packed_command([b"".join(packed)], check_health=False)  # one write, not one per command
-                if in_flight:
-                    replies.extend(_read(conn, in_flight))
-                in_flight = len(packed)
-            replies.extend(_read(conn, in_flight))
+        batches = (
+            [pack_command(("EVALSHA", sha, "1", key, *args)) for key, args in map(call, chunk)]  # type: ignore[arg-type]
+            for chunk in _chunks(items, self.chunk)
+        )
+        replies = stream_commands(self.client, batches)
         for reply in replies:
             if isinstance(reply, NoScriptError):
                 raise reply
         return replies
+
+
+def stream_commands(client: redis.Redis, batches: Iterable[Sequence[bytes]]) -> list[Any]:
+    """Send each batch of RESP-encoded commands in one write and read its replies only after
+    the next batch is built and sent, so Redis runs one batch while Python builds the next (at
+    most two in flight: replies never fill the socket). Replies that are Redis errors are
+    returned as the exception; a lost connection raises."""
+    replies: list[Any] = []
+    in_flight = 0
+    with _borrowed(client) as conn:
+        for batch in batches:
+            conn.send_packed_command([b"".join(batch)], check_health=False)  # one write, not one per command
+            if in_flight:
+                replies.extend(_read(conn, in_flight))
+            in_flight = len(batch)
+        replies.extend(_read(conn, in_flight))
+    return replies
 
 
 def run_commands(client: redis.Redis, commands: Sequence[tuple[Any, ...] | bytes]) -> list[Any]:

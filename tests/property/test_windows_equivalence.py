@@ -36,6 +36,7 @@ from featurestore.runtime.backfill import Backfill
 from featurestore.runtime.dead_letters import ERROR
 from featurestore.runtime.kafka import ensure_topics, producer_config
 from featurestore.runtime.processor import StreamProcessor
+from featurestore.runtime.rebuild import rebuild_view
 from tests.conftest import FAST_GROUP, Services, read_dead_letters
 from tests.property.reference import Agg, Event, aggregate, close, late_flags
 
@@ -204,9 +205,12 @@ def test_online_offline_and_reference_agree(stream: tuple[list[Any], list[int]],
         client = redis.Redis.from_url(services.redis_url)
         try:
             reader = OnlineReader(client, project, plan)
+            rebuilt = _rebuilt(client, plan, settings_)
             # online rows hold the newest state: read at instants at or after the newest event
             for t in sorted({newest + max(0, x) for x in instants}):
                 got = reader.read([ViewRequest(view, feats, [(k,) for k in keys])], t)[0]
+                # rebuild-online's state computed from the history reads the same, exactly
+                assert rebuilt.read([ViewRequest(view, feats, [(k,) for k in keys])], t)[0] == got
                 for i, k in enumerate(keys):
                     for a in aggs:
                         want = _null_empty(a, aggregate(served, k, t, a), served, k, t)
@@ -228,6 +232,15 @@ def test_online_offline_and_reference_agree(stream: tuple[list[Any], list[int]],
                        f"corrected t={t - BASE} key={k}")
                 _check(a.name, a.function, row_h[a.name], _null_empty(a, aggregate(served, k, t, a), served, k, t),
                        f"served t={t - BASE} key={k}")
+
+
+def _rebuilt(client: redis.Redis, plan: Plan, settings_: Any) -> OnlineReader:
+    """A reader of the online state `rebuild-online` computes from the history (another project)."""
+    project = f"{settings_.project}-rebuilt"
+    skew_ms = int(settings_.max_future_skew_s * 1000)
+    for view in plan.views:
+        rebuild_view(client, project, Path(settings_.offline_root), view, skew_ms)
+    return OnlineReader(client, project, plan)
 
 
 def _null_empty(agg: Agg, value: Any, events: list[Event], key: Any, t: int) -> Any:
@@ -272,7 +285,9 @@ def test_lifetime_tiles_fold_exactly_and_stay_bounded(events: list[dict[str, Any
         t = max(e.ts for e in ref) + later
         client = redis.Redis.from_url(services.redis_url)
         try:
-            got = OnlineReader(client, project, plan).read([ViewRequest(view, [a.name for a in aggs], [(k,) for k in keys])], t)[0]
+            request = [ViewRequest(view, [a.name for a in aggs], [(k,) for k in keys])]
+            got = OnlineReader(client, project, plan).read(request, t)[0]
+            assert _rebuilt(client, plan, settings_).read(request, t)[0] == got
             bound = int(fields_per_entity(view, int(settings_.max_future_skew_s * 1000)) * 1.5) + 8
             for i, k in enumerate(keys):
                 assert client.hlen(f"fs:{project}:lifetimes:{k}") <= bound
