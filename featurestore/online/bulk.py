@@ -10,7 +10,7 @@ its final state can be computed directly, vectorised over all the entities of a 
 - per tile set the statistics of every tile a read can still reach from the newest event.
   Older tiles are dropped, or folded into the base tile for lifetime sets: what the
   script's trim does. Exact sums come out as the same canonical expansion, so the packed
-  rows are the bytes streaming writes once it has trimmed.
+  rows are the bytes streaming writes once it has compacted and trimmed.
 
 Rows must be sorted by (join keys, event time, partition, offset), hold only events that
 were applied online (not late), and hold all of an entity's events. `featurestore.runtime.rebuild`
@@ -38,7 +38,7 @@ from featurestore.online.keys import (
     tile_field,
 )
 from featurestore.online.layout import LIFETIME_EXTRA_TILES, TileSet, tile_sets
-from featurestore.online.packed import columns, row_width
+from featurestore.online.packed import canonical_expansion, columns, row_width
 from featurestore.plan import ViewPlan
 from featurestore.plan.windows import LIFETIME_BASE_INDEX
 
@@ -247,21 +247,6 @@ def _cascade(values: np.ndarray, first: np.ndarray, counts: np.ndarray) -> tuple
         exact[active] &= lost == 0
     hi, lo = _two_sum(p, sigma)
     return hi, lo + 0.0, exact & np.isfinite(hi)
-
-
-def canonical_expansion(xs: list[float]) -> list[float]:
-    """The exact sum of the finite values `xs` as e1 = its correctly rounded value, e2 = the
-    rounded remainder, ... (empty when it is zero; [±inf] when it overflows). `xs` is extended."""
-    terms: list[float] = []
-    try:
-        e = math.fsum(xs)
-    except OverflowError:
-        return [sum(xs)]
-    while e != 0.0 and len(terms) < 64:
-        terms.append(e)
-        xs.append(-e)
-        e = math.fsum(xs)
-    return terms
 
 
 def _per_tile(states: list[EntityState], tset: TileSet, col: pa.ChunkedArray, rows: np.ndarray, ts: np.ndarray,

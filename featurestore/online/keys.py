@@ -7,9 +7,11 @@ key value (several keys joined with `|`). Fields:
 - `_ts`, `_p`, `_o`: event time (ms), partition and offset of the newest event applied;
 - `r:{feature}`: the latest value of a row-level feature (JSON);
 - `{column}|{tile_ms}|P`: the numeric tile statistics of a tile set, packed (see
-  `featurestore.online.packed`): one little-endian float64 row per tile, sorted by tile
-  index: the index, then per statistic c (count), s (exact sum: hi, lo), q (exact sum of
-  squares: hi, lo), m (min), M (max), those of the set in that order;
+  `featurestore.online.packed`): little-endian float64 rows, each a tile index, then per
+  statistic c (count), s (exact sum: hi, lo), q (exact sum of squares: hi, lo), m (min), M
+  (max), those of the set in that order. A tile's statistics are the sum of its rows: the
+  writer appends a row per tile and batch, and compacts the field (one row per tile, sorted
+  by index) once it holds more rows than its bound;
 - `{column}|{tile_ms}|X`: the rare third and further terms of exact sums, one line
   `index stat x3 x4 ...` per tile and statistic (absent when no sum needs them);
 - `{column}|{tile_ms}|{index}|{stat}`: the other tile statistics, stat one of f / l (first
@@ -29,7 +31,9 @@ from typing import Any
 from featurestore.errors import OnlineLayoutError
 
 #: Version of this layout, in each entity hash's `_v` (tiles.lua checks the same value).
-LAYOUT_VERSION = "2"
+LAYOUT_VERSION = "3"
+#: Layouts this version reads and writes: 2 (packed rows unique and sorted) is a case of 3.
+READABLE_LAYOUTS = frozenset({"2", "3"})
 LAYOUT_FIELD = "_v"
 
 

@@ -1,8 +1,9 @@
-"""Packed numeric tile statistics: one float64 row per tile (pure layout and decoding).
+"""Packed numeric tile statistics: float64 rows per tile (pure layout and decoding).
 
 A tile set's numeric statistics (c count, s sum, q sum of squares, m min, M max) live in
-one hash field as little-endian float64 rows `[index, stat columns...]`, sorted by tile
-index: a read fetches one value per tile set and decodes every entity's rows at once.
+one hash field as little-endian float64 rows `[index, stat columns...]`: a read fetches one
+value per tile set and decodes every entity's rows at once. A tile's statistics are the sum
+of its rows (the writer appends rows; compacted, a field has one row per tile, sorted).
 Sums and sums of squares take two columns, the first two terms (hi, lo) of the canonical
 expansion of their exact value; the rare further terms go to the overflow field, one line
 `index stat x3 x4 ...` each. A tile's count is exact up to 2^53, as are int min/max.
@@ -10,7 +11,9 @@ expansion of their exact value; the rare further terms go to the overflow field,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
+from typing import Any
 
 import numpy as np
 
@@ -50,3 +53,42 @@ def parse_overflow(raw: bytes | None) -> dict[tuple[int, str], list[float]]:
         idx, stat, *terms = line.split()
         out[(int(float(idx)), stat)] = [float(t) for t in terms]
     return out
+
+
+def tile_stats(blob: bytes | None, overflow: bytes | None, stats: str) -> dict[int, dict[str, Any]]:
+    """Each tile's statistics, its rows combined (as a compaction leaves them): c an int,
+    s / q the canonical expansion of the exact sum (a tuple of terms), m / M a float."""
+    out: dict[int, dict[str, Any]] = {}
+    cols = columns(stats)
+    for row in decode_rows(blob, stats).tolist():
+        tile = out.setdefault(int(row[0]), {})
+        for stat, col in cols.items():
+            x = row[col]
+            if stat == "c":
+                tile["c"] = tile.get("c", 0) + int(x)
+            elif stat in "sq":
+                tile.setdefault(stat, []).extend(t for t in row[col : col + 2] if t)
+            else:
+                tile[stat] = x if stat not in tile else (min if stat == "m" else max)(tile[stat], x)
+    for (idx, stat), terms in parse_overflow(overflow).items():
+        out.setdefault(idx, {}).setdefault(stat, []).extend(terms)
+    for tile in out.values():
+        for stat in "sq":
+            if stat in tile:
+                tile[stat] = tuple(canonical_expansion(tile[stat]))
+    return out
+
+
+def canonical_expansion(xs: list[float]) -> list[float]:
+    """The exact sum of the finite values `xs` as e1 = its correctly rounded value, e2 = the
+    rounded remainder, ... (empty when it is zero; [±inf] when it overflows). `xs` is extended."""
+    terms: list[float] = []
+    try:
+        e = math.fsum(xs)
+    except OverflowError:
+        return [sum(xs)]
+    while e != 0.0 and len(terms) < 64:
+        terms.append(e)
+        xs.append(-e)
+        e = math.fsum(xs)
+    return terms

@@ -16,7 +16,7 @@ import redis
 
 from featurestore.online.keys import (
     LAYOUT_FIELD,
-    LAYOUT_VERSION,
+    READABLE_LAYOUTS,
     entity_key,
     hll_key,
     layout_error,
@@ -376,7 +376,7 @@ class OnlineReader:
                     else:
                         got = reply if isinstance(reply, dict) else _pairs(reply)
                     newest, version = got.get(b"_ts"), got.get(_VERSION_FIELD)
-                if newest is not None and version != _VERSION:
+                if newest is not None and version not in _VERSIONS:
                     raise layout_error(entity_key(self.project, req.view.name, key), version)
                 state = _entity_state(newest, t_ms, req.view.ttl_ms, max_staleness_ms)
                 event_ms.append(None if newest is None else int(newest))
@@ -431,7 +431,7 @@ class OnlineReader:
                 distinct.append((cols[pos], row, entity_key(self.project, req.view.name, key), acc.hlls))
 
 
-_VERSION_FIELD, _VERSION = LAYOUT_FIELD.encode(), LAYOUT_VERSION.encode()
+_VERSION_FIELD, _VERSIONS = LAYOUT_FIELD.encode(), {v.encode() for v in READABLE_LAYOUTS}
 
 #: Entity states; with a value of None a found entity's feature reads as `null`.
 FOUND, NOT_FOUND, EXPIRED, STALE = "present", "not_found", "expired", "stale"

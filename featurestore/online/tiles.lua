@@ -4,13 +4,14 @@
 -- touched this entity, then an optional trim:
 --   G p first last             : a group of events from partition p, offsets first..last
 --     R ts p o n name1 val1 ... : row features, applied only if (ts,p,o) is newer than the stored (_ts,_p,_o)
---     P prefix stats idx v...   : add to tile `idx` of the packed numeric statistics of tile set `prefix`
---                                 (field prefix..'|P', float64 rows; see featurestore/online/packed.py):
---                                 per letter of `stats`, in order, c: a count; s / q: n x1 .. xn, an exact
---                                 sum (of values / of squares) as n partials; m / M: a minimum / maximum.
---                                 Sums are kept exact, as the canonical expansion of their value (hi = the
---                                 correctly rounded sum, lo = the rounded remainder, further terms in the
---                                 overflow field prefix..'|X'), so they do not depend on batching
+--     A prefix stats k rows     : append k rows (little-endian float64: a tile index, then per letter of
+--                                 `stats` its columns; see featurestore/online/packed.py) to the packed
+--                                 numeric statistics of tile set `prefix` (field prefix..'|P'). A tile's
+--                                 statistics are the sum of its rows. Once the field holds more rows than
+--                                 the set's bound (T), it is compacted: one row per tile, whose exact sums
+--                                 are the canonical expansion of their value (hi = the correctly rounded
+--                                 sum, lo = the rounded remainder, further terms in the overflow field
+--                                 prefix..'|X'), sorted by tile index, then trimmed
 --     L field ts p o val        : keep the value of the newest event (order (ts,p,o)); its order goes in field..'o'
 --     F field ts p o val        : keep the value of the oldest event
 --     N field k list            : merge a JSON list of [ts,p,o,val] (newest first), keep the k newest
@@ -19,19 +20,21 @@
 --                                 the entity's newest event: tiles with idx < min, where
 --                                 min = tile_index(newest event time - shift) - back, are removed
 --                                 (mode 'd') or folded into the base tile (mode 'f', keeping the `keep`
---                                 newest values of 'n'): from a packed field touched by this call once
---                                 it has more than `rows` rows; from the per-tile fields
+--                                 newest values of 'n'): from a packed field when it is compacted (more
+--                                 than `rows` rows); from the per-tile fields
 --                                 "prefix|idx|stat" once the hash has more than `limit` fields
 --   B base                      : the index of the base tile (with T)
 --
 -- Field `_v` holds the storage layout version (LAYOUT below, LAYOUT_VERSION in keys.py): a hash
 -- of another layout is not touched, the script returns the error 'FSLAYOUT <its version>'.
+-- Layout 2 (packed rows unique and sorted) is a case of layout 3 and is taken as it.
 -- Field `_a:<p>` holds the highest offset of partition p already applied to this entity.
 -- A group whose `last` is at or below it is skipped (a replay, or a zombie writer); a group
 -- entirely above it is applied and moves it to `last`. A group straddling it is not
 -- applied: the script changes nothing and returns {'partial', p, mark, ...} so the caller
 -- resends only the events above each mark. Otherwise it returns {'ok', groups applied}.
-local LAYOUT = '2'
+local LAYOUT = '3'
+local READS = {['2'] = true, ['3'] = true}
 local key = KEYS[1]
 local args = ARGV
 local n = #args
@@ -49,7 +52,7 @@ local function fmt(x)
   return string.format('%.17g', x)
 end
 
-local WIDTH = {G = 4, L = 6, F = 6, N = 4, B = 2}
+local WIDTH = {G = 4, L = 6, F = 6, N = 4, B = 2, A = 5}
 local STAT_WIDTH = {c = 1, s = 2, q = 2, m = 1, M = 1}
 -- a packed set's statistics string, parsed once: its letters, their columns, the row width
 local LAYOUTS = {}
@@ -75,15 +78,6 @@ local function width(op, i)
   if op == 'R' then return 5 + 2 * tonumber(args[i+4]) end
   if op == 'H' then return 3 + tonumber(args[i+2]) end
   if op == 'T' then return 3 + 7 * tonumber(args[i+2]) end
-  if op == 'P' then
-    local l = layout(args[i+2])
-    if not l.exact then return 4 + #l.chars end
-    w = 4
-    for _, st in ipairs(l.chars) do
-      if st == 's' or st == 'q' then w = w + 1 + tonumber(args[i+w]) else w = w + 1 end
-    end
-    return w
-  end
   return nil
 end
 
@@ -152,6 +146,7 @@ local function doubles(m)
   return f
 end
 local sets = {}
+local fold_values
 local function open_set(prefix, stats)
   local s = sets[prefix]
   if s ~= nil then return s end
@@ -159,21 +154,6 @@ local function open_set(prefix, stats)
   local width = l.width
   s = {chars = l.chars, cols = l.cols, width = width, vals = {}, at = {}, rows = 0, sorted = true, had_x = false,
        x = {s = {}, q = {}}, nx = 0}
-  local raw = cur[prefix .. '|P']
-  if raw ~= nil and raw ~= false and #raw > 0 then
-    local total, vals = #raw / 8, s.vals
-    local per = math.floor(CHUNK / width) * width
-    local pos, done = 1, 0
-    while done < total do
-      local m = math.min(per, total - done)
-      local got = {struct.unpack(doubles(m), raw, pos)}
-      pos = got[m + 1]
-      for k = 1, m do vals[done + k] = got[k] end
-      done = done + m
-    end
-    s.rows = total / width
-    for r = 0, s.rows - 1 do s.at[vals[r * width + 1]] = r * width end
-  end
   local xraw = cur[prefix .. '|X']
   if xraw ~= nil and xraw ~= false then
     s.had_x = true
@@ -183,6 +163,36 @@ local function open_set(prefix, stats)
       for tok in string.gmatch(rest, '%S+') do xs[#xs + 1] = tonumber(tok) end
       s.x[st][tonumber(idx)] = xs
       s.nx = s.nx + 1
+    end
+  end
+  local raw = cur[prefix .. '|P']
+  if raw ~= nil and raw ~= false and #raw > 0 then
+    local total, flat = #raw / 8, {}
+    local per = math.floor(CHUNK / width) * width
+    local pos, done = 1, 0
+    while done < total do
+      local m = math.min(per, total - done)
+      local got = {struct.unpack(doubles(m), raw, pos)}
+      pos = got[m + 1]
+      for k = 1, m do flat[done + k] = got[k] end
+      done = done + m
+    end
+    -- one row per tile: appended rows of a tile already present are folded into it
+    local vals, last = s.vals, nil
+    for r = 0, total / width - 1 do
+      local src = r * width
+      local idx = flat[src + 1]
+      local off = s.at[idx]
+      if off == nil then
+        off = s.rows * width
+        for c = 1, width do vals[off + c] = flat[src + c] end
+        s.at[idx] = off
+        s.rows = s.rows + 1
+        if last ~= nil and idx < last then s.sorted = false end
+        last = idx
+      else
+        fold_values(s, off, flat, src)
+      end
     end
   end
   sets[prefix] = s
@@ -247,28 +257,20 @@ local function add_exact(s, off, st, xs)
     s.nx = s.nx - 1
   end
 end
-local function update_packed(i)
-  -- a P op at args[i]
-  local s = open_set(args[i+1], args[i+2])
-  local off = row_of(s, tonumber(args[i+3]))
-  local vals, at = s.vals, i + 4
+function fold_values(s, off, src_vals, src)
+  -- add a row given as values src_vals[src + 1 ..] (its sums' terms: hi, lo) to the row at `off`
+  local vals = s.vals
   for _, st in ipairs(s.chars) do
-    local c = off + s.cols[st]
-    if st == 'c' then
-      vals[c] = vals[c] + tonumber(args[at]); at = at + 1
+    local c = s.cols[st]
+    local x = src_vals[src + c]
+    if st == 'c' then vals[off + c] = vals[off + c] + x
     elseif st == 's' or st == 'q' then
-      local cnt = tonumber(args[at])
-      if cnt == 1 then
-        add_exact(s, off, st, {tonumber(args[at + 1])})
-      else
-        local xs = {}
-        for k = 1, cnt do xs[k] = tonumber(args[at + k]) end
-        add_exact(s, off, st, xs)
-      end
-      at = at + 1 + cnt
-    else
-      local x = tonumber(args[at]); at = at + 1
-      if (st == 'm' and x < vals[c]) or (st == 'M' and x > vals[c]) then vals[c] = x end
+      local terms = {}
+      if x ~= 0 then terms[#terms + 1] = x end
+      if src_vals[src + c + 1] ~= 0 then terms[#terms + 1] = src_vals[src + c + 1] end
+      if #terms > 0 then add_exact(s, off, st, terms) end
+    elseif st == 'm' then if x < vals[off + c] then vals[off + c] = x end
+    elseif st == 'M' then if x > vals[off + c] then vals[off + c] = x end
     end
   end
 end
@@ -377,7 +379,7 @@ while i <= n do
     need('_a:' .. args[i+1])
   elseif op == 'R' then
     need('_ts'); need('_p'); need('_o')
-  elseif op == 'P' then
+  elseif op == 'A' then
     need(args[i+1] .. '|P'); need(args[i+1] .. '|X')
   elseif op == 'L' or op == 'F' then
     need(args[i+1] .. 'o')
@@ -395,7 +397,7 @@ if #want > 0 then
   for j, f in ipairs(want) do cur[f] = got[j] end
 end
 
-if cur['_ts'] ~= false and cur['_ts'] ~= nil and cur['_v'] ~= LAYOUT then
+if cur['_ts'] ~= false and cur['_ts'] ~= nil and not READS[cur['_v']] then
   return redis.error_reply('FSLAYOUT ' .. (cur['_v'] or '1'))
 end
 
@@ -422,6 +424,7 @@ end
 if cur['_v'] ~= LAYOUT then put('_v', LAYOUT) end
 local applied = 0
 local active = false
+local appended, appended_stats = {}, {}  -- packed rows to append, per tile set
 for _, at in ipairs(ops) do
   local op = args[at]
   if op == 'G' then
@@ -440,8 +443,11 @@ for _, at in ipairs(ops) do
         put('_ts', ts); put('_p', p); put('_o', o)
         for j = 0, cnt - 1 do put(args[at+5+2*j], args[at+6+2*j]) end
       end
-    elseif op == 'P' then
-      update_packed(at)
+    elseif op == 'A' then
+      local prefix = args[at+1]
+      if appended[prefix] == nil then appended[prefix] = {}; appended_stats[prefix] = args[at+2] end
+      local parts = appended[prefix]
+      parts[#parts + 1] = args[at+4]
     elseif op == 'L' or op == 'F' then
       keep_ordered(args[at+1], args[at+2] .. ' ' .. args[at+3] .. ' ' .. args[at+4], args[at+5], op == 'L')
     elseif op == 'N' then
@@ -474,7 +480,22 @@ local function bound(prefix)
   return b
 end
 
--- packed sets touched: trim past their bound, then write
+-- packed rows: appended, or the field compacted once it holds more rows than its bound
+for prefix, parts in pairs(appended) do
+  local f = prefix .. '|P'
+  local raw = cur[f]
+  local rows = table.concat(parts)
+  if raw ~= nil and raw ~= false then rows = raw .. rows end
+  local b = bound(prefix)
+  if b ~= nil and #rows / (8 * layout(appended_stats[prefix]).width) > b.rows then
+    cur[f] = rows
+    open_set(prefix, appended_stats[prefix])
+  else
+    put(f, rows)
+  end
+end
+
+-- packed sets compacted: trim past their bound, then write
 local base_num = base_index and tonumber(base_index)
 for prefix, s in pairs(sets) do
   local b, dropped = bound(prefix), {}

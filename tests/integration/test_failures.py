@@ -21,7 +21,7 @@ from featurestore.config import Settings, load_settings
 from featurestore.demo import payment_events, produce_records
 from featurestore.embedded import start_redis
 from featurestore.online.layout import TileSet, tile_sets
-from featurestore.online.packed import columns, decode_rows, parse_overflow
+from featurestore.online.packed import tile_stats
 from featurestore.plan import Plan
 from featurestore.registry import FileRegistry
 from featurestore.runtime import StreamProcessor
@@ -80,17 +80,10 @@ def online_state(client: redis.Redis, project: str, plan: Plan | None = None) ->
 def _unpacked(tset: TileSet, blob: bytes, overflow: bytes | None) -> dict[bytes, bytes]:
     """A packed field as one field per tile and statistic (`prefix|idx|stat`: count, exact
     sum terms, min or max), so that tiles can be dropped and lifetime sets merged as above."""
-    further = parse_overflow(overflow)
     out: dict[bytes, bytes] = {}
-    for row in decode_rows(blob, tset.packed).tolist():
-        idx = int(row[0])
-        for stat, col in columns(tset.packed).items():
-            if stat == "c":
-                text = str(int(row[col]))
-            elif stat in "sq":
-                text = " ".join(repr(x) for x in [row[col], row[col + 1], *further.get((idx, stat), [])] if x)
-            else:
-                text = repr(row[col])
+    for idx, stats in tile_stats(blob, overflow, tset.packed).items():
+        for stat, value in stats.items():
+            text = " ".join(repr(x) for x in value) if stat in "sq" else str(value) if stat == "c" else repr(value)
             out[f"{tset.prefix}|{idx}|{stat}".encode()] = text.encode()
     return out
 

@@ -202,3 +202,21 @@ def test_state_of_another_layout_is_refused_not_misread(store) -> None:  # type:
     with pytest.raises(OnlineLayoutError, match=f"layout 1, this version reads and writes layout {LAYOUT_VERSION}"):
         writer.write([_rows(view, [(1, t0 + 5, _event(3.0, "m2"))], first_offset=10)])
     assert client.hgetall(key) == before
+
+
+def test_state_of_layout_2_is_read_and_carried_on(store) -> None:  # type: ignore[no-untyped-def]
+    """Layout 2 (packed rows unique and sorted) is a case of layout 3 (rows appended, compacted
+    past a bound): its hashes are read as they are and written on, moving to version 3."""
+    from featurestore.online.keys import LAYOUT_VERSION
+
+    plan, client, writer, reader, project = store
+    view = plan.view("user_payments")
+    t0 = 1_700_000_000_000
+    writer.write([_rows(view, [(1, t0, _event(10.0, "m1"))])])
+    key = f"fs:{project}:user_payments:1"
+    client.hset(key, "_v", "2")
+    request = [ViewRequest(view, ["amount_count_1h", "amount_sum_1h"], [(1,)])]
+    assert reader.read(request, t0 + 1000)[0] == {"amount_count_1h": [1], "amount_sum_1h": [10.0]}
+    writer.write([_rows(view, [(1, t0 + 5, _event(3.5, "m2"))], first_offset=10)])
+    assert reader.read(request, t0 + 1000)[0] == {"amount_count_1h": [2], "amount_sum_1h": [13.5]}
+    assert client.hget(key, "_v") == LAYOUT_VERSION.encode() == b"3"

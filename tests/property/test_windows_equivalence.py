@@ -310,20 +310,27 @@ def test_lifetime_folding_happened() -> None:
 _PROVENANCE = ("_a:", "_p", "_o")
 
 
-def _online_state(client: redis.Redis, project: str, keys: list[int]) -> dict[int, dict[str, Any]]:
+def _online_state(client: redis.Redis, project: str, keys: list[int], view: Any) -> dict[int, dict[str, Any]]:
     """Per entity its hash without provenance (applied offsets, partition/offset orders), the
-    newest-values lists reduced to their values, and the HyperLogLogs' counts. Everything else,
-    float sums included, must be byte-for-byte equal."""
+    newest-values lists reduced to their values, the packed rows as each tile's statistics (the
+    rows appended by each batch combined) and the HyperLogLogs' counts. Everything else, float
+    sums included, must be equal to the last bit."""
+    from featurestore.online.layout import tile_sets
+    from featurestore.online.packed import tile_stats
+
+    packed = {ts.prefix: ts.packed for ts in tile_sets(view)}
     state: dict[int, dict[str, Any]] = {}
     for k in keys:
         entity = f"fs:{project}:props:{k}"
         out: dict[str, Any] = {}
-        for name, raw in client.hgetall(entity).items():
+        fields = client.hgetall(entity)
+        for name, raw in fields.items():
             f = name.decode()
-            if f.startswith(_PROVENANCE) or f.endswith(("|lo", "|fo")):
+            if f.startswith(_PROVENANCE) or f.endswith(("|lo", "|fo", "|X")):
                 continue
-            if f.endswith("|P"):  # packed float64 rows, compared as bytes
-                out[f] = raw
+            if f.endswith("|P"):  # packed float64 rows: each tile's statistics, exact sums to the last bit
+                prefix = f[:-2]
+                out[f] = tile_stats(raw, fields.get(f"{prefix}|X".encode()), packed[prefix])
                 continue
             v = raw.decode()
             if f.endswith("|n"):
@@ -343,12 +350,12 @@ def _history(root: Path) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in drop} for r in rows]
 
 
-def _assert_same_stores(services: Services, a: Any, b: Any, events: list[dict[str, Any] | None]) -> None:
+def _assert_same_stores(services: Services, a: Any, b: Any, events: list[dict[str, Any] | None], view: Any) -> None:
     """Two runs over the same events left the same online state and the same history."""
     keys = sorted({e["user_id"] for e in events if e is not None})
     client = redis.Redis.from_url(services.redis_url)
     try:
-        assert _online_state(client, a.project, keys) == _online_state(client, b.project, keys)
+        assert _online_state(client, a.project, keys, view) == _online_state(client, b.project, keys, view)
     finally:
         client.close()
     if keys:
@@ -375,7 +382,7 @@ def test_streaming_equals_backfill(stream: tuple[list[Any], list[int]], plan: Pl
         back = _backfill(plan_k, s_back, raw, Path(tmp) / "in")
         assert stats.events == back.events and stats.dead_letters == back.dead_letters
 
-        _assert_same_stores(services, s_stream, s_back, events)
+        _assert_same_stores(services, s_stream, s_back, events, plan_k.view("props"))
         # the same dead letters, with the same reasons and original bytes
         streamed = _dead_letters(s_stream, f"{topic}.dlq", sum(stats.dead_letters.values()))
         lines = (back.dead_letter_file.read_text().splitlines() if back.dead_letter_file else [])
@@ -449,7 +456,7 @@ def test_late_decisions_survive_sigkills(tmp_path: Path, services: Services, run
     back_settings = _settings(repo, services, tmp_path / "backfill", f"late-b-{run_id}")
     back = _backfill(plan_k, back_settings, raw, tmp_path / "in")
     assert back.dead_letters["late"] == sum(late)
-    _assert_same_stores(services, settings_, back_settings, events)
+    _assert_same_stores(services, settings_, back_settings, events, plan_k.view("props"))
     # dead letters are at least once: the same set, each at least once
     streamed = _dead_letters(settings_, f"{topic}.dlq", sum(back.dead_letters.values()))
     from_files = {(json.loads(x)["reason"], json.loads(x)["record"].encode())

@@ -10,7 +10,8 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from featurestore.online.bulk import canonical_expansion, chunks_of_whole_entities, entity_starts, exact_sums
+from featurestore.online.bulk import chunks_of_whole_entities, entity_starts, exact_sums
+from featurestore.online.packed import canonical_expansion
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 
