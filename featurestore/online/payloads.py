@@ -36,10 +36,10 @@ class EntityPayload:
     """The script's arguments: str, and bytes for packed rows."""
 
 
-def build_payloads(view: ViewPlan, sets: Sequence[TileSet], rows: ViewRows, trim: list[str],
+def build_payloads(view: ViewPlan, sets: Sequence[TileSet], rows: ViewRows,
                    selection: Sequence[int] | None = None) -> list[EntityPayload]:
-    """The payloads of `rows` (or of the rows at `selection`), late rows left out, each ending
-    with the `trim` tokens."""
+    """The payloads of `rows` (or of the rows at `selection`), late rows left out (the
+    writer ends each with the view's trim tokens)."""
     picked = np.arange(len(rows)) if selection is None else np.asarray(selection, dtype=np.int64)
     if rows.late:
         late = np.asarray(rows.late, dtype=bool)
@@ -71,8 +71,6 @@ def build_payloads(view: ViewPlan, sets: Sequence[TileSet], rows: ViewRows, trim
         else:
             payload.tokens += tokens[g]
         payload.groups[int(part[a])] = row_list[a:b]
-    for payload in out:
-        payload.tokens += trim
     return out
 
 

@@ -16,6 +16,7 @@ import asyncio
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
@@ -23,6 +24,27 @@ from hiredis import pack_command
 from redis.exceptions import NoScriptError, ResponseError
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class EncodedArgs:
+    """Arguments RESP-encoded once, to end many commands with (the same trailing arguments)."""
+
+    count: int
+    resp: bytes
+
+    @classmethod
+    def of(cls, args: Sequence[str | bytes]) -> EncodedArgs:
+        if not args:
+            return cls(0, b"")
+        packed = pack_command(tuple(args))  # type: ignore[arg-type]
+        return cls(len(args), packed[packed.index(b"\r\n") + 2 :])
+
+
+def pack_with(args: tuple[Any, ...], tail: EncodedArgs) -> bytes:
+    """The RESP encoding of the command `args` followed by the arguments of `tail`."""
+    packed = pack_command(args)  # type: ignore[arg-type]
+    return b"*%d\r\n%b%b" % (len(args) + tail.count, packed[packed.index(b"\r\n") + 2 :], tail.resp)
 
 
 class ScriptStream:
@@ -34,9 +56,10 @@ class ScriptStream:
         self.sha: str | None = None  # loaded on first use
         self.chunk = chunk
 
-    def run(self, items: Sequence[T], call: Callable[[T], tuple[str, list[str]]]) -> list[Any]:
-        """Replies of `call(item)` → (key, script arguments) for every item, in order. A reply that is a
-        Redis error is returned as the exception; a lost connection raises."""
+    def run(self, items: Sequence[T], call: Callable[[T], tuple[str, list[Any], EncodedArgs]]) -> list[Any]:
+        """Replies of `call(item)` → (key, script arguments, further arguments already encoded)
+        for every item, in order. A reply that is a Redis error is returned as the exception; a
+        lost connection raises."""
         if self.sha is None:
             self.sha = self.client.script_load(self.lua)
         try:
@@ -45,11 +68,11 @@ class ScriptStream:
             self.sha = self.client.script_load(self.lua)
             return self._run(items, call)
 
-    def _run(self, items: Sequence[T], call: Callable[[T], tuple[str, list[str]]]) -> list[Any]:
+    def _run(self, items: Sequence[T], call: Callable[[T], tuple[str, list[Any], EncodedArgs]]) -> list[Any]:
         sha = self.sha
         assert sha is not None
         batches = (
-            [pack_command(("EVALSHA", sha, "1", key, *args)) for key, args in map(call, chunk)]  # type: ignore[arg-type]
+            [pack_with(("EVALSHA", sha, "1", key, *args), tail) for key, args, tail in map(call, chunk)]
             for chunk in _chunks(items, self.chunk)
         )
         replies = stream_commands(self.client, batches)

@@ -346,11 +346,10 @@ local function keep_ordered(f, order, val, want_newest)
   if ok then put(f, val); put(f .. 'o', order) end
 end
 local function merge_newest(f, k, list_json)
-  local items = cjson.decode(list_json)
   local prev = cur[f]
-  if prev ~= nil and prev ~= false then
-    for _, it in ipairs(cjson.decode(prev)) do items[#items + 1] = it end
-  end
+  if prev == nil or prev == false then put(f, list_json); return end  -- already the k newest, newest first
+  local items = cjson.decode(list_json)
+  for _, it in ipairs(cjson.decode(prev)) do items[#items + 1] = it end
   table.sort(items, function(a, b)
     if a[1] ~= b[1] then return a[1] > b[1] end
     if a[2] ~= b[2] then return a[2] > b[2] end

@@ -10,13 +10,14 @@ former owner of the partition) changes nothing: every event takes effect exactly
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
 import redis
 
 from featurestore.online.keys import entity_key, layout_error
 from featurestore.online.layout import LIFETIME_EXTRA_TILES, fields_per_entity, packed_rows_bound, tile_sets
 from featurestore.online.payloads import EntityPayload, build_payloads
-from featurestore.online.streaming import ScriptStream
+from featurestore.online.streaming import EncodedArgs, ScriptStream
 from featurestore.plan import Plan, ViewPlan
 from featurestore.plan.windows import LIFETIME_BASE_INDEX
 from featurestore.records import ViewRows
@@ -39,13 +40,13 @@ class OnlineWriter:
         self._limits = {
             v.name: int(fields_per_entity(v, max_future_skew_ms + (v.allowed_lateness_ms or 0)) * 1.5) + 8 for v in plan.views
         }
-        self._trim = {v.name: self._trim_tokens(v) for v in plan.views}
+        self._trim = {v.name: EncodedArgs.of(self._trim_tokens(v)) for v in plan.views}
         self.groups_applied = 0
         self.groups_skipped = 0
 
     def _trim_tokens(self, view: ViewPlan) -> list[str]:
-        """The trim instruction of a view's payloads: the same for every entity, since the
-        script measures the bounds from the entity's own newest event."""
+        """The trim instruction ending a view's payloads: the same for every entity (the script
+        measures the bounds from the entity's own newest event), so it is encoded once."""
         sets = self._tile_sets[view.name]
         if not sets:
             return []
@@ -66,7 +67,7 @@ class OnlineWriter:
         for rows in batches:
             if len(rows):
                 view = self.views[rows.view]
-                work.extend((view, rows, p) for p in build_payloads(view, self._tile_sets[view.name], rows, self._trim[view.name]))
+                work.extend((view, rows, p) for p in build_payloads(view, self._tile_sets[view.name], rows))
         self._apply(work)
         return len(work)
 
@@ -89,15 +90,14 @@ class OnlineWriter:
                 # some partitions were applied up to a mark inside this batch: resend the rest
                 marks = {int(reply[j]): int(reply[j + 1]) for j in range(1, len(reply), 2)}
                 rest = [i for p, idxs in payload.groups.items() for i in idxs if p not in marks or rows.offset[i] > marks[p]]
-                sets, trim = self._tile_sets[view.name], self._trim[view.name]
-                retry.extend((view, rows, p) for p in build_payloads(view, sets, rows, trim, rest))
+                retry.extend((view, rows, p) for p in build_payloads(view, self._tile_sets[view.name], rows, rest))
             if not retry:
                 return
             pending = retry
         raise RuntimeError(f"online writes kept conflicting for {len(pending)} entities; is another writer replaying?")
 
-    def _call(self, item: tuple[ViewPlan, ViewRows, EntityPayload]) -> tuple[str, list[str]]:
+    def _call(self, item: tuple[ViewPlan, ViewRows, EntityPayload]) -> tuple[str, list[Any], EncodedArgs]:
         view, _, payload = item
-        return entity_key(self.project, view.name, payload.key), payload.tokens
+        return entity_key(self.project, view.name, payload.key), payload.tokens, self._trim[view.name]
 
 
