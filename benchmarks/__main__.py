@@ -18,7 +18,7 @@ FEATURESTORE_REDIS_URL), then measures, each beside its raw limit in the same ru
 - backfill: `featurestore backfill --materialize` (the `Backfill` job) over the same events
   from a JSON lines file vs streaming them (the ingest figure), and the same online values;
 - storage: Redis fields and bytes per entity of each view after ingest;
-- materialize: `rebuild-online`'s replay of the Parquet history into Redis vs DuckDB
+- materialize: `rebuild-online`'s load of the Parquet history into Redis vs DuckDB
   latest-per-key + pipelined HSET (benchmarks.materialize) and Feast's materialize;
 - freshness: produce → readable with `get_online_features`, through `featurestore run`
   as its own process, at fixed produce rates (benchmarks.freshness).
@@ -427,11 +427,11 @@ def main() -> None:
         for rep in range(args.reps):
             bench_materialize(b, ctx, rep)
             ours, raw, rows, keys, _, _ = ctx["materialize"][-1]
-            print(f"materialize rep {rep + 1}: {rows:,} history rows replayed in {ours:.1f} s; "
+            print(f"materialize rep {rep + 1}: {rows:,} history rows loaded in {ours:.1f} s; "
                   f"latest-per-key floor {raw:.1f} s ({keys:,} keys)", flush=True)
         runs = ctx["materialize"]
         label = f"load {runs[0][2]:,} history rows into Redis"
-        b.record(label, "featurestore rebuild-online (replay: windows + exactly-once)", "seconds", [r[0] for r in runs], "s",
+        b.record(label, "featurestore rebuild-online (windows + exactly-once marks)", "seconds", [r[0] for r in runs], "s",
                  [r[4] for r in runs])
         b.record(label, "DuckDB latest per key + pipelined HSET (no windows)", "seconds", [r[1] for r in runs], "s",
                  [r[5] for r in runs])

@@ -31,7 +31,7 @@ def bench_materialize(b: Any, ctx: dict[str, Any], rep: int) -> None:
         t0 = time.perf_counter()
         replayed = sum(rebuild_view(client, target.project, source.offline_root, view, skew_ms) for view in plan.views)
         ours = time.perf_counter() - t0
-    b.check(replayed == rows, f"rebuild replayed {replayed} of {rows} history rows")
+    b.check(replayed == rows, f"rebuild read {replayed} of {rows} history rows")
     with measured(client) as raw_usage:
         t0 = time.perf_counter()
         keys = _raw_latest_per_key(client, source, plan, f"bench:raw-m{rep}")
