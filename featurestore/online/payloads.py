@@ -178,19 +178,33 @@ def _neutral_row(stats: str, index: float) -> np.ndarray:
 def _per_tile(tiles: list[list[Any]], tile_index: list[str], tset: TileSet, col: list[Any], row: list[int],
               ts: list[int], part: list[int], off: list[int], first: list[int], stop: list[int]) -> None:
     prefix, k = tset.prefix, tset.last_n
+    json = _JsonMemo()
     for tokens, index, a, b in zip(tiles, tile_index, first, stop):
         for st in tset.per_tile_fields:
             name = f"{prefix}|{index}|{st}"  # keys.tile_field
             if st == "l" or st == "f":
                 j = b - 1 if st == "l" else a
-                tokens += ("L" if st == "l" else "F", name, str(ts[j]), str(part[j]), str(off[j]), _json(col[row[j]]))
+                tokens += ("L" if st == "l" else "F", name, str(ts[j]), str(part[j]), str(off[j]), json(col[row[j]]))
             elif st == "n":
-                newest = [[ts[j], part[j], off[j], _json(col[row[j]])] for j in range(b - 1, max(a, b - k) - 1, -1)]
+                newest = [[ts[j], part[j], off[j], json(col[row[j]])] for j in range(b - 1, max(a, b - k) - 1, -1)]
                 tokens += ("N", name, str(k), _json(newest))
             elif st == "d":
-                distinct = sorted({_json(col[row[j]]) for j in range(a, b)})
+                distinct = sorted({json(col[row[j]]) for j in range(a, b)})
                 tokens += ("H", name, str(len(distinct)), *distinct)
 
 
 def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+class _JsonMemo(dict[str, str]):
+    """JSON of values, each distinct string encoded once (a column repeats few ids, countries,
+    ...). Other values are encoded each time: 1, 1.0 and True, or 0.0 and -0.0, are equal keys."""
+
+    def __call__(self, value: Any) -> str:
+        if type(value) is not str:
+            return _json(value)
+        text = self.get(value)
+        if text is None:
+            text = self[value] = _json(value)
+        return text
