@@ -1,6 +1,6 @@
 """The Faust engine against the default engine on a real broker and Redis: the same stream
 (out of order, late beyond the allowed lateness, malformed) gives identical online values
-(byte for byte), identical history (but processing time) and identical dead letters; and
+(each tile to the last bit), identical history (but processing time) and identical dead letters; and
 SIGKILLs of the Faust worker at the dangerous points change nothing."""
 
 from __future__ import annotations
