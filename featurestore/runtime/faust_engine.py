@@ -95,7 +95,7 @@ class FaustEngine:
         app.on_before_shutdown.connect(self._on_shutdown)
 
     def _agent(self, topic: str) -> Callable[[Any], Any]:
-        batch_size, within = self.settings.batch_size, self.settings.batch_timeout_s
+        batch_size, within = faust_batch_size(self.settings), self.settings.batch_timeout_s
 
         async def process(stream: Any) -> None:
             try:
@@ -211,8 +211,18 @@ def build_app(settings: Settings) -> faust.App:
         broker_session_timeout=float(opts.get("session.timeout.ms", 10_000)) / 1000,
         broker_heartbeat_interval=float(opts.get("heartbeat.interval.ms", 1_000)) / 1000,
         consumer_max_fetch_size=8 * 1024 * 1024,
-        stream_buffer_maxsize=max(4096, settings.batch_size),
+        stream_buffer_maxsize=max(4096, faust_batch_size(settings)),
     )
+
+
+#: Faust takes batches of at most this many events (the size its engine was tested with; a
+#: 50,000-event take buffer hung a run once on a slow machine, cause not found).
+FAUST_MAX_BATCH = 20_000
+
+
+def faust_batch_size(settings: Settings) -> int:
+    """The records the Faust engine takes per batch: batch_size, at most FAUST_MAX_BATCH."""
+    return min(settings.batch_size, FAUST_MAX_BATCH)
 
 
 def faust_credentials(settings: Settings) -> Any:
