@@ -57,10 +57,6 @@ class EntityState:
     distinct: dict[str, list[str]] = field(default_factory=dict)
     """Hash field of a count_distinct tile -> the JSON values its HyperLogLog holds."""
 
-    def field_map(self) -> dict[str, str | bytes]:
-        """Its hash fields by name."""
-        return dict(zip(self.fields[::2], self.fields[1::2]))  # type: ignore[arg-type]
-
 
 def entity_starts(table: pa.Table, keys: list[str]) -> np.ndarray:
     """Index of the first row of each entity in rows sorted by join keys."""
@@ -99,7 +95,7 @@ def entity_states(view: ViewPlan, table: pa.Table, skew_ms: int) -> list[EntityS
         "_o": _ints(off[newest]),
     }
     for f in view.row_features:
-        meta[row_field(f.name)] = _json(table[f.name].take(pa.array(newest)).to_pylist())
+        meta[row_field(f.name)] = [json_text(v) for v in table[f.name].take(pa.array(newest)).to_pylist()]
     for name, values in meta.items():
         for state, value in zip(states, values):
             state.fields += (name, value)
@@ -255,7 +251,7 @@ def _per_tile(states: list[EntityState], tset: TileSet, col: pa.ChunkedArray, ro
     # each distinct value JSON-encoded once
     encoded = pc.dictionary_encode(col.take(pa.array(rows))).combine_chunks()
     code = _numpy(encoded.indices).astype(np.int64)
-    text = _json(encoded.dictionary.to_pylist())
+    text = [json_text(v) for v in encoded.dictionary.to_pylist()]
     src_ts, src_p, src_o = ts[rows], part[rows], off[rows]
     owners = [states[i].fields for i in tile_entity.tolist()]
     indexes = tile_index.tolist()
@@ -272,7 +268,7 @@ def _per_tile(states: list[EntityState], tset: TileSet, col: pa.ChunkedArray, ro
             items = [[t, p, o, text[c]] for t, p, o, c in
                      zip(src_ts[at].tolist(), src_p[at].tolist(), src_o[at].tolist(), code[at].tolist())]
             ends = np.cumsum(kept[::-1]).tolist()
-            lists = [orjson.dumps(items[a:b]).decode() for a, b in zip([0, *ends[:-1]], ends)][::-1]
+            lists = [json_text(items[a:b]) for a, b in zip([0, *ends[:-1]], ends)][::-1]
             for fields, name, value in zip(owners, names, lists):
                 fields += (name, value)
         elif st == "d":  # the distinct values of each tile, for its HyperLogLog
@@ -300,9 +296,9 @@ def _ints(values: np.ndarray) -> list[str]:
     return [str(v) for v in values.tolist()]
 
 
-def _json(values: list[Any]) -> list[str]:
-    """Each value as JSON text (str: orjson's bytes results each keep a 4 KiB buffer)."""
-    return [orjson.dumps(v).decode() for v in values]
+def json_text(value: Any) -> str:
+    """`value` as JSON text (a str: orjson's bytes results each keep a 4 KiB buffer)."""
+    return orjson.dumps(value).decode()
 
 
 def _numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import orjson
 
-from featurestore.online.bulk import exact_sums
+from featurestore.online.bulk import exact_sums, json_text
 from featurestore.online.keys import row_field
 from featurestore.online.layout import TileSet
 from featurestore.online.packed import columns, row_width
@@ -88,7 +87,7 @@ def _group_tokens(view: ViewPlan, rows: ViewRows, row: np.ndarray, ts: np.ndarra
                                   newest_rows):
         tokens = ["G", str(p), str(lo), str(hi), "R", str(t), str(p), str(o), width]
         for name, values in features:
-            tokens += (name, _json(values[i]))
+            tokens += (name, json_text(values[i]))
         out.append(tokens)
     return out
 
@@ -187,14 +186,10 @@ def _per_tile(tiles: list[list[Any]], tile_index: list[str], tset: TileSet, col:
                 tokens += ("L" if st == "l" else "F", name, str(ts[j]), str(part[j]), str(off[j]), json(col[row[j]]))
             elif st == "n":
                 newest = [[ts[j], part[j], off[j], json(col[row[j]])] for j in range(b - 1, max(a, b - k) - 1, -1)]
-                tokens += ("N", name, str(k), _json(newest))
+                tokens += ("N", name, str(k), json_text(newest))
             elif st == "d":
                 distinct = sorted({json(col[row[j]]) for j in range(a, b)})
                 tokens += ("H", name, str(len(distinct)), *distinct)
-
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
 
 
 class _JsonMemo(dict[str, str]):
@@ -203,8 +198,8 @@ class _JsonMemo(dict[str, str]):
 
     def __call__(self, value: Any) -> str:
         if type(value) is not str:
-            return _json(value)
+            return json_text(value)
         text = self.get(value)
         if text is None:
-            text = self[value] = _json(value)
+            text = self[value] = json_text(value)
         return text
