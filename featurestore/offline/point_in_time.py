@@ -9,6 +9,12 @@ For an entity row with timestamp t (epoch ms) and a view with TTL:
   event with ts <= t), counting only events whose `where` column is true if it has one.
 Events with ts > t are never used: no value from the future. In "as_served" mode, events
 processed after t, or dropped online as too late, are not used either.
+
+Row-level features are an ASOF join. Windowed aggregations are window functions over one
+time-ordered stream per entity holding its events and its training rows: each training
+row's frame is its window, so the cost grows with rows + events, not with rows x events in
+a window. "as_served" at each row's time depends on when each event was processed, which is
+no frame; it is a range join.
 """
 
 from __future__ import annotations
@@ -37,15 +43,18 @@ def _window_start(agg: AggregationPlan) -> str | None:
     return f"((e._t // {b} + (e._t % {b} > 0)::BIGINT) * {b} - {w})"
 
 
-def _agg_sql(agg: AggregationPlan) -> str:
-    col = f"h.{_q(agg.column)}"
+def _agg_sql(agg: AggregationPlan, window: str | None = None) -> str:
+    """SQL of one aggregation: over the joined rows `h` (window None), or over the named
+    window frame of the union `u` (probe rows carry NULL values, so no filter keeps them)."""
+    col = f"h.{_q(agg.column)}" if window is None else _value(agg.column)
     conds = [f"{col} IS NOT NULL"]
     start = _window_start(agg)
-    if start is not None:
+    if start is not None and window is None:
         conds.insert(0, f"h._ts > {start}")
     if agg.where is not None:
-        conds.append(f"h.{_q(agg.where)} IS TRUE")
-    cond = f"FILTER (WHERE {' AND '.join(conds)})"
+        conds.append(f"{f'h.{_q(agg.where)}' if window is None else _value(agg.where)} IS TRUE")
+    cond = f"FILTER (WHERE {' AND '.join(conds)})" + (f" OVER {window}" if window else "")
+    seq = "h._seq" if window is None else "_seq"
     f = agg.function
     if f == "count":
         return f"count({col}) {cond}"
@@ -64,10 +73,55 @@ def _agg_sql(agg: AggregationPlan) -> str:
     if f in ("min", "max"):
         return f"{f}({col}) {cond}"
     if f == "first":
-        return f"arg_min({col}, h._seq) {cond}"
+        return f"arg_min({col}, {seq}) {cond}"
     if f == "last_n":
-        return f"(list({col} ORDER BY h._seq DESC) {cond})[1:{agg.k}]"
-    return f"arg_max({col}, h._seq) {cond}"
+        return f"(list({col} ORDER BY {seq} DESC) {cond})[1:{agg.k}]"
+    return f"arg_max({col}, {seq}) {cond}"
+
+
+def _value(column: str) -> str:
+    """The union's copy of a history column (NULL on entity rows, even for a join key)."""
+    return _q("v:" + column)
+
+
+def _frame(agg: AggregationPlan) -> str:
+    """The window frame of `agg` over the union ordered by time: the events of the window read
+    at the current row's time (peers at the same instant included: the upper edge is ts <= t)."""
+    start = _window_start(agg)
+    if start is None:
+        return "RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
+    # ts > start  <=>  ts >= start + 1 (integer ms)  <=>  ts >= _ts - (_ts - start - 1)
+    return f"RANGE BETWEEN (_ts - 1 - {start.replace('e._t', '_ts')}) PRECEDING AND CURRENT ROW"
+
+
+def _needs_seq(aggs: Sequence[AggregationPlan]) -> bool:
+    """Whether an aggregation orders events by (time, partition, offset)."""
+    return any(a.function in ("first", "last", "last_n") for a in aggs)
+
+
+def _windowed_by_frames(view: ViewPlan, aggs: Sequence[AggregationPlan]) -> str:
+    """Windowed aggregations as window functions over the history and the entity rows in one
+    time-ordered stream per entity: each entity row's frame is its window (no range join)."""
+    keys = ", ".join(_q(k.name) for k in view.join_keys)
+    used = dict.fromkeys([a.column for a in aggs] + [a.where for a in aggs if a.where])
+    columns = ", ".join(f"{_q(c)} AS {_value(c)}" for c in used)
+    frames: dict[str, str] = {}
+    for a in aggs:
+        frames.setdefault(_frame(a), f"w{len(frames)}")
+    values = ", ".join(f"{_agg_sql(a, frames[_frame(a)])} AS {_q('a_' + a.name)}" for a in aggs)
+    windows = ", ".join(f"{name} AS (PARTITION BY {keys} ORDER BY _ts {frame})" for frame, name in frames.items())
+    return f""",
+    u AS (
+        SELECT {keys}, _ts, {columns}{', _seq' if _needs_seq(aggs) else ''}, NULL::BIGINT AS _row FROM h
+        UNION ALL BY NAME
+        SELECT {keys}, _t AS _ts, _row FROM e
+    ),
+    windowed AS (
+        SELECT _row, {values}
+        FROM u
+        WINDOW {windows}
+        QUALIFY _row IS NOT NULL
+    )"""
 
 
 #: Training-set modes: every event by event time, or what the online store held at each instant.
@@ -83,12 +137,15 @@ def _view_query(view: ViewPlan, features: Sequence[str], glob: str, mode: str, s
     want_rows = [n for n in features if n in rows]
     ttl = f"l._t - l._latest <= {view.ttl_ms}" if view.ttl_ms is not None else "TRUE"
     served = mode == "as_served"
+    # the global event order, for first / last / last_n and the as-served newest values
+    seq = ("row_number() OVER (ORDER BY epoch_ms(event_timestamp), _partition, _offset) AS _seq"
+           if served or _needs_seq(aggs) else "NULL AS _seq")
     processed = " AND h._pa <= e._t" if served and served_at_row_time else ""
     sql = f"""
     WITH h AS (
         SELECT {hist_cols}, epoch_ms(event_timestamp) AS _ts, _partition, _offset,
                epoch_ms(_processed_at) AS _pa,
-               row_number() OVER (ORDER BY epoch_ms(event_timestamp), _partition, _offset) AS _seq
+               {seq}
         FROM read_parquet('{glob}', hive_partitioning = true, union_by_name = true)
         {'WHERE _late IS NOT TRUE' if served else ''}
     ),"""
@@ -113,7 +170,11 @@ def _view_query(view: ViewPlan, features: Sequence[str], glob: str, mode: str, s
         SELECT e._row, e._t, h._ts AS _latest{''.join(f', h.{_q(n)} AS {_q("r_" + n)}' for n in want_rows)}
         FROM e ASOF LEFT JOIN newest h ON {key_eq} AND e._t >= h._ts
     )"""
-    if aggs:
+    if aggs and not processed:
+        sql += _windowed_by_frames(view, aggs)
+    elif aggs:
+        # as served at each row's time: which events count depends on the row (processed by
+        # then), not only on time, so this one is a range join
         starts = [_window_start(a) for a in aggs]
         if any(x is None for x in starts):
             lower = ""  # a lifetime aggregation reads every event up to e._t

@@ -15,7 +15,7 @@ from featurestore.offline.point_in_time import point_in_time_features
 from featurestore.records import ViewRows
 
 ROOT = Path(__file__).resolve().parents[2]
-T0 = 1_790_000_000_000  # on a minute boundary
+T0 = 1_790_000_000_000  # 20 s past a minute boundary
 S = 1000
 
 
@@ -79,3 +79,19 @@ def test_as_served_sees_only_what_the_online_store_held(history: Path) -> None:
 def test_unknown_mode_is_refused(history: Path) -> None:
     with pytest.raises(ValueError, match="mode must be one of corrected, as_served"):
         _features(history, T0, "live")
+
+
+def test_windows_count_events_not_the_entity_rows_of_the_training_set(history: Path) -> None:
+    # windows are frames over the history and the entity rows in one stream: an aggregation
+    # of a join key column must still count only events, whatever the entity rows
+    view = compile_repo(ROOT / "feature_defs").view("user_payments")
+    base = next(a for a in view.aggregations if a.name == "amount_count_1h")
+    keyed = base.model_copy(update={"name": "events_1h", "column": "user_id", "dtype": "int"})
+    view = view.model_copy(update={"aggregations": [*view.aggregations, keyed]})
+    times = [T0 - S, T0, T0 + 10 * S, T0 + 10 * S, T0 + 60 * S, T0 + 3580 * S, T0 + 3580 * S + 1]
+    out = point_in_time_features(history, view, ["events_1h", "amount_count_1h"], pa.table({"user_id": [1] * len(times)}),
+                                 pa.array(times, pa.int64()), mode="corrected")
+    # T0-1s: no event yet (NULL); T0+3580s is on a tile boundary: (T0-20s, T0+3580s] holds A, B
+    # and C; 1 ms later the window starts at the next boundary, T0+40s, and holds none
+    assert out["amount_count_1h"].to_pylist() == [None, 1, 2, 2, 3, 3, 0]
+    assert out["events_1h"].to_pylist() == out["amount_count_1h"].to_pylist()
