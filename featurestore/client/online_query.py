@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,12 +126,35 @@ class OnlineQuery:
                 if k.name not in columns:
                     columns[k.name] = [row.get(k.name) for row in self.entity_rows]
         by_view = {req.view.name: res for req, res in zip(self.requests, results)}
-        statuses: dict[str, list[str]] = {}
         event_ms: dict[str, list[int | None]] = {}
+        sources: dict[str, tuple[ViewResult, str]] = {}
         for (view, name), out in zip(self.resolved, self.names):
             res = by_view[view.name]
             columns[out] = res.values[name]
-            statuses[out] = res.statuses(name)
+            sources[out] = (res, name)
             event_ms[out] = res.event_ms
+        statuses = _Statuses(sources)
         return OnlineResponse(columns, statuses, event_ms, t_ms)
 
+
+
+class _Statuses(Mapping[str, list[str]]):
+    """Per result column, its statuses: computed when first asked for (most callers only
+    read the values)."""
+
+    def __init__(self, sources: dict[str, tuple[ViewResult, str]]) -> None:
+        self._sources = sources
+        self._done: dict[str, list[str]] = {}
+
+    def __getitem__(self, name: str) -> list[str]:
+        hit = self._done.get(name)
+        if hit is None:
+            res, feature = self._sources[name]
+            hit = self._done[name] = res.statuses(feature)
+        return hit
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._sources)
+
+    def __len__(self) -> int:
+        return len(self._sources)

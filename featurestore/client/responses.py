@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ class OnlineResponse:
     def __init__(
         self,
         columns: dict[str, list[Any]],
-        statuses: dict[str, list[str]] | None = None,
+        statuses: Mapping[str, list[str]] | None = None,
         event_ms: dict[str, list[int | None]] | None = None,
         read_at_ms: int | None = None,
     ) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import math
 import struct
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -65,8 +66,12 @@ def _scatter(col: list[Any], rows: list[int], values: list[Any]) -> None:
         col[row] = v
 
 
-def _cast(x: float, dtype: str) -> Any:
-    return int(round(x)) if dtype in ("int", "bool") else x
+def _place(cols: list[list[Any]], pos: int, rows: list[int], values: list[Any]) -> None:
+    """Put the found entities' values (`rows`: their positions) into column `pos`."""
+    if len(rows) == len(cols[pos]):
+        cols[pos] = list(values)  # every entity found (the common case)
+    else:
+        _scatter(cols[pos], rows, values)
 
 
 class _Acc:
@@ -130,43 +135,54 @@ class _PackedSet:
         """Per feature position, its value for each entity (`blobs`: the entities' packed
         rows; `overflows`: entity -> its overflow field, for the few that have one)."""
         extras = {e: parse_overflow(raw) for e, raw in overflows.items()}
-        gather = self._gather_small if len(blobs) <= _SMALL else self._gather
+        if len(blobs) <= _SMALL:
+            gather = self._gather_small
+        else:
+            rows = decode_rows(b"".join(blobs), self.stats)
+            lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs)) // (8 * row_width(self.stats))
+            entity = np.repeat(np.arange(len(blobs)), lengths)
+            gather = partial(self._gather, rows, entity, len(blobs))
         windows: dict[tuple[int, int], dict[str, list[Any]]] = {}
         out: dict[int, list[Any]] = {}
         for pos, agg, first, last in self.features:
             got = windows.get((first, last))
             if got is None:
-                got = windows[(first, last)] = gather(blobs, first, last)
-            out[pos] = _finish(agg, got, extras, first, last)
+                got = windows[(first, last)] = gather(blobs, first, last, extras)
+            out[pos] = _finish(agg, got)
         return out
 
-    def _gather(self, blobs: list[bytes], first: int, last: int) -> dict[str, list[Any]]:
-        """Per statistic, per entity: the count, the exact sums' (hi, lo) terms, the min / max
-        (None: no tile in the window) of the rows inside [first, last] (vectorised)."""
-        n, width, cols = len(blobs), row_width(self.stats), columns(self.stats)
-        rows = decode_rows(b"".join(blobs), self.stats)
-        entity = np.repeat(np.arange(n), [len(b) // (8 * width) for b in blobs])
+    def _gather(self, rows: np.ndarray, entity: np.ndarray, n: int, blobs: list[bytes], first: int, last: int,
+                extras: dict[int, dict[tuple[int, str], list[float]]]) -> dict[str, list[Any]]:
+        """Per statistic, per entity: the count, the correctly rounded exact sums, the min / max
+        (None: no tile in the window) of the rows inside [first, last] (vectorised; `rows` of
+        all entities in order, `entity` their owner)."""
         inside = (rows[:, 0] >= first) & (rows[:, 0] <= last)
         ent, sel = entity[inside], rows[inside]
+        bounds = np.searchsorted(ent, np.arange(n + 1))
         out: dict[str, list[Any]] = {}
-        present = (np.bincount(ent, minlength=n) > 0).tolist()
-        bounds = np.searchsorted(ent, np.arange(n + 1)).tolist()
-        for stat, col in cols.items():
+        for stat, col in columns(self.stats).items():
             if stat == "c":
                 out[stat] = np.bincount(ent, weights=sel[:, col], minlength=n).astype(np.int64).tolist()
             elif stat in "sq":
                 terms = sel[:, col : col + 2].ravel().tolist()
-                out[stat] = [terms[2 * bounds[e] : 2 * bounds[e + 1]] for e in range(n)]
+                ends = (2 * bounds).tolist()
+                out[stat] = [math.fsum(terms[a:b]) for a, b in zip(ends, ends[1:])]
+                _add_extras(out[stat], extras, stat, first, last, lambda e: terms[ends[e] : ends[e + 1]])
             else:
-                best = np.full(n, np.inf if stat == "m" else -np.inf)
-                (np.minimum if stat == "m" else np.maximum).at(best, ent, sel[:, col])
-                out[stat] = [x if ok else None for x, ok in zip(best.tolist(), present)]
+                present = bounds[1:] > bounds[:-1]
+                values: list[Any] = [None] * n
+                if len(sel):
+                    best = (np.minimum if stat == "m" else np.maximum).reduceat(sel[:, col], bounds[:-1][present])
+                    _scatter(values, np.flatnonzero(present).tolist(), best.tolist())
+                out[stat] = values
         return out
 
-    def _gather_small(self, blobs: list[bytes], first: int, last: int) -> dict[str, list[Any]]:
+    def _gather_small(self, blobs: list[bytes], first: int, last: int,
+                      extras: dict[int, dict[tuple[int, str], list[float]]]) -> dict[str, list[Any]]:
         """As _gather, in plain Python (a few entities)."""
         width, cols = row_width(self.stats), columns(self.stats)
         out: dict[str, list[Any]] = {stat: [] for stat in cols}
+        terms: dict[str, list[list[float]]] = {stat: [] for stat in cols if stat in "sq"}
         for blob in blobs:
             flat = struct.unpack(f"<{len(blob) // 8}d", blob)
             rows = [flat[r : r + width] for r in range(0, len(flat), width) if first <= flat[r] <= last]
@@ -174,44 +190,41 @@ class _PackedSet:
                 if stat == "c":
                     out[stat].append(int(sum(row[col] for row in rows)))
                 elif stat in "sq":
-                    out[stat].append([x for row in rows for x in row[col : col + 2]])
+                    terms[stat].append([x for row in rows for x in row[col : col + 2]])
+                    out[stat].append(math.fsum(terms[stat][-1]))
                 elif rows:
                     out[stat].append((min if stat == "m" else max)(row[col] for row in rows))
                 else:
                     out[stat].append(None)
+        for stat, per_entity in terms.items():
+            _add_extras(out[stat], extras, stat, first, last, per_entity.__getitem__)
         return out
 
 
-def _finish(agg: AggregationPlan, got: dict[str, list[Any]], extras: dict[int, dict[tuple[int, str], list[float]]],
-            first: int, last: int) -> list[Any]:
-    """An aggregation's values from the gathered statistics of its window (exact sums are
-    kept in `got` for the other features of the window)."""
+def _finish(agg: AggregationPlan, got: dict[str, list[Any]]) -> list[Any]:
+    """An aggregation's values from the gathered statistics of its window."""
     f = agg.function
     if f == "count":
         return got["c"]
+    integral = agg.dtype in ("int", "bool")  # float64 statistics back to int
     if f in ("min", "max"):
-        return [None if x is None else _cast(x, agg.dtype) for x in got["m" if f == "min" else "M"]]
-    if "sum:s" not in got:
-        got["sum:s"] = _exact_sums(got["s"], extras, "s", first, last)
-    sums = got["sum:s"]
+        values = got["m" if f == "min" else "M"]
+        return [None if x is None else int(round(x)) for x in values] if integral else values
     if f == "sum":
-        return [_cast(x, agg.dtype) for x in sums]
+        return [int(round(x)) for x in got["s"]] if integral else got["s"]
     if f == "mean":
-        return [x / c if c else None for x, c in zip(sums, got["c"])]
-    if "sum:q" not in got:  # variance, stddev
-        got["sum:q"] = _exact_sums(got["q"], extras, "q", first, last)
-    return [_spread(f, x, q, c) for x, q, c in zip(sums, got["sum:q"], got["c"])]
+        return [x / c if c else None for x, c in zip(got["s"], got["c"])]
+    return [_spread(f, x, q, c) for x, q, c in zip(got["s"], got["q"], got["c"])]  # variance, stddev
 
 
-def _exact_sums(terms: list[list[float]], extras: dict[int, dict[tuple[int, str], list[float]]], stat: str,
-                first: int, last: int) -> list[float]:
-    """Per entity, the correctly rounded sum of its tiles' exact sums (hi, lo, further terms)."""
-    out = [math.fsum(t) for t in terms]
+def _add_extras(sums: list[float], extras: dict[int, dict[tuple[int, str], list[float]]], stat: str, first: int,
+                last: int, terms_of: Callable[[int], list[float]]) -> None:
+    """Redo the exact sum of the entities whose tiles in [first, last] have further terms
+    (an overflow field: rare), with those terms (`terms_of(entity)`: its hi / lo terms)."""
     for e, more in extras.items():
         further = [x for (idx, st), xs in more.items() if st == stat and first <= idx <= last for x in xs]
         if further:
-            out[e] = math.fsum(terms[e] + further)
-    return out
+            sums[e] = math.fsum(terms_of(e) + further)
 
 
 def _spread(function: str, total: float, squares: float, count: int) -> float | None:
@@ -396,12 +409,12 @@ class OnlineReader:
 
                 for pos, (feat, field_name) in enumerate(layout.features):
                     if field_name is not None:
-                        _scatter(cols[pos], rows, decode_values(pick(field_name), feat.dtype))
+                        _place(cols, pos, rows, decode_values(pick(field_name), feat.dtype))
                 for pset in layout.packed:
                     blobs = [blob or b"" for blob in pick(pset.field)]
                     overflows = {e: raw for e, raw in enumerate(pick(pset.overflow)) if raw is not None}
                     for pos, values in pset.values(blobs, overflows).items():
-                        _scatter(cols[pos], rows, values)
+                        _place(cols, pos, rows, values)
             out.append(ViewResult(dict(zip(req.features, cols)), event_ms, states))
         if distinct:
             counts = yield [("PFCOUNT", *[hll_key(ekey, f.decode()) for f in fields]) for _, _, ekey, fields in distinct]
