@@ -54,6 +54,9 @@ def entity_key(view: ViewPlan, row: Mapping[str, Any], index: int) -> tuple[Any,
         if spec.name not in row:
             raise FeatureRequestError(f"entity row {index} lacks join key '{spec.name}' needed by view '{view.name}'")
         value = row[spec.name]
+        if type(value) is (str if spec.dtype == "str" else int):  # the common case, checked first
+            key.append(value)
+            continue
         if hasattr(value, "item") and not isinstance(value, (str, bytes)):
             value = value.item()  # numpy scalars
         ok = isinstance(value, str) if spec.dtype == "str" else isinstance(value, int) and not isinstance(value, bool)

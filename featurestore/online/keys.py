@@ -48,11 +48,17 @@ def layout_error(key: str, found: bytes | str | None) -> OnlineLayoutError:
 
 def key_string(values: Sequence[Any]) -> str:
     """Join key values as they appear in a Redis key."""
-    return "|".join(str(v) for v in values)
+    return "|".join(map(str, values))
 
 
 def entity_key(project: str, view: str, values: Sequence[Any]) -> str:
     return f"fs:{project}:{view}:{key_string(values)}"
+
+
+def entity_keys(project: str, view: str, keys: Sequence[Sequence[Any]]) -> list[bytes]:
+    """The Redis keys of many entities of one view, encoded."""
+    prefix = f"fs:{project}:{view}:"
+    return [(prefix + "|".join(map(str, values))).encode() for values in keys]
 
 
 def tile_prefix(tiles_key: str, tile_ms: int, lifetime: bool = False) -> str:

@@ -19,6 +19,7 @@ from featurestore.online.keys import (
     LAYOUT_FIELD,
     READABLE_LAYOUTS,
     entity_key,
+    entity_keys,
     hll_key,
     layout_error,
     overflow_field,
@@ -252,11 +253,12 @@ class _Layout:
     hmget_tail: bytes = b""
     """The HMGET command's field names, RESP-encoded (the same for every entity)."""
 
-    def hmget(self, key: str) -> bytes:
-        """The RESP-encoded HMGET of these fields from one entity hash."""
-        assert self.names is not None
-        k = key.encode()
-        return b"*%d\r\n$5\r\nHMGET\r\n$%d\r\n%b\r\n%b" % (2 + len(self.names), len(k), k, self.hmget_tail)
+    def commands(self, keys: list[bytes]) -> list[tuple[Any, ...] | bytes]:
+        """The read of each entity hash: the RESP-encoded HMGET of these fields, or HGETALL."""
+        if self.names is None:
+            return [("HGETALL", key) for key in keys]
+        count, tail = 2 + len(self.names), self.hmget_tail
+        return [b"*%d\r\n$5\r\nHMGET\r\n$%d\r\n%b\r\n%b" % (count, len(k), k, tail) for k in keys]
 
 
 class OnlineReader:
@@ -363,11 +365,9 @@ class OnlineReader:
         window's HyperLogLogs). An entity whose newest event is older than the view's TTL
         reads as `expired`, older than `max_staleness_ms` as `stale`: no values."""
         layouts = [self._cached_layout(req.view, req.features, t_ms) for req in requests]
-        commands = [
-            ("HGETALL", entity_key(self.project, req.view.name, key)) if layout.names is None
-            else layout.hmget(entity_key(self.project, req.view.name, key))
-            for req, layout in zip(requests, layouts) for key in req.keys
-        ]
+        commands: list[tuple[Any, ...] | bytes] = []
+        for req, layout in zip(requests, layouts):
+            commands += layout.commands(entity_keys(self.project, req.view.name, req.keys))
         replies = iter((yield commands))
         out: list[ViewResult] = []
         distinct: list[tuple[list[Any], int, str, list[bytes]]] = []
@@ -379,6 +379,7 @@ class OnlineReader:
             rows: list[int] = []  # the found entities: their positions and fields
             gots: list[Any] = []  # HMGET replies as they are, or field -> value
             positional = layout.names is not None and not layout.index
+            ttl_ms = req.view.ttl_ms
             for row, key in enumerate(req.keys):
                 reply = next(replies)
                 if positional:
@@ -389,10 +390,15 @@ class OnlineReader:
                     else:
                         got = reply if isinstance(reply, dict) else _pairs(reply)
                     newest, version = got.get(b"_ts"), got.get(_VERSION_FIELD)
-                if newest is not None and version not in _VERSIONS:
+                if newest is None:
+                    event_ms.append(None)
+                    states.append(NOT_FOUND)
+                    continue
+                if version not in _VERSIONS:
                     raise layout_error(entity_key(self.project, req.view.name, key), version)
-                state = _entity_state(newest, t_ms, req.view.ttl_ms, max_staleness_ms)
-                event_ms.append(None if newest is None else int(newest))
+                newest_ms = int(newest)
+                event_ms.append(newest_ms)
+                state = _entity_state(t_ms - newest_ms, ttl_ms, max_staleness_ms)
                 states.append(state)
                 if state != FOUND:
                     continue
@@ -450,10 +456,8 @@ _VERSION_FIELD, _VERSIONS = LAYOUT_FIELD.encode(), {v.encode() for v in READABLE
 FOUND, NOT_FOUND, EXPIRED, STALE = "present", "not_found", "expired", "stale"
 
 
-def _entity_state(newest: bytes | None, t_ms: int, ttl_ms: int | None, max_staleness_ms: int | None) -> str:
-    if newest is None:
-        return NOT_FOUND
-    age = t_ms - int(newest)
+def _entity_state(age: int, ttl_ms: int | None, max_staleness_ms: int | None) -> str:
+    """The state of an entity whose newest event is `age` ms old."""
     if ttl_ms is not None and age > ttl_ms:
         return EXPIRED
     if max_staleness_ms is not None and age > max_staleness_ms:
