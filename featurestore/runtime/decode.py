@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -68,40 +69,50 @@ class _ViewExtractor:
     def __init__(self, view: ViewPlan) -> None:
         self.view = view
         self.key_names = [k.name for k in view.join_keys]
-        getters: dict[str, Callable[[Any], Any]] = {}
+        self.key = _getter(self.key_names)
+        attrs: dict[str, str] = {}  # history column -> event attribute
         udfs: dict[str, Callable[[Any], Any]] = {}
         for f in view.row_features:
             if f.kind == "field":
                 assert f.column is not None
-                getters[f.name] = _attr(f.column)
+                attrs[f.name] = f.column
             else:
                 assert f.udf_ref is not None
                 udfs[f.name] = import_object(f.udf_ref)
         for agg in view.aggregations:
             for column in (agg.column, agg.where):
-                if column is not None and column not in getters and column not in udfs:
-                    getters[column] = _attr(column)
-        self.getters = getters
-        self.udfs = udfs
+                if column is not None and column not in attrs and column not in udfs:
+                    attrs[column] = column
+        self.fields = _getter(list(attrs.values()))
+        self.udfs = list(udfs.items())
         self.columns = [name for name, _ in view.history_columns]
+        self.order = list(attrs) + list(udfs)
+        """The history columns in the order `values` returns them."""
         self.lateness_ms = view.allowed_lateness_ms
 
-    def values(self, event: BaseModel) -> dict[str, Any]:
-        out = {name: get(event) for name, get in self.getters.items()}
-        for name, fn in self.udfs.items():
+    def values(self, event: BaseModel) -> list[Any]:
+        """The event's history values, in `order` (plain fields, then transforms)."""
+        out = list(self.fields(event))
+        for name, fn in self.udfs:
             try:
-                out[name] = fn(event)
+                out.append(fn(event))
             except Exception as exc:  # user code
                 raise _TransformFailed(f"{self.view.name}.{name}: {type(exc).__name__}: {exc}") from None
         return out
 
 
+def _getter(names: list[str]) -> Callable[[Any], tuple[Any, ...]]:
+    """A function returning these attributes of an object as a tuple (one C call)."""
+    if not names:
+        return lambda _: ()
+    if len(names) == 1:
+        one = attrgetter(names[0])
+        return lambda obj: (one(obj),)
+    return attrgetter(*names)
+
+
 class _TransformFailed(Exception):
     pass
-
-
-def _attr(name: str) -> Callable[[Any], Any]:
-    return lambda event: getattr(event, name)
 
 
 class Decoder:
@@ -126,14 +137,17 @@ class Decoder:
             rows.values = {c: [] for c in x.columns}
         dead: list[DeadLetter] = []
         ts_field = self.source.timestamp_field
+        # per view, the append of each history column's list, in the order values come
+        appends = [[rows.values[c].append for c in x.order] for rows, x in zip(out, self.views)]
         for rec in records:
-            reason, detail = self._decode_one(rec, now_ms, ts_field, out, newest)
+            reason, detail = self._decode_one(rec, now_ms, ts_field, out, newest, appends)
             if reason:
                 dead.append(DeadLetter(self.source.topic, rec.partition, rec.offset, rec.key, rec.value, reason, detail))
         return out, dead
 
     def _decode_one(
-        self, rec: RawRecord, now_ms: int, ts_field: str, out: list[ViewRows], newest: dict[int, int | None] | None
+        self, rec: RawRecord, now_ms: int, ts_field: str, out: list[ViewRows], newest: dict[int, int | None] | None,
+        column_appends: list[list[Callable[[Any], None]]],
     ) -> tuple[str, str]:
         if not rec.value:
             return "malformed_json", "empty record"
@@ -149,8 +163,8 @@ class Decoder:
             return "absurd_timestamp", f"{ts_field}={when} is before 1970 or more than {self.skew_ms} ms in the future"
         staged = []
         for x in self.views:
-            key = tuple(getattr(event, k) for k in x.key_names)
-            if any(v is None for v in key):
+            key = x.key(event)
+            if None in key:
                 return "missing_key", f"view {x.view.name}: join key {', '.join(x.key_names)} is null"
             try:
                 staged.append((key, x.values(event)))
@@ -158,13 +172,13 @@ class Decoder:
                 return "transform_error", str(exc)
         late_for: list[str] = []
         before = newest.get(rec.partition) if newest is not None else None
-        for rows, x, (key, values) in zip(out, self.views, staged):
+        for rows, x, (key, values), appends in zip(out, self.views, staged, column_appends):
             rows.keys.append(key)
             rows.ts.append(ts)
             rows.partition.append(rec.partition)
             rows.offset.append(rec.offset)
-            for c in x.columns:
-                rows.values[c].append(values[c])
+            for append, value in zip(appends, values):
+                append(value)
             late = x.lateness_ms is not None and before is not None and ts < before - x.lateness_ms
             if late or rows.late:
                 if not rows.late:
