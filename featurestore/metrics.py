@@ -2,10 +2,56 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from prometheus_client import Counter, Gauge, Histogram
+import numpy as np
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import CollectorRegistry
+from prometheus_client.utils import floatToGoString
+
+
+class BulkHistogram:
+    """A labelled Prometheus histogram observed a batch of values at a time: numpy counts
+    the buckets, so a batch costs one call instead of one Python call per value (the
+    per-event freshness of 50,000 events, the staleness of 100 entities per request).
+    Exposed as a custom collector, exactly as a `Histogram` of the same name would be."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float],
+                 registry: CollectorRegistry | None = REGISTRY) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
+        self._bounds = np.array(buckets, dtype=np.float64)
+        self._les = [floatToGoString(b) for b in buckets] + ["+Inf"]
+        self._state: dict[tuple[str, ...], tuple[np.ndarray, list[float]]] = {}
+        self._lock = threading.Lock()
+        if registry is not None:
+            registry.register(self)
+
+    def observe_many(self, labels: Sequence[str], values: Sequence[float] | np.ndarray) -> None:
+        """Observe every value (seconds) under these label values."""
+        v = np.asarray(values, dtype=np.float64)
+        counts = np.bincount(np.searchsorted(self._bounds, v, side="left"), minlength=len(self._bounds) + 1)
+        total = float(v.sum())
+        with self._lock:  # the series exists (zeros) from its first batch, even an empty one
+            state = self._state.get(tuple(labels))
+            if state is None:
+                state = self._state[tuple(labels)] = (np.zeros(len(self._bounds) + 1, dtype=np.int64), [0.0])
+            state[0][:] += counts
+            state[1][0] += total
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        with self._lock:
+            snapshot = [(labels, np.cumsum(counts).tolist(), total[0]) for labels, (counts, total) in self._state.items()]
+        for labels, cumulative, total in snapshot:
+            family.add_metric(list(labels), list(zip(self._les, cumulative)), sum_value=total)
+        yield family
+
 
 #: Event time -> visible online, and request latency: 1 ms .. 1 h.
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -16,7 +62,7 @@ EVENTS = Counter("featurestore_events", "Events applied online and to the histor
 RECORDS = Counter("featurestore_records", "Kafka records consumed, per topic.", ["topic"])
 DEAD_LETTERS = Counter("featurestore_dead_letters", "Records dead-lettered, per topic and reason.", ["topic", "reason"])
 CONSUMER_LAG = Gauge("featurestore_consumer_lag", "Records behind the partition's high watermark.", ["topic", "partition"])
-FRESHNESS = Histogram(
+FRESHNESS = BulkHistogram(
     "featurestore_freshness_seconds", "Event time -> value visible in Redis, per view.", ["view"], buckets=_SECONDS
 )
 NEWEST_EVENT = Gauge("featurestore_newest_event_time_seconds", "Newest event time applied online, per view.", ["view"])
@@ -32,7 +78,7 @@ REQUEST_SECONDS = Histogram(
     "featurestore_server_request_seconds", "Request latency in the server, per endpoint.", ["endpoint"], buckets=_LATENCY
 )
 VALUES = Counter("featurestore_server_values", "Online values served, per view and status.", ["view", "status"])
-STALENESS = Histogram(
+STALENESS = BulkHistogram(
     "featurestore_server_staleness_seconds", "Age of the newest event behind each served entity, per view.", ["view"],
     buckets=_SECONDS,
 )
@@ -50,12 +96,10 @@ class BatchObservation:
 def observe_online_batch(observations: Iterable[BatchObservation], visible_at_s: float) -> None:
     """Freshness of every event made visible by one online write, and the newest event time per view."""
     for obs in observations:
-        hist = FRESHNESS.labels(obs.view)
-        newest = 0
-        for ts in obs.event_ts_ms:
-            hist.observe(max(0.0, visible_at_s - ts / 1000))
-            newest = ts if ts > newest else newest
-        EVENTS.labels(obs.view).inc(len(obs.event_ts_ms))
+        ts = np.asarray(obs.event_ts_ms, dtype=np.int64)
+        FRESHNESS.observe_many((obs.view,), np.maximum(0.0, visible_at_s - ts / 1000))
+        EVENTS.labels(obs.view).inc(len(ts))
+        newest = int(ts.max()) if len(ts) else 0
         if newest / 1000 > _newest.get(obs.view, 0.0):  # monotone: replays never move it back
             _newest[obs.view] = newest / 1000
             NEWEST_EVENT.labels(obs.view).set(newest / 1000)

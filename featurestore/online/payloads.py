@@ -63,13 +63,13 @@ def build_payloads(view: ViewPlan, sets: Sequence[TileSet], rows: ViewRows,
     out: list[EntityPayload] = []
     row_list = row.tolist()
     group_entity = entity[start].tolist()
-    for g, (a, b) in enumerate(zip(start.tolist(), stop.tolist())):
+    for g, (a, b, p) in enumerate(zip(start.tolist(), stop.tolist(), part[start].tolist())):
         if g == 0 or group_entity[g] != group_entity[g - 1]:
             payload = EntityPayload(keys[row_list[a]], {}, tokens[g])
             out.append(payload)
         else:
             payload.tokens += tokens[g]
-        payload.groups[int(part[a])] = row_list[a:b]
+        payload.groups[p] = row_list[a:b]
     return out
 
 
