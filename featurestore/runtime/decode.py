@@ -13,7 +13,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ValidationError
 
@@ -38,9 +38,9 @@ class DeadLetter:
     detail: str
 
 
-@dataclass(frozen=True)
-class RawRecord:
-    """The parts of a Kafka message the decoder needs (also built from files for tests)."""
+class RawRecord(NamedTuple):
+    """The parts of a Kafka message the decoder needs (also built from files for tests; a
+    named tuple: one is made per consumed message)."""
 
     partition: int
     offset: int
