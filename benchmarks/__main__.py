@@ -374,7 +374,9 @@ def bench_storage(b: Bench, ctx: dict[str, Any]) -> None:
             names = client.hkeys(key)
             fields.append(len(names))
             hlls = [key + b"|" + f for f in names if f.endswith(b"|d")]  # count_distinct tiles' HyperLogLogs
-            size.append((client.memory_usage(key) or 0) + sum(client.memory_usage(k) or 0 for k in hlls))
+            # SAMPLES 0: every field (the default samples 5 and extrapolates, which swings 2-3x
+            # on hashes mixing a few large packed fields with many small ones)
+            size.append((client.memory_usage(key, samples=0) or 0) + sum(client.memory_usage(k, samples=0) or 0 for k in hlls))
         if keys:
             b.record(f"storage {view.name}", "Redis per entity", "fields", [statistics.mean(fields)], "fields")
             b.record(f"storage {view.name}", "Redis per entity", "bytes", [statistics.mean(size)], "bytes")
