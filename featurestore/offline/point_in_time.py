@@ -19,7 +19,7 @@ no frame; it is a range join.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import duckdb
@@ -35,24 +35,25 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _window_start(agg: AggregationPlan) -> str | None:
-    """SQL of the exclusive lower event-time bound of the window read at e._t (None: lifetime)."""
+def _window_start(agg: AggregationPlan, t: str = "e._t") -> str | None:
+    """SQL of the exclusive lower event-time bound of the window read at time `t` (None: lifetime)."""
     if agg.window_ms is None:
         return None
     b, w = agg.tile_ms, agg.window_ms
-    return f"((e._t // {b} + (e._t % {b} > 0)::BIGINT) * {b} - {w})"
+    return f"(({t} // {b} + ({t} % {b} > 0)::BIGINT) * {b} - {w})"
 
 
 def _agg_sql(agg: AggregationPlan, window: str | None = None) -> str:
     """SQL of one aggregation: over the joined rows `h` (window None), or over the named
     window frame of the union `u` (probe rows carry NULL values, so no filter keeps them)."""
-    col = f"h.{_q(agg.column)}" if window is None else _value(agg.column)
+    ref: Callable[[str], str] = (lambda c: f"h.{_q(c)}") if window is None else _value
+    col = ref(agg.column)
     conds = [f"{col} IS NOT NULL"]
     start = _window_start(agg)
-    if start is not None and window is None:
+    if start is not None and window is None:  # a frame bounds the window itself
         conds.insert(0, f"h._ts > {start}")
     if agg.where is not None:
-        conds.append(f"{f'h.{_q(agg.where)}' if window is None else _value(agg.where)} IS TRUE")
+        conds.append(f"{ref(agg.where)} IS TRUE")
     cond = f"FILTER (WHERE {' AND '.join(conds)})" + (f" OVER {window}" if window else "")
     seq = "h._seq" if window is None else "_seq"
     f = agg.function
@@ -87,11 +88,11 @@ def _value(column: str) -> str:
 def _frame(agg: AggregationPlan) -> str:
     """The window frame of `agg` over the union ordered by time: the events of the window read
     at the current row's time (peers at the same instant included: the upper edge is ts <= t)."""
-    start = _window_start(agg)
+    start = _window_start(agg, "_ts")
     if start is None:
         return "RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
     # ts > start  <=>  ts >= start + 1 (integer ms)  <=>  ts >= _ts - (_ts - start - 1)
-    return f"RANGE BETWEEN (_ts - 1 - {start.replace('e._t', '_ts')}) PRECEDING AND CURRENT ROW"
+    return f"RANGE BETWEEN (_ts - 1 - {start}) PRECEDING AND CURRENT ROW"
 
 
 def _needs_seq(aggs: Sequence[AggregationPlan]) -> bool:

@@ -136,8 +136,9 @@ class _PackedSet:
         """Per feature position, its value for each entity (`blobs`: the entities' packed
         rows; `overflows`: entity -> its overflow field, for the few that have one)."""
         extras = {e: parse_overflow(raw) for e, raw in overflows.items()}
+        gather: Callable[[int, int, dict[int, dict[tuple[int, str], list[float]]]], dict[str, list[Any]]]
         if len(blobs) <= _SMALL:
-            gather = self._gather_small
+            gather = partial(self._gather_small, blobs)
         else:
             rows = decode_rows(b"".join(blobs), self.stats)
             lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs)) // (8 * row_width(self.stats))
@@ -148,11 +149,11 @@ class _PackedSet:
         for pos, agg, first, last in self.features:
             got = windows.get((first, last))
             if got is None:
-                got = windows[(first, last)] = gather(blobs, first, last, extras)
+                got = windows[(first, last)] = gather(first, last, extras)
             out[pos] = _finish(agg, got)
         return out
 
-    def _gather(self, rows: np.ndarray, entity: np.ndarray, n: int, blobs: list[bytes], first: int, last: int,
+    def _gather(self, rows: np.ndarray, entity: np.ndarray, n: int, first: int, last: int,
                 extras: dict[int, dict[tuple[int, str], list[float]]]) -> dict[str, list[Any]]:
         """Per statistic, per entity: the count, the correctly rounded exact sums, the min / max
         (None: no tile in the window) of the rows inside [first, last] (vectorised; `rows` of
