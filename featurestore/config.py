@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     redis_ssl_ca_certs: Path | None = Field(None, description="CA bundle for rediss:// servers.")
     tokens_path: Path | None = Field(None, description="Feature server API token hashes; default .featurestore/tokens.json.")
     audit_log_path: Path | None = Field(None, description="Feature server audit log (JSON lines); default .featurestore/audit.jsonl.")
+    repo_path: Path | None = Field(None, description="The feature repository (--repo); the only code a plan may run.")
 
     def kafka_security_options(self) -> dict[str, Any]:
         """librdkafka options for TLS and SASL (secrets read from the environment or files here)."""
@@ -144,6 +145,7 @@ class Settings(BaseSettings):
                 "consumer_group": self.consumer_group or f"featurestore-{project}",
                 "tokens_path": repo / (self.tokens_path or state / "tokens.json"),
                 "audit_log_path": repo / (self.audit_log_path or state / "audit.jsonl"),
+                "repo_path": repo.resolve(),
             }
         )
 
@@ -161,6 +163,11 @@ class Settings(BaseSettings):
     def audit_log_file(self) -> Path:
         assert self.audit_log_path is not None, "call resolved() first"
         return self.audit_log_path
+
+    @property
+    def repo_root(self) -> Path:
+        assert self.repo_path is not None, "call resolved() first"
+        return self.repo_path
 
     @property
     def registry_root(self) -> Path:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pyarrow as pa
 
-from featurestore.offline.history import has_history, history_glob
+from featurestore.offline.history import has_history
+from featurestore.offline.sql import identifier, read_history
 from featurestore.offline.point_in_time import point_in_time_features
 from featurestore.online.reader import OnlineReader, ViewRequest
 from featurestore.plan import Plan
@@ -103,10 +104,9 @@ def check_consistency(
         if not has_history(offline_root, view.name):
             continue
         keys = [k.name for k in view.join_keys]
-        glob = history_glob(offline_root, view.name)
-        cols = ", ".join(f'"{k}"' for k in keys)
+        cols = ", ".join(identifier(k) for k in keys)
         all_keys = con.execute(
-            f"SELECT {cols} FROM read_parquet('{glob}', hive_partitioning = true) "
+            f"SELECT {cols} FROM {read_history(offline_root, view.name)} "
             f"WHERE epoch_ms(event_timestamp) <= {t_ms} GROUP BY ALL ORDER BY ALL"
         ).fetchall()
         chosen = rnd.sample(all_keys, min(sample, len(all_keys)))
@@ -139,11 +139,10 @@ def check_consistency(
 def _staleness(view: Any, chosen: list[Any], online_ts: list[int | None], offline_root: Path, t_ms: int, con: Any) -> int:
     """Largest gap by which an entity's newest event in Redis trails its newest event in the history."""
     keys = [k.name for k in view.join_keys]
-    glob = history_glob(offline_root, view.name)
     newest = {
         tuple(row[:-1]): row[-1]
         for row in con.execute(
-            f"SELECT {', '.join(keys)}, max(epoch_ms(event_timestamp)) FROM read_parquet('{glob}', hive_partitioning = true) "
+            f"SELECT {', '.join(identifier(k) for k in keys)}, max(epoch_ms(event_timestamp)) FROM {read_history(offline_root, view.name)} "
             f"WHERE epoch_ms(event_timestamp) <= {t_ms} GROUP BY ALL"
         ).fetchall()
     }

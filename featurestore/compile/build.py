@@ -37,13 +37,10 @@ from featurestore.plan import (
     ViewPlan,
     choose_tile_ms,
 )
+from featurestore.plan.names import NAME_RULE, is_code_ref, is_name, is_topic
+from featurestore.plan.validate import KEY_TYPES, MAX_LAST_N, NEEDS_NUMERIC, NUMERIC_TYPES, validate_plan
 from featurestore.plan.windows import LIFETIME_TILE_MS
 
-_NUMERIC = {"int", "float", "bool"}
-_NEEDS_NUMERIC = {"sum", "mean", "min", "max", "stddev", "variance"}
-_MAX_LAST_N = 1000
-_KEY_TYPES = {"int", "str"}
-_RESERVED_PREFIX = "_"
 _PYDANTIC_DATETIMES = (AwareDatetime, NaiveDatetime, PastDatetime, FutureDatetime)
 
 
@@ -125,11 +122,8 @@ class _Builder:
             by_name.setdefault(name, obj)
 
     def check_name(self, obj: Any, label: str, name: Any, owner: Any = None) -> bool:
-        if not isinstance(name, str) or not name.isidentifier() or name.startswith(_RESERVED_PREFIX):
-            self.problem(
-                obj, label, f"invalid name {name!r}",
-                "use a Python identifier not starting with '_' (letters, digits, underscores)", owner,
-            )
+        if not is_name(name):
+            self.problem(obj, label, f"invalid name {name!r}", f"use {NAME_RULE}", owner)
             return False
         return True
 
@@ -137,8 +131,9 @@ class _Builder:
     def entity_plan(self, ent: Entity) -> EntityPlan | None:
         label = f"Entity '{ent.name}'"
         ok = self.check_name(ent, label, ent.name)
-        if not ent.join_keys or not all(isinstance(k, str) and k for k in ent.join_keys):
-            self.problem(ent, label, "join_keys must be a non-empty list of field names", 'e.g. join_keys=["user_id"]')
+        if not ent.join_keys or not all(is_name(k) for k in ent.join_keys):
+            self.problem(ent, label, f"join_keys must be a non-empty list of field names, each {NAME_RULE}",
+                         'e.g. join_keys=["user_id"]')
             ok = False
         return EntityPlan(name=ent.name, join_keys=list(ent.join_keys), description=ent.description) if ok else None
 
@@ -146,13 +141,19 @@ class _Builder:
         schema = src.schema
         if not (inspect.isclass(schema) and issubclass(schema, BaseModel)):
             return None
-        return {name: dtype_of(f.annotation) for name, f in schema.model_fields.items()}
+        # fields whose names are not valid names cannot be used by features (they are left out)
+        return {name: dtype_of(f.annotation) for name, f in schema.model_fields.items() if is_name(name)}
 
     def source_plan(self, src: KafkaSource) -> SourcePlan | None:
         label = f"KafkaSource '{src.name}'"
         ok = self.check_name(src, label, src.name)
-        if not isinstance(src.topic, str) or not src.topic:
-            self.problem(src, label, "topic must be a non-empty string", 'e.g. topic="payments"')
+        if not is_topic(src.topic):
+            self.problem(src, label, f"invalid topic name {src.topic!r}",
+                         'use 1 to 249 letters, digits, ".", "_" or "-", e.g. topic="payments"')
+            ok = False
+        if not is_topic(src.dead_letter_topic):
+            self.problem(src, label, f"invalid dead_letter_topic {src.dead_letter_topic!r}",
+                         'use 1 to 249 letters, digits, ".", "_" or "-"')
             ok = False
         fields = self.schema_fields(src)
         ref = import_path(src.schema) if fields is not None else None
@@ -160,6 +161,10 @@ class _Builder:
             self.problem(src, label, f"schema {src.schema!r} is not a pydantic model class",
                          "pass a class deriving from pydantic.BaseModel")
             return None
+        if ref is not None and not is_code_ref(ref):
+            self.problem(src, label, f"schema {ref} has no plain import path",
+                         "define the event model in a module whose path is ASCII letters, digits and underscores")
+            ok = False
         if ref is None:
             self.problem(src, label, f"schema {src.schema.__name__} is not defined at module level",
                          "define the event model at the top level of a module in the repo")
@@ -206,7 +211,7 @@ class _Builder:
                                  f"{getattr(src.schema, '__name__', src.schema)}",
                                  f"add '{key}' to the schema or use an entity whose keys the events carry")
                     ok = False
-                elif dtype not in _KEY_TYPES:
+                elif dtype not in KEY_TYPES:
                     self.problem(view, label, f"join key '{key}' has type {dtype or 'unsupported'}",
                                  "join keys must be int or str fields")
                     ok = False
@@ -292,7 +297,7 @@ class _Builder:
             return []
         udf: Callable[..., Any] = feat.udf
         ref = import_path(udf) if inspect.isfunction(udf) else None
-        if ref is None:
+        if ref is None or not is_code_ref(ref):
             self.problem(view, label, "udf must be a function defined at module level (no lambdas or closures)",
                          "define it with `def` at the top of a module in the repo")
             return []
@@ -324,7 +329,7 @@ class _Builder:
         elif dtype is None:
             self.problem(view, label, f"field '{agg.column}' has an unsupported type", "aggregate int, float, str or bool fields")
             ok = False
-        elif agg.function in _NEEDS_NUMERIC and dtype not in _NUMERIC:
+        elif agg.function in NEEDS_NUMERIC and dtype not in NUMERIC_TYPES:
             self.problem(view, label, f"'{agg.function}' needs a numeric field but '{agg.column}' is {dtype}",
                          "aggregate an int or float field, or use count/last")
             ok = False
@@ -336,8 +341,8 @@ class _Builder:
                              "e.g. Transform('is_foreign', udf=is_foreign) with `-> bool`, then where='is_foreign'")
                 ok = False
         if agg.function == "last_n":
-            if not isinstance(agg.k, int) or isinstance(agg.k, bool) or not 1 <= agg.k <= _MAX_LAST_N:
-                self.problem(view, label, f"last_n needs k between 1 and {_MAX_LAST_N}, got {agg.k!r}",
+            if not isinstance(agg.k, int) or isinstance(agg.k, bool) or not 1 <= agg.k <= MAX_LAST_N:
+                self.problem(view, label, f"last_n needs k between 1 and {MAX_LAST_N}, got {agg.k!r}",
                              "e.g. Aggregation('merchant_id', 'last_n', k=5, windows=[...])")
                 ok = False
         elif agg.k is not None:
@@ -444,4 +449,5 @@ def build_plan(loaded: LoadedRepo) -> tuple[Plan | None, list[Problem]]:
         return None, b.problems
     dedup = lambda items: sorted({i.name: i for i in items}.values(), key=lambda i: i.name)  # noqa: E731
     plan = Plan(entities=dedup(ent_plans), sources=dedup(src_plans), views=dedup(view_plans), services=dedup(service_plans))
-    return plan, []
+    problems = validate_plan(plan)  # the rules a plan received as JSON is held to: compile's output always passes
+    return (None, problems) if problems else (plan, [])

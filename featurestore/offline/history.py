@@ -32,8 +32,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from featurestore.errors import RegistryError
 from featurestore.faults import fault_point
 from featurestore.plan import Plan, ViewPlan
+from featurestore.plan.names import NAME_RULE, is_name
 from featurestore.records import ViewRows
 
 ARROW_TYPES: dict[str, pa.DataType] = {
@@ -64,12 +66,22 @@ def history_schema(view: ViewPlan) -> pa.Schema:
     return pa.schema(fields)
 
 
+def view_dir(root: Path, view: str) -> Path:
+    """The folder of a view's history: `<root>/<view>`, for a valid view name only (so never
+    outside `root`)."""
+    if not is_name(view):
+        raise RegistryError(f"invalid view name {view!r}: the plan was not validated ({NAME_RULE})")
+    return Path(root) / view
+
+
 def history_glob(root: Path, view: str) -> str:
-    return str(root / view / "**" / "*.parquet")
+    """A glob matching every history file of a view."""
+    return str(view_dir(root, view) / "**" / "*.parquet")
 
 
 def has_history(root: Path, view: str) -> bool:
-    return any((root / view).rglob("*.parquet")) if (root / view).is_dir() else False
+    folder = view_dir(root, view)
+    return any(folder.rglob("*.parquet")) if folder.is_dir() else False
 
 
 _FILE = re.compile(r"^part-(?P<topic>.+)-p(?P<partition>-?\d+)-(?P<first>\d{12})-(?P<last>\d{12})-\w+\.parquet$")
@@ -82,7 +94,7 @@ def max_event_time_before(root: Path, view: str, topic: str, partition: int, off
     files wholly below `offset` answer from their Parquet statistics."""
     best: int | None = None
     prefix = f"part-{_safe(topic)}-p{partition}-"
-    folder = Path(root) / view
+    folder = view_dir(root, view)
     if not folder.is_dir():
         return None
     for path in folder.glob(f"date=*/{prefix}*.parquet"):
@@ -138,7 +150,7 @@ class HistoryWriter:
 
     # -- state -----------------------------------------------------------------------
     def _commit_dir(self, view: str, safe_topic: str) -> Path:
-        return self.root / view / COMMITS_DIR / safe_topic
+        return view_dir(self.root, view) / COMMITS_DIR / safe_topic
 
     @contextlib.contextmanager
     def _locked(self, view: str, safe_topic: str, partition: int) -> Iterator[None]:
@@ -160,7 +172,7 @@ class HistoryWriter:
         """Finish the renames of a committed flush (a crash may have interrupted them)."""
         listed = set()
         for rel in state["files"]:
-            final = self.root / view / rel
+            final = view_dir(self.root, view) / rel
             listed.add(final)
             staged = final.with_name(f".{final.name}.staged")
             if staged.exists() and not final.exists():
@@ -175,7 +187,7 @@ class HistoryWriter:
 
     def _recover(self, view: str) -> None:
         """On start: roll committed flushes forward, delete staged files no commit names."""
-        folder = self.root / view
+        folder = view_dir(self.root, view)
         if not folder.is_dir():
             return
         staged: dict[tuple[str, int], list[Path]] = {}
@@ -258,7 +270,7 @@ class HistoryWriter:
         try:
             for day in sorted(set(days.to_pylist())):
                 date = (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
-                folder = self.root / view / f"date={date}"
+                folder = view_dir(self.root, view) / f"date={date}"
                 folder.mkdir(parents=True, exist_ok=True)
                 final = folder / f"part-{_safe(topic)}-p{partition}-{first:012d}-{last:012d}-{stamp}.parquet"
                 tmp = folder / f".{final.name}.staged"
@@ -284,7 +296,7 @@ class HistoryWriter:
             "topic": topic,
             "partition": partition,
             "last_offset": last,
-            "files": [str(f.relative_to(self.root / view)) for f in files],
+            "files": [str(f.relative_to(view_dir(self.root, view))) for f in files],
             "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         }
         tmp = path.with_name(f".{path.name}.tmp")

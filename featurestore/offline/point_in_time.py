@@ -25,14 +25,12 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from featurestore.offline.history import ARROW_TYPES, has_history, history_glob
+from featurestore.offline.history import ARROW_TYPES, has_history
+from featurestore.offline.sql import identifier as _q
+from featurestore.offline.sql import read_history
 from featurestore.plan import AggregationPlan, ViewPlan
 
 _SQL_TYPES = {"int": "BIGINT", "float": "DOUBLE", "str": "VARCHAR", "bool": "BOOLEAN", "datetime": "TIMESTAMPTZ"}
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _window_start(agg: AggregationPlan, t: str = "e._t") -> str | None:
@@ -129,7 +127,7 @@ def _windowed_by_frames(view: ViewPlan, aggs: Sequence[AggregationPlan]) -> str:
 MODES = ("corrected", "as_served")
 
 
-def _view_query(view: ViewPlan, features: Sequence[str], glob: str, mode: str, served_at_row_time: bool = True) -> str:
+def _view_query(view: ViewPlan, features: Sequence[str], history: str, mode: str, served_at_row_time: bool = True) -> str:
     keys = [k.name for k in view.join_keys]
     rows = {r.name: r for r in view.row_features}
     aggs = [a for a in view.aggregations if a.name in features]
@@ -147,7 +145,7 @@ def _view_query(view: ViewPlan, features: Sequence[str], glob: str, mode: str, s
         SELECT {hist_cols}, epoch_ms(event_timestamp) AS _ts, _partition, _offset,
                epoch_ms(_processed_at) AS _pa,
                {seq}
-        FROM read_parquet('{glob}', hive_partitioning = true, union_by_name = true)
+        FROM {history}
         {'WHERE _late IS NOT TRUE' if served else ''}
     ),"""
     if served:
@@ -228,7 +226,7 @@ def point_in_time_features(
     con.register("entity_input", e)
     con.execute(f"CREATE OR REPLACE TEMP TABLE e AS SELECT {casts}, _t, _row FROM entity_input")
     con.unregister("entity_input")
-    relation = con.sql(_view_query(view, features, history_glob(offline_root, view.name), mode, served_at_row_time))
+    relation = con.sql(_view_query(view, features, read_history(offline_root, view.name), mode, served_at_row_time))
     fetch = getattr(relation, "to_arrow_table", None) or relation.arrow  # DuckDB 2.x / 1.x
     return fetch()
 

@@ -7,7 +7,9 @@ from functools import cached_property
 from typing import Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+from featurestore.plan.names import CodeRef, FeatureRef, Name, Topic
 
 PLAN_FORMAT_VERSION = 1
 
@@ -23,37 +25,37 @@ class _Frozen(BaseModel):
 class KeySpec(_Frozen):
     """One join key and its type."""
 
-    name: str
+    name: Name
     dtype: DType
 
 
 class EntityPlan(_Frozen):
-    name: str
-    join_keys: list[str]
+    name: Name
+    join_keys: list[Name]
     description: str = ""
 
 
 class SourcePlan(_Frozen):
     """A Kafka topic and how to decode its events."""
 
-    name: str
-    topic: str
-    schema_ref: str
+    name: Name
+    topic: Topic
+    schema_ref: CodeRef
     """Import path `module:QualName` of the pydantic event model."""
-    fields: dict[str, str]
+    fields: dict[Name, Literal["int", "float", "str", "bool", "datetime", "other"]]
     """Event fields and their types ("other" for types features cannot use)."""
-    timestamp_field: str
-    dead_letter_topic: str
+    timestamp_field: Name
+    dead_letter_topic: Topic
     description: str = ""
 
 
 class RowFeaturePlan(_Frozen):
     """Latest value of an event field (`column`) or of a function of the event (`udf_ref`)."""
 
-    name: str
+    name: Name
     kind: Literal["field", "transform"]
-    column: str | None = None
-    udf_ref: str | None = None
+    column: Name | None = None
+    udf_ref: CodeRef | None = None
     dtype: DType
 
 
@@ -65,16 +67,16 @@ AggFunction = Literal[
 class AggregationPlan(_Frozen):
     """`function` of `column` over a window of `window_ms` (None: lifetime), kept in tiles of `tile_ms`."""
 
-    name: str
-    column: str
+    name: Name
+    column: Name
     function: AggFunction
-    window_ms: int | None
-    tile_ms: int
+    window_ms: int | None = Field(gt=0)
+    tile_ms: int = Field(gt=0)
     dtype: DType
     """Type of the input column."""
-    where: str | None = None
+    where: Name | None = None
     """A bool history column: only events where it is True count."""
-    k: int | None = None
+    k: int | None = Field(None, ge=1)
     """Values kept by last_n."""
 
     @property
@@ -84,17 +86,17 @@ class AggregationPlan(_Frozen):
 
 
 class ViewPlan(_Frozen):
-    name: str
-    entities: list[str]
+    name: Name
+    entities: list[Name]
     join_keys: list[KeySpec]
-    source: str
-    ttl_ms: int | None
+    source: Name
+    ttl_ms: int | None = Field(gt=0)
     row_features: list[RowFeaturePlan]
     aggregations: list[AggregationPlan]
     owner: str = ""
     description: str = ""
     tags: dict[str, str] = {}
-    allowed_lateness_ms: int | None = None
+    allowed_lateness_ms: int | None = Field(None, ge=0)
 
     @cached_property
     def feature_names(self) -> list[str]:
@@ -114,8 +116,8 @@ class ViewPlan(_Frozen):
 class ServicePlan(_Frozen):
     """A named bundle of features: "view:feature" references."""
 
-    name: str
-    features: list[str]
+    name: Name
+    features: list[FeatureRef]
     owner: str = ""
     description: str = ""
     tags: dict[str, str] = {}

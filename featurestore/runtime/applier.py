@@ -70,7 +70,7 @@ class BatchApplier:
         self.settings = settings
         skew_ms = int(settings.max_future_skew_s * 1000)
         self.decoders = {
-            s.topic: Decoder(plan, s, skew_ms, settings.max_record_bytes) for s in plan.sources if _has_views(plan, s.name)
+            s.topic: Decoder(plan, s, settings.repo_root, skew_ms, settings.max_record_bytes) for s in plan.sources if _has_views(plan, s.name)
         }
         self.dead_letter_topics = {s.topic: s.dead_letter_topic for s in plan.sources}
         self.watermarks = {s.topic: Watermarks(plan, s, Path(settings.offline_root)) for s in plan.sources}
@@ -113,7 +113,7 @@ class BatchApplier:
             dead.extend(bad)
             self.stats.records += len(records)
             metrics.RECORDS.labels(topic).inc(len(records))
-            self.stats.events += len(records) - sum(1 for d in bad if d.reason != "late")  # late ones are kept, flagged
+            self.stats.events += len(records) - sum(1 for d in bad if not d.kept)  # late ones are kept, flagged
         return batches, dead
 
     def write(self, batches: list[ViewRows], dead: list[DeadLetter]) -> None:

@@ -102,7 +102,7 @@ class Backfill:
         self.settings = settings
         self.source = _pick_source(plan, source)
         skew_ms = int(settings.max_future_skew_s * 1000)
-        self.decoder = Decoder(plan, self.source, skew_ms, settings.max_record_bytes)
+        self.decoder = Decoder(plan, self.source, settings.repo_root, skew_ms, settings.max_record_bytes)
         self.history = HistoryWriter(Path(settings.offline_root), plan)
         self.skew_ms = skew_ms
 

@@ -3,7 +3,7 @@
 Reasons: `oversized` (larger than the configured limit), `malformed_json` (not JSON),
 `schema_violation` (JSON not matching the event model), `missing_key` (a join key is
 null), `absurd_timestamp` (before 1970 or further in the future than the allowed skew),
-`transform_error` (a udf raised), `late` (later than a view's allowed lateness: the event
+`transform_error` (a udf raised: the views that do not use it still take the event), `late` (later than a view's allowed lateness: the event
 is still kept, flagged, in that view's history).
 """
 
@@ -13,6 +13,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ValidationError
@@ -36,6 +37,8 @@ class DeadLetter:
     value: bytes | None
     reason: str
     detail: str
+    kept: bool = False
+    """The event still reached some view (late ones, or a transform that failed for other views only)."""
 
 
 class RawRecord(NamedTuple):
@@ -66,7 +69,7 @@ def _schema_detail(exc: ValidationError) -> tuple[str, str]:
 class _ViewExtractor:
     """Pulls one view's keys and history values out of a validated event."""
 
-    def __init__(self, view: ViewPlan) -> None:
+    def __init__(self, view: ViewPlan, code_root: Path) -> None:
         self.view = view
         self.key_names = [k.name for k in view.join_keys]
         self.key = _getter(self.key_names)
@@ -78,7 +81,7 @@ class _ViewExtractor:
                 attrs[f.name] = f.column
             else:
                 assert f.udf_ref is not None
-                udfs[f.name] = import_object(f.udf_ref)
+                udfs[f.name] = import_object(f.udf_ref, code_root)
         for agg in view.aggregations:
             for column in (agg.column, agg.where):
                 if column is not None and column not in attrs and column not in udfs:
@@ -119,11 +122,12 @@ class Decoder:
     """Decodes batches of one source's records into ViewRows and DeadLetters."""
 
     def __init__(
-        self, plan: Plan, source: SourcePlan, max_future_skew_ms: int, max_record_bytes: int = 1024 * 1024
+        self, plan: Plan, source: SourcePlan, code_root: Path, max_future_skew_ms: int, max_record_bytes: int = 1024 * 1024
     ) -> None:
+        """`code_root`: the feature repository, the only place the plan's code is imported from."""
         self.source = source
-        self.model: type[BaseModel] = import_object(source.schema_ref)
-        self.views = [_ViewExtractor(v) for v in plan.views if v.source == source.name]
+        self.model: type[BaseModel] = import_object(source.schema_ref, code_root)
+        self.views = [_ViewExtractor(v, code_root) for v in plan.views if v.source == source.name]
         self.skew_ms = max_future_skew_ms
         self.max_record_bytes = max_record_bytes
 
@@ -140,39 +144,47 @@ class Decoder:
         # per view, the append of each history column's list, in the order values come
         appends = [[rows.values[c].append for c in x.order] for rows, x in zip(out, self.views)]
         for rec in records:
-            reason, detail = self._decode_one(rec, now_ms, ts_field, out, newest, appends)
+            reason, detail, kept = self._decode_one(rec, now_ms, ts_field, out, newest, appends)
             if reason:
-                dead.append(DeadLetter(self.source.topic, rec.partition, rec.offset, rec.key, rec.value, reason, detail))
+                dead.append(DeadLetter(self.source.topic, rec.partition, rec.offset, rec.key, rec.value, reason, detail, kept))
         return out, dead
 
     def _decode_one(
         self, rec: RawRecord, now_ms: int, ts_field: str, out: list[ViewRows], newest: dict[int, int | None] | None,
         column_appends: list[list[Callable[[Any], None]]],
-    ) -> tuple[str, str]:
+    ) -> tuple[str, str, bool]:
+        """(reason, detail, kept) of one record: reason "" when every view took it."""
         if not rec.value:
-            return "malformed_json", "empty record"
+            return "malformed_json", "empty record", False
         if len(rec.value) > self.max_record_bytes:
-            return "oversized", f"{len(rec.value)} bytes, more than the limit of {self.max_record_bytes}"
+            return "oversized", f"{len(rec.value)} bytes, more than the limit of {self.max_record_bytes}", False
         try:
             event = self.model.model_validate_json(rec.value)
         except ValidationError as exc:
-            return _schema_detail(exc)
+            return (*_schema_detail(exc), False)
         ts = to_epoch_ms(getattr(event, ts_field))
         if ts < 0 or ts > now_ms + self.skew_ms:
             when = dt.datetime.fromtimestamp(ts / 1000, dt.timezone.utc).isoformat() if ts > -(2**46) else str(ts)
-            return "absurd_timestamp", f"{ts_field}={when} is before 1970 or more than {self.skew_ms} ms in the future"
-        staged = []
+            return "absurd_timestamp", f"{ts_field}={when} is before 1970 or more than {self.skew_ms} ms in the future", False
+        staged: list[tuple[tuple[Any, ...], list[Any]] | None] = []
+        failed: list[str] = []
         for x in self.views:
             key = x.key(event)
             if None in key:
-                return "missing_key", f"view {x.view.name}: join key {', '.join(x.key_names)} is null"
+                return "missing_key", f"view {x.view.name}: join key {', '.join(x.key_names)} is null", False
             try:
                 staged.append((key, x.values(event)))
-            except _TransformFailed as exc:
-                return "transform_error", str(exc)
+            except _TransformFailed as exc:  # this view loses the event; the others still take it
+                staged.append(None)
+                failed.append(str(exc))
+        if len(failed) == len(self.views):
+            return "transform_error", "; ".join(failed), False
         late_for: list[str] = []
         before = newest.get(rec.partition) if newest is not None else None
-        for rows, x, (key, values), appends in zip(out, self.views, staged, column_appends):
+        for rows, x, entry, appends in zip(out, self.views, staged, column_appends):
+            if entry is None:
+                continue
+            key, values = entry
             rows.keys.append(key)
             rows.ts.append(ts)
             rows.partition.append(rec.partition)
@@ -188,7 +200,11 @@ class Decoder:
                     late_for.append(f"{x.view.name} (allowed {x.lateness_ms} ms)")
         if newest is not None and (before is None or ts > before):
             newest[rec.partition] = ts
+        if failed:
+            applied = [x.view.name for x, entry in zip(self.views, staged) if entry is not None]
+            return "transform_error", f"{'; '.join(failed)} (applied to {', '.join(applied)})", True
         if late_for:
             assert before is not None
-            return "late", f"event time {ts} is {before - ts} ms behind its partition's newest {before}: late for {', '.join(late_for)}"
-        return "", ""
+            return ("late", f"event time {ts} is {before - ts} ms behind its partition's newest {before}: "
+                    f"late for {', '.join(late_for)}", True)
+        return "", "", False

@@ -17,7 +17,8 @@ import duckdb
 import pyarrow.compute as pc
 from hiredis import pack_command
 
-from featurestore.offline.history import has_history, history_glob
+from featurestore.offline.history import has_history
+from featurestore.offline.sql import identifier, read_history
 from featurestore.online.bulk import EntityState, chunks_of_whole_entities, entity_states
 from featurestore.online.keys import entity_key, hll_key
 from featurestore.online.streaming import stream_commands
@@ -71,8 +72,7 @@ def group_is_active(admin_conf: dict[str, Any], group: str, timeout: float = 5.0
 def count_history(offline_root: Path, view: ViewPlan) -> int:
     if not has_history(offline_root, view.name):
         return 0
-    glob = history_glob(offline_root, view.name)
-    row = duckdb.connect().execute(f"SELECT count(*) FROM read_parquet('{glob}', hive_partitioning = true)").fetchone()
+    row = duckdb.connect().execute(f"SELECT count(*) FROM {read_history(offline_root, view.name)}").fetchone()
     return int(row[0]) if row else 0
 
 
@@ -87,14 +87,13 @@ def rebuild_view(
         return 0
     keys = [k.name for k in view.join_keys]
     cols = [name for name, _ in view.history_columns]
-    glob = history_glob(offline_root, view.name)
-    select = ", ".join(f'"{c}"' for c in keys + cols)
-    order = ", ".join(f'"{k}"' for k in keys)
+    select = ", ".join(identifier(c) for c in keys + cols)
+    order = ", ".join(identifier(k) for k in keys)
     con = duckdb.connect()
     # late rows stay in the history only: streaming never applied them online
     relation = con.sql(
         f"SELECT {select}, epoch_ms(event_timestamp) AS _ts, _partition, _offset, coalesce(_late, false) AS _late "
-        f"FROM read_parquet('{glob}', hive_partitioning = true) ORDER BY {order}, _ts, _partition, _offset"
+        f"FROM {read_history(offline_root, view.name)} ORDER BY {order}, _ts, _partition, _offset"
     )
     # DuckDB 2.x / 1.x
     make_reader = getattr(relation, "to_arrow_reader", None) or getattr(relation, "fetch_arrow_reader")  # noqa: B009

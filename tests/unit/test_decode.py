@@ -23,7 +23,7 @@ def _event(**changes: object) -> bytes:
 
 def _decoder() -> Decoder:
     plan = compile_repo(ROOT / "feature_defs")
-    return Decoder(plan, plan.source("payments"), max_future_skew_ms=300_000)
+    return Decoder(plan, plan.source("payments"), ROOT / "feature_defs", max_future_skew_ms=300_000)
 
 
 def test_valid_event_becomes_one_row_per_view() -> None:

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NOW = int(dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)
 REASONS = {"oversized", "malformed_json", "schema_violation", "missing_key", "absurd_timestamp", "transform_error"}
 PLAN = compile_repo(ROOT / "feature_defs")
-DECODER = Decoder(PLAN, PLAN.source("payments"), max_future_skew_ms=300_000, max_record_bytes=4096)
+DECODER = Decoder(PLAN, PLAN.source("payments"), ROOT / "feature_defs", max_future_skew_ms=300_000, max_record_bytes=4096)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
