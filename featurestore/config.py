@@ -77,6 +77,14 @@ class Settings(BaseSettings):
     redis_ssl_ca_certs: Path | None = Field(None, description="CA bundle for rediss:// servers.")
     tokens_path: Path | None = Field(None, description="Feature server API token hashes; default .featurestore/tokens.json.")
     audit_log_path: Path | None = Field(None, description="Feature server audit log (JSON lines); default .featurestore/audit.jsonl.")
+    # -- feature server limits: checked before any work is done -----------------------------
+    max_request_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Feature server: largest request body (413 beyond).")
+    max_online_entities: int = Field(10_000, gt=0, description="Feature server: most entities in one online request (413 beyond).")
+    max_historical_rows: int = Field(100_000, gt=0, description="Feature server: most entity rows in one historical request (413 beyond).")
+    serve_limit_concurrency: int = Field(
+        256, gt=0, description="Feature server: connections and tasks served at once per worker (503 beyond)."
+    )
+    serve_backlog: int = Field(1024, gt=0, description="Feature server: pending TCP connections the socket queues.")
     repo_path: Path | None = Field(None, description="The feature repository (--repo); the only code a plan may run.")
 
     def kafka_security_options(self) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated
@@ -21,15 +20,6 @@ def _split_address(address: str, what: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise ConfigError(f"{what} {address!r}: expected host:port")
     return host or "127.0.0.1", int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def serve_metrics(address: str) -> None:
@@ -54,34 +44,43 @@ def serve(
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Allow --no-auth on a non-loopback address. Anyone who can connect reads everything.")
     ] = False,
+    trusted_host: Annotated[
+        list[str] | None,
+        typer.Option("--trusted-host", help="Host names clients may use in the Host header (repeatable; '*': any). "
+                                            "Default: the bound host and localhost (any host when bound to 0.0.0.0)."),
+    ] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate: serve HTTPS.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
 ) -> None:
-    """Serve online features over HTTP (OpenAPI at /docs): bearer tokens, audit log, /metrics."""
+    """Serve online features over HTTP (OpenAPI at /openapi.json): bearer tokens, limits, audit log, /metrics."""
     import uvicorn
 
     from featurestore.registry import FileRegistry
+    from featurestore.server.app import SERVE_OPTIONS_ENV, ServeOptions
     from featurestore.server.auth import TokenStore
+    from featurestore.server.edge import default_trusted_hosts
 
     settings = _settings(repo)
-    if no_auth and not is_loopback(host) and not insecure:
-        raise ConfigError(f"refusing to serve without authentication on {host}: use tokens, a loopback address, or --insecure")
+    options = ServeOptions(repo=repo.resolve(), host=host, auth=not no_auth, insecure=insecure,
+                           trusted_hosts=list(trusted_host or default_trusted_hosts(host)))
+    options.check()
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
     plan_ = FileRegistry(settings.registry_root).current_plan()
     if not no_auth and not any(t.active for t in TokenStore(settings.tokens_file).records()):
         console.print(f"[yellow]warning:[/yellow] no active token in {settings.tokens_file}: every request will get 401 "
                       "(create one with `featurestore tokens create`)")
-    os.environ["FEATURESTORE_REPO"] = str(repo)
-    os.environ["FEATURESTORE_SERVE_AUTH"] = "0" if no_auth else "1"
+    os.environ[SERVE_OPTIONS_ENV] = options.model_dump_json()
     scheme = "https" if tls_cert else "http"
     console.print(f"Serving {len(plan_.views)} views of project {settings.project} on {scheme}://{host}:{port} "
                   f"({'NO AUTH' if no_auth else 'tokens: ' + str(settings.tokens_file)}; audit: {settings.audit_log_file}; "
-                  f"Redis {settings.redis_display})")
+                  f"Redis {settings.redis_display}; trusted hosts: {', '.join(options.trusted_hosts)})")
     uvicorn.run(
         "featurestore.server.app:app_from_environment", factory=True, host=host, port=port, workers=workers,
         log_level="warning", access_log=False, ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None, timeout_keep_alive=30, timeout_graceful_shutdown=10,
+        limit_concurrency=settings.serve_limit_concurrency, backlog=settings.serve_backlog,
+        h11_max_incomplete_event_size=64 * 1024,
     )
 
 

@@ -13,8 +13,8 @@ import duckdb
 import pyarrow as pa
 
 from featurestore.offline.history import has_history
-from featurestore.offline.sql import identifier, read_history
 from featurestore.offline.point_in_time import point_in_time_features
+from featurestore.offline.sql import identifier, read_history
 from featurestore.online.reader import OnlineReader, ViewRequest
 from featurestore.plan import Plan
 

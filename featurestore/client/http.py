@@ -45,7 +45,7 @@ class FeatureServerClient:
         message = payload.get("error", {}).get("message") or f"HTTP {resp.status}"
         if resp.status in (401, 403):
             raise AuthError(f"feature server {self.url}: {message}", resp.status)
-        if resp.status in (400, 404, 422):
+        if resp.status in (400, 404, 413, 415, 422):
             raise FeatureRequestError(message)
         raise StoreUnavailable(f"feature server {self.url}: HTTP {resp.status}: {message}")
 

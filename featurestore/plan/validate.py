@@ -10,7 +10,7 @@ never have come out of `compile`.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from featurestore.errors import Problem
 from featurestore.plan.models import PLAN_FORMAT_VERSION, AggregationPlan, Plan, ViewPlan
@@ -51,9 +51,9 @@ def validate_plan(plan: Plan) -> list[Problem]:
             bad(f"{kind} '{name}'", f"duplicate {kind} name", f"give each {kind} its own name")
     entities = {e.name: e for e in plan.entities}
     sources = {s.name: s for s in plan.sources}
-    for src in plan.sources:
-        if src.fields.get(src.timestamp_field) != "datetime":
-            bad(f"KafkaSource '{src.name}'", f"timestamp_field '{src.timestamp_field}' is not a datetime field of the event")
+    for source in plan.sources:
+        if source.fields.get(source.timestamp_field) != "datetime":
+            bad(f"KafkaSource '{source.name}'", f"timestamp_field '{source.timestamp_field}' is not a datetime field of the event")
     key_types: dict[tuple[str, str], str] = {}
     for view in plan.views:
         label = f"FeatureView '{view.name}'"
@@ -76,9 +76,9 @@ def validate_plan(plan: Plan) -> list[Problem]:
             bad(label, "no entities")
         if [k.name for k in view.join_keys] != expected:
             bad(label, f"join_keys {[k.name for k in view.join_keys]} are not the keys of its entities {expected}")
-        for key in view.join_keys:
-            if key.dtype not in KEY_TYPES or src.fields.get(key.name) != key.dtype:
-                bad(label, f"join key '{key.name}' ({key.dtype}) is not an int or str field of the event")
+        for spec in view.join_keys:
+            if spec.dtype not in KEY_TYPES or src.fields.get(spec.name) != spec.dtype:
+                bad(label, f"join key '{spec.name}' ({spec.dtype}) is not an int or str field of the event")
         if view.ttl_ms is not None and view.ttl_ms <= 0:
             bad(label, "ttl_ms must be positive")
         _check_features(view, src.fields, bad)
@@ -96,7 +96,7 @@ def validate_plan(plan: Plan) -> list[Problem]:
     return problems
 
 
-def _check_features(view: ViewPlan, fields: dict[str, str], bad: _Reporter) -> None:
+def _check_features(view: ViewPlan, fields: Mapping[str, str], bad: _Reporter) -> None:
     label = f"FeatureView '{view.name}'"
     if not view.row_features and not view.aggregations:
         bad(label, "no features")
@@ -122,7 +122,7 @@ def _check_features(view: ViewPlan, fields: dict[str, str], bad: _Reporter) -> N
         bad(f"{label}, feature '{name}'", "duplicate feature name (or same as a join key)")
 
 
-def _check_aggregation(view: ViewPlan, agg: AggregationPlan, fields: dict[str, str], derived: dict[str, str],
+def _check_aggregation(view: ViewPlan, agg: AggregationPlan, fields: Mapping[str, str], derived: dict[str, str],
                        renamed: dict[str, str], bad: _Reporter) -> None:
     where = f"FeatureView '{view.name}', aggregation '{agg.name}'"
     dtype = derived.get(agg.column) or fields.get(agg.column)

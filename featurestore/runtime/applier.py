@@ -70,7 +70,8 @@ class BatchApplier:
         self.settings = settings
         skew_ms = int(settings.max_future_skew_s * 1000)
         self.decoders = {
-            s.topic: Decoder(plan, s, settings.repo_root, skew_ms, settings.max_record_bytes) for s in plan.sources if _has_views(plan, s.name)
+            s.topic: Decoder(plan, s, settings.repo_root, skew_ms, settings.max_record_bytes)
+            for s in plan.sources if _has_views(plan, s.name)
         }
         self.dead_letter_topics = {s.topic: s.dead_letter_topic for s in plan.sources}
         self.watermarks = {s.topic: Watermarks(plan, s, Path(settings.offline_root)) for s in plan.sources}

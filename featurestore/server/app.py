@@ -1,19 +1,21 @@
 """The feature server: online (and offline) features over HTTP, with tokens, an audit log and metrics.
 
-Every request is authenticated (401), authorized per feature view (403: deny by default),
-audited (one JSON line, no key values of PII views) and measured (Prometheus). Online
-reads use the same resolution and reader as the SDK, over an asyncio Redis client.
+Every request first passes the edge (`featurestore.server.edge`: trusted host, token
+before body, size and content-type limits, one audit line with the final status), then is
+authorized per feature view (403: deny by default). Online reads use the same resolution
+and reader as the SDK, over an asyncio Redis client. A plan applied over HTTP is validated
+as `compile` validates and may name no code the applied plan does not name.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pyarrow as pa
@@ -23,20 +25,24 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from featurestore import metrics
 from featurestore.client.http import ONLINE_PATH
 from featurestore.client.online_query import OnlineQuery
-from featurestore.compile.diff import diff_plans
+from featurestore.compile.diff import PlanDiff, diff_plans
 from featurestore.config import Settings, load_settings
-from featurestore.errors import FeatureRequestError, FeatureStoreError, RegistryError
+from featurestore.errors import ConfigError, FeatureRequestError, FeatureStoreError, RegistryError
 from featurestore.online.reader import OnlineReader
 from featurestore.plan import Plan, ViewPlan
+from featurestore.plan.validate import code_refs, validate_plan
 from featurestore.registry import FileRegistry
-from featurestore.server.audit import AuditLog, logged_keys
-from featurestore.server.auth import ANONYMOUS, TokenRecord, TokenStore, allowed
+from featurestore.server.audit import Audit, AuditLog, is_pii, logged_keys
+from featurestore.server.auth import ANONYMOUS, TokenStore, allowed
+from featurestore.server.edge import AUDIT_KEY, Edge, default_trusted_hosts, is_loopback
+from featurestore.server.errors import Refused, answer_of, error_body
 from featurestore.server.models import (
     ApplyAnswer,
     ApplyRequest,
@@ -52,34 +58,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorAnswer, "description": "No token, or an unknown, wrong or revoked one."},
     403: {"model": ErrorAnswer, "description": "The token has no permission on a requested view."},
     400: {"model": ErrorAnswer, "description": "Unknown feature or service, bad entity keys."},
+    413: {"model": ErrorAnswer, "description": "The body, entities or rows exceed the server's limits."},
+    415: {"model": ErrorAnswer, "description": "The body is not application/json."},
+    422: {"model": ErrorAnswer, "description": "The body does not match the schema."},
     503: {"model": ErrorAnswer, "description": "Redis or the offline store is unreachable."},
 }
-#: Offline requests over HTTP are for small frames; bigger ones belong to the SDK.
-MAX_HISTORICAL_ROWS = 100_000
 _PLAN_CHECK_S = 2.0
-
-
-class Refused(Exception):
-    """A request ends with this HTTP status and message (audited like every other)."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-@dataclass
-class Audit:
-    """What the audit line of one request says; filled in as the request is understood."""
-
-    endpoint: str
-    started: float
-    method: str = ""
-    path: str = ""
-    client: str | None = None
-    token: TokenRecord | None = None
-    views: list[str] = field(default_factory=list)
-    entities: int = 0
-    keys: dict[str, Any] = field(default_factory=dict)
+log = logging.getLogger(__name__)
 
 
 class FeatureServer:
@@ -139,13 +124,47 @@ class FeatureServer:
         return audit
 
     def authorize(self, audit: Audit, action: str, view_names: Sequence[str]) -> None:
-        """403 unless the token may do `action` on every named view (unknown names: only `*`/admin grants)."""
+        """403 unless the token may do `action` on every named view (unknown names: only `*`/admin
+        grants). The message names only what the request named: the same for "no such view" and
+        "not yours"."""
         assert audit.token is not None
         audit.views = list(dict.fromkeys(view_names))
         views = {v.name: v for v in self.plan.views}
         denied = [n for n in audit.views if not allowed(audit.token, action, views.get(n), n)]
         if denied:
             raise Refused(403, "forbidden", f"token '{audit.token.name}' may not {action} on {', '.join(denied)}")
+
+    def authorize_apply(self, audit: Audit, old: Plan | None, new: Plan) -> PlanDiff:
+        """403 unless the token may apply every change of the diff from `old` to `new`: each view
+        added, removed or changed (its grant must cover the view before and after the change), the
+        views a changed or removed service read before and read after, and every view for a
+        change of an entity or a source. The refusal names nothing."""
+        assert audit.token is not None
+        diff = diff_plans(old, new)
+        before = {v.name: v for v in old.views} if old else {}
+        after = {v.name: v for v in new.views}
+        services = {s.name: s for s in (old.services if old else [])}
+        touched: list[str] = []
+        for change in diff.changes:
+            if change.kind == "FeatureView":
+                touched.append(change.name)
+            elif change.kind == "FeatureService":
+                for plan_services in (services, {s.name: s for s in new.services}):
+                    if change.name in plan_services:
+                        touched.extend(plan_services[change.name].view_names)
+            else:
+                touched.append("*")  # entities and sources: a grant on every view
+        touched = list(dict.fromkeys(touched or [v.name for v in new.views] or ["*"]))
+        audit.views = touched
+        token = audit.token
+        ok = all(
+            allowed(token, "apply", before.get(n), n) and (n not in after or allowed(token, "apply", after[n], n))
+            for n in touched
+        )
+        if not ok:
+            raise Refused(403, "forbidden",
+                          f"token '{token.name}' may not apply this plan: it changes what the token's apply grants do not cover")
+        return diff
 
     def requested_views(self, features: Sequence[str] | None, service: str | None) -> list[str]:
         """View names a request touches, before validating it (so refusals reveal nothing)."""
@@ -157,10 +176,8 @@ class FeatureServer:
         return [ref.partition(":")[0] for ref in features or []]
 
     # -- audit + metrics ------------------------------------------------------------------------
-    def finish(self, audit: Audit | None, status: int, reason: str = "") -> None:
-        """Count, time and audit one answered request."""
-        if audit is None:
-            return
+    def finish(self, audit: Audit, status: int) -> None:
+        """Count, time and audit one answered request (the edge calls this once per request)."""
         latency = time.perf_counter() - audit.started
         metrics.REQUESTS.labels(audit.endpoint, str(status)).inc()
         metrics.REQUEST_SECONDS.labels(audit.endpoint).observe(latency)
@@ -177,13 +194,47 @@ class FeatureServer:
         }
         if audit.keys:
             entry["keys"] = audit.keys
-        if reason:
-            entry["reason"] = reason
+        if audit.reason:
+            entry["reason"] = audit.reason
         self.audit.write(entry)
 
+    def refusal(self, audit: Audit | None, exc: BaseException) -> tuple[int, bytes] | None:
+        """The error answer for an expected failure, its reason noted for the audit; None for a bug."""
+        answer = answer_of(exc, self.settings.redis_display)
+        if answer is None:
+            return None
+        status, code, message = answer
+        if audit is not None:
+            # key values of pii views never reach the log, not even inside an error message
+            audit.reason = f"{code} (details withheld: the request reads a pii view)" if self._reads_pii(audit) else message
+        return status, error_body(code, message)
+
+    def _reads_pii(self, audit: Audit) -> bool:
+        if not audit.views:
+            return False
+        try:
+            views = {v.name: v for v in self.plan.views}
+        except Refused:
+            return False
+        return any(is_pii(views[n]) for n in audit.views if n in views)
+
+    def note_entities(self, audit: Audit, query: OnlineQuery) -> None:
+        for req in query.requests:
+            audit.entities = max(audit.entities, len(req.keys))
+            keys = logged_keys(req.view, list(req.keys))
+            if keys is not None:
+                audit.keys[req.view.name] = keys
+
+    # -- online ---------------------------------------------------------------------------------
+    async def online_body(self, audit: Audit, body: bytes) -> bytes:
+        """Answer an online request from its raw JSON body (the edge's hot path)."""
+        return await self.online(audit, OnlineRequest.model_validate_json(body))
+
     async def online(self, audit: Audit, body: OnlineRequest) -> bytes:
-        """Answer an authenticated online request (authorize, read, encode, audit)."""
+        """Answer an authenticated online request (authorize, read, encode)."""
         self.authorize(audit, "read_online", self.requested_views(body.features, body.service))
+        n = _check_rows(body.entities, self.settings.max_online_entities, "entities", "max_online_entities")
+        audit.entities = n
         query = OnlineQuery.build(self.plan, body.features, _rows(body.entities), body.service, body.full_feature_names)
         self.note_entities(audit, query)
         t_ms = body.at_ms if body.at_ms is not None else int(time.time() * 1000)
@@ -200,85 +251,15 @@ class FeatureServer:
             }
         _count_values(query, results, t_ms)
         entities = {k: response.column(k) for k in response.column_names if k not in features}
-        self.finish(audit, 200)
         return orjson.dumps({"read_at_ms": t_ms, "entities": entities, "features": features})
-
-    def refusal(self, audit: Audit | None, exc: Exception) -> tuple[int, bytes] | None:
-        """The error answer for an expected failure (audited), or None for a bug."""
-        if isinstance(exc, Refused):
-            status, code, message = exc.status, exc.code, exc.message
-        elif isinstance(exc, FeatureRequestError):
-            status, code, message = 400, "bad_request", str(exc)
-        elif isinstance(exc, (RequestValidationError, ValidationError)):
-            errs = exc.errors()
-            status, code = 422, "invalid_body"
-            message = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errs[:3])
-        elif isinstance(exc, redis.RedisError):
-            status, code, message = 503, "unavailable", f"online store {self.settings.redis_display}: {exc}"
-        elif isinstance(exc, FeatureStoreError):
-            status, code, message = 503, "unavailable", str(exc)
-        else:
-            return None
-        self.finish(audit, status, message)
-        return status, orjson.dumps({"error": {"code": code, "message": message}})
-
-    def note_entities(self, audit: Audit, query: OnlineQuery) -> None:
-        for req in query.requests:
-            audit.entities = max(audit.entities, len(req.keys))
-            keys = logged_keys(req.view, list(req.keys))
-            if keys is not None:
-                audit.keys[req.view.name] = keys
 
     async def close(self) -> None:
         await self.redis.aclose()  # type: ignore[attr-defined]
         self.audit.close()
 
 
-class FastOnlinePath:
-    """ASGI wrapper answering POST /v1/features/online without the framework's routing and
-    middleware (a third of a millisecond per request); the same code as the FastAPI route,
-    which documents it (OpenAPI) and serves it when the app is mounted elsewhere."""
-
-    def __init__(self, app: FastAPI, server: FeatureServer) -> None:
-        self.app = app
-        self.server = server
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != ONLINE_PATH or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        client = scope.get("client")
-        audit = Audit("online", time.perf_counter(), "POST", ONLINE_PATH, client[0] if client else None)
-        header = ""
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                header = value.decode("latin-1")
-        try:
-            self.server.authenticate(header, audit)
-            chunks = []
-            more = True
-            while more:
-                message = await receive()
-                chunks.append(message.get("body", b""))
-                more = message.get("more_body", False)
-            body = OnlineRequest.model_validate_json(b"".join(chunks))
-            status, payload = 200, await self.server.online(audit, body)
-        except Exception as exc:
-            answer = self.server.refusal(audit, exc)
-            if answer is None:
-                raise
-            status, payload = answer
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
-        await send({"type": "http.response.body", "body": payload})
-
-
-def _error(status: int, code: str, message: str) -> Response:
-    return Response(orjson.dumps({"error": {"code": code, "message": message}}), status, media_type=_JSON)
-
-
-def create_app(server: FeatureServer) -> FastAPI:
-    """The FastAPI application of one FeatureServer."""
+def create_app(server: FeatureServer, trusted_hosts: Sequence[str] = ("*",)) -> Edge:
+    """The feature server's ASGI application: the edge (limits, auth, audit) before the FastAPI app."""
     from featurestore import __version__
 
     @asynccontextmanager
@@ -291,39 +272,44 @@ def create_app(server: FeatureServer) -> FastAPI:
         title="featurestore feature server",
         version=__version__,
         description="Online features with per-value freshness; bearer tokens; deny by default.",
+        docs_url=None,  # the Swagger and ReDoc pages load scripts from a CDN: /openapi.json only
+        redoc_url=None,
     )
     app.state.server = server
 
     def guard(endpoint: str) -> Any:
         def dependency(request: Request) -> Audit:
-            audit = Audit(endpoint, time.perf_counter(), request.method, request.url.path,
-                          request.client.host if request.client else None)
-            request.state.audit = audit
-            return server.authenticate(request.headers.get("authorization", ""), audit)
+            audit = request.scope.get(AUDIT_KEY)
+            if audit is None:  # served without the edge: authenticate here (the body is already read)
+                audit = Audit(endpoint, time.perf_counter(), request.method, request.url.path)
+                request.scope[AUDIT_KEY] = audit
+                server.authenticate(request.headers.get("authorization", ""), audit)
+            return cast(Audit, audit)
 
         return Depends(dependency)
 
     async def _refused(request: Request, exc: Exception) -> Response:
-        answer = server.refusal(getattr(request.state, "audit", None), exc)
+        answer = server.refusal(request.scope.get(AUDIT_KEY), exc)
         if answer is None:
             raise exc
         return Response(answer[1], answer[0], media_type=_JSON)
 
-    for kind in (Refused, FeatureRequestError, RequestValidationError, redis.RedisError, FeatureStoreError):
+    for kind in (FeatureStoreError, RequestValidationError, StarletteHTTPException, redis.RedisError):
         app.add_exception_handler(kind, _refused)
 
     @app.get("/v1/health", summary="Liveness (no token needed; says nothing but ok)")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/v1/ready", summary="Readiness: a plan is applied and Redis answers (no token needed)",
+    @app.get("/v1/ready", summary="Readiness: a plan is applied and Redis answers (no token needed; says only ready or not)",
              responses={503: {"model": ErrorAnswer}})
     async def ready() -> Response:
         try:
             server.plan  # noqa: B018
             await server.redis.ping()
         except (Refused, redis.RedisError) as exc:
-            return _error(503, "not_ready", str(exc))
+            log.warning("not ready: %s", exc)
+            return Response(error_body("not_ready", "not ready"), 503, media_type=_JSON)
         return Response(b'{"status":"ready"}', media_type=_JSON)
 
     @app.post(ONLINE_PATH, response_model=OnlineAnswer, responses=_ERRORS,
@@ -333,12 +319,12 @@ def create_app(server: FeatureServer) -> FastAPI:
 
     @app.post("/v1/features/historical", response_model=HistoricalAnswer, responses=_ERRORS,
               summary="A point-in-time correct training set for a small entity frame (read_offline)")
-    async def historical(body: HistoricalRequest, request: Request, audit: Audit = guard("historical")) -> Response:
+    async def historical(body: HistoricalRequest, audit: Audit = guard("historical")) -> Response:
         from featurestore.client import FeatureStore
 
         server.authorize(audit, "read_offline", server.requested_views(body.features, body.service))
+        audit.entities = _check_rows(body.entities, server.settings.max_historical_rows, "entity rows", "max_historical_rows")
         table = _entity_table(body)
-        audit.entities = table.num_rows
         store = FeatureStore(settings=server.settings)
         result = await run_in_threadpool(
             store.get_historical_features, table, body.features, body.timestamp_column, body.full_feature_names, body.mode,
@@ -346,11 +332,10 @@ def create_app(server: FeatureServer) -> FastAPI:
         )
         out = result.to_arrow()
         columns = {name: out.column(name).to_pylist() for name in out.column_names}
-        server.finish(audit, 200)
         return Response(orjson.dumps({"columns": columns}, option=orjson.OPT_NAIVE_UTC), media_type=_JSON)
 
     @app.get("/v1/registry", responses=_ERRORS, summary="The views and services this token may read")
-    async def registry(request: Request, audit: Audit = guard("registry")) -> Response:
+    async def registry(audit: Audit = guard("registry")) -> Response:
         assert audit.token is not None
         token = audit.token
         readable = [
@@ -367,36 +352,40 @@ def create_app(server: FeatureServer) -> FastAPI:
             "views": [_describe(v) for v in readable],
             "services": [s.model_dump(mode="json") for s in services],
         }
-        server.finish(audit, 200)
         return Response(orjson.dumps(body), media_type=_JSON)
 
     @app.post("/v1/apply", response_model=ApplyAnswer, responses=_ERRORS,
-              summary="Record a compiled plan as a new registry version (apply on every changed view)")
-    async def apply(body: ApplyRequest, request: Request, audit: Audit = guard("apply")) -> Response:
+              summary="Record a plan as a new registry version: validated like `compile`, no new code, "
+                      "apply on every view it changes")
+    async def apply(body: ApplyRequest, audit: Audit = guard("apply")) -> Response:
         current = server.registry.latest()
-        diff = diff_plans(current.plan if current else None, body.plan)
-        touched: list[str] = []
-        for change in diff.changes:
-            if change.kind == "FeatureView":
-                touched.append(change.name)
-            elif change.kind == "FeatureService":
-                svc = next((s for s in body.plan.services + (current.plan.services if current else []) if s.name == change.name))
-                touched.extend(svc.view_names)
-            else:
-                touched.append("*")  # entities and sources: a grant on every view
-        server.authorize(audit, "apply", touched or [v.name for v in body.plan.views])
+        old = current.plan if current else None
+        problems = validate_plan(body.plan)
+        if problems:
+            raise Refused(422, "invalid_plan", f"{len(problems)} problem(s): " + "; ".join(str(p) for p in problems[:10]))
+        new_code = sorted(code_refs(body.plan) - (code_refs(old) if old else set()))
+        if new_code:
+            raise Refused(422, "new_code", f"the plan names code the applied plan does not ({', '.join(new_code[:5])}): code "
+                          "arrives with the repository; deploy it and run `featurestore apply` there")
+        diff = server.authorize_apply(audit, old, body.plan)
         version = await run_in_threadpool(server.registry.apply, body.plan, body.note)
-        server.finish(audit, 200)
         answer = {"version": version.version if version else None, "changes": diff.lines()}
         return Response(orjson.dumps(answer), media_type=_JSON)
 
     @app.get("/metrics", summary="Prometheus metrics of this server (admin)", responses=_ERRORS)
-    async def prometheus(request: Request, audit: Audit = guard("metrics")) -> Response:
+    async def prometheus(audit: Audit = guard("metrics")) -> Response:
         server.authorize(audit, "admin", ["*"])
-        server.finish(audit, 200)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    return Edge(app, server, trusted_hosts)
+
+
+def _check_rows(columns: dict[str, list[Any]], limit: int, what: str, setting: str) -> int:
+    """The number of rows of a column-wise frame, refused (413) past `limit` before any row is built."""
+    n = max((len(v) for v in columns.values()), default=0)
+    if n > limit:
+        raise Refused(413, "too_large", f"{n:,} {what}: at most {limit:,} per request ({setting}); split the request")
+    return n
 
 
 def _rows(entities: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -420,9 +409,7 @@ def _count_values(query: OnlineQuery, results: Sequence[Any], t_ms: int) -> None
 
 
 def _entity_table(body: HistoricalRequest) -> pa.Table:
-    rows = _rows(body.entities)
-    if len(rows) > MAX_HISTORICAL_ROWS:
-        raise FeatureRequestError(f"{len(rows):,} entity rows: at most {MAX_HISTORICAL_ROWS:,} over HTTP; use the SDK for more")
+    _rows(body.entities)  # equal lengths
     ts = body.entities.get(body.timestamp_column)
     columns: dict[str, Any] = dict(body.entities)
     if ts is not None and ts and all(isinstance(x, int) and not isinstance(x, bool) for x in ts):
@@ -449,9 +436,35 @@ def _describe(view: ViewPlan) -> dict[str, Any]:
     }
 
 
-def app_from_environment() -> FastOnlinePath:
-    """App factory for `uvicorn --factory` and multi-worker serving: repo and auth from the environment."""
-    repo = Path(os.environ.get("FEATURESTORE_REPO", "."))
-    auth = os.environ.get("FEATURESTORE_SERVE_AUTH", "1") != "0"
-    server = FeatureServer(load_settings(repo), auth=auth)
-    return FastOnlinePath(create_app(server), server)
+class ServeOptions(BaseModel):
+    """How `featurestore serve` runs the app; handed to each worker process as JSON."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    repo: Path
+    host: str = "127.0.0.1"
+    auth: bool = True
+    insecure: bool = False
+    trusted_hosts: list[str] = []
+
+    def check(self) -> None:
+        """Refuse to serve without tokens on a non-loopback address unless `insecure` (the rule
+        `serve` applies to its flags, applied again where the app is built)."""
+        if not self.auth and not is_loopback(self.host) and not self.insecure:
+            raise ConfigError(
+                f"refusing to serve without authentication on {self.host}: use tokens, a loopback address, or --insecure"
+            )
+
+
+#: The environment variable through which `serve` hands its options to worker processes.
+SERVE_OPTIONS_ENV = "FEATURESTORE_SERVE_OPTIONS"
+
+
+def app_from_environment() -> Edge:
+    """App factory for `uvicorn --factory` (what `featurestore serve` runs, with any number of
+    workers): options from `serve`, checked again here."""
+    raw = os.environ.get(SERVE_OPTIONS_ENV)
+    options = ServeOptions.model_validate_json(raw) if raw else ServeOptions(repo=Path(os.environ.get("FEATURESTORE_REPO", ".")))
+    options.check()
+    server = FeatureServer(load_settings(options.repo), auth=options.auth)
+    return create_app(server, options.trusted_hosts or default_trusted_hosts(options.host))

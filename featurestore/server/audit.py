@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,23 @@ from featurestore.plan import ViewPlan
 #: Entity keys logged per view and request at most (the count is always logged).
 MAX_KEYS_LOGGED = 100
 _NOT_PII = {"", "false", "no", "0"}
+
+
+@dataclass
+class Audit:
+    """What the audit line of one request says; filled in as the request is understood."""
+
+    endpoint: str
+    started: float
+    method: str = ""
+    path: str = ""
+    client: str | None = None
+    token: Any = None
+    """The TokenRecord of the request, once authenticated."""
+    views: list[str] = field(default_factory=list)
+    entities: int = 0
+    keys: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
 
 
 def is_pii(view: ViewPlan) -> bool:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictStr
 
 from featurestore.plan import Plan
+from featurestore.plan.names import FeatureRef, Name
+
+#: Instants are epoch milliseconds between 1970 and the year 9999.
+EpochMs = Annotated[int, Field(strict=True, ge=0, le=253_402_300_799_999)]
+#: A 64-bit integer (JSON numbers beyond it are refused, not wrapped).
+Int64 = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
+#: A join key value.
+KeyValue = Int64 | StrictStr
+#: A value of an entity-frame column: join keys, timestamps (ISO 8601 or epoch ms), labels.
+CellValue = Int64 | StrictFloat | StrictStr | StrictBool | None
 
 
 class _Body(BaseModel):
@@ -14,13 +24,13 @@ class _Body(BaseModel):
 
 
 class OnlineRequest(_Body):
-    features: list[str] | None = Field(None, description='"view:feature" references; or give `service`.')
-    service: str | None = Field(None, description="A feature service name instead of `features`.")
-    entities: dict[str, list[Any]] = Field(description="Join key columns, one value per entity: {'user_id': [1, 2]}.")
+    features: list[FeatureRef] | None = Field(None, description='"view:feature" references; or give `service`.')
+    service: Name | None = Field(None, description="A feature service name instead of `features`.")
+    entities: dict[Name, list[KeyValue]] = Field(description="Join key columns, one value per entity: {'user_id': [1, 2]}.")
     full_feature_names: bool = Field(False, description="Name results `view__feature`.")
-    at_ms: int | None = Field(None, description="Evaluate windows and TTL at this instant (epoch ms) instead of now.")
-    max_staleness_ms: int | None = Field(
-        None, ge=0, description="Values whose newest event is older come back as null with status `stale`."
+    at_ms: EpochMs | None = Field(None, description="Evaluate windows and TTL at this instant (epoch ms) instead of now.")
+    max_staleness_ms: EpochMs | None = Field(
+        None, description="Values whose newest event is older come back as null with status `stale`."
     )
 
 
@@ -38,12 +48,12 @@ class OnlineAnswer(BaseModel):
 
 
 class HistoricalRequest(_Body):
-    features: list[str] | None = None
-    service: str | None = None
-    entities: dict[str, list[Any]] = Field(
+    features: list[FeatureRef] | None = None
+    service: Name | None = None
+    entities: dict[Name, list[CellValue]] = Field(
         description="Entity rows as columns: join keys and the timestamp column (ISO 8601 strings or epoch ms)."
     )
-    timestamp_column: str = "event_timestamp"
+    timestamp_column: Name = "event_timestamp"
     mode: Literal["corrected", "as_served"] = "corrected"
     full_feature_names: bool = False
 
@@ -53,8 +63,8 @@ class HistoricalAnswer(BaseModel):
 
 
 class ApplyRequest(_Body):
-    plan: Plan = Field(description="A compiled plan (`featurestore plan --json`).")
-    note: str = ""
+    plan: Plan = Field(description="A compiled plan (`featurestore plan --json`); it may name only code the applied plan names.")
+    note: str = Field("", max_length=2000)
 
 
 class ApplyAnswer(BaseModel):
