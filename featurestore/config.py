@@ -2,7 +2,9 @@
 
 Environment variables are the setting names in upper case prefixed with `FEATURESTORE_`
 (`FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS`, `FEATURESTORE_REDIS_URL`, `FEATURESTORE_OFFLINE_PATH`, ...);
-dict-valued settings take JSON (`FEATURESTORE_KAFKA_OPTIONS='{"security.protocol": "SSL"}'`).
+dict-valued settings take JSON (`FEATURESTORE_KAFKA_OPTIONS='{"fetch.wait.max.ms": 20}'`).
+Transport security has its own settings (`kafka_security_protocol`, `kafka_ssl_*`,
+`kafka_sasl_*`): `kafka_options` may not name `security.protocol`, `ssl.*` or `sasl.*`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from featurestore.errors import ConfigError
@@ -30,8 +32,17 @@ class Settings(BaseSettings):
     project: str = Field("", description="Namespace of Redis keys and the consumer group; default: repo folder name.")
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
     kafka_options: dict[str, str | int | float | bool] = Field(
-        default_factory=dict, description="Extra librdkafka options for every client (TLS, SASL, tuning)."
+        default_factory=dict, description="Extra librdkafka options for every client (tuning; not security.protocol, ssl.*, sasl.*)."
     )
+
+    @field_validator("kafka_options")
+    @classmethod
+    def _no_security_in_kafka_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if key == "security.protocol" or key.startswith(("ssl.", "sasl.", "enable.ssl")):
+                raise ValueError(f"'{key}' is transport security: use the kafka_security_protocol, kafka_ssl_* and "
+                                 "kafka_sasl_* settings, which kafka_options cannot override")
+        return value
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Online store (redis:// or rediss://).")
     offline_path: Path | None = Field(
         None, description="Parquet history root; default <repo>/.featurestore/offline (relative: to the repo)."
@@ -46,6 +57,9 @@ class Settings(BaseSettings):
         "queued, up to batch_size); Faust engine: longest wait for a batch to fill."))
     checkpoint_interval_s: float = Field(5.0, gt=0, description="Parquet flush + offset commit interval.")
     max_record_bytes: int = Field(1024 * 1024, gt=0, description="Larger records are dead-lettered as oversized.")
+    max_dead_letter_bytes: int = Field(256 * 1024, gt=0, description=(
+        "Larger dead letters go to the dead-letter topic truncated (headers error.truncated, error.original_size, "
+        "error.payload_path), their full bytes to <offline_path>/_dead_letters."))
     max_retry_backoff_s: float = Field(5.0, gt=0, description="Longest wait between retries of a failed write.")
     max_future_skew_s: float = Field(
         300.0, ge=0, description="Events stamped further than this in the future are dead-lettered."

@@ -61,6 +61,10 @@ _LATENCY = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.
 EVENTS = Counter("featurestore_events", "Events applied online and to the history, per view.", ["view"])
 RECORDS = Counter("featurestore_records", "Kafka records consumed, per topic.", ["topic"])
 DEAD_LETTERS = Counter("featurestore_dead_letters", "Records dead-lettered, per topic and reason.", ["topic", "reason"])
+DEAD_LETTERS_LOCAL = Counter(
+    "featurestore_dead_letters_local",
+    "Dead letters the dead-letter topic did not take, kept in the offline store's dead-letter area.", ["topic", "reason"],
+)
 CONSUMER_LAG = Gauge("featurestore_consumer_lag", "Records behind the partition's high watermark.", ["topic", "partition"])
 FRESHNESS = BulkHistogram(
     "featurestore_freshness_seconds", "Event time -> value visible in Redis, per view.", ["view"], buckets=_SECONDS

@@ -24,7 +24,7 @@ from featurestore.offline.history import HistoryWriter
 from featurestore.online.writer import OnlineWriter
 from featurestore.plan import Plan
 from featurestore.records import ViewRows
-from featurestore.runtime.dead_letters import dead_letter_headers
+from featurestore.runtime.dead_letters import DeadLetterSink, LocalDeadLetters
 from featurestore.runtime.decode import DeadLetter, Decoder, RawRecord
 from featurestore.runtime.kafka import ensure_topics, producer_config
 from featurestore.runtime.watermarks import Watermarks
@@ -80,7 +80,7 @@ class BatchApplier:
         self.history = HistoryWriter(Path(settings.offline_root), plan)
         self.stats = ProcessorStats()
         self.stop_requested = stop or threading.Event()
-        self.producer: Producer | None = None
+        self.dead_letters: DeadLetterSink | None = None
 
     @property
     def topics(self) -> list[str]:
@@ -91,11 +91,13 @@ class BatchApplier:
         """Check Redis, create the dead-letter topics, start the dead-letter producer."""
         check_redis(self.settings, self.redis)
         ensure_topics(self.settings, self.dead_letter_topics.values())
-        self.producer = Producer(producer_config(self.settings), logger=log)
+        producer = Producer(producer_config(self.settings), logger=log)
+        local = LocalDeadLetters(Path(self.settings.offline_root))
+        self.dead_letters = DeadLetterSink(producer, self.dead_letter_topics, local, self.settings.max_dead_letter_bytes)
 
     def close(self) -> None:
-        if self.producer is not None:
-            self.producer.flush(30)
+        if self.dead_letters is not None:
+            self.dead_letters.flush(30)
 
     def decode(self, by_topic: dict[str, list[RawRecord]]) -> tuple[list[ViewRows], list[DeadLetter]]:
         """Decode records per topic, judging lateness against each partition's watermark."""
@@ -130,9 +132,8 @@ class BatchApplier:
         for d in dead:
             self.stats.dead_letters[d.reason] = self.stats.dead_letters.get(d.reason, 0) + 1
             metrics.DEAD_LETTERS.labels(d.topic, d.reason).inc()
-            assert self.producer is not None, "call open() first"
-            self.producer.produce(self.dead_letter_topics[d.topic], value=d.value, key=d.key, headers=dead_letter_headers(d))
-            self.producer.poll(0)
+            assert self.dead_letters is not None, "call open() first"
+            self.dead_letters.send(d)
         self.stats.batches += 1
 
     def flush(self) -> None:
@@ -144,7 +145,7 @@ class BatchApplier:
         before = self.history.rows_written
         self.with_retry(f"history flush to {self.settings.offline_root}", lambda: self.history.flush_taken(buffer))
         self.stats.history_rows += self.history.rows_written - before
-        if self.producer is not None:
+        if self.dead_letters is not None:
             self.with_retry("dead-letter delivery", self._flush_dead_letters)
 
     def forget(self, topic: str, partition: int) -> None:
@@ -172,8 +173,8 @@ class BatchApplier:
                 delay = min(delay * 2, self.settings.max_retry_backoff_s)
 
     def _flush_dead_letters(self) -> None:
-        assert self.producer is not None
-        remaining = self.producer.flush(30)
+        assert self.dead_letters is not None
+        remaining = self.dead_letters.flush(30)
         if remaining:
             raise Retryable(f"{remaining} dead letters not yet acknowledged by the broker")
 

@@ -27,7 +27,8 @@ _CONSUMER_ONLY = (
 
 
 def _client_options(settings: Settings, consumer: bool) -> dict[str, Any]:
-    opts = {**settings.kafka_security_options(), **settings.kafka_options}
+    # the security settings come last: kafka_options can tune a client, never weaken its transport
+    opts = {**settings.kafka_options, **settings.kafka_security_options()}
     if not consumer:
         opts = {k: v for k, v in opts.items() if not k.startswith(_CONSUMER_ONLY)}
     return opts

@@ -1,19 +1,24 @@
 """API tokens and permissions: only token hashes are stored; deny by default.
 
 A token looks like `fst_<id>_<secret>`. The store keeps its id, name, SHA-256 hash,
-permissions and revocation time in a JSON file (written atomically, mode 0600). A
+permissions and revocation time in a JSON file (written atomically, mode 0600; every
+read-modify-write holds an exclusive lock on `<file>.lock`, so concurrent creates and
+revocations from any number of processes lose nothing). A
 permission grants one action on the views it covers: by name, by tag, or all (`*`).
 `admin` grants every action on every view, plus metrics.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import hmac
 import os
 import secrets
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -101,14 +106,25 @@ class TokenStore:
         self._records: dict[str, TokenRecord] = {}
         self._stamp: tuple[int, int] | None = None
 
-    def _load(self) -> dict[str, TokenRecord]:
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the token file's lock (fcntl, shared by every process) for a read-modify-write."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _load(self, fresh: bool = False) -> dict[str, TokenRecord]:
         try:
             st = self.path.stat()
         except FileNotFoundError:
             self._records, self._stamp = {}, None
             return self._records
         stamp = (st.st_mtime_ns, st.st_size)
-        if stamp != self._stamp:
+        if fresh or stamp != self._stamp:
             try:
                 data = _TokenFile.model_validate_json(self.path.read_bytes())
             except (ValidationError, ValueError) as exc:
@@ -133,27 +149,31 @@ class TokenStore:
 
     def create(self, name: str, permissions: list[Permission]) -> tuple[str, TokenRecord]:
         """A new token (returned once, in clear) and its stored record."""
-        records = dict(self._load())
-        token_id = secrets.token_hex(4)
-        while token_id in records:
+        with self._exclusive():
+            records = dict(self._load(fresh=True))
             token_id = secrets.token_hex(4)
-        token = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
-        record = TokenRecord(
-            id=token_id, name=name, sha256=_digest(token), permissions=permissions, created_at=dt.datetime.now(dt.timezone.utc)
-        )
-        records[token_id] = record
-        self._save(records)
+            while token_id in records:
+                token_id = secrets.token_hex(4)
+            token = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
+            record = TokenRecord(
+                id=token_id, name=name, sha256=_digest(token), permissions=permissions,
+                created_at=dt.datetime.now(dt.timezone.utc),
+            )
+            records[token_id] = record
+            self._save(records)
         return token, record
 
     def revoke(self, token_id: str) -> TokenRecord:
-        records = dict(self._load())
-        record = records.get(token_id)
-        if record is None:
-            raise ConfigError(f"no token with id {token_id!r} in {self.path}")
-        if record.active:
-            record = record.model_copy(update={"revoked_at": dt.datetime.now(dt.timezone.utc)})
-            records[token_id] = record
-            self._save(records)
+        """Revoke a token (at once for every server that reads this file)."""
+        with self._exclusive():
+            records = dict(self._load(fresh=True))
+            record = records.get(token_id)
+            if record is None:
+                raise ConfigError(f"no token with id {token_id!r} in {self.path}")
+            if record.active:
+                record = record.model_copy(update={"revoked_at": dt.datetime.now(dt.timezone.utc)})
+                records[token_id] = record
+                self._save(records)
         return record
 
     def authenticate(self, token: str | None) -> TokenRecord | None:

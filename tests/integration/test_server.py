@@ -5,15 +5,11 @@ and the processor's metrics read by `featurestore status`."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,129 +22,13 @@ from featurestore.compile import compile_repo
 from featurestore.config import load_settings
 from featurestore.demo import payment_events, produce_records
 from featurestore.errors import AuthError, StoreUnavailable
-from featurestore.runtime.kafka import ensure_topics, producer_config
+from featurestore.runtime.kafka import producer_config
+from tests.integration.server_harness import Deployment, audit_lines, free_port, get, post, server_answers, wait_for
 from tests.unit.test_cli import cli
 
 pytestmark = pytest.mark.integration
 
 FEATURES = ["user_payments:amount_count_1d", "user_payments:amount_sum_1d", "user_payments:last_country"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def server_answers(server: subprocess.Popen[str], http: urllib3.PoolManager, url: str, path: str = "/v1/ready") -> bool:
-    """The `featurestore serve` child answers 200 on `path` (raises if it exited)."""
-    if server.poll() is not None:
-        raise AssertionError(f"server exited: {server.stderr.read() if server.stderr else ''}")
-    try:
-        return http.request("GET", url + path).status == 200
-    except urllib3.exceptions.HTTPError:
-        return False
-
-
-def wait_for(condition: Any, timeout: float, what: str) -> Any:
-    """Poll `condition` until it returns a truthy value (a condition, not a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = condition()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-@dataclass
-class Deployment:
-    repo: Path
-    env: dict[str, str]
-    url: str
-    records: list[Any]
-    tokens: dict[str, str]
-    token_ids: dict[str, str]
-    audit: Path
-    direct: FeatureStore
-
-
-def _create_token(repo: Path, env: dict[str, str], name: str, *grants: str) -> tuple[str, str]:
-    args = ["tokens", "create", name, "--repo", str(repo)]
-    for g in grants:
-        args += ["--grant", g]
-    res = cli(*args, env=env)
-    assert res.returncode == 0, res.stderr
-    token = res.stdout.strip().splitlines()[-1]
-    token_id = res.stdout.split("Created token ")[1].split()[0]
-    return token, token_id
-
-
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory, services: Any) -> Iterator[Deployment]:
-    import shutil
-    import uuid
-
-    from tests.conftest import EXAMPLE_REPO, FAST_GROUP
-
-    run_id = uuid.uuid4().hex[:10]
-    tmp = tmp_path_factory.mktemp("server")
-    repo = tmp / "repo"
-    shutil.copytree(EXAMPLE_REPO, repo, ignore=shutil.ignore_patterns(".featurestore", "__pycache__"))
-    src = repo / "sources.py"
-    src.write_text(src.read_text().replace('topic="payments"', f'topic="payments-{run_id}"'))
-    env = {
-        **services.env(),
-        "FEATURESTORE_PROJECT": f"test-{run_id}",
-        "FEATURESTORE_CONSUMER_GROUP": f"test-{run_id}",
-        "FEATURESTORE_KAFKA_OPTIONS": json.dumps(FAST_GROUP),
-        "FEATURESTORE_CHECKPOINT_INTERVAL_S": "1",
-    }
-    assert cli("apply", "--repo", str(repo), env=env).returncode == 0
-    os.environ.update(env)  # the in-process SDK and settings read the same environment
-    try:
-        settings = load_settings(repo)
-        topic = compile_repo(repo).source("payments").topic
-        ensure_topics(settings, [topic], partitions=2)
-        end = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)
-        records = payment_events(1200, end=end, span=dt.timedelta(minutes=30), users=10, merchants=5, seed=11)
-        produce_records(producer_config(settings), topic, records)
-        res = cli("run", "--until-caught-up", "--repo", str(repo), env=env)
-        assert res.returncode == 0, res.stderr
-
-        grants = {
-            "admin": ["admin"],
-            "user_reader": ["read_online:view=user_payments"],
-            "merchant_reader": ["read_online:view=merchant_payments"],
-            "tag_reader": ["read_online:tag=domain=payments"],
-            "offline_reader": ["read_offline:tag=domain=payments"],
-            "applier": ["apply:view=merchant_payments"],
-            "revoked": ["admin"],
-        }
-        tokens, ids = {}, {}
-        for name, g in grants.items():
-            tokens[name], ids[name] = _create_token(repo, env, name, *g)
-        assert cli("tokens", "revoke", ids["revoked"], "--repo", str(repo), env=env).returncode == 0
-
-        port = free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "featurestore", "serve", "--repo", str(repo), "--port", str(port)],
-            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        http = urllib3.PoolManager(retries=False)
-
-        wait_for(lambda: server_answers(server, http, url), 30, "the feature server to be ready")
-        direct = FeatureStore(repo)
-        try:
-            yield Deployment(repo, env, url, records, tokens, ids, settings.audit_log_file, direct)
-        finally:
-            direct.close()
-            server.send_signal(signal.SIGINT)
-            server.wait(timeout=20)
-    finally:
-        for k in env:
-            os.environ.pop(k, None)
 
 
 def _newest_event_ms(records: list[Any], user: int) -> int:
@@ -183,7 +63,7 @@ def test_max_staleness_turns_old_values_into_stale_not_silent(deployment: Deploy
     at = dt.datetime.fromtimestamp(at_ms / 1000, dt.timezone.utc)
     cutoff = sorted(at_ms - t for t in newest)[1]  # at least one fresher and one staler than this
     body = {"features": FEATURES, "entities": {"user_id": users}, "at_ms": at_ms, "max_staleness_ms": cutoff}
-    answer = _post(deployment, "/v1/features/online", body, "user_reader")
+    answer = post(deployment, "/v1/features/online", body, "user_reader")
     assert answer.status == 200
     got = orjson.loads(answer.data)["features"]["amount_count_1d"]
     for i, t in enumerate(newest):
@@ -195,24 +75,6 @@ def test_max_staleness_turns_old_values_into_stale_not_silent(deployment: Deploy
     assert "stale" in got["statuses"] and "present" in got["statuses"]
     sdk = deployment.direct.get_online_features(FEATURES, rows, at=at, max_staleness=dt.timedelta(milliseconds=cutoff))
     assert sdk.status("amount_count_1d") == got["statuses"]
-
-
-def _post(deployment: Deployment, path: str, body: Any, token: str | None, raw_token: str | None = None) -> Any:
-    headers = {"Content-Type": "application/json"}
-    if token is not None or raw_token is not None:
-        headers["Authorization"] = f"Bearer {raw_token if raw_token is not None else deployment.tokens[token]}"  # type: ignore[index]
-    return urllib3.request("POST", deployment.url + path, body=orjson.dumps(body), headers=headers, retries=False)
-
-
-def _get(deployment: Deployment, path: str, token: str | None, raw_token: str | None = None) -> Any:
-    headers = {}
-    if token is not None or raw_token is not None:
-        headers["Authorization"] = f"Bearer {raw_token if raw_token is not None else deployment.tokens[token]}"  # type: ignore[index]
-    return urllib3.request("GET", deployment.url + path, headers=headers, retries=False)
-
-
-def _audit_lines(deployment: Deployment) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in deployment.audit.read_text().splitlines()]
 
 
 def test_authorization_matrix_and_audit(deployment: Deployment) -> None:
@@ -235,12 +97,12 @@ def test_authorization_matrix_and_audit(deployment: Deployment) -> None:
     }
     valid = deployment.tokens["user_reader"]
     wrong = valid[:-4] + ("AAAA" if not valid.endswith("AAAA") else "BBBB")
-    before = len(_audit_lines(deployment))
+    before = len(audit_lines(deployment))
     sent = 0
     for name, (method, path, body, without, with_) in endpoints.items():
         cases = [(None, None, 401), ("revoked", None, 401), (None, wrong, 401), (without, None, 403), (with_, None, 200)]
         for token, raw, expected in cases:
-            resp = _get(deployment, path, token, raw) if method == "GET" else _post(deployment, path, body, token, raw)
+            resp = get(deployment, path, token, raw) if method == "GET" else post(deployment, path, body, token, raw)
             sent += 1
             who = token or ("a wrong token" if raw else "no token")
             assert resp.status == expected, f"{name} with {who}: {resp.status} {resp.data[:300]!r}"
@@ -248,12 +110,12 @@ def test_authorization_matrix_and_audit(deployment: Deployment) -> None:
                 assert orjson.loads(resp.data)["error"]["message"]
     # views nobody declared: denied to a reader, a plain 400 for an admin
     ghost = {"features": ["ghost_view:x"], "entities": {"user_id": [1]}}
-    assert _post(deployment, "/v1/features/online", ghost, "user_reader").status == 403
-    assert _post(deployment, "/v1/features/online", ghost, "admin").status == 400
-    assert _post(deployment, "/v1/features/online", {"service": "nope", "entities": {"user_id": [1]}}, "user_reader").status == 403
+    assert post(deployment, "/v1/features/online", ghost, "user_reader").status == 403
+    assert post(deployment, "/v1/features/online", ghost, "admin").status == 400
+    assert post(deployment, "/v1/features/online", {"service": "nope", "entities": {"user_id": [1]}}, "user_reader").status == 403
     sent += 3
 
-    lines = _audit_lines(deployment)[before:]
+    lines = audit_lines(deployment)[before:]
     assert len(lines) == sent, "one audit line per request, allowed or denied"
     assert sorted({line["status"] for line in lines}) == [200, 400, 401, 403]
     assert all({"token_id", "views", "entities", "status", "latency_ms", "path"} <= set(line) for line in lines)
@@ -332,12 +194,12 @@ def test_openapi_document_and_bad_bodies(deployment: Deployment) -> None:
     online = doc["paths"]["/v1/features/online"]["post"]
     assert {"200", "401", "403"} <= set(online["responses"])
     bad = {"features": FEATURES}  # no entities
-    assert _post(deployment, "/v1/features/online", bad, None).status == 401, "authentication comes before validation"
-    resp = _post(deployment, "/v1/features/online", bad, "user_reader")
+    assert post(deployment, "/v1/features/online", bad, None).status == 401, "authentication comes before validation"
+    resp = post(deployment, "/v1/features/online", bad, "user_reader")
     assert resp.status == 422 and "entities" in orjson.loads(resp.data)["error"]["message"]
-    resp = _post(deployment, "/v1/features/online", {"features": FEATURES, "entities": {"user_id": ["x"]}}, "user_reader")
+    resp = post(deployment, "/v1/features/online", {"features": FEATURES, "entities": {"user_id": ["x"]}}, "user_reader")
     assert resp.status == 400 and "must be int" in orjson.loads(resp.data)["error"]["message"]
-    last = _audit_lines(deployment)[-1]
+    last = audit_lines(deployment)[-1]
     assert last["status"] == 400 and last["path"] == "/v1/features/online" and last["token_id"] == deployment.token_ids["user_reader"]
 
 
