@@ -149,7 +149,7 @@ def post(deployment: Deployment, path: str, body: Any, token: str | None, raw_to
     headers = {"Content-Type": "application/json"}
     if token is not None or raw_token is not None:
         headers["Authorization"] = f"Bearer {raw_token if raw_token is not None else deployment.tokens[token]}"  # type: ignore[index]
-    return urllib3.request("POST", deployment.url + path, body=orjson.dumps(body), headers=headers, retries=False)
+    return urllib3.request("POST", deployment.url + path, body=json.dumps(body).encode(), headers=headers, retries=False)
 
 
 def get(deployment: Deployment, path: str, token: str | None, raw_token: str | None = None) -> Any:
