@@ -160,6 +160,7 @@ def get(deployment: Deployment, path: str, token: str | None, raw_token: str | N
 
 
 def audit_lines(deployment: Deployment) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in deployment.audit.read_text().splitlines()]
+    """The audit log's entries (JSON lines: split on newlines only; text may hold other line breaks)."""
+    return [json.loads(line) for line in deployment.audit.read_bytes().split(b"\n") if line]
 
 

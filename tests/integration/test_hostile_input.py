@@ -162,3 +162,48 @@ def test_l2_edges_host_content_type_ready_docs(deployment: Deployment) -> None:
     assert urllib3.request("GET", deployment.url + "/docs", headers=auth, retries=False).status == 404
     assert urllib3.request("GET", deployment.url + "/openapi.json", retries=False).status == 200
     assert [line["status"] for line in audit_lines(deployment)[-4:]] == [421, 415, 404, 200]
+
+
+_HOSTILE = ["../x", "a:b", "x'); DROP TABLE t; --", "sys:exit", "builtins:eval", "", "_x", "é", "{}", "0" * 300]
+
+
+def test_hostile_plans_over_http_are_refused_and_leave_the_registry(deployment: Deployment) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from featurestore.plan import Plan
+    from featurestore.plan.names import is_name
+    from featurestore.plan.validate import code_refs
+
+    original = _current(deployment)
+    allowed_code = code_refs(Plan.model_validate(original))
+
+    @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def attack(data: st.DataObject) -> None:
+        plan = _current(deployment)
+        paths: list[tuple[Any, Any]] = []
+
+        def walk(node: Any) -> None:
+            items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+            for k, v in items:
+                if isinstance(v, str):
+                    paths.append((node, k))
+                walk(v)
+
+        walk(plan)
+        node, key = data.draw(st.sampled_from(paths))
+        node[key] = data.draw(st.sampled_from(_HOSTILE) | st.text(max_size=20))
+        if data.draw(st.booleans()):
+            plan["views"].append(data.draw(st.sampled_from(plan["views"])))  # a smuggled duplicate
+        before = _versions(deployment)
+        resp = _apply(deployment, plan, data.draw(st.sampled_from(["applier", "admin"])))
+        assert resp.status in (200, 403, 422), (resp.status, resp.data)
+        if resp.status != 200:
+            assert _versions(deployment) == before, "a refused plan changes nothing"
+            return
+        applied = Plan.model_validate(_current(deployment))  # accepted: only a harmless edit
+        assert code_refs(applied) <= allowed_code
+        assert all(is_name(v.name) for v in applied.views) and len({v.name for v in applied.views}) == len(applied.views)
+
+    attack()
