@@ -24,20 +24,20 @@ def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     (repo / "featurestore.yaml").write_text(
         "kafka_bootstrap_servers: file:9092\nredis_url: redis://file:6379/0\noffline_path: history\n"
-        "kafka_options:\n  security.protocol: SSL\n"
+        "kafka_options:\n  fetch.wait.max.ms: 20\n"
     )
     from_file = load_settings(repo)
     assert from_file.kafka_bootstrap_servers == "file:9092"
     assert from_file.offline_root == repo / "history", "relative paths are relative to the repo"
-    assert from_file.kafka_options == {"security.protocol": "SSL"}
+    assert from_file.kafka_options == {"fetch.wait.max.ms": 20}
 
     monkeypatch.setenv("FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS", "env:9092")
-    monkeypatch.setenv("FEATURESTORE_KAFKA_OPTIONS", '{"sasl.mechanism": "PLAIN"}')
+    monkeypatch.setenv("FEATURESTORE_KAFKA_OPTIONS", '{"linger.ms": 7}')
     from_env = load_settings(repo)
     assert from_env.kafka_bootstrap_servers == "env:9092"
     assert from_env.redis_url == "redis://file:6379/0"
     # dict settings merge key by key across sources
-    assert from_env.kafka_options == {"security.protocol": "SSL", "sasl.mechanism": "PLAIN"}
+    assert from_env.kafka_options == {"fetch.wait.max.ms": 20, "linger.ms": 7}
 
     from_args = load_settings(repo, kafka_bootstrap_servers="arg:9092")
     assert from_args.kafka_bootstrap_servers == "arg:9092"
