@@ -14,6 +14,7 @@ from typing import Any
 
 from featurestore.definitions import Entity, FeatureService, FeatureView, KafkaSource
 from featurestore.errors import Problem
+from featurestore.files import put_first_on_sys_path
 
 DEFINITION_TYPES = (Entity, KafkaSource, FeatureView, FeatureService)
 _SKIP_DIRS = {"__pycache__", "tests", "node_modules"}
@@ -63,10 +64,7 @@ def repo_modules(root: Path) -> list[tuple[str, Path]]:
 
 def ensure_importable(root: Path) -> None:
     """Put the repo root first on sys.path so its modules (and their imports) resolve."""
-    root_str = str(root.resolve())
-    if root_str in sys.path:
-        sys.path.remove(root_str)  # move it first: another repo's modules may share names
-    sys.path.insert(0, root_str)
+    put_first_on_sys_path(root)
 
 
 def _forget_repo_modules(root: Path) -> None:

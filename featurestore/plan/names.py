@@ -15,11 +15,12 @@ from typing import Annotated
 from pydantic import StringConstraints
 
 NAME_RULE = "an ASCII letter, then letters, digits or underscores (at most 128 characters)"
-NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,127}$"
+_IDENT = r"[A-Za-z][A-Za-z0-9_]{0,127}"
+NAME_PATTERN = rf"^{_IDENT}$"
 TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"
 _DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
 CODE_REF_PATTERN = rf"^{_DOTTED}:{_DOTTED}$"
-FEATURE_REF_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,127}:[A-Za-z][A-Za-z0-9_]{0,127}$"
+FEATURE_REF_PATTERN = rf"^{_IDENT}:{_IDENT}$"
 
 _NAME = re.compile(NAME_PATTERN)
 _TOPIC = re.compile(TOPIC_PATTERN)

@@ -33,6 +33,7 @@ import orjson
 from confluent_kafka import KafkaException
 
 from featurestore import metrics
+from featurestore.files import write_private_file
 from featurestore.runtime.decode import DeadLetter
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,6 @@ class LocalDeadLetters:
         self.root = Path(offline_root) / AREA
         self._lock = threading.Lock()
         self._dirty: dict[Path, int] = {}
-        self.kept = 0
 
     def payload_path(self, d: DeadLetter) -> Path:
         return self.root / d.topic / "payloads" / f"p{d.partition}-o{d.offset}.bin"
@@ -85,15 +85,7 @@ class LocalDeadLetters:
     def store_payload(self, d: DeadLetter) -> str:
         """Write a record's full bytes (durably); returns their path relative to the offline store."""
         path = self.payload_path(d)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, d.value or b"")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_private_file(path, d.value or b"")
         return str(path.relative_to(self.root.parent))
 
     def keep(self, d: DeadLetter, headers: list[tuple[str, Any]], why: str) -> None:
@@ -115,7 +107,6 @@ class LocalDeadLetters:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fd = self._dirty[path] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             os.write(fd, orjson.dumps(line) + b"\n")
-            self.kept += 1
         metrics.DEAD_LETTERS_LOCAL.labels(d.topic, d.reason).inc()
         log.warning("dead letter %s[%d]@%d (%s) kept in %s: the dead-letter topic did not take it (%s)",
                     d.topic, d.partition, d.offset, d.reason, path, why)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from featurestore.errors import RegistryError
+from featurestore.files import put_first_on_sys_path
 from featurestore.plan.names import is_code_ref
 
 
@@ -47,10 +48,7 @@ def import_object(ref: str, code_root: Path) -> Any:
         loaded = sys.modules.get(name)
         if loaded is not None and _module_file(loaded) != file:
             del sys.modules[name]  # a module of the same name from elsewhere (another repo, or shadowed)
-    root_str = str(root)
-    if root_str in sys.path:
-        sys.path.remove(root_str)
-    sys.path.insert(0, root_str)
+    put_first_on_sys_path(root)
     try:
         obj: Any = importlib.import_module(module_name)
         for part in qualname.split("."):

@@ -17,7 +17,6 @@ import hashlib
 import hmac
 import os
 import secrets
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -25,6 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from featurestore.errors import ConfigError
+from featurestore.files import write_private_file
 from featurestore.plan import ViewPlan
 
 Action = Literal["read_online", "read_offline", "apply", "admin"]
@@ -133,16 +133,7 @@ class TokenStore:
         return self._records
 
     def _save(self, records: dict[str, TokenRecord]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = _TokenFile(tokens=list(records.values())).model_dump_json(indent=2).encode()
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tokens-")
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+        write_private_file(self.path, _TokenFile(tokens=list(records.values())).model_dump_json(indent=2).encode())
 
     def records(self) -> list[TokenRecord]:
         return list(self._load().values())

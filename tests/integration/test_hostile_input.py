@@ -13,6 +13,7 @@ import urllib3
 
 from featurestore.registry import FileRegistry
 from tests.integration.server_harness import Deployment, audit_lines, get, post
+from tests.plan_mutations import string_slots
 
 pytestmark = pytest.mark.integration
 
@@ -182,17 +183,7 @@ def test_hostile_plans_over_http_are_refused_and_leave_the_registry(deployment: 
     @given(data=st.data())
     def attack(data: st.DataObject) -> None:
         plan = _current(deployment)
-        paths: list[tuple[Any, Any]] = []
-
-        def walk(node: Any) -> None:
-            items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
-            for k, v in items:
-                if isinstance(v, str):
-                    paths.append((node, k))
-                walk(v)
-
-        walk(plan)
-        node, key = data.draw(st.sampled_from(paths))
+        node, key = data.draw(st.sampled_from(string_slots(plan)))
         node[key] = data.draw(st.sampled_from(_HOSTILE) | st.text(max_size=20))
         if data.draw(st.booleans()):
             plan["views"].append(data.draw(st.sampled_from(plan["views"])))  # a smuggled duplicate

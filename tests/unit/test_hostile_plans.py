@@ -30,6 +30,7 @@ from featurestore.runtime.decode import Decoder, RawRecord
 from featurestore.runtime.imports import import_object
 from featurestore.server.app import ServeOptions
 from featurestore.server.auth import Permission, TokenStore
+from tests.plan_mutations import string_slots
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "feature_defs"
@@ -207,17 +208,7 @@ def test_hostile_plan_mutations_never_pass_unless_still_valid(data: st.DataObjec
     """Replace any one string of the plan with hostile text: the plan check either refuses it or the
     result still names only safe names and the code the original named."""
     doc = orjson.loads(orjson.dumps(PLAN_JSON))
-    paths: list[tuple[Any, Any]] = []
-
-    def walk(node: Any) -> None:
-        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
-        for k, v in items:
-            if isinstance(v, str):
-                paths.append((node, k))
-            walk(v)
-
-    walk(doc)
-    node, key = data.draw(st.sampled_from(paths))
+    node, key = data.draw(st.sampled_from(string_slots(doc)))
     node[key] = data.draw(_hostile_text)
     if _problems(doc):
         return
