@@ -9,8 +9,9 @@ In this order, for every HTTP request:
    `max_request_bytes` long (413), counted as it arrives;
 4. the request is answered: `POST /v1/features/online` here directly (the hot path skips
    the framework's routing), everything else by the FastAPI app;
-5. one audit line and the request metrics are written with the final status, whatever
-   happened: refusals, parse errors and unexpected failures (a 500) included.
+5. one audit line and the request metrics are written with the final status as the
+   answer starts (before the client can see it), whatever happened: refusals, parse
+   errors and unexpected failures (a 500) included.
 """
 
 from __future__ import annotations
@@ -85,10 +86,12 @@ class Edge:
         client = scope.get("client")
         audit = Audit(ENDPOINTS.get(path, "other"), time.perf_counter(), method, path, client[0] if client else None)
         sent = {"status": 500, "started": False}
+        body_read = {"done": method not in _BODY_METHODS}
 
         async def tracked(message: Message) -> None:
             if message["type"] == "http.response.start":
                 sent["status"], sent["started"] = message["status"], True
+                self.server.finish(audit, message["status"])  # before the client can see the answer
             await send(message)
 
         try:
@@ -97,7 +100,7 @@ class Edge:
             if path not in PUBLIC_PATHS:
                 self.server.authenticate(headers.get("authorization", ""), audit)
             if method in _BODY_METHODS:
-                receive = self._limited_body(headers, receive)
+                receive = self._limited_body(headers, receive, body_read)
             if path == ONLINE_PATH and method == "POST":
                 await respond(tracked, 200, await self.server.online_body(audit, await read_body(receive)))
             else:
@@ -112,15 +115,19 @@ class Edge:
                     log.exception("%s %s failed", method, path)
                     audit.reason = f"internal error: {type(exc).__name__}"
                     answer = (500, error_body("internal", "internal error; the server log has the details"))
-                await respond(tracked, *answer)
+                # refused before its body was read: close rather than drain the rest of it
+                status, payload = answer
+                await respond(tracked, status, payload, close=not body_read["done"])
         finally:
-            self.server.finish(audit, sent["status"])
+            if not sent["started"]:  # no answer could be sent at all
+                self.server.finish(audit, sent["status"])
 
     def _check_host(self, header: str) -> None:
         if "*" not in self.trusted and host_of(header) not in self.trusted:
             raise Refused(421, "untrusted_host", "the Host header names a host this server does not serve (see --trusted-host)")
 
-    def _limited_body(self, headers: dict[str, str], receive: Receive) -> Receive:
+    def _limited_body(self, headers: dict[str, str], receive: Receive, read: dict[str, bool]) -> Receive:
+        """`receive`, refusing bodies that are not JSON or too large; `read["done"]` once all arrived."""
         limit = self.server.settings.max_request_bytes
         ctype = headers.get("content-type", "").partition(";")[0].strip().lower()
         length = headers.get("content-length")
@@ -134,6 +141,7 @@ class Edge:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
+            read["done"] = not message.get("more_body", False)
             if seen > limit:
                 raise Refused(413, "too_large", f"request bodies are limited to {limit:,} bytes (max_request_bytes)")
             return message
@@ -154,8 +162,10 @@ async def read_body(receive: Receive) -> bytes:
     return b"".join(chunks)
 
 
-async def respond(send: Send, status: int, payload: bytes) -> None:
-    """Send a whole JSON response."""
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+async def respond(send: Send, status: int, payload: bytes, close: bool = False) -> None:
+    """Send a whole JSON response (`close`: and end the connection after it)."""
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
