@@ -20,6 +20,7 @@ from featurestore.runtime import StreamProcessor
 from featurestore.runtime.dead_letters import ORIGINAL_SIZE, PAYLOAD_PATH, TRUNCATED
 from featurestore.runtime.kafka import ensure_topics
 from tests.conftest import read_dead_letters
+from tests.mock_kafka import TOPIC_AUTHORIZATION_FAILED, UNKNOWN_TOPIC_OR_PART, MockCluster
 
 pytestmark = pytest.mark.integration
 
@@ -69,3 +70,38 @@ def test_a_dead_letter_the_producer_refuses_is_kept_locally(example_repo: Path, 
               for x in x.read_bytes().splitlines()]
     assert line["reason"] == "schema_violation" and line["size"] == len(value) and "MSG_SIZE_TOO_LARGE" in line["delivery_error"]
     assert (Path(settings.offline_root) / line["payload_path"]).read_bytes() == value
+
+
+@pytest.mark.parametrize("error", [TOPIC_AUTHORIZATION_FAILED, UNKNOWN_TOPIC_OR_PART], ids=["unauthorised", "deleted"])
+def test_a_dead_letter_topic_that_refuses_everything(example_repo: Path, overrides: dict[str, Any], error: int) -> None:
+    """On librdkafka's mock cluster (a real Kafka-protocol broker that can answer with errors a
+    dev broker never gives), the dead-letter topic is not authorised, or deleted: the bad records
+    are kept locally and every valid event is applied."""
+    cluster = MockCluster()
+    try:
+        plan = compile_repo(example_repo)
+        source = plan.source("payments")
+        cluster.create_topic(source.topic, partitions=2)
+        cluster.create_topic(source.dead_letter_topic)
+        options = {**overrides["kafka_options"], "topic.metadata.propagation.max.ms": 1000}
+        settings = load_settings(example_repo, **{**overrides, "kafka_bootstrap_servers": cluster.bootstrap_servers,
+                                                  "kafka_options": options})
+        FileRegistry(settings.registry_root).apply(plan)
+        end = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)
+        records = payment_events(300, end=end, span=dt.timedelta(minutes=20), users=10, merchants=4, seed=5,
+                                 malformed_fraction=0.05)
+        produce_records({"bootstrap.servers": cluster.bootstrap_servers}, source.topic, records)
+        cluster.fail_topic(source.dead_letter_topic, error)
+        stats = StreamProcessor(plan, settings).run(until_caught_up=True)
+    finally:
+        cluster.close()
+    bad = [r for r in records if r.event is None]
+    assert bad and stats.records == len(records) and stats.events == len(records) - len(bad)
+    assert _history_rows(settings, "merchant_payments") == len(records) - len(bad)
+    lines = [orjson.loads(x) for f in (Path(settings.offline_root) / "_dead_letters" / source.topic).glob("p*.jsonl")
+             for x in f.read_bytes().splitlines()]
+    assert len({(line["partition"], line["offset"]) for line in lines}) == len(lines), "each kept once"
+    assert len(lines) == len(bad) == stats.dead_lettered, "every bad record accounted for"
+    assert {r.value for r in bad} == {line["record"].encode() for line in lines}
+    expected = "TOPIC_AUTHORIZATION_FAILED" if error == TOPIC_AUTHORIZATION_FAILED else "UNKNOWN_TOPIC"
+    assert all(expected in line["delivery_error"] for line in lines), lines[0]["delivery_error"]
