@@ -165,25 +165,12 @@ def setup(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> dict[str,
 def bench_ingest(b: Bench, ctx: dict[str, Any], rep: int) -> None:
     settings = ctx["settings"]
     n = len(ctx["records"])
-    # raw limit: bare consume (assign, no group), same fetch settings
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": f"raw-{uuid.uuid4().hex[:6]}",
-                         "enable.partition.eof": True, "auto.offset.reset": "earliest", **FAST_FETCH})
-    consumer.assign([TopicPartition(ctx["topic"], p, 0) for p in range(4)])
-    got, first, last = 0, 0.0, 0.0
-    eof: set[int] = set()
-    while len(eof) < 4:
-        for m in consumer.consume(20_000, 0.1):
-            error = m.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    eof.add(m.partition() or 0)
-                continue
-            first = first or time.perf_counter()
-            got += 1
-        last = time.perf_counter() if got and not last and got >= n else last
-    raw_secs = (last or time.perf_counter()) - first
-    consumer.close()
+    # raw limits: a bare consume, and the same consume parsing each record with json.loads
+    got, raw_secs = _bare_consume(settings.kafka_bootstrap_servers, ctx["topic"], n, parse=False)
     b.check(got == n, f"raw consume saw {got} of {n}")
+    parsed, parse_secs = _bare_consume(settings.kafka_bootstrap_servers, ctx["topic"], n, parse=True)
+    b.check(parsed == n, f"consume + json.loads loop saw {parsed} of {n}")
+    ctx.setdefault("parse_eps", []).append(parsed / max(parse_secs, 1e-9))
     # ours: the processor over a fresh group, fresh Redis namespace and history folder
     run_settings = settings.model_copy(update={
         "project": f"{settings.project}-r{rep}", "consumer_group": f"{settings.project}-r{rep}",
@@ -223,6 +210,31 @@ def bench_ingest(b: Bench, ctx: dict[str, Any], rep: int) -> None:
             ctx.setdefault("quix_eps", []).append(quix[0])
             ctx.setdefault("quix_usage", []).append({"cpu_s": quix[1]})
     _check_same_online(b, ctx, run_settings, faust_settings)
+
+
+def _bare_consume(servers: str, topic: str, n: int, parse: bool) -> tuple[int, float]:
+    """(records, seconds) of a plain confluent-kafka consume of the topic's 4 partitions
+    (assigned, no group; same fetch settings), with `parse`: json.loads of every record (the
+    naive loop a pipeline must match). Seconds from the first record to the last."""
+    consumer = Consumer({"bootstrap.servers": servers, "group.id": f"raw-{uuid.uuid4().hex[:6]}",
+                         "enable.partition.eof": True, "auto.offset.reset": "earliest", **FAST_FETCH})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(4)])
+    got, first, last = 0, 0.0, 0.0
+    eof: set[int] = set()
+    while len(eof) < 4:
+        for m in consumer.consume(20_000, 0.1):
+            error = m.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    eof.add(m.partition() or 0)
+                continue
+            first = first or time.perf_counter()
+            if parse:
+                json.loads(m.value())  # type: ignore[arg-type]
+            got += 1
+        last = time.perf_counter() if got and not last and got >= n else last
+    consumer.close()
+    return got, (last or time.perf_counter()) - first
 
 
 def _check_same_online(b: Bench, ctx: dict[str, Any], a: Any, other: Any) -> None:
@@ -410,9 +422,11 @@ def main() -> None:
         for rep in range(args.reps):
             bench_ingest(b, ctx, rep)
             print(f"ingest rep {rep + 1}: ours {ctx['ingest_eps'][-1]:,.0f} ev/s (peer scenario {ctx['peer_eps'][-1]:,.0f}), "
-                  f"Faust engine {ctx['faust_eps'][-1]:,.0f} ev/s, raw consume {ctx['raw_eps'][-1]:,.0f} ev/s", flush=True)
+                  f"Faust engine {ctx['faust_eps'][-1]:,.0f} ev/s, raw consume {ctx['raw_eps'][-1]:,.0f} ev/s, "
+                  f"consume + json.loads {ctx['parse_eps'][-1]:,.0f} ev/s", flush=True)
         b.record("ingest", "featurestore run (Redis + Parquet)", "events/s", ctx["ingest_eps"], "ev/s", ctx["ingest_usage"])
         b.record("ingest", "bare confluent-kafka consume", "events/s", ctx["raw_eps"], "ev/s")
+        b.record("ingest", "confluent-kafka consume + json.loads loop", "events/s", ctx["parse_eps"], "ev/s")
         b.record("ingest", "featurestore run --engine faust (Redis + Parquet)", "events/s", ctx["faust_eps"], "ev/s",
                  ctx["faust_usage"])
         b.profiles = {"default engine": ctx.get("ingest_profile", []), "Faust engine": ctx.get("faust_profile", [])}
@@ -472,6 +486,13 @@ def report(b: Bench) -> None:
     ours_key, raw_key = ("ingest", "featurestore run (Redis + Parquet)", "events/s"), ("ingest", "bare confluent-kafka consume", "events/s")
     if ours_key in by and raw_key in by:
         ratios.append(f"ingest: ours / bare consume = {by[ours_key] / by[raw_key]:.2f}")
+    parse_key = ("ingest", "confluent-kafka consume + json.loads loop", "events/s")
+    if ours_key in by and parse_key in by:
+        ratios.append(f"ingest: ours / consume + json.loads loop = {by[ours_key] / by[parse_key]:.2f}")
+    for r in b.rows:
+        if r["unit"] == "ev/s" and r.get("redis_cpu_s") and r["scenario"].startswith("ingest"):
+            per_event = r["redis_cpu_s"] / b.args.events * 1e6
+            ratios.append(f"{r['scenario']}, {r['who'].split(' (')[0]}: Redis CPU {per_event:.1f} us/event")
     faust_key = ("ingest", "featurestore run --engine faust (Redis + Parquet)", "events/s")
     if ours_key in by and faust_key in by:
         ratios.append(f"Faust engine / default engine = {by[faust_key] / by[ours_key]:.2f}")
