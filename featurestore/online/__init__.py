@@ -1,7 +1,7 @@
-"""Redis online store: key layout, batched atomic tile writes, one-round-trip reads."""
+"""Redis online store: key layout, entity states per source partition, one-round-trip reads."""
 
-from featurestore.online.keys import entity_key, tile_field
+from featurestore.online.keys import entity_key
 from featurestore.online.reader import OnlineReader
 from featurestore.online.writer import OnlineWriter
 
-__all__ = ["OnlineReader", "OnlineWriter", "entity_key", "tile_field"]
+__all__ = ["OnlineReader", "OnlineWriter", "entity_key"]

@@ -1,26 +1,15 @@
-"""Redis key and hash-field layout of the online store.
+"""Redis key and hash-field layout of the online store (storage layout 4).
 
 One hash per (project, view, entity): `fs:{project}:{view}:{key}`, where `key` is the join
-key value (several keys joined with `|`). Fields:
+key value (several keys joined with `|`). Every read and write touches one key, so a Redis
+Cluster needs no hash tags. Fields:
 
 - `_v`: the storage layout version the hash was written in (`LAYOUT_VERSION`);
-- `_ts`, `_p`, `_o`: event time (ms), partition and offset of the newest event applied;
-- `r:{feature}`: the latest value of a row-level feature (JSON);
-- `{column}|{tile_ms}|P`: the numeric tile statistics of a tile set, packed (see
-  `featurestore.online.packed`): little-endian float64 rows, each a tile index, then per
-  statistic c (count), s (exact sum: hi, lo), q (exact sum of squares: hi, lo), m (min), M
-  (max), those of the set in that order. A tile's statistics are the sum of its rows: the
-  writer appends a row per tile and batch, and compacts the field (one row per tile, sorted
-  by index) once it holds more rows than its bound;
-- `{column}|{tile_ms}|X`: the rare third and further terms of exact sums, one line
-  `index stat x3 x4 ...` per tile and statistic (absent when no sum needs them);
-- `{column}|{tile_ms}|{index}|{stat}`: the other tile statistics, stat one of f / l (first
-  / last value, JSON) with fo / lo (the order of that value: "ts partition offset"), n (the
-  newest values: a JSON list of [ts, partition, offset, value JSON], newest first) and d
-  (marks that the tile's HyperLogLog exists, under the key `<entity key>|<field>`).
+- per source partition p whose events reached the entity: `s<p>`, the entity's state from
+  that partition (`featurestore.online.state`: the newest event and its row features, the
+  tiles a read can still reach), and `o<p>`, the offset of the last event applied to it.
 
-A filtered aggregation's column is written `{column}?{where}`; lifetime tiles use
-`L{tile_ms}`, their folded base tile the index -2^40.
+A backfill run is a partition of its own (a negative id).
 """
 
 from __future__ import annotations
@@ -31,9 +20,9 @@ from typing import Any
 from featurestore.errors import OnlineLayoutError
 
 #: Version of this layout, in each entity hash's `_v` (tiles.lua checks the same value).
-LAYOUT_VERSION = "3"
-#: Layouts this version reads and writes: 2 (packed rows unique and sorted) is a case of 3.
-READABLE_LAYOUTS = frozenset({"2", "3"})
+LAYOUT_VERSION = "4"
+#: Layouts this version reads and writes.
+READABLE_LAYOUTS = frozenset({"4"})
 LAYOUT_FIELD = "_v"
 
 
@@ -66,24 +55,11 @@ def tile_prefix(tiles_key: str, tile_ms: int, lifetime: bool = False) -> str:
     return f"{tiles_key}|{'L' if lifetime else ''}{tile_ms}"
 
 
-def tile_field(prefix: str, index: int, stat: str) -> str:
-    return f"{prefix}|{index}|{stat}"
+def state_field(partition: int) -> str:
+    """Field of an entity's state from one source partition."""
+    return f"s{partition}"
 
 
-def packed_field(prefix: str) -> str:
-    """Field of a tile set's packed numeric statistics."""
-    return f"{prefix}|P"
-
-
-def overflow_field(prefix: str) -> str:
-    """Field of the further terms of a tile set's exact sums."""
-    return f"{prefix}|X"
-
-
-def hll_key(entity: str, field: str) -> str:
-    """Key of the HyperLogLog of a count_distinct tile of an entity."""
-    return f"{entity}|{field}"
-
-
-def row_field(feature: str) -> str:
-    return f"r:{feature}"
+def offset_field(partition: int) -> str:
+    """Field of the offset up to which that state applied the partition's events."""
+    return f"o{partition}"

@@ -73,16 +73,3 @@ def tile_sets(view: ViewPlan) -> list[TileSet]:
                 None if life else longest[(name, tile, life)], ks.get((name, tile, life), 0))
         for (name, tile, life), s in sorted(stats.items())
     ]
-
-
-def fields_per_entity(view: ViewPlan, slack_ms: int) -> int:
-    """Upper bound of the live hash fields of one entity (meta + rows + packed and per-tile fields)."""
-    total = 3 + len(view.row_features) + 8
-    for ts in tile_sets(view):
-        total += 2 * bool(ts.packed) + ts.live_tiles(slack_ms) * sum(2 if s in "lf" else 1 for s in ts.per_tile_fields)
-    return total
-
-
-def packed_rows_bound(tset: TileSet, slack_ms: int) -> int:
-    """Rows above which the writer trims a packed field (1.5x its live tiles)."""
-    return int(tset.live_tiles(slack_ms) * 1.5) + 2

@@ -7,7 +7,6 @@ import math
 import struct
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from dataclasses import field as dataclass_field
 from functools import partial
 from typing import Any
 
@@ -15,24 +14,13 @@ import numpy as np
 import orjson
 import redis
 
-from featurestore.online.keys import (
-    LAYOUT_FIELD,
-    READABLE_LAYOUTS,
-    entity_key,
-    entity_keys,
-    hll_key,
-    layout_error,
-    overflow_field,
-    packed_field,
-    row_field,
-    tile_field,
-    tile_prefix,
-)
-from featurestore.online.layout import tile_sets
-from featurestore.online.packed import NUMERIC_STATS, columns, decode_rows, parse_overflow, row_width
+from featurestore.online.keys import LAYOUT_FIELD, READABLE_LAYOUTS, entity_key, entity_keys, layout_error
+from featurestore.online.layout import TileSet, tile_sets
+from featurestore.online.packed import NUMERIC_STATS, columns, decode_rows, row_width
+from featurestore.online.state import distinct_count, packed_rows
 from featurestore.online.streaming import arun_commands, run_commands
 from featurestore.plan import AggregationPlan, Plan, ViewPlan
-from featurestore.plan.windows import STATS_FOR_FUNCTION, tile_index, window_tiles
+from featurestore.plan.windows import STATS_FOR_FUNCTION, tile_index
 
 
 @dataclass(frozen=True)
@@ -75,48 +63,6 @@ def _place(cols: list[list[Any]], pos: int, rows: list[int], values: list[Any]) 
         _scatter(cols[pos], rows, values)
 
 
-class _Acc:
-    """Merges the per-tile statistics (first, last, newest values, distinct) of one aggregation for one entity."""
-
-    __slots__ = ("first_order", "first", "last_order", "last", "items", "hlls")
-
-    def __init__(self) -> None:
-        self.first_order: tuple[int, ...] | None = None
-        self.first: bytes | None = None
-        self.last_order: tuple[int, ...] | None = None
-        self.last: bytes | None = None
-        self.items: list[list[Any]] = []
-        self.hlls: list[bytes] = []
-
-    def add(self, stat: str, name: bytes, raw: bytes, got: dict[bytes, bytes]) -> None:
-        if stat == "l" or stat == "f":
-            extra = got.get(name + b"o")
-            if extra is None:
-                return
-            order = tuple(int(v) for v in extra.split())
-            if stat == "l" and (self.last_order is None or order > self.last_order):
-                self.last_order, self.last = order, raw
-            elif stat == "f" and (self.first_order is None or order < self.first_order):
-                self.first_order, self.first = order, raw
-        elif stat == "n":
-            self.items.extend(orjson.loads(raw))
-        elif stat == "d":
-            self.hlls.append(name)
-
-    def value(self, agg: AggregationPlan) -> Any:
-        f = agg.function
-        if f == "first":
-            return decode_value(self.first, agg.dtype)
-        if f == "last_n":
-            if not self.items:
-                return None
-            self.items.sort(key=lambda it: (it[0], it[1], it[2]), reverse=True)
-            return [decode_value(it[3].encode(), agg.dtype) for it in self.items[: agg.k]]
-        if f == "count_distinct":
-            return 0
-        return decode_value(self.last, agg.dtype)
-
-
 #: Requests with at most this many found entities merge packed rows in plain Python (numpy's
 #: per-call overhead costs more than the loop below it).
 _SMALL = 8
@@ -127,15 +73,14 @@ class _PackedSet:
     """The numeric aggregations read from one packed tile set: (position, plan, first and
     last tile index of its window)."""
 
-    field: bytes
-    overflow: bytes
+    set_pos: int
     stats: str
     features: list[tuple[int, AggregationPlan, int, int]]
 
-    def values(self, blobs: list[bytes], overflows: dict[int, bytes]) -> dict[int, list[Any]]:
+    def values(self, blobs: list[bytes], extras: dict[int, dict[tuple[int, str], list[float]]]) -> dict[int, list[Any]]:
         """Per feature position, its value for each entity (`blobs`: the entities' packed
-        rows; `overflows`: entity -> its overflow field, for the few that have one)."""
-        extras = {e: parse_overflow(raw) for e, raw in overflows.items()}
+        rows; `extras`: entity -> (tile, stat) -> further terms of its exact sums, for the
+        few that have them)."""
         gather: Callable[[int, int, dict[int, dict[tuple[int, str], list[float]]]], dict[str, list[Any]]]
         if len(blobs) <= _SMALL:
             gather = partial(self._gather_small, blobs)
@@ -237,29 +182,26 @@ def _spread(function: str, total: float, squares: float, count: int) -> float | 
 
 
 @dataclass
+class _TileFeature:
+    """A first / last / last_n / count_distinct feature: its position, plan, tile set and the
+    tiles of its window (`first` -inf for lifetime ones)."""
+
+    pos: int
+    agg: AggregationPlan
+    set_pos: int
+    first: int
+    last: int
+
+
+@dataclass
 class _Layout:
-    """How one request's features are read: the fields to fetch and how to merge them."""
+    """How one request's features are read from its entities' states."""
 
-    features: list[tuple[Any, bytes | None]]
-    """Per feature: (row feature plan, its field) or (aggregation plan, None)."""
+    rows: list[tuple[int, int, str]]
+    """Row features: (position, index in the state's row values, dtype)."""
     packed: list[_PackedSet]
-    index: dict[bytes, tuple[str, list[int]]]
-    """Per-tile field -> (its stat, positions of the features whose window holds the tile)."""
-    lifetimes: list[tuple[bytes, int, int, tuple[str, ...]]]
-    """Lifetime per-tile features: (tile prefix + b"|", position, last tile index, stats)."""
-    names: list[bytes] | None
-    """The fields to HMGET, or None: every field (HGETALL, for lifetime per-tile features)."""
-    slots: dict[bytes, int] = dataclass_field(default_factory=dict)
-    """Position of each HMGET field in the reply."""
-    hmget_tail: bytes = b""
-    """The HMGET command's field names, RESP-encoded (the same for every entity)."""
-
-    def commands(self, keys: list[bytes]) -> list[tuple[Any, ...] | bytes]:
-        """The read of each entity hash: the RESP-encoded HMGET of these fields, or HGETALL."""
-        if self.names is None:
-            return [("HGETALL", key) for key in keys]
-        count, tail = 2 + len(self.names), self.hmget_tail
-        return [b"*%d\r\n$5\r\nHMGET\r\n$%d\r\n%b\r\n%b" % (count, len(k), k, tail) for k in keys]
+    tiles: list[_TileFeature]
+    sets: list[TileSet]
 
 
 class OnlineReader:
@@ -285,45 +227,28 @@ class OnlineReader:
 
     @staticmethod
     def _layout(view: ViewPlan, features: Sequence[str], t_ms: int) -> _Layout:
-        rows = {r.name: r for r in view.row_features}
+        rows = {r.name: (i, r.dtype) for i, r in enumerate(view.row_features)}
         aggs = {a.name: a for a in view.aggregations}
-        layout = _Layout([], [], {}, [], None)
-        packed: dict[str, _PackedSet] = {}
-        packed_of = {ts.prefix: ts.packed for ts in tile_sets(view)}  # a packed field holds its whole set's stats
-        names = [b"_ts", LAYOUT_FIELD.encode()]
+        sets = tile_sets(view)
+        set_of = {(s.key, s.tile_ms, s.lifetime): i for i, s in enumerate(sets)}
+        layout = _Layout([], [], [], sets)
+        packed: dict[int, _PackedSet] = {}
         for pos, name in enumerate(features):
             if name in rows:
-                layout.features.append((rows[name], row_field(name).encode()))
-                names.append(row_field(name).encode())
+                layout.rows.append((pos, *rows[name]))
                 continue
             agg = aggs[name]
-            layout.features.append((agg, None))
             lifetime = agg.window_ms is None
-            prefix = tile_prefix(agg.tiles_key, agg.tile_ms, lifetime)
-            stats = STATS_FOR_FUNCTION[agg.function]
+            k = set_of[(agg.tiles_key, agg.tile_ms, lifetime)]
             last = tile_index(t_ms, agg.tile_ms)
-            if stats[0] in NUMERIC_STATS:
-                first = -(2**62) if lifetime else last - agg.window_ms // agg.tile_ms + 1  # type: ignore[operator]
-                if prefix not in packed:
-                    packed[prefix] = _PackedSet(packed_field(prefix).encode(), overflow_field(prefix).encode(),
-                                                packed_of[prefix], [])
-                    names += [packed[prefix].field, packed[prefix].overflow]
-                packed[prefix].features.append((pos, agg, first, last))
-            elif lifetime:
-                layout.lifetimes.append(((prefix + "|").encode(), pos, last, stats))
+            first = -(2**62) if lifetime else last - agg.window_ms // agg.tile_ms + 1  # type: ignore[operator]
+            if STATS_FOR_FUNCTION[agg.function][0] in NUMERIC_STATS:
+                if k not in packed:
+                    packed[k] = _PackedSet(k, sets[k].packed, [])
+                packed[k].features.append((pos, agg, first, last))
             else:
-                for stat in stats:
-                    for idx in window_tiles(t_ms, agg.window_ms, agg.tile_ms):  # type: ignore[arg-type]
-                        field = tile_field(prefix, idx, stat).encode()
-                        if field not in layout.index:
-                            layout.index[field] = (stat, [])
-                            names += [field, field + b"o"] if stat in "lf" else [field]
-                        layout.index[field][1].append(pos)
+                layout.tiles.append(_TileFeature(pos, agg, k, first, last))
         layout.packed = list(packed.values())
-        if not layout.lifetimes:
-            layout.names = names
-            layout.slots = {name: i for i, name in enumerate(names)}
-            layout.hmget_tail = b"".join(b"$%d\r\n%b\r\n" % (len(name), name) for name in names)
         return layout
 
     def read(self, requests: Sequence[ViewRequest], t_ms: int) -> list[dict[str, list[Any]]]:
@@ -358,97 +283,125 @@ class OnlineReader:
     ) -> Generator[list[tuple[Any, ...] | bytes], list[Any], list[ViewResult]]:
         """The read as a dialogue: yields pipelines of commands, receives their replies.
 
-        One pipelined HMGET per (view, entity) of the fields the features need: `_ts`, row
-        values, the packed numeric tiles of their tile sets and the per-tile fields of their
-        windows (HGETALL when a lifetime first/last/last_n/count_distinct is asked for:
-        hashes are bounded). Packed rows are merged for all entities of a request at once.
-        count_distinct features take a second pipelined round trip (PFCOUNT of the
-        window's HyperLogLogs). An entity whose newest event is older than the view's TTL
-        reads as `expired`, older than `max_staleness_ms` as `stale`: no values."""
+        One pipelined HGETALL per (view, entity): its states, one per source partition that
+        fed it. The newest event across them gives the row features and the entity's age;
+        packed rows are merged for all entities of a request at once, per-tile statistics
+        per entity. An entity whose newest event is older than the view's TTL reads as
+        `expired`, older than `max_staleness_ms` as `stale`: no values."""
         layouts = [self._cached_layout(req.view, req.features, t_ms) for req in requests]
         commands: list[tuple[Any, ...] | bytes] = []
-        for req, layout in zip(requests, layouts):
-            commands += layout.commands(entity_keys(self.project, req.view.name, req.keys))
+        for req in requests:
+            commands += [b"*2\r\n$7\r\nHGETALL\r\n$%d\r\n%b\r\n" % (len(k), k)
+                         for k in entity_keys(self.project, req.view.name, req.keys)]
         replies = iter((yield commands))
         out: list[ViewResult] = []
-        distinct: list[tuple[list[Any], int, str, list[bytes]]] = []
         for req, layout in zip(requests, layouts):
             n = len(req.keys)
             cols: list[list[Any]] = [[None] * n for _ in req.features]
             event_ms: list[int | None] = []
             states: list[str] = []
-            rows: list[int] = []  # the found entities: their positions and fields
-            gots: list[Any] = []  # HMGET replies as they are, or field -> value
-            positional = layout.names is not None and not layout.index
+            rows: list[int] = []  # the found entities: their positions and states
+            found: list[list[tuple[int, list[Any], list[bytes]]]] = []
             ttl_ms = req.view.ttl_ms
             for row, key in enumerate(req.keys):
-                reply = next(replies)
-                if positional:
-                    got, newest, version = reply, reply[0], reply[1]
-                else:
-                    if layout.names is not None:
-                        got = {name: v for name, v in zip(layout.names, reply) if v is not None}
-                    else:
-                        got = reply if isinstance(reply, dict) else _pairs(reply)
-                    newest, version = got.get(b"_ts"), got.get(_VERSION_FIELD)
-                if newest is None:
+                parts = _states(next(replies), layout.sets, self.project, req.view.name, key)
+                if not parts:
                     event_ms.append(None)
                     states.append(NOT_FOUND)
                     continue
-                if version not in _VERSIONS:
-                    raise layout_error(entity_key(self.project, req.view.name, key), version)
-                newest_ms = int(newest)
+                newest = max(parts, key=_newest)
+                newest_ms = newest[1][1]
                 event_ms.append(newest_ms)
                 state = _entity_state(t_ms - newest_ms, ttl_ms, max_staleness_ms)
                 states.append(state)
                 if state != FOUND:
                     continue
                 rows.append(row)
-                gots.append(got)
-                if layout.index or layout.lifetimes:
-                    self._merge_tiles(layout, got, cols, row, req, key, distinct)
+                found.append(parts)
+                for pos, at, dtype in layout.rows:
+                    cols[pos][row] = _json_value(newest[1][3][at], dtype)
+                for feat in layout.tiles:
+                    cols[feat.pos][row] = _tile_value(feat, parts)
             if rows:
-                def pick(name: bytes) -> list[Any]:
-                    if positional:
-                        at = layout.slots[name]
-                        return [got[at] for got in gots]
-                    return [got.get(name) for got in gots]
-
-                for pos, (feat, field_name) in enumerate(layout.features):
-                    if field_name is not None:
-                        _place(cols, pos, rows, decode_values(pick(field_name), feat.dtype))
                 for pset in layout.packed:
-                    blobs = [blob or b"" for blob in pick(pset.field)]
-                    overflows = {e: raw for e, raw in enumerate(pick(pset.overflow)) if raw is not None}
-                    for pos, values in pset.values(blobs, overflows).items():
+                    blobs = [b"".join(rows_of[pset.set_pos] for _, _, rows_of in parts) for parts in found]
+                    extras = {e: x for e, parts in enumerate(found) if (x := _extras(parts, pset.set_pos))}
+                    for pos, values in pset.values(blobs, extras).items():
                         _place(cols, pos, rows, values)
             out.append(ViewResult(dict(zip(req.features, cols)), event_ms, states))
-        if distinct:
-            counts = yield [("PFCOUNT", *[hll_key(ekey, f.decode()) for f in fields]) for _, _, ekey, fields in distinct]
-            for (col, row, _, _), n in zip(distinct, counts):
-                col[row] = int(n)
         return out
 
-    def _merge_tiles(self, layout: _Layout, got: dict[bytes, bytes], cols: list[list[Any]], row: int, req: ViewRequest,
-                     key: tuple[Any, ...], distinct: list[tuple[list[Any], int, str, list[bytes]]]) -> None:
-        """The per-tile features (first, last, last_n, count_distinct) of one entity."""
-        accs = [_Acc() if field is None else None for _, field in layout.features]
-        for name, raw in got.items():
-            hit = layout.index.get(name)
-            if hit is None:
-                if layout.lifetimes:
-                    _add_lifetime(layout.lifetimes, accs, name, raw, got)
+
+def _states(reply: Any, sets: list[TileSet], project: str, view: str, key: tuple[Any, ...]
+            ) -> list[tuple[int, list[Any], list[bytes]]]:
+    """An entity hash's states: (partition, header, packed rows per set) each."""
+    flat = reply if isinstance(reply, list) else [x for kv in reply.items() for x in kv]
+    out = []
+    version = None
+    for name, value in zip(flat[::2], flat[1::2]):
+        if name[:1] == b"s":
+            head, packed = packed_rows(value, sets)
+            out.append((int(name[1:]), head, packed))
+        elif name == _VERSION_FIELD:
+            version = value
+    if out and version not in _VERSIONS:
+        raise layout_error(entity_key(project, view, key), version)
+    if not out and flat and version not in _VERSIONS:  # a hash of an older layout
+        raise layout_error(entity_key(project, view, key), version)
+    return out
+
+
+def _newest(part: tuple[int, list[Any], list[bytes]]) -> tuple[int, int, int]:
+    """The order of a state's newest event: (event time, partition, offset)."""
+    return part[1][1], part[0], part[1][2]
+
+
+def _json_value(value: Any, dtype: str) -> Any:
+    """A value as stored in a state (JSON), as Python (datetimes back to aware datetimes)."""
+    if dtype == "datetime" and isinstance(value, str):
+        return dt.datetime.fromisoformat(value)
+    return value
+
+
+def _extras(parts: list[tuple[int, list[Any], list[bytes]]], set_pos: int) -> dict[tuple[int, str], list[float]]:
+    out: dict[tuple[int, str], list[float]] = {}
+    for _, head, _ in parts:
+        for idx, stat, *terms in head[5][set_pos]:
+            out.setdefault((int(idx), stat), []).extend(terms)
+    return out
+
+
+def _tile_value(feat: _TileFeature, parts: list[tuple[int, list[Any], list[bytes]]]) -> Any:
+    """A first / last / last_n / count_distinct feature from the tiles of its window, across
+    the entity's partitions (orders compare as (event time, partition, offset))."""
+    f, agg = feat.agg.function, feat.agg
+    best: tuple[tuple[int, int, int], Any] | None = None
+    items: list[tuple[tuple[int, int, int], Any]] = []
+    hashes: list[list[int]] = []
+    for p, head, _ in parts:
+        for idx, last, first, newest, distinct in head[6][feat.set_pos]:
+            if not feat.first <= idx <= feat.last:
                 continue
-            stat, positions = hit
-            for pos in positions:
-                accs[pos].add(stat, name, raw, got)  # type: ignore[union-attr]
-        for pos, (feat, field) in enumerate(layout.features):
-            acc = accs[pos]
-            if field is not None or acc is None or feat.function not in ("first", "last", "last_n", "count_distinct"):
-                continue
-            cols[pos][row] = acc.value(feat)
-            if feat.function == "count_distinct" and acc.hlls:
-                distinct.append((cols[pos], row, entity_key(self.project, req.view.name, key), acc.hlls))
+            if f == "last" and last is not None:
+                order = (last[0], p, last[1])
+                if best is None or order > best[0]:
+                    best = (order, last[2])
+            elif f == "first" and first is not None:
+                order = (first[0], p, first[1])
+                if best is None or order < best[0]:
+                    best = (order, first[2])
+            elif f == "last_n":
+                items += [((it[0], p, it[1]), it[2]) for it in newest]
+            elif f == "count_distinct":
+                hashes.append(distinct)
+    if f == "count_distinct":
+        return distinct_count(hashes)
+    if f == "last_n":
+        if not items:
+            return None
+        items.sort(key=lambda it: it[0], reverse=True)
+        return [_json_value(v, agg.dtype) for _, v in items[: agg.k]]
+    return None if best is None else _json_value(best[1], agg.dtype)
 
 
 _VERSION_FIELD, _VERSIONS = LAYOUT_FIELD.encode(), {v.encode() for v in READABLE_LAYOUTS}
@@ -479,20 +432,3 @@ class ViewResult:
     def statuses(self, feature: str) -> list[str]:
         """Per key, the status of one feature's value: the entity's state, or `null` for a present entity without a value."""
         return [st if st != FOUND or v is not None else "null" for st, v in zip(self.states, self.values[feature])]
-
-
-def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
-    """A raw HGETALL reply ([field, value, ...]) as a dict."""
-    it = iter(flat)
-    return dict(zip(it, it))
-
-
-def _add_lifetime(lifetimes: list[tuple[bytes, int, int, tuple[str, ...]]], accs: list[_Acc | None], name: bytes, raw: bytes,
-                  got: dict[bytes, bytes]) -> None:
-    """Merge a field of a lifetime tile set: every tile up to the one holding t, and the base."""
-    for prefix, pos, last, stats in lifetimes:
-        if name.startswith(prefix):
-            idx, sep, stat = name[len(prefix):].partition(b"|")
-            st = stat.decode()
-            if sep and st in stats and int(idx) <= last:
-                accs[pos].add(st, name, raw, got)  # type: ignore[union-attr]

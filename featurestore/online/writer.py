@@ -1,103 +1,159 @@
-"""Write one batch of view rows to Redis: one atomic, idempotent Lua call per entity, pipelined.
+"""Write batches of view rows to Redis: each entity's state per source partition, computed
+here and stored whole, guarded by its offset.
 
-The batch is first reduced (`featurestore.online.payloads`, vectorised): per entity and
-source partition, the newest event (for row-level features and TTL) and per tile the
-statistics its aggregations need. Each entity's updates travel as the tokens of one script call. The script keeps, per entity
-and partition, the highest offset applied, so replaying a batch (after a crash or by a
-former owner of the partition) changes nothing: every event takes effect exactly once.
+A batch is grouped by (entity, partition); each group's state comes from this writer's
+cache (it owns the partition), or from Redis on a miss. `featurestore.online.state` folds the
+group's new events into it, vectorised over the batch, and the new states are written with
+`guard.lua`, which stores a state only if the hash does not already hold one of a higher
+offset for that partition. Events at or below a state's offset are skipped, so replaying a
+batch (after a crash, or by a former owner of the partition) changes nothing: every event
+takes effect exactly once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+import numpy as np
 import redis
+from hiredis import pack_command
+from redis.exceptions import NoScriptError
 
-from featurestore.online.keys import entity_key, layout_error
-from featurestore.online.layout import LIFETIME_EXTRA_TILES, fields_per_entity, packed_rows_bound, tile_sets
-from featurestore.online.payloads import EntityPayload, build_payloads
-from featurestore.online.streaming import EncodedArgs, ScriptStream
+from featurestore.online.keys import LAYOUT_VERSION, entity_keys, layout_error, state_field
+from featurestore.online.layout import TileSet, tile_sets
+from featurestore.online.state import (
+    Bounds,
+    Groups,
+    PartState,
+    decode_state,
+    empty_state,
+    encode_state,
+    fold,
+    group_rows,
+    set_bounds,
+)
+from featurestore.online.streaming import run_commands, stream_commands
 from featurestore.plan import Plan, ViewPlan
-from featurestore.plan.windows import LIFETIME_BASE_INDEX
 from featurestore.records import ViewRows
 
-_PIPELINE_CHUNK = 2000
-_MAX_RESENDS = 5
+_KEYS_PER_CALL = 200
+_CALLS_PER_SEND = 10
+#: Entity states kept in memory per writer (the partitions it owns); more are read back from Redis.
+DEFAULT_CACHE_STATES = 200_000
+
+
+class _View:
+    def __init__(self, view: ViewPlan, topic: str, skew_ms: int) -> None:
+        self.plan = view
+        self.topic = topic
+        self.sets: list[TileSet] = tile_sets(view)
+        self.bounds: list[Bounds] = set_bounds(view, self.sets, skew_ms)
+        self.cache: dict[tuple[int, tuple[Any, ...]], bytes] = {}
+        """(partition, key) -> the encoded state (bytes: many states as objects would keep the
+        garbage collector busy)."""
 
 
 class OnlineWriter:
     """Applies ViewRows to the online store. Safe to call from one thread at a time."""
 
-    def __init__(self, client: redis.Redis, project: str, plan: Plan, max_future_skew_ms: int = 0) -> None:
+    def __init__(self, client: redis.Redis, project: str, plan: Plan, max_future_skew_ms: int = 0,
+                 cache_states: int = DEFAULT_CACHE_STATES) -> None:
         self.client = client
         self.project = project
-        self.views = {v.name: v for v in plan.views}
+        self.views = {v.name: _View(v, plan.source(v.source).topic, max_future_skew_ms) for v in plan.views}
         self.skew_ms = max_future_skew_ms
-        lua = resources.files("featurestore.online").joinpath("tiles.lua").read_text()
-        self._calls = ScriptStream(client, lua, _PIPELINE_CHUNK)
-        self._tile_sets = {v.name: tile_sets(v) for v in plan.views}
-        self._limits = {
-            v.name: int(fields_per_entity(v, max_future_skew_ms + (v.allowed_lateness_ms or 0)) * 1.5) + 8 for v in plan.views
-        }
-        self._trim = {v.name: EncodedArgs.of(self._trim_tokens(v)) for v in plan.views}
+        self.cache_states = cache_states
+        self._lua = resources.files("featurestore.online").joinpath("guard.lua").read_text()
+        self._sha: str | None = None
         self.groups_applied = 0
         self.groups_skipped = 0
 
-    def _trim_tokens(self, view: ViewPlan) -> list[str]:
-        """The trim instruction ending a view's payloads: the same for every entity (the script
-        measures the bounds from the entity's own newest event), so it is encoded once."""
-        sets = self._tile_sets[view.name]
-        if not sets:
-            return []
-        tokens = ["T", str(self._limits[view.name]), str(len(sets))]
-        slack = self.skew_ms + (view.allowed_lateness_ms or 0)
-        for tset in sets:
-            rows = str(packed_rows_bound(tset, slack))
-            if tset.max_window_ms is None:  # lifetime: fold what no allowed event can reach
-                tokens += [tset.prefix, str(tset.tile_ms), str(slack), str(1 + LIFETIME_EXTRA_TILES), "f", str(tset.last_n), rows]
-            else:
-                back = tset.max_window_ms // tset.tile_ms
-                tokens += [tset.prefix, str(tset.tile_ms), str(self.skew_ms), str(back), "d", str(tset.last_n), rows]
-        return tokens + ["B", str(LIFETIME_BASE_INDEX)]
-
-    def write(self, batches: list[ViewRows]) -> int:
-        """Apply the batches; returns the number of entity hashes written to."""
-        work: list[tuple[ViewPlan, ViewRows, EntityPayload]] = []
+    def write(self, batches: Sequence[ViewRows]) -> int:
+        """Apply the batches; returns the number of entity states written."""
+        written = 0
         for rows in batches:
             if len(rows):
-                view = self.views[rows.view]
-                work.extend((view, rows, p) for p in build_payloads(view, self._tile_sets[view.name], rows))
-        self._apply(work)
-        return len(work)
+                written += self._write_view(self.views[rows.view], rows)
+        return written
 
-    def _apply(self, work: list[tuple[ViewPlan, ViewRows, EntityPayload]]) -> None:
-        pending = work
-        for _ in range(_MAX_RESENDS):
-            replies = self._calls.run(pending, self._call)
-            retry: list[tuple[ViewPlan, ViewRows, EntityPayload]] = []
-            for (view, rows, payload), reply in zip(pending, replies):
-                if isinstance(reply, Exception):
-                    if str(reply).startswith("FSLAYOUT"):
-                        raise layout_error(entity_key(self.project, view.name, payload.key), str(reply).split()[-1]) from None
-                    raise reply
-                status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
-                if status == "ok":
-                    applied = int(reply[1])
-                    self.groups_applied += applied
-                    self.groups_skipped += len(payload.groups) - applied
-                    continue
-                # some partitions were applied up to a mark inside this batch: resend the rest
-                marks = {int(reply[j]): int(reply[j + 1]) for j in range(1, len(reply), 2)}
-                rest = [i for p, idxs in payload.groups.items() for i in idxs if p not in marks or rows.offset[i] > marks[p]]
-                retry.extend((view, rows, p) for p in build_payloads(view, self._tile_sets[view.name], rows, rest))
-            if not retry:
-                return
-            pending = retry
-        raise RuntimeError(f"online writes kept conflicting for {len(pending)} entities; is another writer replaying?")
+    def forget(self, topic: str, partition: int) -> None:
+        """A partition moved away: its cached states may be overtaken by its next owner."""
+        for view in self.views.values():
+            if view.topic == topic:
+                for key in [k for k in view.cache if k[0] == partition]:
+                    del view.cache[key]
 
-    def _call(self, item: tuple[ViewPlan, ViewRows, EntityPayload]) -> tuple[str, list[Any], EncodedArgs]:
-        view, _, payload = item
-        return entity_key(self.project, view.name, payload.key), payload.tokens, self._trim[view.name]
+    def _write_view(self, view: _View, rows: ViewRows) -> int:
+        picked = np.arange(len(rows))
+        if rows.late:
+            picked = picked[~np.asarray(rows.late, dtype=bool)]
+        if not len(picked):
+            return 0
+        ts = np.asarray(rows.ts, dtype=np.int64)
+        part = np.asarray(rows.partition, dtype=np.int64)
+        off = np.asarray(rows.offset, dtype=np.int64)
+        groups = group_rows(rows.keys, ts, part, off, picked)
+        states = self._states(view, groups)
+        new = fold(view.plan, view.sets, view.bounds, groups, states, rows.values)
+        changed = [g for g, (a, b) in enumerate(zip(states, new)) if b.applied != a.applied]
+        self.groups_skipped += len(states) - len(changed)
+        if not changed:
+            return 0
+        keys = entity_keys(self.project, view.plan.name, [groups.keys[g] for g in changed])
+        blobs = [encode_state(new[g]) for g in changed]
+        writes = [(key, groups.partitions[g], new[g].applied, blob) for key, g, blob in zip(keys, changed, blobs)]
+        self._store(writes)
+        self.groups_applied += len(changed)
+        for g, blob in zip(changed, blobs):
+            slot = (groups.partitions[g], groups.keys[g])
+            view.cache.pop(slot, None)
+            view.cache[slot] = blob
+        while len(view.cache) > self.cache_states:
+            del view.cache[next(iter(view.cache))]
+        return len(changed)
 
+    def _states(self, view: _View, groups: Groups) -> list[PartState]:
+        """Each group's state: cached, else read from Redis (empty when the hash holds none)."""
+        cached = [view.cache.get((p, key)) for p, key in zip(groups.partitions, groups.keys)]
+        states: list[PartState | None] = [None if blob is None else decode_state(blob, view.sets) for blob in cached]
+        missing = [g for g, s in enumerate(states) if s is None]
+        if missing:
+            keys = entity_keys(self.project, view.plan.name, [groups.keys[g] for g in missing])
+            replies = run_commands(self.client, [("HMGET", key, "_v", state_field(groups.partitions[g]))
+                                                 for key, g in zip(keys, missing)])
+            for key, g, (version, blob) in zip(keys, missing, replies):
+                if version is not None and version.decode() != LAYOUT_VERSION:
+                    raise layout_error(key.decode(), version)
+                states[g] = decode_state(blob, view.sets) if blob else empty_state(view.sets)
+        return states  # type: ignore[return-value]
 
+    def _store(self, writes: list[tuple[bytes, int, int, bytes]]) -> None:
+        """Run guard.lua over the writes, `_KEYS_PER_CALL` keys per call, several calls per send."""
+        if self._sha is None:
+            self._sha = self.client.script_load(self._lua)
+        try:
+            self._send(writes)
+        except NoScriptError:  # Redis restarted or flushed its scripts: load again, send again (idempotent)
+            self._sha = self.client.script_load(self._lua)
+            self._send(writes)
+
+    def _send(self, writes: list[tuple[bytes, int, int, bytes]]) -> None:
+        calls = []
+        for start in range(0, len(writes), _KEYS_PER_CALL):
+            chunk = writes[start : start + _KEYS_PER_CALL]
+            args: list[Any] = [b"EVALSHA", self._sha, len(chunk), *(w[0] for w in chunk)]
+            for _, p, applied, blob in chunk:
+                args += (p, applied, blob)
+            calls.append(pack_command(tuple(args)))  # type: ignore[arg-type]
+        sends = (calls[i : i + _CALLS_PER_SEND] for i in range(0, len(calls), _CALLS_PER_SEND))
+        for reply in stream_commands(self.client, sends):
+            if isinstance(reply, NoScriptError):
+                raise reply
+            if isinstance(reply, Exception):
+                text = str(reply)
+                if text.startswith("FSLAYOUT"):
+                    _, found, key = text.split(" ", 2)
+                    raise layout_error(key, found) from None
+                raise reply

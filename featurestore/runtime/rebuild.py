@@ -14,28 +14,23 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 from hiredis import pack_command
 
+from featurestore.offline.chunks import chunks_of_whole_entities
 from featurestore.offline.history import has_history
 from featurestore.offline.sql import identifier, read_history
-from featurestore.online.bulk import EntityState, chunks_of_whole_entities, entity_states
-from featurestore.online.keys import entity_key, hll_key
+from featurestore.online.keys import LAYOUT_FIELD, LAYOUT_VERSION, entity_keys, offset_field, state_field
+from featurestore.online.layout import tile_sets
+from featurestore.online.state import empty_state, encode_state, fold, group_rows, set_bounds
 from featurestore.online.streaming import stream_commands
 from featurestore.plan import ViewPlan
 
 T = TypeVar("T")
 _BATCH_ROWS = 100_000
 _ENTITIES_PER_BATCH = 300
-_PFADD_MANY = """
-local i, n = 1, #ARGV
-while i <= n do
-  local k = tonumber(ARGV[i + 1])
-  redis.call('PFADD', ARGV[i], unpack(ARGV, i + 2, i + 1 + k))
-  i = i + 2 + k
-end
-return n
-"""
 
 
 def wipe_online(client: Any, project: str) -> int:
@@ -81,8 +76,8 @@ def rebuild_view(
     on_rows: Callable[[int], None] | None = None,
 ) -> int:
     """Load a view's online state from its history into an emptied namespace; returns the
-    history rows read. Each entity's final state is computed at once from all its events
-    (`featurestore.online.bulk`), as streaming them would have left it."""
+    history rows read. Each entity's states are computed from all its events by the fold
+    streaming uses (`featurestore.online.state`), so they are the bytes streaming wrote."""
     if not has_history(offline_root, view.name):
         return 0
     keys = [k.name for k in view.join_keys]
@@ -102,7 +97,7 @@ def rebuild_view(
     for table in _read_ahead(chunks_of_whole_entities(make_reader(_BATCH_ROWS), keys)):
         read = table.num_rows
         table = table.filter(pc.invert(table["_late"]))
-        write_states(client, project, view.name, entity_states(view, table, max_future_skew_ms))
+        write_states(client, project, view, table, max_future_skew_ms)
         total += read
         if on_rows:
             on_rows(read)
@@ -127,25 +122,27 @@ def _read_ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
             yield item
 
 
-def write_states(client: Any, project: str, view: str, states: list[EntityState]) -> None:
-    """HSET each entity's fields and PFADD its count_distinct tiles, streamed in batches so
+def write_states(client: Any, project: str, view: ViewPlan, table: pa.Table, max_future_skew_ms: int) -> None:
+    """Fold whole entities' history rows (sorted by keys, event time, partition, offset;
+    late ones removed) into their states and HSET them, `_ENTITIES_PER_BATCH` per send:
     Redis writes one batch while Python encodes the next."""
-    groups = (states[i : i + _ENTITIES_PER_BATCH] for i in range(0, len(states), _ENTITIES_PER_BATCH))
-    for reply in stream_commands(client, (_commands(project, view, group) for group in groups)):
+    if not table.num_rows:
+        return
+    sets = tile_sets(view)
+    names = [k.name for k in view.join_keys]
+    key_cols = [table[k].to_pylist() for k in names]
+    keys = list(zip(*key_cols))
+    ts = table["_ts"].to_numpy().astype(np.int64)
+    part = table["_partition"].to_numpy().astype(np.int64)
+    off = table["_offset"].to_numpy().astype(np.int64)
+    values = {name: table[name].to_pylist() for name, _ in view.history_columns}
+    groups = group_rows(keys, ts, part, off, np.arange(len(keys)))
+    states = fold(view, sets, set_bounds(view, sets, max_future_skew_ms), groups,
+                  [empty_state(sets) for _ in groups.keys], values)
+    hashes = entity_keys(project, view.name, groups.keys)
+    commands = [pack_command(("HSET", key, LAYOUT_FIELD, LAYOUT_VERSION, offset_field(p), s.applied, state_field(p),  # type: ignore[arg-type]
+                              encode_state(s))) for key, p, s in zip(hashes, groups.partitions, states)]
+    sends = (commands[i : i + _ENTITIES_PER_BATCH] for i in range(0, len(commands), _ENTITIES_PER_BATCH))
+    for reply in stream_commands(client, sends):
         if isinstance(reply, Exception):
             raise reply
-
-
-def _commands(project: str, view: str, states: list[EntityState]) -> list[bytes]:
-    """One HSET per entity, then one script call adding to every count_distinct tile of the
-    batch (one reply instead of one per tile)."""
-    out: list[bytes] = []
-    hlls: list[Any] = []
-    for state in states:
-        key = entity_key(project, view, state.key)
-        out.append(pack_command(("HSET", key, *state.fields)))  # type: ignore[arg-type]
-        for name, values in state.distinct.items():
-            hlls += (hll_key(key, name), len(values), *values)
-    if hlls:
-        out.append(pack_command(("EVAL", _PFADD_MANY, "0", *hlls)))
-    return out

@@ -36,7 +36,7 @@ def check_exactly_once(client: redis.Redis, settings, records: list[DemoEvent], 
     expected: dict[int, int] = {}
     for r in records:
         expected[r.event["user_id"]] = r.event["seq"]
-    state = online_state(client, settings.project, plan)
+    state = online_state(client, settings.project)
     assert len(state) == len(expected)
     for user, n in expected.items():
         fields = state[f"{view}:{user}".encode()]
@@ -80,7 +80,7 @@ def test_sigkill_at_random_and_dangerous_points(tmp_path: Path, services, overri
                                        consumer_group=f"{overrides['consumer_group']}-ref",
                                        offline_path=tmp_path / "offline-ref", batch_size=20_000))
     StreamProcessor(plan, clean).run(until_caught_up=True)
-    assert_same_state(state, online_state(client, clean.project, plan))
+    assert_same_state(state, online_state(client, clean.project))
     assert rows == history_rows(Path(clean.offline_root), "user_txns")
     for key in client.scan_iter(f"fs:{settings.project}*"):
         client.delete(key)
@@ -209,5 +209,5 @@ def test_every_batch_delivered_twice_plus_a_zombie(tmp_path: Path, overrides: di
                                        consumer_group=f"{overrides['consumer_group']}-ref",
                                        offline_path=tmp_path / "offline-ref"))
     StreamProcessor(plan, clean).run(until_caught_up=True)
-    assert_same_state(state, online_state(client, clean.project, plan))
+    assert_same_state(state, online_state(client, clean.project))
     assert rows == history_rows(Path(clean.offline_root), "user_txns")

@@ -7,7 +7,6 @@ import json
 import signal
 import threading
 import time
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,9 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from featurestore.compile import compile_repo
-from featurestore.config import Settings, load_settings
+from featurestore.config import load_settings
 from featurestore.demo import payment_events, produce_records
 from featurestore.embedded import start_redis
-from featurestore.online.layout import TileSet, tile_sets
-from featurestore.online.packed import tile_stats
-from featurestore.plan import Plan
 from featurestore.registry import FileRegistry
 from featurestore.runtime import StreamProcessor
 from featurestore.runtime.kafka import ensure_topics, producer_config
@@ -37,86 +33,13 @@ def committed(settings: Any, topic: str, partitions: int) -> int:
     return sum(max(tp.offset, 0) for tp in got)
 
 
-def online_state(client: redis.Redis, project: str, plan: Plan | None = None) -> dict[bytes, dict[bytes, bytes]]:
-    """Every hash of a project, keyed without the project prefix (count_distinct tiles'
-    HyperLogLogs, string keys, by their count).
-
-    With the plan, the state is put in a form that does not depend on how batches fell:
-    tiles that no window reaches any more (what the writer trims when a hash grows past its
-    bound, so their presence depends on batching) are left out, and each lifetime tile set
-    (folded into its base tile at those same moments) is given as its merged statistics."""
+def online_state(client: redis.Redis, project: str) -> dict[bytes, dict[bytes, bytes]]:
+    """Every hash of a project, keyed without the project prefix. An entity's states are a
+    function of the events applied to it (tiles no read reaches are always trimmed, sums
+    canonical, tiles sorted), so runs that applied the same events compare byte for byte,
+    however their batches fell."""
     prefix = f"fs:{project}:".encode()
-    state = {
-        k[len(prefix):]: client.hgetall(k) if client.type(k) == b"hash" else {b"pfcount": str(client.pfcount(k)).encode()}
-        for k in client.scan_iter(prefix + b"*")
-    }
-    if plan is None:
-        return state
-    skew_ms = int(Settings.model_fields["max_future_skew_s"].default * 1000)
-    dropped: set[bytes] = set()
-    for key, fields in state.items():
-        view = plan.view(key.split(b":", 1)[0].decode()) if b"_ts" in fields else None
-        if view is None:
-            continue
-        newest = int(fields[b"_ts"])
-        for tset in tile_sets(view):
-            if tset.packed:
-                fields.update(_unpacked(tset, fields.pop(f"{tset.prefix}|P".encode(), b""), fields.pop(f"{tset.prefix}|X".encode(), None)))
-            head = f"{tset.prefix}|".encode()
-            mine = {name: value for name, value in fields.items() if name.startswith(head)}
-            if tset.lifetime:
-                for name in mine:
-                    del fields[name]
-                fields.update(_merged_lifetime(tset, mine))
-                continue
-            lowest = -((-(newest - skew_ms)) // tset.tile_ms) - 1 - tset.max_window_ms // tset.tile_ms  # type: ignore[operator]
-            for name in mine:
-                if int(name[len(head):].split(b"|")[0]) < lowest:
-                    del fields[name]
-                    dropped.add(key + b"|" + name)
-    return {k: v for k, v in state.items() if k not in dropped}
-
-
-def _unpacked(tset: TileSet, blob: bytes, overflow: bytes | None) -> dict[bytes, bytes]:
-    """A packed field as one field per tile and statistic (`prefix|idx|stat`: count, exact
-    sum terms, min or max), so that tiles can be dropped and lifetime sets merged as above."""
-    out: dict[bytes, bytes] = {}
-    for idx, stats in tile_stats(blob, overflow, tset.packed).items():
-        for stat, value in stats.items():
-            text = " ".join(repr(x) for x in value) if stat in "sq" else str(value) if stat == "c" else repr(value)
-            out[f"{tset.prefix}|{idx}|{stat}".encode()] = text.encode()
-    return out
-
-
-def _merged_lifetime(tset: TileSet, fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
-    """A lifetime tile set's statistics over all its tiles and its base tile."""
-    by_stat: dict[str, list[tuple[bytes, bytes]]] = {}
-    for name, value in fields.items():
-        stat = name.rsplit(b"|", 1)[1].decode()
-        by_stat.setdefault(stat, []).append((name, value))
-    out: dict[bytes, bytes] = {}
-    for stat, items in by_stat.items():
-        values = [v for _, v in items]
-        if stat == "c":
-            merged = str(sum(int(v) for v in values))
-        elif stat in "sq":
-            merged = str(sum((Fraction(float(x)) for v in values for x in v.split()), Fraction(0)))
-        elif stat in ("m", "M"):
-            merged = repr((min if stat == "m" else max)(float(v) for v in values))
-        elif stat in ("l", "f"):
-            orders = {n: fields[n + b"o"] for n, _ in items}
-            pick = max if stat == "l" else min
-            name = pick(orders, key=lambda n: tuple(int(x) for x in orders[n].split()))
-            merged = f"{orders[name].decode()} {fields[name].decode()}"
-        elif stat == "n":
-            merged_items = sorted((tuple(it) for v in values for it in json.loads(v)), reverse=True)[: tset.last_n]
-            merged = json.dumps(merged_items)
-        elif stat in ("lo", "fo"):
-            continue  # in l / f
-        else:
-            raise AssertionError(f"no canonical form for lifetime statistic {stat!r}")
-        out[f"{tset.prefix}|*|{stat}".encode()] = merged.encode()
-    return out
+    return {k[len(prefix):]: client.hgetall(k) for k in client.scan_iter(prefix + b"*")}
 
 
 def assert_same_state(got: dict[bytes, dict[bytes, bytes]], want: dict[bytes, dict[bytes, bytes]]) -> None:
@@ -182,7 +105,7 @@ def test_redis_crash_mid_run_is_retried_with_exactly_once_effect(example_repo: P
                                                    offline_path=tmp_path / "offline-ref"))
         StreamProcessor(plan, clean).run(until_caught_up=True)
         client = redis.Redis.from_url(settings.redis_url)
-        assert_same_state(online_state(client, settings.project, plan), online_state(client, clean.project, plan))
+        assert_same_state(online_state(client, settings.project), online_state(client, clean.project))
         for view in ("user_payments", "merchant_payments"):
             assert history_rows(Path(settings.offline_root), view) == history_rows(Path(clean.offline_root), view)
     finally:
@@ -190,7 +113,6 @@ def test_redis_crash_mid_run_is_retried_with_exactly_once_effect(example_repo: P
 
 
 def test_redis_restarted_empty_then_rebuild_online(example_repo: Path, overrides: dict, tmp_path: Path, services) -> None:
-    import json
     import os
     import subprocess
     import sys

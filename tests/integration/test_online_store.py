@@ -10,9 +10,9 @@ import redis
 
 from featurestore.compile import compile_repo
 from featurestore.online import OnlineReader, OnlineWriter
-from featurestore.online.layout import packed_rows_bound, tile_sets
-from featurestore.online.packed import decode_rows
+from featurestore.online.layout import tile_sets
 from featurestore.online.reader import ViewRequest
+from featurestore.online.state import decode_state
 from featurestore.records import ViewRows
 
 from .reference import window_lower_bound
@@ -73,21 +73,21 @@ def test_storage_per_entity_stays_bounded(store) -> None:  # type: ignore[no-unt
     plan, client, writer, _reader, project = store
     view = plan.view("user_payments")
     t0 = 1_700_000_000_000
-    sizes, packed = [], []
-    sets = [ts for ts in tile_sets(view) if ts.packed]
+    sizes, bounded = [], []
+    sets = tile_sets(view)
     slack = writer.skew_ms + (view.allowed_lateness_ms or 0)
+    key = f"fs:{project}:user_payments:7"
     for day in range(6):  # one event a minute for six days, written in hourly batches
         for hour in range(24):
             start = t0 + day * DAY + hour * HOUR
             writer.write([_rows(view, [(7, start + m * 60_000, _event(1.0, "m")) for m in range(60)],
                                 first_offset=(day * 24 + hour) * 60)])
-            key = f"fs:{project}:user_payments:7"
-            packed.append(all(len(decode_rows(client.hget(key, f"{ts.prefix}|P"), ts.packed)) <= packed_rows_bound(ts, slack)
-                              for ts in sets))
-        sizes.append(client.hlen(f"fs:{project}:user_payments:7"))
-    assert all(packed), "every packed tile set stays within its row bound"
+            state = decode_state(client.hget(key, "s0"), sets)
+            bounded.append(all(len(state.packed[i]) <= ts.live_tiles(slack) and len(state.tiles[i]) <= ts.live_tiles(slack)
+                               for i, ts in enumerate(sets)))
+        sizes.append(len(client.hget(key, "s0")))
+    assert all(bounded), "every tile set keeps only the tiles a read can reach"
     assert max(sizes) == max(sizes[1:]), "size stops growing once the longest window is full"
-    assert max(sizes) <= writer._limits["user_payments"], "never above the documented trim threshold"
     assert sizes[-1] <= sizes[1] * 1.1
 
 
@@ -102,13 +102,16 @@ def test_replayed_and_overlapping_batches_take_effect_once(store) -> None:  # ty
     writer.write([rows])
     reference = online_state(client, project)
     writer.write([rows])  # the same batch again
-    writer.write([_rows(view, events[:50])])  # a zombie with an old, smaller batch
+    writer.write([_rows(view, events[:50])])  # an old, smaller batch
+    zombie = OnlineWriter(client, project, plan)  # a former owner of the partition: no cached states
+    zombie.write([_rows(view, events[:50])])
+    zombie.write([_rows(view, events[20:90], first_offset=20)])
     # replay with different boundaries: offsets 30..129 then 130..199
     writer.write([_rows(view, events[30:130], first_offset=30)])
     writer.write([_rows(view, events[130:], first_offset=130)])
     after = online_state(client, project)
     assert after == reference
-    assert writer.groups_skipped > 0
+    assert writer.groups_skipped > 0 and zombie.groups_applied == 0
     t = t0 + 200 * 7_000
     got = reader.read([ViewRequest(view, ["amount_count_1h"], [(u,) for u in range(5)])], t)[0]
     lo = window_lower_bound(t, 3_600_000, 60_000)
@@ -204,19 +207,19 @@ def test_state_of_another_layout_is_refused_not_misread(store) -> None:  # type:
     assert client.hgetall(key) == before
 
 
-def test_state_of_layout_2_is_read_and_carried_on(store) -> None:  # type: ignore[no-untyped-def]
-    """Layout 2 (packed rows unique and sorted) is a case of layout 3 (rows appended, compacted
-    past a bound): its hashes are read as they are and written on, moving to version 3."""
-    from featurestore.online.keys import LAYOUT_VERSION
+def test_state_of_layout_3_is_refused_not_misread(store) -> None:  # type: ignore[no-untyped-def]
+    """A hash of layout 3 (tiles merged inside Redis by a script) is neither read nor written
+    over: both name the fix (`rebuild-online`)."""
+    from featurestore.errors import OnlineLayoutError
 
     plan, client, writer, reader, project = store
     view = plan.view("user_payments")
     t0 = 1_700_000_000_000
-    writer.write([_rows(view, [(1, t0, _event(10.0, "m1"))])])
-    key = f"fs:{project}:user_payments:1"
-    client.hset(key, "_v", "2")
-    request = [ViewRequest(view, ["amount_count_1h", "amount_sum_1h"], [(1,)])]
-    assert reader.read(request, t0 + 1000)[0] == {"amount_count_1h": [1], "amount_sum_1h": [10.0]}
-    writer.write([_rows(view, [(1, t0 + 5, _event(3.5, "m2"))], first_offset=10)])
-    assert reader.read(request, t0 + 1000)[0] == {"amount_count_1h": [2], "amount_sum_1h": [13.5]}
-    assert client.hget(key, "_v") == LAYOUT_VERSION.encode() == b"3"
+    key = f"fs:{project}:user_payments:3"
+    client.hset(key, mapping={"_v": "3", "_ts": str(t0), "amount|60000|P": b"\0" * 24})
+    before = client.hgetall(key)
+    with pytest.raises(OnlineLayoutError, match="layout 3, this version reads and writes layout 4.*rebuild-online"):
+        reader.read([ViewRequest(view, ["amount_count_1h"], [(3,)])], t0 + 1000)
+    with pytest.raises(OnlineLayoutError, match="layout 3, this version reads and writes layout 4.*rebuild-online"):
+        writer.write([_rows(view, [(3, t0 + 5, _event(3.0, "m2"))], first_offset=10)])
+    assert client.hgetall(key) == before

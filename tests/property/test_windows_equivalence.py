@@ -270,8 +270,8 @@ FOLDED: list[bool] = []
 @given(events=long_streams(), later=st.integers(0, 3 * 86_400_000))
 def test_lifetime_tiles_fold_exactly_and_stay_bounded(events: list[dict[str, Any]], later: int, plan: Plan, repo: Path,
                                                       services: Services) -> None:
-    from featurestore.online.layout import fields_per_entity, tile_sets
-    from featurestore.online.packed import decode_rows
+    from featurestore.online.layout import tile_sets
+    from featurestore.online.state import decode_state
     from featurestore.plan.windows import LIFETIME_BASE_INDEX
 
     ref = _reference_events(events)  # type: ignore[arg-type]
@@ -288,13 +288,16 @@ def test_lifetime_tiles_fold_exactly_and_stay_bounded(events: list[dict[str, Any
             request = [ViewRequest(view, [a.name for a in aggs], [(k,) for k in keys])]
             got = OnlineReader(client, project, plan).read(request, t)[0]
             assert _rebuilt(client, plan, settings_).read(request, t)[0] == got
-            bound = int(fields_per_entity(view, int(settings_.max_future_skew_s * 1000)) * 1.5) + 8
+            sets = tile_sets(view)
+            slack = int(settings_.max_future_skew_s * 1000) + (view.allowed_lateness_ms or 0)
             for i, k in enumerate(keys):
-                assert client.hlen(f"fs:{project}:lifetimes:{k}") <= bound
                 fields = client.hgetall(f"fs:{project}:lifetimes:{k}")
-                FOLDED.append(any(b"|-1099511627776|" in f for f in fields)
-                              or any(LIFETIME_BASE_INDEX in decode_rows(v, ts.packed)[:, 0]
-                                     for ts in tile_sets(view) if (v := fields.get(f"{ts.prefix}|P".encode()))))
+                states = [decode_state(v, sets) for f, v in fields.items() if f.startswith(b"s")]
+                for s in states:  # a tile for each day a read can reach, and the base
+                    assert all(len(s.packed[j]) <= ts.live_tiles(slack) and len(s.tiles[j]) <= ts.live_tiles(slack)
+                               for j, ts in enumerate(sets))
+                FOLDED.append(any(LIFETIME_BASE_INDEX in s.tiles[j] or LIFETIME_BASE_INDEX in s.packed[j][:, 0]
+                                  for s in states for j in range(len(sets))))
                 for a in aggs:
                     _check(a.name, a.function, got[a.name][i], aggregate(ref, k, t, a), f"lifetime key={k}")
         finally:
@@ -307,40 +310,31 @@ def test_lifetime_folding_happened() -> None:
 
 
 # -- streaming == backfill ---------------------------------------------------------------------
-_PROVENANCE = ("_a:", "_p", "_o")
-
-
-def _online_state(client: redis.Redis, project: str, keys: list[int], view: Any) -> dict[int, dict[str, Any]]:
-    """Per entity its hash without provenance (applied offsets, partition/offset orders), the
-    newest-values lists reduced to their values, the packed rows as each tile's statistics (the
-    rows appended by each batch combined) and the HyperLogLogs' counts. Everything else, float
-    sums included, must be equal to the last bit."""
+def _online_state(client: redis.Redis, project: str, keys: list[int], view: Any) -> dict[int, list[Any]]:
+    """Per entity its states without provenance (the partition, applied offsets, the offsets in
+    first / last / newest orders: streaming and backfill read the events from different
+    partitions). Everything else, float sums included, must be equal to the last bit."""
     from featurestore.online.layout import tile_sets
-    from featurestore.online.packed import tile_stats
+    from featurestore.online.state import decode_state
 
-    packed = {ts.prefix: ts.packed for ts in tile_sets(view)}
-    state: dict[int, dict[str, Any]] = {}
+    sets = tile_sets(view)
+    state: dict[int, list[Any]] = {}
     for k in keys:
-        entity = f"fs:{project}:props:{k}"
-        out: dict[str, Any] = {}
-        fields = client.hgetall(entity)
+        fields = client.hgetall(f"fs:{project}:props:{k}")
+        out = []
         for name, raw in fields.items():
-            f = name.decode()
-            if f.startswith(_PROVENANCE) or f.endswith(("|lo", "|fo", "|X")):
+            if not name.startswith(b"s"):
                 continue
-            if f.endswith("|P"):  # packed float64 rows: each tile's statistics, exact sums to the last bit
-                prefix = f[:-2]
-                out[f] = tile_stats(raw, fields.get(f"{prefix}|X".encode()), packed[prefix])
-                continue
-            v = raw.decode()
-            if f.endswith("|n"):
-                out[f] = [item[3] for item in json.loads(v)]
-            elif f.endswith("|d"):
-                out[f] = client.pfcount(f"{entity}|{f}")
-            else:
-                out[f] = v
+            s = decode_state(raw, sets)
+            tiles = [{idx: [_no_offset(t[0]), _no_offset(t[1]), [_no_offset(x) for x in t[2]], t[3]]
+                      for idx, t in set_tiles.items()} for set_tiles in s.tiles]
+            out.append((s.ts, s.row, [p.tolist() for p in s.packed], s.overflow, tiles))
         state[k] = out
     return state
+
+
+def _no_offset(item: list[Any] | None) -> list[Any] | None:
+    return None if item is None else [item[0], item[2]]
 
 
 def _history(root: Path) -> list[dict[str, Any]]:

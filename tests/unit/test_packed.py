@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from featurestore.online.packed import columns, decode_rows, packed_stats, parse_overflow, row_width
+from featurestore.online.packed import columns, decode_rows, packed_stats, row_width
 from featurestore.online.reader import _PackedSet
 from featurestore.plan import AggregationPlan
 
@@ -38,9 +38,9 @@ def _plans() -> list[AggregationPlan]:
 def test_small_and_vectorised_merges_agree(seed: int) -> None:
     rng = random.Random(seed)
     stats = packed_stats("csqmM")
-    pset = _PackedSet(b"x|1000|P", b"x|1000|X", stats, [(i, p, 30 - p.window_ms // 1000 + 1, 30) for i, p in enumerate(_plans())])
+    pset = _PackedSet(0, stats, [(i, p, 30 - p.window_ms // 1000 + 1, 30) for i, p in enumerate(_plans())])
     blobs = [_blob(rng, stats, rng.randint(0, 12)) for _ in range(6)]
-    overflows = {2: b"12 s 1e-300 1e-310\n3 q -2e-290"}
+    overflows = {2: {(12, "s"): [1e-300, 1e-310], (3, "q"): [-2e-290]}}
     small = pset.values(blobs, overflows)  # 6 entities: the plain-Python path
     many = pset.values(blobs * 3, {e + 6 * k: raw for e, raw in overflows.items() for k in range(3)})  # 18: numpy
     for pos, values in small.items():
@@ -52,4 +52,3 @@ def test_rows_decode_by_column() -> None:
     assert stats == "csM" and row_width(stats) == 5 and columns(stats) == {"c": 1, "s": 2, "M": 4}
     rows = decode_rows(np.asarray([[3, 2, 1.5, 0, 9], [4, 1, 2.5, 0, 7]], dtype="<f8").tobytes(), stats)
     assert rows[:, 0].tolist() == [3, 4] and rows[1, 4] == 7
-    assert parse_overflow(b"-1099511627776 s 1e-300 2e-310\n4 q 5") == {(-(2**40), "s"): [1e-300, 2e-310], (4, "q"): [5.0]}

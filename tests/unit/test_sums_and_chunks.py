@@ -1,4 +1,4 @@
-"""The online state computed from whole histories (rebuild-online), pure parts."""
+"""Pure parts of the write path: exact sums, and history cut into whole entities (rebuild-online)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from featurestore.online.bulk import chunks_of_whole_entities, entity_starts, exact_sums
+from featurestore.offline.chunks import chunks_of_whole_entities, entity_starts
 from featurestore.online.packed import canonical_expansion
+from featurestore.online.sums import exact_sums
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 
