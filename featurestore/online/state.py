@@ -343,41 +343,51 @@ _LAST, _FIRST, _NEWEST, _DISTINCT = 0, 1, 2, 3
 
 def _fold_tiles(out: list[PartState], k: int, tset: TileSet, bound: Bounds, low: np.ndarray, groups: Groups,
                 at: np.ndarray, values: dict[str, list[Any]], live: np.ndarray) -> None:
-    """first / last / last_n / count_distinct tiles: merged per group in Python."""
+    """first / last / last_n / count_distinct tiles. The batch's tiles (runs of one group and
+    tile index) are found with numpy; each is merged into its group's stored tile in Python."""
     stats = set(tset.per_tile_fields)
     keep_n = tset.last_n
     col = values[tset.column]
-    owner = _owner(groups, at).tolist()
-    idx = (-((-groups.ts[at]) // tset.tile_ms) - 1).tolist()
-    ts, off, rows = groups.ts[at].tolist(), groups.off[at].tolist(), groups.row[at].tolist()
-    hashes = _Hashes() if "d" in stats else None
-    fresh: dict[int, dict[int, list[Any]]] = {}
-    for g, i, t, o, r in zip(owner, idx, ts, off, rows):  # in (ts, offset) order within a group
-        tiles = fresh.setdefault(g, {})
-        entry = tiles.get(i)
-        item = [t, o, col[r]]
-        if entry is None:
-            entry = tiles[i] = [None, item, [], []]
-        entry[_LAST] = item
-        if keep_n:
-            entry[_NEWEST].append(item)
-        if hashes is not None:
-            entry[_DISTINCT].append(hashes(col[r]))
+    owner = _owner(groups, at)
+    idx = -((-groups.ts[at]) // tset.tile_ms) - 1
+    n = len(at)
+    first = np.flatnonzero(np.append(True, (owner[1:] != owner[:-1]) | (idx[1:] != idx[:-1]))) if n else np.zeros(0, np.int64)
+    stop = np.append(first[1:], n).astype(np.int64)
+    ts, off = groups.ts[at].tolist(), groups.off[at].tolist()
+    vals = [col[i] for i in groups.row[at].tolist()]
+    starts, ends = first.tolist(), stop.tolist()
+    lasts = [[ts[j], off[j], vals[j]] for j in (stop - 1).tolist()] if "l" in stats else [None] * len(starts)
+    firsts = [[ts[j], off[j], vals[j]] for j in starts] if "f" in stats else [None] * len(starts)
+    if keep_n:
+        newest = [[[ts[j], off[j], vals[j]] for j in range(b - 1, max(a, b - keep_n) - 1, -1)] for a, b in zip(starts, ends)]
+    else:
+        newest = [[] for _ in starts]
+    if "d" in stats:
+        hash_of = _Hashes()
+        hashes = [hash_of(v) for v in vals]
+        distinct = [sorted(set(hashes[a:b]))[:DISTINCT_KEEP] for a, b in zip(starts, ends)]
+    else:
+        distinct = [[] for _ in starts]
+    run_owner, run_idx = owner[first].tolist(), idx[first].tolist()
+    by_group: dict[int, list[int]] = {}
+    for r, g in enumerate(run_owner):
+        by_group.setdefault(g, []).append(r)
+    lows = low.tolist()
     for g in np.flatnonzero(live).tolist():
         s = out[g]
         tiles = dict(s.tiles[k])
-        for i, entry in fresh.get(g, {}).items():
-            batch = [entry[_LAST] if "l" in stats else None, entry[_FIRST] if "f" in stats else None,
-                     entry[_NEWEST][::-1][:keep_n] if keep_n else [], sorted(set(entry[_DISTINCT]))[:DISTINCT_KEEP]]
+        for r in by_group.get(g, ()):
+            i = run_idx[r]
+            batch = [lasts[r], firsts[r], newest[r], distinct[r]]
             old = tiles.get(i)
             tiles[i] = batch if old is None else merge_tile(old, batch, keep_n)
-        lowest = int(low[g])
-        old_tiles = [i for i in tiles if i < lowest and i != LIFETIME_BASE_INDEX]
-        for i in sorted(old_tiles):
-            entry = tiles.pop(i)
-            if bound.fold:
-                base = tiles.get(LIFETIME_BASE_INDEX)
-                tiles[LIFETIME_BASE_INDEX] = entry if base is None else merge_tile(base, entry, keep_n)
+        lowest = lows[g]
+        if tiles and min(tiles) < lowest:
+            for i in sorted(i for i in tiles if i < lowest and i != LIFETIME_BASE_INDEX):
+                entry = tiles.pop(i)
+                if bound.fold:
+                    base = tiles.get(LIFETIME_BASE_INDEX)
+                    tiles[LIFETIME_BASE_INDEX] = entry if base is None else merge_tile(base, entry, keep_n)
         s.tiles[k] = tiles
 
 

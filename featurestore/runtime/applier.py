@@ -149,9 +149,11 @@ class BatchApplier:
             self.with_retry("dead-letter delivery", self._flush_dead_letters)
 
     def forget(self, topic: str, partition: int) -> None:
-        """A partition moved away: its watermark is recovered again if it comes back."""
+        """A partition moved away: its watermark is recovered again if it comes back, and its
+        cached online states are read back from Redis (its next owner may write newer ones)."""
         if topic in self.watermarks:
             self.watermarks[topic].forget(partition)
+        self.online.forget(topic, partition)
 
     def with_retry(self, what: str, action: Callable[[], T]) -> T:
         """Run an idempotent write until it succeeds, backing off; give up only when asked to stop."""

@@ -14,6 +14,7 @@ import redis
 from featurestore.compile import compile_repo
 from featurestore.config import load_settings
 from featurestore.demo import payment_events, produce_records
+from featurestore.online.reader import OnlineReader, ViewRequest
 from featurestore.runtime.kafka import ensure_topics, producer_config
 from tests.unit.test_cli import cli
 
@@ -119,13 +120,12 @@ def test_ctrl_c_stops_cleanly_with_everything_flushed(example_repo: Path, servic
     for r in records:
         ts = int(dt.datetime.fromisoformat(r.event["ts"]).timestamp() * 1000)
         newest[r.event["user_id"]] = max(ts, newest.get(r.event["user_id"], 0))
-    keys = [f"fs:{overrides['project']}:user_payments:{u}" for u in newest]
+    reader = OnlineReader(client, str(overrides["project"]), plan)
+    request = [ViewRequest(plan.view("user_payments"), ["amount_count_1d"], [(u,) for u in newest])]
 
     def all_applied() -> bool:
-        pipe = client.pipeline()
-        for k in keys:
-            pipe.hget(k, "_ts")
-        return [int(v) if v else 0 for v in pipe.execute()] == list(newest.values())
+        got = reader.read_results(request, max(newest.values()))[0].event_ms
+        return [v or 0 for v in got] == list(newest.values())
 
     deadline = time.monotonic() + 60
     while not all_applied() and time.monotonic() < deadline and proc.poll() is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import random
 import subprocess
@@ -32,18 +33,27 @@ N_EVENTS = 100_000
 PARTITIONS = 3
 def check_exactly_once(client: redis.Redis, settings, records: list[DemoEvent], plan, view: str):  # type: ignore[no-untyped-def]
     """Each user's events counted once and in order, and each record once in the history
-    (the state read with the plan: one field per tile and statistic)."""
+    (the entity's states decoded: the count and exact sum of its `seq` tiles, its newest row)."""
+    from featurestore.online.layout import tile_sets
+    from featurestore.online.packed import columns
+    from featurestore.online.state import decode_state
+
     expected: dict[int, int] = {}
     for r in records:
         expected[r.event["user_id"]] = r.event["seq"]
     state = online_state(client, settings.project)
     assert len(state) == len(expected)
+    sets = tile_sets(plan.view(view))
+    k = next(i for i, ts in enumerate(sets) if ts.column == "seq")
+    cols = columns(sets[k].packed)
     for user, n in expected.items():
-        fields = state[f"{view}:{user}".encode()]
-        counts = sum(int(v) for k, v in fields.items() if k.startswith(b"seq|") and k.endswith(b"|c"))
-        sums = sum(float(v) for k, v in fields.items() if k.startswith(b"seq|") and k.endswith(b"|s"))
+        parts = [decode_state(v, sets) for f, v in state[f"{view}:{user}".encode()].items() if f.startswith(b"s")]
+        assert len(parts) == 1, "a user's events come from one partition"
+        rows = parts[0].packed[k]
+        counts = int(rows[:, cols["c"]].sum())
+        sums = math.fsum(rows[:, cols["s"] : cols["s"] + 2].ravel().tolist())
         assert counts == n and sums == n * (n + 1) / 2, f"user {user}: count {counts}, sum {sums}, expected n={n}"
-        assert fields[b"r:last_seq"] == str(n).encode()
+        assert parts[0].row == [n]
     rows = history_rows(Path(settings.offline_root), view)
     coords = [(r[0], r[1]) for r in rows]
     assert len(coords) == len(set(coords)) == len(records), "no duplicate and no missing history row"
