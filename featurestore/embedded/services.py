@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from featurestore.errors import ServiceError
 
@@ -119,18 +120,62 @@ def start_broker(port: int | None = None, log_dir: Path | None = None, timeout: 
 
 
 def start_redis(
-    port: int | None = None, log_dir: Path | None = None, timeout: float = 30.0, persist_dir: Path | None = None
+    port: int | None = None, log_dir: Path | None = None, timeout: float = 30.0, persist_dir: Path | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> Service:
     """Start redis-server / valkey-server on 127.0.0.1:`port`: in memory, or with an
     append-only file fsynced on every write in `persist_dir` (survives SIGKILL)."""
     port = port or free_port()
-    argv = [redis_executable(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    argv = [redis_executable(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", *extra_args]
     if persist_dir is None:
         argv += ["--appendonly", "no"]
     else:
         persist_dir.mkdir(parents=True, exist_ok=True)
         argv += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(persist_dir)]
     return _spawn("redis", argv, port, log_dir or Path(tempfile.gettempdir()) / "featurestore-dev", timeout)
+
+
+def start_redis_cluster(masters: int = 3, log_dir: Path | None = None, timeout: float = 30.0) -> list[Service]:
+    """A Redis Cluster of `masters` primaries on loopback ports (no replicas, in memory): the
+    16384 slots split evenly, the nodes introduced with CLUSTER MEET; returns when every node
+    reports `cluster_state:ok`."""
+    import redis
+
+    log_dir = log_dir or Path(tempfile.gettempdir()) / "featurestore-dev"
+    nodes: list[Service] = []
+    try:
+        bus_ports = []
+        for _ in range(masters):
+            port, bus = free_port(), free_port()  # the bus port explicit: port + 10000 may not exist
+            bus_ports.append(bus)
+            config = log_dir / f"cluster-{port}.conf"
+            nodes.append(start_redis(port, log_dir, timeout, extra_args=(
+                "--cluster-enabled", "yes", "--cluster-port", str(bus), "--cluster-config-file", str(config),
+                "--cluster-node-timeout", "5000")))
+        clients = [redis.Redis(port=n.port) for n in nodes]
+        per = 16384 // masters
+        for i, client in enumerate(clients):
+            last = 16383 if i == masters - 1 else (i + 1) * per - 1
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", i * per, last)
+        for client in clients[1:]:
+            client.execute_command("CLUSTER", "MEET", "127.0.0.1", nodes[0].port, bus_ports[0])
+        deadline = time.monotonic() + timeout
+        while not all(_cluster_ready(c, masters) for c in clients):
+            if time.monotonic() > deadline:
+                raise ServiceError(f"the Redis Cluster on ports {[n.port for n in nodes]} did not become ready in {timeout:.0f} s")
+            time.sleep(0.1)  # waiting for the nodes to agree (gossip), bounded by the deadline
+        for client in clients:
+            client.close()
+        return nodes
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+
+
+def _cluster_ready(client: Any, masters: int) -> bool:
+    info = dict(line.split(":", 1) for line in client.execute_command("CLUSTER", "INFO").decode().split() if ":" in line)
+    return info.get("cluster_state") == "ok" and int(info.get("cluster_known_nodes", 0)) == masters
 
 
 @dataclass

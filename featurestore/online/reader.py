@@ -14,11 +14,11 @@ import numpy as np
 import orjson
 import redis
 
+from featurestore.online.connection import AsyncOnlineRedis, Keyed, OnlineRedis
 from featurestore.online.keys import LAYOUT_FIELD, READABLE_LAYOUTS, entity_key, entity_keys, layout_error
 from featurestore.online.layout import TileSet, tile_sets
 from featurestore.online.packed import NUMERIC_STATS, columns, decode_rows, row_width
 from featurestore.online.state import distinct_count, packed_rows
-from featurestore.online.streaming import arun_commands, run_commands
 from featurestore.plan import AggregationPlan, Plan, ViewPlan
 from featurestore.plan.windows import STATS_FOR_FUNCTION, tile_index
 
@@ -209,6 +209,7 @@ class OnlineReader:
 
     def __init__(self, client: redis.Redis | None, project: str, plan: Plan) -> None:
         self.client = client
+        self.redis = OnlineRedis(client) if client is not None else None
         self.project = project
         self.plan = plan
         self._layouts: dict[tuple[Any, ...], _Layout] = {}
@@ -257,30 +258,30 @@ class OnlineReader:
 
     def read_results(self, requests: Sequence[ViewRequest], t_ms: int, max_staleness_ms: int | None = None) -> list[ViewResult]:
         """Values, statuses and event times per request, over this reader's (synchronous) client."""
-        assert self.client is not None, "a reader without a client reads with aread_results"
+        assert self.redis is not None, "a reader without a client reads with aread_results"
         steps = self.steps(requests, t_ms, max_staleness_ms)
         try:
             commands = next(steps)
             while True:
-                commands = steps.send(run_commands(self.client, commands))
+                commands = steps.send(self.redis.run(commands))
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
     async def aread_results(
-        self, client: Any, requests: Sequence[ViewRequest], t_ms: int, max_staleness_ms: int | None = None
+        self, client: AsyncOnlineRedis, requests: Sequence[ViewRequest], t_ms: int, max_staleness_ms: int | None = None
     ) -> list[ViewResult]:
-        """As read_results, over an asyncio client (`redis.asyncio.Redis`)."""
+        """As read_results, over an asyncio client (`AsyncOnlineRedis` of a `redis.asyncio.Redis`)."""
         steps = self.steps(requests, t_ms, max_staleness_ms)
         try:
             commands = next(steps)
             while True:
-                commands = steps.send(await arun_commands(client, commands))
+                commands = steps.send(await client.run(commands))
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
     def steps(
         self, requests: Sequence[ViewRequest], t_ms: int, max_staleness_ms: int | None = None
-    ) -> Generator[list[tuple[Any, ...] | bytes], list[Any], list[ViewResult]]:
+    ) -> Generator[list[Keyed], list[Any], list[ViewResult]]:
         """The read as a dialogue: yields pipelines of commands, receives their replies.
 
         One pipelined HGETALL per (view, entity): its states, one per source partition that
@@ -289,9 +290,9 @@ class OnlineReader:
         per entity. An entity whose newest event is older than the view's TTL reads as
         `expired`, older than `max_staleness_ms` as `stale`: no values."""
         layouts = [self._cached_layout(req.view, req.features, t_ms) for req in requests]
-        commands: list[tuple[Any, ...] | bytes] = []
+        commands: list[Keyed] = []
         for req in requests:
-            commands += [b"*2\r\n$7\r\nHGETALL\r\n$%d\r\n%b\r\n" % (len(k), k)
+            commands += [(k, b"*2\r\n$7\r\nHGETALL\r\n$%d\r\n%b\r\n" % (len(k), k))
                          for k in entity_keys(self.project, req.view.name, req.keys)]
         replies = iter((yield commands))
         out: list[ViewResult] = []

@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 import redis
 from hiredis import pack_command
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
+from featurestore.online.connection import OnlineRedis
 from featurestore.online.keys import LAYOUT_VERSION, entity_keys, layout_error, state_field
 from featurestore.online.layout import TileSet, tile_sets
 from featurestore.online.state import (
@@ -34,7 +36,6 @@ from featurestore.online.state import (
     group_rows,
     set_bounds,
 )
-from featurestore.online.streaming import run_commands, stream_commands
 from featurestore.plan import Plan, ViewPlan
 from featurestore.records import ViewRows
 
@@ -61,6 +62,7 @@ class OnlineWriter:
     def __init__(self, client: redis.Redis, project: str, plan: Plan, max_future_skew_ms: int = 0,
                  cache_states: int = DEFAULT_CACHE_STATES) -> None:
         self.client = client
+        self.redis = OnlineRedis(client)
         self.project = project
         self.views = {v.name: _View(v, plan.source(v.source).topic, max_future_skew_ms) for v in plan.views}
         self.skew_ms = max_future_skew_ms
@@ -121,8 +123,8 @@ class OnlineWriter:
         missing = [g for g, s in enumerate(states) if s is None]
         if missing:
             keys = entity_keys(self.project, view.plan.name, [groups.keys[g] for g in missing])
-            replies = run_commands(self.client, [("HMGET", key, "_v", state_field(groups.partitions[g]))
-                                                 for key, g in zip(keys, missing)])
+            replies = self.redis.run([(key, ("HMGET", key, "_v", state_field(groups.partitions[g])))
+                                      for key, g in zip(keys, missing)])
             for key, g, (version, blob) in zip(keys, missing, replies):
                 if version is not None and version.decode() != LAYOUT_VERSION:
                     raise layout_error(key.decode(), version)
@@ -130,30 +132,39 @@ class OnlineWriter:
         return states  # type: ignore[return-value]
 
     def _store(self, writes: list[tuple[bytes, int, int, bytes]]) -> None:
-        """Run guard.lua over the writes, `_KEYS_PER_CALL` keys per call, several calls per send."""
+        """Run guard.lua over the writes: `_KEYS_PER_CALL` keys per call on one Redis, the keys
+        of one slot per call on a cluster; several calls per send."""
         if self._sha is None:
-            self._sha = self.client.script_load(self._lua)
-        try:
-            self._send(writes)
-        except NoScriptError:  # Redis restarted or flushed its scripts: load again, send again (idempotent)
-            self._sha = self.client.script_load(self._lua)
-            self._send(writes)
-
-    def _send(self, writes: list[tuple[bytes, int, int, bytes]]) -> None:
-        calls = []
-        for start in range(0, len(writes), _KEYS_PER_CALL):
-            chunk = writes[start : start + _KEYS_PER_CALL]
-            args: list[Any] = [b"EVALSHA", self._sha, len(chunk), *(w[0] for w in chunk)]
-            for _, p, applied, blob in chunk:
-                args += (p, applied, blob)
-            calls.append(pack_command(tuple(args)))  # type: ignore[arg-type]
+            self._sha = self.redis.load_script(self._lua)
+        calls = self._calls(writes)
         sends = (calls[i : i + _CALLS_PER_SEND] for i in range(0, len(calls), _CALLS_PER_SEND))
-        for reply in stream_commands(self.client, sends):
-            if isinstance(reply, NoScriptError):
-                raise reply
+        replies = self.redis.stream(sends)
+        if any(isinstance(r, NoScriptError) for r in replies):  # Redis restarted or flushed its scripts
+            self._sha = self.redis.load_script(self._lua)
+            calls = self._calls(writes)
+            replies = self.redis.stream(calls[i : i + _CALLS_PER_SEND] for i in range(0, len(calls), _CALLS_PER_SEND))
+        for reply in replies:
             if isinstance(reply, Exception):
                 text = str(reply)
                 if text.startswith("FSLAYOUT"):
                     _, found, key = text.split(" ", 2)
                     raise layout_error(key, found) from None
                 raise reply
+
+    def _calls(self, writes: list[tuple[bytes, int, int, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The script calls (keyed by their first key) storing these writes (idempotent: sent again
+        after a NOSCRIPT, each state is stored at most once)."""
+        if self.redis.is_cluster:
+            by_slot: dict[int, list[tuple[bytes, int, int, bytes]]] = {}
+            for w in writes:
+                by_slot.setdefault(key_slot(w[0]), []).append(w)
+            chunks = [c[i : i + _KEYS_PER_CALL] for c in by_slot.values() for i in range(0, len(c), _KEYS_PER_CALL)]
+        else:
+            chunks = [writes[i : i + _KEYS_PER_CALL] for i in range(0, len(writes), _KEYS_PER_CALL)]
+        calls = []
+        for chunk in chunks:
+            args: list[Any] = [b"EVALSHA", self._sha, len(chunk), *(w[0] for w in chunk)]
+            for _, p, applied, blob in chunk:
+                args += (p, applied, blob)
+            calls.append((chunk[0][0], pack_command(tuple(args))))  # type: ignore[arg-type]
+        return calls

@@ -22,10 +22,10 @@ from hiredis import pack_command
 from featurestore.offline.chunks import chunks_of_whole_entities
 from featurestore.offline.history import has_history
 from featurestore.offline.sql import identifier, read_history
+from featurestore.online.connection import OnlineRedis
 from featurestore.online.keys import LAYOUT_FIELD, LAYOUT_VERSION, entity_keys, offset_field, state_field
 from featurestore.online.layout import tile_sets
 from featurestore.online.state import empty_state, encode_state, fold, group_rows, set_bounds
-from featurestore.online.streaming import stream_commands
 from featurestore.plan import ViewPlan
 
 T = TypeVar("T")
@@ -34,17 +34,17 @@ _ENTITIES_PER_BATCH = 300
 
 
 def wipe_online(client: Any, project: str) -> int:
-    """Delete every online key of a project (what a rebuild starts from); returns how many."""
+    """Delete every online key of a project (what a rebuild starts from), on every node of a
+    cluster; returns how many."""
+    online = OnlineRedis(client)
     deleted = 0
     batch: list[bytes] = []
-    for key in client.scan_iter(match=f"fs:{project}:*", count=1000):
+    for key in online.scan(f"fs:{project}:*"):
         batch.append(key)
         if len(batch) >= 1000:
-            deleted += client.unlink(*batch)
+            deleted += online.unlink(batch)
             batch.clear()
-    if batch:
-        deleted += client.unlink(*batch)
-    return deleted
+    return deleted + online.unlink(batch)
 
 
 def group_is_active(admin_conf: dict[str, Any], group: str, timeout: float = 5.0) -> str | None:
@@ -94,10 +94,11 @@ def rebuild_view(
     make_reader = getattr(relation, "to_arrow_reader", None) or getattr(relation, "fetch_arrow_reader")  # noqa: B009
     total = 0
     # DuckDB reads and sorts the next rows in a thread while this one computes and writes
+    online = OnlineRedis(client)
     for table in _read_ahead(chunks_of_whole_entities(make_reader(_BATCH_ROWS), keys)):
         read = table.num_rows
         table = table.filter(pc.invert(table["_late"]))
-        write_states(client, project, view, table, max_future_skew_ms)
+        write_states(online, project, view, table, max_future_skew_ms)
         total += read
         if on_rows:
             on_rows(read)
@@ -122,7 +123,7 @@ def _read_ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
             yield item
 
 
-def write_states(client: Any, project: str, view: ViewPlan, table: pa.Table, max_future_skew_ms: int) -> None:
+def write_states(online: OnlineRedis, project: str, view: ViewPlan, table: pa.Table, max_future_skew_ms: int) -> None:
     """Fold whole entities' history rows (sorted by keys, event time, partition, offset;
     late ones removed) into their states and HSET them, `_ENTITIES_PER_BATCH` per send:
     Redis writes one batch while Python encodes the next."""
@@ -140,9 +141,9 @@ def write_states(client: Any, project: str, view: ViewPlan, table: pa.Table, max
     states = fold(view, sets, set_bounds(view, sets, max_future_skew_ms), groups,
                   [empty_state(sets) for _ in groups.keys], values)
     hashes = entity_keys(project, view.name, groups.keys)
-    commands = [pack_command(("HSET", key, LAYOUT_FIELD, LAYOUT_VERSION, offset_field(p), s.applied, state_field(p),  # type: ignore[arg-type]
-                              encode_state(s))) for key, p, s in zip(hashes, groups.partitions, states)]
+    commands = [(key, pack_command(("HSET", key, LAYOUT_FIELD, LAYOUT_VERSION, offset_field(p), s.applied,  # type: ignore[arg-type]
+                                    state_field(p), encode_state(s)))) for key, p, s in zip(hashes, groups.partitions, states)]
     sends = (commands[i : i + _ENTITIES_PER_BATCH] for i in range(0, len(commands), _ENTITIES_PER_BATCH))
-    for reply in stream_commands(client, sends):
+    for reply in online.stream(sends):
         if isinstance(reply, Exception):
             raise reply

@@ -35,6 +35,7 @@ from featurestore.client.online_query import OnlineQuery
 from featurestore.compile.diff import PlanDiff, diff_plans
 from featurestore.config import Settings, load_settings
 from featurestore.errors import ConfigError, FeatureRequestError, FeatureStoreError, RegistryError
+from featurestore.online.connection import AsyncOnlineRedis
 from featurestore.online.reader import OnlineReader
 from featurestore.plan import Plan, ViewPlan
 from featurestore.plan.validate import code_refs, validate_plan
@@ -76,6 +77,7 @@ class FeatureServer:
         self.tokens = TokenStore(settings.tokens_file) if auth else None
         self.audit = AuditLog(settings.audit_log_file)
         self.redis = aioredis.Redis.from_url(settings.redis_url, **settings.redis_options())
+        self.online_redis = AsyncOnlineRedis(self.redis)
         self._plan: Plan | None = None
         self._plan_stamp: int | None = None
         self._plan_checked = 0.0
@@ -238,7 +240,7 @@ class FeatureServer:
         query = OnlineQuery.build(self.plan, body.features, _rows(body.entities), body.service, body.full_feature_names)
         self.note_entities(audit, query)
         t_ms = body.at_ms if body.at_ms is not None else int(time.time() * 1000)
-        results = await self.reader.aread_results(self.redis, query.requests, t_ms, body.max_staleness_ms)
+        results = await self.reader.aread_results(self.online_redis, query.requests, t_ms, body.max_staleness_ms)
         response = query.response(results, t_ms)
         features: dict[str, Any] = {}
         for name in response.feature_names:
@@ -254,6 +256,7 @@ class FeatureServer:
         return orjson.dumps({"read_at_ms": t_ms, "entities": entities, "features": features})
 
     async def close(self) -> None:
+        await self.online_redis.aclose()
         await self.redis.aclose()  # type: ignore[attr-defined]
         self.audit.close()
 

@@ -10,6 +10,7 @@ import redis
 
 from featurestore.compile import compile_repo
 from featurestore.online import OnlineReader, OnlineWriter
+from featurestore.online.connection import AsyncOnlineRedis
 from featurestore.online.layout import tile_sets
 from featurestore.online.reader import ViewRequest
 from featurestore.online.state import decode_state
@@ -163,18 +164,19 @@ def test_async_reads_survive_a_dropped_connection_and_report_a_wrong_type(store)
 
     async def scenario() -> None:
         aclient = aioredis.Redis(**{k: v for k, v in pool.connection_kwargs.items() if k in ("host", "port", "db", "username", "password")})
+        online = AsyncOnlineRedis(aclient)
         try:
             want = reader.read_results(request, t0 + 1000)
-            got = await reader.aread_results(aclient, request, t0 + 1000)
+            got = await reader.aread_results(online, request, t0 + 1000)
             assert got == want and got[0].values["amount_sum_1h"] == [10.0, 5.0, None]
             await aclient.client_setname(name)  # the pooled connection the next read takes
             ids = [c["id"] for c in admin.client_list() if c.get("name") == name]
             assert len(ids) == 1
             admin.execute_command("CLIENT", "KILL", "ID", ids[0])
-            assert await reader.aread_results(aclient, request, t0 + 1000) == want
+            assert await reader.aread_results(online, request, t0 + 1000) == want
             await aclient.set(f"fs:{project}:user_payments:3", "not a hash")
             with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-                await reader.aread_results(aclient, [ViewRequest(view, ["last_merchant"], [(3,)])], t0 + 1000)
+                await reader.aread_results(online, [ViewRequest(view, ["last_merchant"], [(3,)])], t0 + 1000)
         finally:
             await aclient.aclose()
 
