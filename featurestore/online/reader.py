@@ -16,9 +16,9 @@ import redis
 
 from featurestore.online.connection import AsyncOnlineRedis, Keyed, OnlineRedis
 from featurestore.online.keys import LAYOUT_FIELD, READABLE_LAYOUTS, entity_key, entity_keys, layout_error
-from featurestore.online.layout import TileSet, tile_sets
+from featurestore.online.layout import tile_sets
 from featurestore.online.packed import NUMERIC_STATS, columns, decode_rows, row_width
-from featurestore.online.state import distinct_count, packed_rows
+from featurestore.online.state import distinct_count, packed_rows, row_bytes
 from featurestore.plan import AggregationPlan, Plan, ViewPlan
 from featurestore.plan.windows import STATS_FOR_FUNCTION, tile_index
 
@@ -201,7 +201,8 @@ class _Layout:
     """Row features: (position, index in the state's row values, dtype)."""
     packed: list[_PackedSet]
     tiles: list[_TileFeature]
-    sets: list[TileSet]
+    widths: list[int]
+    """Bytes of a packed row of each of the view's tile sets."""
 
 
 class OnlineReader:
@@ -232,7 +233,7 @@ class OnlineReader:
         aggs = {a.name: a for a in view.aggregations}
         sets = tile_sets(view)
         set_of = {(s.key, s.tile_ms, s.lifetime): i for i, s in enumerate(sets)}
-        layout = _Layout([], [], [], sets)
+        layout = _Layout([], [], [], row_bytes(sets))
         packed: dict[int, _PackedSet] = {}
         for pos, name in enumerate(features):
             if name in rows:
@@ -305,7 +306,7 @@ class OnlineReader:
             found: list[list[tuple[int, list[Any], list[bytes]]]] = []
             ttl_ms = req.view.ttl_ms
             for row, key in enumerate(req.keys):
-                parts = _states(next(replies), layout.sets, self.project, req.view.name, key)
+                parts = _states(next(replies), layout.widths, self.project, req.view.name, key)
                 if not parts:
                     event_ms.append(None)
                     states.append(NOT_FOUND)
@@ -333,7 +334,7 @@ class OnlineReader:
         return out
 
 
-def _states(reply: Any, sets: list[TileSet], project: str, view: str, key: tuple[Any, ...]
+def _states(reply: Any, widths: list[int], project: str, view: str, key: tuple[Any, ...]
             ) -> list[tuple[int, list[Any], list[bytes]]]:
     """An entity hash's states: (partition, header, packed rows per set) each."""
     flat = reply if isinstance(reply, list) else [x for kv in reply.items() for x in kv]
@@ -341,7 +342,7 @@ def _states(reply: Any, sets: list[TileSet], project: str, view: str, key: tuple
     version = None
     for name, value in zip(flat[::2], flat[1::2]):
         if name[:1] == b"s":
-            head, packed = packed_rows(value, sets)
+            head, packed = packed_rows(value, widths)
             out.append((int(name[1:]), head, packed))
         elif name == _VERSION_FIELD:
             version = value

@@ -65,56 +65,56 @@ class PartState:
     offset: int = -1
     row: list[Any] | None = None
     """Row feature values of the newest event (None: no event yet)."""
-    packed: list[np.ndarray] = field(default_factory=list)
-    """Per tile set: its packed rows, (n, width) float64 (empty for sets without packed stats)."""
+    packed: list[bytes] = field(default_factory=list)
+    """Per tile set: its packed rows, little-endian float64 (empty for sets without packed stats)."""
     overflow: list[list[list[Any]]] = field(default_factory=list)
-    tiles: list[dict[int, list[Any]]] = field(default_factory=list)
-    """Per tile set: tile index -> [last, first, newest, distinct]."""
+    tiles: list[Any] = field(default_factory=list)
+    """Per tile set: its tiles as stored ([[index, last, first, newest, distinct], ...]), or,
+    once folded, a dict tile index -> [last, first, newest, distinct]."""
 
 
-def empty_state(sets: Sequence[TileSet]) -> PartState:
-    return PartState(packed=[np.zeros((0, row_width(s.packed)), dtype="<f8") for s in sets],
-                     overflow=[[] for _ in sets], tiles=[{} for _ in sets])
+def row_bytes(sets: Sequence[TileSet]) -> list[int]:
+    """Bytes of one packed row of each tile set (what decoding a state needs)."""
+    return [8 * row_width(s.packed) for s in sets]
 
 
-def decode_state(blob: bytes, sets: Sequence[TileSet]) -> PartState:
-    """A stored state (see the module docstring)."""
+def empty_state(n_sets: int) -> PartState:
+    return PartState(packed=[b""] * n_sets, overflow=[[] for _ in range(n_sets)], tiles=[[] for _ in range(n_sets)])
+
+
+def decode_state(blob: bytes, widths: Sequence[int]) -> PartState:
+    """A stored state (see the module docstring); `widths`: `row_bytes` of the view's sets."""
+    head, packed = packed_rows(blob, widths)
+    return PartState(head[0], head[1], head[2], head[3], packed, head[5], head[6])
+
+
+def packed_rows(blob: bytes, widths: Sequence[int]) -> tuple[list[Any], list[bytes]]:
+    """The header and, per tile set, the raw packed rows of a stored state."""
     magic, size = _HEAD.unpack_from(blob)
     if magic != MAGIC:
         raise ValueError("not an online state of layout 4")
     start = _HEAD.size
     head = orjson.loads(blob[start : start + size])
-    applied, ts, offset, row, counts, overflow, tiles = head
-    rows = np.frombuffer(blob, dtype="<f8", offset=_padded(start + size))
-    packed, at = [], 0
-    for s, n in zip(sets, counts):
-        width = row_width(s.packed)
-        packed.append(rows[at : at + n * width].reshape(n, width))
-        at += n * width
-    return PartState(applied, ts, offset, row, packed, overflow,
-                     [{t[0]: t[1:] for t in set_tiles} for set_tiles in tiles])
-
-
-def packed_rows(blob: bytes, sets: Sequence[TileSet]) -> tuple[list[Any], list[bytes]]:
-    """The header and, per tile set, the raw packed rows of a stored state (for reads)."""
-    _, size = _HEAD.unpack_from(blob)
-    start = _HEAD.size
-    head = orjson.loads(blob[start : start + size])
     at = _padded(start + size)
     out = []
-    for s, n in zip(sets, head[4]):
-        end = at + 8 * n * row_width(s.packed)
+    for width, n in zip(widths, head[4]):
+        end = at + n * width
         out.append(blob[at:end])
         at = end
     return head, out
 
 
-def encode_state(state: PartState) -> bytes:
-    tiles = [[[idx, *state_tiles[idx]] for idx in sorted(state_tiles)] for state_tiles in state.tiles]
-    head = orjson.dumps([state.applied, state.ts, state.offset, state.row, [len(p) for p in state.packed],
-                         state.overflow, tiles])
+def tile_dict(tiles: Any) -> dict[int, list[Any]]:
+    """A set's tiles as a dict (index -> [last, first, newest, distinct])."""
+    return tiles if isinstance(tiles, dict) else {t[0]: t[1:] for t in tiles}
+
+
+def encode_state(state: PartState, widths: Sequence[int]) -> bytes:
+    tiles = [[[idx, *t[idx]] for idx in sorted(t)] if isinstance(t, dict) else t for t in state.tiles]
+    head = orjson.dumps([state.applied, state.ts, state.offset, state.row,
+                         [len(p) // w for p, w in zip(state.packed, widths)], state.overflow, tiles])
     pad = _padded(_HEAD.size + len(head)) - _HEAD.size - len(head)
-    return b"".join([_HEAD.pack(MAGIC, len(head)), head, b" " * pad, *(p.tobytes() for p in state.packed)])
+    return b"".join([_HEAD.pack(MAGIC, len(head)), head, b" " * pad, *state.packed])
 
 
 def _padded(n: int) -> int:
@@ -252,11 +252,13 @@ def _fold_packed(out: list[PartState], k: int, tset: TileSet, bound: Bounds, low
     width = row_width(stats)
     touched = np.flatnonzero(live)
     # the stored rows of the groups with events, and their further sum terms as extra rows
-    old = [out[g].packed[k] for g in touched.tolist()]
-    old_group = np.repeat(touched, [len(r) for r in old])
+    touched_list = touched.tolist()
+    old = [out[g].packed[k] for g in touched_list]
+    row_size = 8 * width
+    old_group = np.repeat(touched, [len(r) // row_size for r in old])
     extra = [(g, _neutral_row(stats, t[0], cols[t[1]], t[j : j + 2]))
-             for g in touched.tolist() for t in out[g].overflow[k] for j in range(2, len(t), 2)]
-    parts = [np.concatenate(old) if old else np.zeros((0, width))]
+             for g in touched_list for t in out[g].overflow[k] for j in range(2, len(t), 2)]
+    parts = [np.frombuffer(b"".join(old), dtype="<f8").reshape(-1, width)]
     owners = [old_group]
     if extra:
         parts.append(np.array([r for _, r in extra], dtype="<f8"))
@@ -312,12 +314,13 @@ def _fold_packed(out: list[PartState], k: int, tset: TileSet, bound: Bounds, low
             for t, xs in more.items():
                 more_rows.setdefault(t, []).append([int(merged[t, 0]), st, *xs])
     tile_owner = owner[first] if n else np.zeros(0, np.int64)
-    cuts = np.searchsorted(tile_owner, touched)
-    ends = np.searchsorted(tile_owner, touched, side="right")
-    for g, a, b in zip(touched.tolist(), cuts.tolist(), ends.tolist()):
+    cuts = np.searchsorted(tile_owner, touched) * row_size
+    ends = np.searchsorted(tile_owner, touched, side="right") * row_size
+    blob = merged.tobytes()
+    for g, a, b in zip(touched_list, cuts.tolist(), ends.tolist()):
         s = out[g]
-        s.packed[k] = merged[a:b]
-        s.overflow[k] = [x for t in range(a, b) for x in more_rows.get(t, ())] if more_rows else []
+        s.packed[k] = blob[a:b]
+        s.overflow[k] = [x for t in range(a // row_size, b // row_size) for x in more_rows.get(t, ())] if more_rows else []
 
 
 def _owner(groups: Groups, at: np.ndarray) -> np.ndarray:
@@ -375,7 +378,7 @@ def _fold_tiles(out: list[PartState], k: int, tset: TileSet, bound: Bounds, low:
     lows = low.tolist()
     for g in np.flatnonzero(live).tolist():
         s = out[g]
-        tiles = dict(s.tiles[k])
+        tiles = dict(tile_dict(s.tiles[k]))
         for r in by_group.get(g, ()):
             i = run_idx[r]
             batch = [lasts[r], firsts[r], newest[r], distinct[r]]

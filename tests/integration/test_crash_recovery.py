@@ -35,8 +35,8 @@ def check_exactly_once(client: redis.Redis, settings, records: list[DemoEvent], 
     """Each user's events counted once and in order, and each record once in the history
     (the entity's states decoded: the count and exact sum of its `seq` tiles, its newest row)."""
     from featurestore.online.layout import tile_sets
-    from featurestore.online.packed import columns
-    from featurestore.online.state import decode_state
+    from featurestore.online.packed import columns, decode_rows
+    from featurestore.online.state import decode_state, row_bytes
 
     expected: dict[int, int] = {}
     for r in records:
@@ -47,9 +47,9 @@ def check_exactly_once(client: redis.Redis, settings, records: list[DemoEvent], 
     k = next(i for i, ts in enumerate(sets) if ts.column == "seq")
     cols = columns(sets[k].packed)
     for user, n in expected.items():
-        parts = [decode_state(v, sets) for f, v in state[f"{view}:{user}".encode()].items() if f.startswith(b"s")]
+        parts = [decode_state(v, row_bytes(sets)) for f, v in state[f"{view}:{user}".encode()].items() if f.startswith(b"s")]
         assert len(parts) == 1, "a user's events come from one partition"
-        rows = parts[0].packed[k]
+        rows = decode_rows(parts[0].packed[k], sets[k].packed)
         counts = int(rows[:, cols["c"]].sum())
         sums = math.fsum(rows[:, cols["s"] : cols["s"] + 2].ravel().tolist())
         assert counts == n and sums == n * (n + 1) / 2, f"user {user}: count {counts}, sum {sums}, expected n={n}"
