@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from featurestore.collector import collector_paused
 from featurestore.errors import RegistryError
 from featurestore.faults import fault_point
 from featurestore.plan import Plan, ViewPlan
@@ -227,6 +228,7 @@ class HistoryWriter:
         self._buffer.clear()
         return written
 
+    @collector_paused
     def flush_taken(self, buffer: dict[str, list[ViewRows]]) -> list[Path]:
         """Write rows handed over by take() (idempotent: a retry after a failure writes nothing twice)."""
         written: list[Path] = []

@@ -18,7 +18,7 @@ from featurestore.online.connection import AsyncOnlineRedis, Keyed, OnlineRedis
 from featurestore.online.keys import LAYOUT_FIELD, READABLE_LAYOUTS, entity_key, entity_keys, layout_error
 from featurestore.online.layout import tile_sets
 from featurestore.online.packed import NUMERIC_STATS, columns, decode_rows, row_width
-from featurestore.online.state import distinct_count, packed_rows, row_bytes
+from featurestore.online.state import ITEM_COLUMNS, StateCodec, distinct_count, state_tables
 from featurestore.plan import AggregationPlan, Plan, ViewPlan
 from featurestore.plan.windows import STATS_FOR_FUNCTION, tile_index
 
@@ -189,6 +189,9 @@ class _TileFeature:
     pos: int
     agg: AggregationPlan
     set_pos: int
+    stat: str
+    stat_pos: int
+    """The statistic's item table among the set's (`TileSet.per_tile_fields`)."""
     first: int
     last: int
 
@@ -201,8 +204,7 @@ class _Layout:
     """Row features: (position, index in the state's row values, dtype)."""
     packed: list[_PackedSet]
     tiles: list[_TileFeature]
-    widths: list[int]
-    """Bytes of a packed row of each of the view's tile sets."""
+    codec: StateCodec
 
 
 class OnlineReader:
@@ -233,7 +235,7 @@ class OnlineReader:
         aggs = {a.name: a for a in view.aggregations}
         sets = tile_sets(view)
         set_of = {(s.key, s.tile_ms, s.lifetime): i for i, s in enumerate(sets)}
-        layout = _Layout([], [], [], row_bytes(sets))
+        layout = _Layout([], [], [], StateCodec.of(sets))
         packed: dict[int, _PackedSet] = {}
         for pos, name in enumerate(features):
             if name in rows:
@@ -249,7 +251,8 @@ class OnlineReader:
                     packed[k] = _PackedSet(k, sets[k].packed, [])
                 packed[k].features.append((pos, agg, first, last))
             else:
-                layout.tiles.append(_TileFeature(pos, agg, k, first, last))
+                stat = STATS_FOR_FUNCTION[agg.function][0]
+                layout.tiles.append(_TileFeature(pos, agg, k, stat, sets[k].per_tile_fields.index(stat), first, last))
         layout.packed = list(packed.values())
         return layout
 
@@ -303,10 +306,10 @@ class OnlineReader:
             event_ms: list[int | None] = []
             states: list[str] = []
             rows: list[int] = []  # the found entities: their positions and states
-            found: list[list[tuple[int, list[Any], list[bytes]]]] = []
+            found: list[list[_Part]] = []
             ttl_ms = req.view.ttl_ms
             for row, key in enumerate(req.keys):
-                parts = _states(next(replies), layout.widths, self.project, req.view.name, key)
+                parts = _states(next(replies), layout.codec, self.project, req.view.name, key)
                 if not parts:
                     event_ms.append(None)
                     states.append(NOT_FOUND)
@@ -326,7 +329,7 @@ class OnlineReader:
                     cols[feat.pos][row] = _tile_value(feat, parts)
             if rows:
                 for pset in layout.packed:
-                    blobs = [b"".join(rows_of[pset.set_pos] for _, _, rows_of in parts) for parts in found]
+                    blobs = [b"".join(part[2][pset.set_pos] for part in parts) for parts in found]
                     extras = {e: x for e, parts in enumerate(found) if (x := _extras(parts, pset.set_pos))}
                     for pos, values in pset.values(blobs, extras).items():
                         _place(cols, pos, rows, values)
@@ -334,16 +337,19 @@ class OnlineReader:
         return out
 
 
-def _states(reply: Any, widths: list[int], project: str, view: str, key: tuple[Any, ...]
-            ) -> list[tuple[int, list[Any], list[bytes]]]:
-    """An entity hash's states: (partition, header, packed rows per set) each."""
+_Part = tuple[int, list[Any], list[bytes], list[list[tuple[bytes, list[Any]]]]]
+"""One state of an entity: its partition, header, packed rows per set, item tables per set."""
+
+
+def _states(reply: Any, codec: StateCodec, project: str, view: str, key: tuple[Any, ...]) -> list[_Part]:
+    """An entity hash's states, one per partition."""
     flat = reply if isinstance(reply, list) else [x for kv in reply.items() for x in kv]
     out = []
     version = None
     for name, value in zip(flat[::2], flat[1::2]):
         if name[:1] == b"s":
-            head, packed = packed_rows(value, widths)
-            out.append((int(name[1:]), head, packed))
+            head, packed, items = state_tables(value, codec)
+            out.append((int(name[1:]), head, packed, items))
         elif name == _VERSION_FIELD:
             version = value
     if out and version not in _VERSIONS:
@@ -353,7 +359,7 @@ def _states(reply: Any, widths: list[int], project: str, view: str, key: tuple[A
     return out
 
 
-def _newest(part: tuple[int, list[Any], list[bytes]]) -> tuple[int, int, int]:
+def _newest(part: _Part) -> tuple[int, int, int]:
     """The order of a state's newest event: (event time, partition, offset)."""
     return part[1][1], part[0], part[1][2]
 
@@ -365,45 +371,42 @@ def _json_value(value: Any, dtype: str) -> Any:
     return value
 
 
-def _extras(parts: list[tuple[int, list[Any], list[bytes]]], set_pos: int) -> dict[tuple[int, str], list[float]]:
+def _extras(parts: list[_Part], set_pos: int) -> dict[tuple[int, str], list[float]]:
     out: dict[tuple[int, str], list[float]] = {}
-    for _, head, _ in parts:
+    for _, head, _, _ in parts:
         for idx, stat, *terms in head[5][set_pos]:
             out.setdefault((int(idx), stat), []).extend(terms)
     return out
 
 
-def _tile_value(feat: _TileFeature, parts: list[tuple[int, list[Any], list[bytes]]]) -> Any:
-    """A first / last / last_n / count_distinct feature from the tiles of its window, across
-    the entity's partitions (orders compare as (event time, partition, offset))."""
+def _tile_value(feat: _TileFeature, parts: list[_Part]) -> Any:
+    """A first / last / last_n / count_distinct feature from the item rows of its window's
+    tiles, across the entity's partitions (orders compare as (event time, partition, offset))."""
     f, agg = feat.agg.function, feat.agg
-    best: tuple[tuple[int, int, int], Any] | None = None
-    items: list[tuple[tuple[int, int, int], Any]] = []
-    hashes: list[list[int]] = []
-    for p, head, _ in parts:
-        for idx, last, first, newest, distinct in head[6][feat.set_pos]:
-            if not feat.first <= idx <= feat.last:
-                continue
-            if f == "last" and last is not None:
-                order = (last[0], p, last[1])
-                if best is None or order > best[0]:
-                    best = (order, last[2])
-            elif f == "first" and first is not None:
-                order = (first[0], p, first[1])
-                if best is None or order < best[0]:
-                    best = (order, first[2])
-            elif f == "last_n":
-                items += [((it[0], p, it[1]), it[2]) for it in newest]
-            elif f == "count_distinct":
-                hashes.append(distinct)
+    width = ITEM_COLUMNS[feat.stat]
+    found: list[tuple[tuple[int, int, int], Any]] = []
+    tiles: dict[int, list[int]] = {}
+    for p, _, _, items in parts:
+        raw, vals = items[feat.set_pos][feat.stat_pos]
+        if not raw:
+            continue
+        flat = struct.unpack(f"<{len(raw) // 8}q", raw)
+        for j in range(0, len(flat), width):
+            idx = flat[j]
+            if feat.first <= idx <= feat.last:
+                if width == 2:
+                    tiles.setdefault(idx, []).append(flat[j + 1])
+                else:
+                    found.append(((flat[j + 1], p, flat[j + 2]), vals[j // width]))
     if f == "count_distinct":
-        return distinct_count(hashes)
+        return distinct_count(list(tiles.values()))
+    if not found:
+        return None
     if f == "last_n":
-        if not items:
-            return None
-        items.sort(key=lambda it: it[0], reverse=True)
-        return [_json_value(v, agg.dtype) for _, v in items[: agg.k]]
-    return None if best is None else _json_value(best[1], agg.dtype)
+        found.sort(key=lambda it: it[0], reverse=True)
+        return [_json_value(v, agg.dtype) for _, v in found[: agg.k]]
+    pick = max if f == "last" else min
+    return _json_value(pick(found, key=lambda it: it[0])[1], agg.dtype)
 
 
 _VERSION_FIELD, _VERSIONS = LAYOUT_FIELD.encode(), {v.encode() for v in READABLE_LAYOUTS}

@@ -8,19 +8,21 @@ it whole, guarded by that offset (a replay or a former owner writes nothing olde
 only stores it; reads merge an entity's states from its partitions.
 
 A state is one value: `MAGIC`, the length of a JSON header, the header (padded to 8 bytes),
-then little-endian float64 rows of the packed tile sets (`featurestore.online.packed`), set
-after set. The header is
-`[applied, ts, offset, row, rows per set, overflow per set, tiles per set]`:
+then the binary tables: little-endian float64 rows of the packed tile sets
+(`featurestore.online.packed`), set after set, then the int64 rows of the item tables. The
+header is `[applied, ts, offset, row, rows per set, overflow per set, items per set]`:
 
 - applied: the highest offset of this partition applied to the entity;
 - ts, offset: the newest event (event time, offset), whose `row` (row feature values,
   JSON) the entity serves;
 - per packed set: its row count and the third and further terms of its exact sums
   `[[index, stat, x3, ...], ...]`;
-- per set with per-tile statistics, its tiles `[[index, last, first, newest, distinct], ...]`
-  sorted by index: last / first `[ts, offset, value]` (or null), newest the k newest
-  `[ts, offset, value]`, newest first, distinct the sorted 64-bit hashes of the distinct
-  values (the `DISTINCT_KEEP` smallest: exact up to that many, an estimate beyond).
+- per set with first / last / last_n / count_distinct, one item table per statistic (in
+  `TileSet.per_tile_fields` order): `[row count, values]`. Rows of `f`, `l`, `n` are
+  `(tile index, event time, offset)` with the value at the same position in `values`: the
+  oldest event of each tile, the newest, and the k newest. Rows of `d` are `(tile index,
+  64-bit hash of a distinct value)`, the `DISTINCT_KEEP` smallest hashes of each tile
+  (exact up to that many distinct values, an estimate beyond). Rows are sorted by tile.
 
 Every tile a read can still reach from the newest event is kept; older ones are dropped,
 or folded into the base tile for lifetime sets. Sums are canonical expansions of their
@@ -30,30 +32,31 @@ batched (stream, backfill and rebuild agree byte for byte).
 
 from __future__ import annotations
 
-import functools
-import gc
 import hashlib
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import numpy as np
 import orjson
 
+from featurestore.collector import collector_paused
 from featurestore.online.layout import LIFETIME_EXTRA_TILES, TileSet
 from featurestore.online.packed import columns, row_width
 from featurestore.online.sums import exact_sums
 from featurestore.plan import ViewPlan
 from featurestore.plan.windows import LIFETIME_BASE_INDEX, LIFETIME_TILE_MS
 
-P = ParamSpec("P")
-R = TypeVar("R")
 MAGIC = b"F4"
 #: Distinct values kept per tile (their smallest hashes): count_distinct is exact up to this
 #: many distinct values in a window, a k-minimum-values estimate beyond (standard error ~3%).
 DISTINCT_KEEP = 1024
 _HEAD = struct.Struct("<2sI")
+
+
+#: int64 columns of an item table's rows, per statistic.
+ITEM_COLUMNS = {"f": 3, "l": 3, "n": 3, "d": 2}
 
 
 @dataclass
@@ -68,53 +71,75 @@ class PartState:
     packed: list[bytes] = field(default_factory=list)
     """Per tile set: its packed rows, little-endian float64 (empty for sets without packed stats)."""
     overflow: list[list[list[Any]]] = field(default_factory=list)
-    tiles: list[Any] = field(default_factory=list)
-    """Per tile set: its tiles as stored ([[index, last, first, newest, distinct], ...]), or,
-    once folded, a dict tile index -> [last, first, newest, distinct]."""
+    items: list[list[tuple[bytes, list[Any]]]] = field(default_factory=list)
+    """Per tile set, per statistic of `per_tile_fields`: (its int64 rows, their values)."""
 
 
-def row_bytes(sets: Sequence[TileSet]) -> list[int]:
-    """Bytes of one packed row of each tile set (what decoding a state needs)."""
-    return [8 * row_width(s.packed) for s in sets]
+@dataclass(frozen=True)
+class StateCodec:
+    """What decoding a view's states needs: the bytes of a packed row of each tile set, and
+    the item statistics of each."""
+
+    widths: tuple[int, ...]
+    stats: tuple[str, ...]
+
+    @classmethod
+    def of(cls, sets: Sequence[TileSet]) -> StateCodec:
+        return cls(tuple(8 * row_width(s.packed) for s in sets), tuple("".join(s.per_tile_fields) for s in sets))
 
 
-def empty_state(n_sets: int) -> PartState:
-    return PartState(packed=[b""] * n_sets, overflow=[[] for _ in range(n_sets)], tiles=[[] for _ in range(n_sets)])
+def empty_state(codec: StateCodec) -> PartState:
+    return PartState(packed=[b""] * len(codec.widths), overflow=[[] for _ in codec.widths],
+                     items=[[(b"", []) for _ in stats] for stats in codec.stats])
 
 
-def decode_state(blob: bytes, widths: Sequence[int]) -> PartState:
-    """A stored state (see the module docstring); `widths`: `row_bytes` of the view's sets."""
-    head, packed = packed_rows(blob, widths)
-    return PartState(head[0], head[1], head[2], head[3], packed, head[5], head[6])
+def decode_state(blob: bytes, codec: StateCodec) -> PartState:
+    """A stored state (see the module docstring)."""
+    head, packed, items = state_tables(blob, codec)
+    return PartState(head[0], head[1], head[2], head[3], packed, head[5], items)
 
 
-def packed_rows(blob: bytes, widths: Sequence[int]) -> tuple[list[Any], list[bytes]]:
-    """The header and, per tile set, the raw packed rows of a stored state."""
+def state_tables(blob: bytes, codec: StateCodec) -> tuple[list[Any], list[bytes], list[list[tuple[bytes, list[Any]]]]]:
+    """The header, per tile set the raw packed rows, and per set and statistic the raw item rows
+    and their values, of a stored state."""
     magic, size = _HEAD.unpack_from(blob)
     if magic != MAGIC:
         raise ValueError("not an online state of layout 4")
     start = _HEAD.size
     head = orjson.loads(blob[start : start + size])
     at = _padded(start + size)
-    out = []
-    for width, n in zip(widths, head[4]):
+    packed = []
+    for width, n in zip(codec.widths, head[4]):
         end = at + n * width
-        out.append(blob[at:end])
+        packed.append(blob[at:end])
         at = end
-    return head, out
+    items = []
+    for stats, tables in zip(codec.stats, head[6]):
+        set_items = []
+        for stat, (n, vals) in zip(stats, tables):
+            end = at + 8 * ITEM_COLUMNS[stat] * n
+            set_items.append((blob[at:end], vals))
+            at = end
+        items.append(set_items)
+    return head, packed, items
 
 
-def tile_dict(tiles: Any) -> dict[int, list[Any]]:
-    """A set's tiles as a dict (index -> [last, first, newest, distinct])."""
-    return tiles if isinstance(tiles, dict) else {t[0]: t[1:] for t in tiles}
+def tile_indices(state: PartState, k: int, codec: StateCodec) -> set[int]:
+    """The tiles tile set `k` of a state holds (packed or in item tables)."""
+    out = set(np.frombuffer(state.packed[k], dtype="<f8")[:: codec.widths[k] // 8].astype(np.int64).tolist())
+    for stat, (raw, _) in zip(codec.stats[k], state.items[k]):
+        out.update(np.frombuffer(raw, dtype="<i8")[:: ITEM_COLUMNS[stat]].tolist())
+    return out
 
 
-def encode_state(state: PartState, widths: Sequence[int]) -> bytes:
-    tiles = [[[idx, *t[idx]] for idx in sorted(t)] if isinstance(t, dict) else t for t in state.tiles]
+def encode_state(state: PartState, codec: StateCodec) -> bytes:
+    items = [[[len(raw) // (8 * ITEM_COLUMNS[stat]), vals] for stat, (raw, vals) in zip(stats, set_items)]
+             for stats, set_items in zip(codec.stats, state.items)]
     head = orjson.dumps([state.applied, state.ts, state.offset, state.row,
-                         [len(p) // w for p, w in zip(state.packed, widths)], state.overflow, tiles])
+                         [len(p) // w for p, w in zip(state.packed, codec.widths)], state.overflow, items])
     pad = _padded(_HEAD.size + len(head)) - _HEAD.size - len(head)
-    return b"".join([_HEAD.pack(MAGIC, len(head)), head, b" " * pad, *state.packed])
+    return b"".join([_HEAD.pack(MAGIC, len(head)), head, b" " * pad, *state.packed,
+                     *(raw for set_items in state.items for raw, _ in set_items)])
 
 
 def _padded(n: int) -> int:
@@ -172,22 +197,6 @@ def group_rows(keys: Sequence[tuple[Any, ...]], ts: np.ndarray, part: np.ndarray
     return Groups(row, ts[row], off[row], start, stop, [keys[i] for i in firsts], p[start].tolist())
 
 
-def collector_paused(fn: Callable[P, R]) -> Callable[P, R]:
-    """Run `fn` with the cyclic garbage collector paused: a batch allocates many small lists
-    that all die with it (freed by reference counting), and collections triggered by them
-    would scan every live object of the process again and again (measured: 3x the fold)."""
-    @functools.wraps(fn)
-    def paused(*args: P.args, **kwargs: P.kwargs) -> R:
-        was = gc.isenabled()
-        gc.disable()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            if was:
-                gc.enable()
-    return paused
-
-
 @collector_paused
 def fold(view: ViewPlan, sets: Sequence[TileSet], bounds: Sequence[Bounds], groups: Groups,
          states: list[PartState], values: dict[str, list[Any]]) -> list[PartState]:
@@ -208,7 +217,7 @@ def fold(view: ViewPlan, sets: Sequence[TileSet], bounds: Sequence[Bounds], grou
         group_of = kept_group
     counts = groups.stop - groups.start
     live = counts > 0
-    out = [PartState(s.applied, s.ts, s.offset, s.row, list(s.packed), list(s.overflow), list(s.tiles)) for s in states]
+    out = [PartState(s.applied, s.ts, s.offset, s.row, list(s.packed), list(s.overflow), list(s.items)) for s in states]
     if not live.any():
         return out
     live_groups = np.flatnonzero(live)
@@ -341,71 +350,99 @@ def _neutral_row(stats: str, index: float, col: int, terms: list[float]) -> np.n
     return row
 
 
-_LAST, _FIRST, _NEWEST, _DISTINCT = 0, 1, 2, 3
-
-
 def _fold_tiles(out: list[PartState], k: int, tset: TileSet, bound: Bounds, low: np.ndarray, groups: Groups,
                 at: np.ndarray, values: dict[str, list[Any]], live: np.ndarray) -> None:
-    """first / last / last_n / count_distinct tiles. The batch's tiles (runs of one group and
-    tile index) are found with numpy; each is merged into its group's stored tile in Python."""
-    stats = set(tset.per_tile_fields)
-    keep_n = tset.last_n
-    col = values[tset.column]
+    """first / last / last_n / count_distinct: each item table of the touched groups merged with
+    the batch's events, vectorised (sort by group and tile, keep what each statistic keeps)."""
+    touched = np.flatnonzero(live)
+    touched_list = touched.tolist()
+    for g in touched_list:  # this set's tables are replaced: copy the list they sit in
+        out[g].items[k] = list(out[g].items[k])
     owner = _owner(groups, at)
+    col = values[tset.column]
+    vals = np.empty(len(at), dtype=object)
+    vals[:] = [col[i] for i in groups.row[at].tolist()]
     idx = -((-groups.ts[at]) // tset.tile_ms) - 1
-    n = len(at)
-    first = np.flatnonzero(np.append(True, (owner[1:] != owner[:-1]) | (idx[1:] != idx[:-1]))) if n else np.zeros(0, np.int64)
-    stop = np.append(first[1:], n).astype(np.int64)
-    ts, off = groups.ts[at].tolist(), groups.off[at].tolist()
-    vals = [col[i] for i in groups.row[at].tolist()]
-    starts, ends = first.tolist(), stop.tolist()
-    lasts = [[ts[j], off[j], vals[j]] for j in (stop - 1).tolist()] if "l" in stats else [None] * len(starts)
-    firsts = [[ts[j], off[j], vals[j]] for j in starts] if "f" in stats else [None] * len(starts)
-    if keep_n:
-        newest = [[[ts[j], off[j], vals[j]] for j in range(b - 1, max(a, b - keep_n) - 1, -1)] for a, b in zip(starts, ends)]
-    else:
-        newest = [[] for _ in starts]
-    if "d" in stats:
-        hash_of = _Hashes()
-        hashes = [hash_of(v) for v in vals]
-        distinct = [sorted(set(hashes[a:b]))[:DISTINCT_KEEP] for a, b in zip(starts, ends)]
-    else:
-        distinct = [[] for _ in starts]
-    run_owner, run_idx = owner[first].tolist(), idx[first].tolist()
-    by_group: dict[int, list[int]] = {}
-    for r, g in enumerate(run_owner):
-        by_group.setdefault(g, []).append(r)
-    lows = low.tolist()
-    for g in np.flatnonzero(live).tolist():
-        s = out[g]
-        tiles = dict(tile_dict(s.tiles[k]))
-        for r in by_group.get(g, ()):
-            i = run_idx[r]
-            batch = [lasts[r], firsts[r], newest[r], distinct[r]]
-            old = tiles.get(i)
-            tiles[i] = batch if old is None else merge_tile(old, batch, keep_n)
-        lowest = lows[g]
-        if tiles and min(tiles) < lowest:
-            for i in sorted(i for i in tiles if i < lowest and i != LIFETIME_BASE_INDEX):
-                entry = tiles.pop(i)
-                if bound.fold:
-                    base = tiles.get(LIFETIME_BASE_INDEX)
-                    tiles[LIFETIME_BASE_INDEX] = entry if base is None else merge_tile(base, entry, keep_n)
-        s.tiles[k] = tiles
+    ts, off = groups.ts[at], groups.off[at]
+    for j, stat in enumerate(tset.per_tile_fields):
+        width = ITEM_COLUMNS[stat]
+        old = [out[g].items[k][j] for g in touched_list]
+        old_rows = np.frombuffer(b"".join(raw for raw, _ in old), dtype="<i8").reshape(-1, width)
+        old_owner = np.repeat(touched, [len(raw) // (8 * width) for raw, _ in old])
+        if stat == "d":
+            hashes = np.fromiter(map(_Hashes(), vals), dtype=np.uint64, count=len(vals)).view(np.int64)
+            tile = np.concatenate([old_rows[:, 0], idx])
+            key = np.concatenate([old_rows[:, 1], hashes])
+            owners = np.concatenate([old_owner, owner])
+            tile = _trimmed(tile, owners, low, bound)
+            keep = tile != _DROP
+            tile, key, owners = tile[keep], key[keep], owners[keep]
+            order = np.lexsort((key.view(np.uint64), tile, owners))
+            tile, key, owners = tile[order], key[order], owners[order]
+            new = _run_starts(owners, tile, key)
+            tile, key, owners = tile[new], key[new], owners[new]
+            pick = _rank_in_runs(owners, tile) < DISTINCT_KEEP
+            rows = np.stack([tile[pick], key[pick]], axis=1)
+            kept_owner, kept_vals = owners[pick], None
+        else:
+            old_vals = np.empty(len(old_rows), dtype=object)
+            old_vals[:] = [v for _, vs in old for v in vs]
+            tile = np.concatenate([old_rows[:, 0], idx])
+            t = np.concatenate([old_rows[:, 1], ts])
+            o = np.concatenate([old_rows[:, 2], off])
+            v = np.concatenate([old_vals, vals])
+            owners = np.concatenate([old_owner, owner])
+            tile = _trimmed(tile, owners, low, bound)
+            keep = tile != _DROP
+            tile, t, o, v, owners = tile[keep], t[keep], o[keep], v[keep], owners[keep]
+            order = np.lexsort((o, t, tile, owners))
+            tile, t, o, v, owners = tile[order], t[order], o[order], v[order], owners[order]
+            if stat == "f":  # the oldest of each tile
+                pick = _run_starts(owners, tile)
+            elif stat == "l":  # the newest of each tile
+                pick = _run_starts(owners[::-1], tile[::-1])[::-1]
+            else:  # the k newest of each tile
+                pick = _rank_in_runs(owners[::-1], tile[::-1])[::-1] < tset.last_n
+            rows = np.stack([tile[pick], t[pick], o[pick]], axis=1)
+            kept_owner, kept_vals = owners[pick], v[pick].tolist()
+        raw = rows.astype("<i8").tobytes()
+        size = 8 * width
+        starts = np.searchsorted(kept_owner, touched)
+        ends = np.searchsorted(kept_owner, touched, side="right")
+        for g, a, b in zip(touched_list, starts.tolist(), ends.tolist()):
+            out[g].items[k][j] = (raw[a * size : b * size], [] if kept_vals is None else kept_vals[a:b])
 
 
-def merge_tile(a: list[Any], b: list[Any], keep_n: int) -> list[Any]:
-    """Two tiles' per-tile statistics as one: the newer last, the older first, the newest
-    values, the union of the distinct hashes (the smallest `DISTINCT_KEEP`)."""
-    last = a[_LAST] if b[_LAST] is None or (a[_LAST] is not None and a[_LAST][:2] > b[_LAST][:2]) else b[_LAST]
-    first = a[_FIRST] if b[_FIRST] is None or (a[_FIRST] is not None and a[_FIRST][:2] < b[_FIRST][:2]) else b[_FIRST]
-    newest = sorted(a[_NEWEST] + b[_NEWEST], key=_order, reverse=True)[:keep_n] if keep_n else []
-    distinct = sorted(set(a[_DISTINCT]) | set(b[_DISTINCT]))[:DISTINCT_KEEP] if a[_DISTINCT] or b[_DISTINCT] else []
-    return [last, first, newest, distinct]
+_DROP = np.iinfo(np.int64).min
 
 
-def _order(item: list[Any]) -> tuple[int, int]:
-    return item[0], item[1]
+def _trimmed(tile: np.ndarray, owners: np.ndarray, low: np.ndarray, bound: Bounds) -> np.ndarray:
+    """Tile indices after the set's bound: below it, `_DROP` (windowed sets) or the base tile (lifetime)."""
+    below = (tile < low[owners]) & (tile != LIFETIME_BASE_INDEX)
+    if not below.any():
+        return tile
+    tile = tile.copy()
+    tile[below] = LIFETIME_BASE_INDEX if bound.fold else _DROP
+    return tile
+
+
+def _run_starts(*columns: np.ndarray) -> np.ndarray:
+    """Whether each row starts a run of equal values in all `columns` (rows sorted by them)."""
+    n = len(columns[0])
+    start = np.ones(n, dtype=bool)
+    if n:
+        start[1:] = np.logical_or.reduce([c[1:] != c[:-1] for c in columns])
+    return start
+
+
+def _rank_in_runs(owners: np.ndarray, tile: np.ndarray) -> np.ndarray:
+    """Position of each row within its run of equal (owner, tile) (rows sorted by them)."""
+    n = len(owners)
+    if not n:
+        return np.zeros(0, dtype=np.int64)
+    start = _run_starts(owners, tile)
+    first = np.maximum.accumulate(np.where(start, np.arange(n), 0))
+    return np.arange(n) - first
 
 
 class _Hashes(dict[Any, int]):
@@ -424,16 +461,16 @@ def value_hash(value: Any) -> int:
     return int.from_bytes(hashlib.blake2b(orjson.dumps(value), digest_size=8).digest(), "little")
 
 
-def distinct_count(hash_lists: Sequence[Sequence[int]]) -> int:
-    """count_distinct of tiles from their kept hashes: exact while no tile and no union is
-    over `DISTINCT_KEEP`, else the k-minimum-values estimate (k - 1) / (k-th smallest / 2^64)."""
+def distinct_count(tiles: Sequence[Sequence[int]]) -> int:
+    """count_distinct of tiles from their kept hashes (int64 bits of unsigned 64-bit hashes):
+    exact while no tile and no union is over `DISTINCT_KEEP`, else the k-minimum-values
+    estimate (k - 1) / (k-th smallest / 2^64)."""
     union: set[int] = set()
     full = False
-    for hs in hash_lists:
+    for hs in tiles:
         union.update(hs)
         full = full or len(hs) >= DISTINCT_KEEP
     if not full and len(union) < DISTINCT_KEEP:
         return len(union)
-    kth = sorted(union)[DISTINCT_KEEP - 1]
+    kth = sorted(h % 2**64 for h in union)[DISTINCT_KEEP - 1]
     return round((DISTINCT_KEEP - 1) / ((kth + 1) / 2.0**64))
-

@@ -22,6 +22,7 @@ from hiredis import pack_command
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
+from featurestore.collector import collector_paused
 from featurestore.online.connection import OnlineRedis
 from featurestore.online.keys import LAYOUT_VERSION, entity_keys, layout_error, state_field
 from featurestore.online.layout import TileSet, tile_sets
@@ -29,12 +30,12 @@ from featurestore.online.state import (
     Bounds,
     Groups,
     PartState,
+    StateCodec,
     decode_state,
     empty_state,
     encode_state,
     fold,
     group_rows,
-    row_bytes,
     set_bounds,
 )
 from featurestore.plan import Plan, ViewPlan
@@ -52,7 +53,7 @@ class _View:
         self.topic = topic
         self.sets: list[TileSet] = tile_sets(view)
         self.bounds: list[Bounds] = set_bounds(view, self.sets, skew_ms)
-        self.widths = row_bytes(self.sets)
+        self.codec = StateCodec.of(self.sets)
         self.cache: dict[tuple[int, tuple[Any, ...]], bytes] = {}
         """(partition, key) -> the encoded state (bytes: many states as objects would keep the
         garbage collector busy)."""
@@ -74,6 +75,7 @@ class OnlineWriter:
         self.groups_applied = 0
         self.groups_skipped = 0
 
+    @collector_paused
     def write(self, batches: Sequence[ViewRows]) -> int:
         """Apply the batches; returns the number of entity states written."""
         written = 0
@@ -106,7 +108,7 @@ class OnlineWriter:
         if not changed:
             return 0
         keys = entity_keys(self.project, view.plan.name, [groups.keys[g] for g in changed])
-        blobs = [encode_state(new[g], view.widths) for g in changed]
+        blobs = [encode_state(new[g], view.codec) for g in changed]
         writes = [(key, groups.partitions[g], new[g].applied, blob) for key, g, blob in zip(keys, changed, blobs)]
         self._store(writes)
         self.groups_applied += len(changed)
@@ -121,7 +123,7 @@ class OnlineWriter:
     def _states(self, view: _View, groups: Groups) -> list[PartState]:
         """Each group's state: cached, else read from Redis (empty when the hash holds none)."""
         cached = [view.cache.get((p, key)) for p, key in zip(groups.partitions, groups.keys)]
-        states: list[PartState | None] = [None if blob is None else decode_state(blob, view.widths) for blob in cached]
+        states: list[PartState | None] = [None if blob is None else decode_state(blob, view.codec) for blob in cached]
         missing = [g for g, s in enumerate(states) if s is None]
         if missing:
             keys = entity_keys(self.project, view.plan.name, [groups.keys[g] for g in missing])
@@ -130,7 +132,7 @@ class OnlineWriter:
             for key, g, (version, blob) in zip(keys, missing, replies):
                 if version is not None and version.decode() != LAYOUT_VERSION:
                     raise layout_error(key.decode(), version)
-                states[g] = decode_state(blob, view.widths) if blob else empty_state(len(view.sets))
+                states[g] = decode_state(blob, view.codec) if blob else empty_state(view.codec)
         return states  # type: ignore[return-value]
 
     def _store(self, writes: list[tuple[bytes, int, int, bytes]]) -> None:

@@ -17,6 +17,7 @@ import redis
 from confluent_kafka import Producer
 
 from featurestore import metrics
+from featurestore.collector import collector_paused
 from featurestore.config import Settings
 from featurestore.errors import StoreUnavailable
 from featurestore.faults import fault_point
@@ -99,6 +100,7 @@ class BatchApplier:
         if self.dead_letters is not None:
             self.dead_letters.flush(30)
 
+    @collector_paused
     def decode(self, by_topic: dict[str, list[RawRecord]]) -> tuple[list[ViewRows], list[DeadLetter]]:
         """Decode records per topic, judging lateness against each partition's watermark."""
         if self.stats.first_record_at is None:

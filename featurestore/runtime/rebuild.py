@@ -25,7 +25,7 @@ from featurestore.offline.sql import identifier, read_history
 from featurestore.online.connection import OnlineRedis
 from featurestore.online.keys import LAYOUT_FIELD, LAYOUT_VERSION, entity_keys, offset_field, state_field
 from featurestore.online.layout import tile_sets
-from featurestore.online.state import empty_state, encode_state, fold, group_rows, row_bytes, set_bounds
+from featurestore.online.state import StateCodec, empty_state, encode_state, fold, group_rows, set_bounds
 from featurestore.plan import ViewPlan
 
 T = TypeVar("T")
@@ -130,6 +130,7 @@ def write_states(online: OnlineRedis, project: str, view: ViewPlan, table: pa.Ta
     if not table.num_rows:
         return
     sets = tile_sets(view)
+    codec = StateCodec.of(sets)
     names = [k.name for k in view.join_keys]
     key_cols = [table[k].to_pylist() for k in names]
     keys = list(zip(*key_cols))
@@ -139,11 +140,10 @@ def write_states(online: OnlineRedis, project: str, view: ViewPlan, table: pa.Ta
     values = {name: table[name].to_pylist() for name, _ in view.history_columns}
     groups = group_rows(keys, ts, part, off, np.arange(len(keys)))
     states = fold(view, sets, set_bounds(view, sets, max_future_skew_ms), groups,
-                  [empty_state(len(sets)) for _ in groups.keys], values)
-    widths = row_bytes(sets)
+                  [empty_state(codec) for _ in groups.keys], values)
     hashes = entity_keys(project, view.name, groups.keys)
     commands = [(key, pack_command(("HSET", key, LAYOUT_FIELD, LAYOUT_VERSION, offset_field(p), s.applied,  # type: ignore[arg-type]
-                                    state_field(p), encode_state(s, widths)))) for key, p, s in zip(hashes, groups.partitions, states)]
+                                    state_field(p), encode_state(s, codec)))) for key, p, s in zip(hashes, groups.partitions, states)]
     sends = (commands[i : i + _ENTITIES_PER_BATCH] for i in range(0, len(commands), _ENTITIES_PER_BATCH))
     for reply in online.stream(sends):
         if isinstance(reply, Exception):

@@ -36,7 +36,7 @@ def check_exactly_once(client: redis.Redis, settings, records: list[DemoEvent], 
     (the entity's states decoded: the count and exact sum of its `seq` tiles, its newest row)."""
     from featurestore.online.layout import tile_sets
     from featurestore.online.packed import columns, decode_rows
-    from featurestore.online.state import decode_state, row_bytes
+    from featurestore.online.state import StateCodec, decode_state
 
     expected: dict[int, int] = {}
     for r in records:
@@ -47,7 +47,7 @@ def check_exactly_once(client: redis.Redis, settings, records: list[DemoEvent], 
     k = next(i for i, ts in enumerate(sets) if ts.column == "seq")
     cols = columns(sets[k].packed)
     for user, n in expected.items():
-        parts = [decode_state(v, row_bytes(sets)) for f, v in state[f"{view}:{user}".encode()].items() if f.startswith(b"s")]
+        parts = [decode_state(v, StateCodec.of(sets)) for f, v in state[f"{view}:{user}".encode()].items() if f.startswith(b"s")]
         assert len(parts) == 1, "a user's events come from one partition"
         rows = decode_rows(parts[0].packed[k], sets[k].packed)
         counts = int(rows[:, cols["c"]].sum())

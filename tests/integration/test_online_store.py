@@ -12,9 +12,8 @@ from featurestore.compile import compile_repo
 from featurestore.online import OnlineReader, OnlineWriter
 from featurestore.online.connection import AsyncOnlineRedis
 from featurestore.online.layout import tile_sets
-from featurestore.online.packed import decode_rows
 from featurestore.online.reader import ViewRequest
-from featurestore.online.state import decode_state, row_bytes
+from featurestore.online.state import StateCodec, decode_state, tile_indices
 from featurestore.records import ViewRows
 
 from .reference import window_lower_bound
@@ -84,9 +83,9 @@ def test_storage_per_entity_stays_bounded(store) -> None:  # type: ignore[no-unt
             start = t0 + day * DAY + hour * HOUR
             writer.write([_rows(view, [(7, start + m * 60_000, _event(1.0, "m")) for m in range(60)],
                                 first_offset=(day * 24 + hour) * 60)])
-            state = decode_state(client.hget(key, "s0"), row_bytes(sets))
-            bounded.append(all(len(decode_rows(state.packed[i], ts.packed)) <= ts.live_tiles(slack)
-                               and len(state.tiles[i]) <= ts.live_tiles(slack)
+            codec = StateCodec.of(sets)
+            state = decode_state(client.hget(key, "s0"), codec)
+            bounded.append(all(len(tile_indices(state, i, codec)) <= ts.live_tiles(slack)
                                for i, ts in enumerate(sets)))
         sizes.append(len(client.hget(key, "s0")))
     assert all(bounded), "every tile set keeps only the tiles a read can reach"

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
@@ -271,8 +272,7 @@ FOLDED: list[bool] = []
 def test_lifetime_tiles_fold_exactly_and_stay_bounded(events: list[dict[str, Any]], later: int, plan: Plan, repo: Path,
                                                       services: Services) -> None:
     from featurestore.online.layout import tile_sets
-    from featurestore.online.packed import decode_rows
-    from featurestore.online.state import decode_state, row_bytes, tile_dict
+    from featurestore.online.state import StateCodec, decode_state, tile_indices
     from featurestore.plan.windows import LIFETIME_BASE_INDEX
 
     ref = _reference_events(events)  # type: ignore[arg-type]
@@ -293,13 +293,12 @@ def test_lifetime_tiles_fold_exactly_and_stay_bounded(events: list[dict[str, Any
             slack = int(settings_.max_future_skew_s * 1000) + (view.allowed_lateness_ms or 0)
             for i, k in enumerate(keys):
                 fields = client.hgetall(f"fs:{project}:lifetimes:{k}")
-                states = [decode_state(v, row_bytes(sets)) for f, v in fields.items() if f.startswith(b"s")]
+                codec = StateCodec.of(sets)
+                states = [decode_state(v, codec) for f, v in fields.items() if f.startswith(b"s")]
                 for s in states:  # a tile for each day a read can reach, and the base
-                    assert all(len(decode_rows(s.packed[j], ts.packed)) <= ts.live_tiles(slack)
-                               and len(s.tiles[j]) <= ts.live_tiles(slack) for j, ts in enumerate(sets))
-                FOLDED.append(any(LIFETIME_BASE_INDEX in tile_dict(s.tiles[j])
-                                  or LIFETIME_BASE_INDEX in decode_rows(s.packed[j], ts.packed)[:, 0]
-                                  for s in states for j, ts in enumerate(sets)))
+                    assert all(len(tile_indices(s, j, codec)) <= ts.live_tiles(slack) for j, ts in enumerate(sets))
+                FOLDED.append(any(LIFETIME_BASE_INDEX in tile_indices(s, j, codec)
+                                  for s in states for j in range(len(sets))))
                 for a in aggs:
                     _check(a.name, a.function, got[a.name][i], aggregate(ref, k, t, a), f"lifetime key={k}")
         finally:
@@ -317,7 +316,7 @@ def _online_state(client: redis.Redis, project: str, keys: list[int], view: Any)
     first / last / newest orders: streaming and backfill read the events from different
     partitions). Everything else, float sums included, must be equal to the last bit."""
     from featurestore.online.layout import tile_sets
-    from featurestore.online.state import decode_state, row_bytes, tile_dict
+    from featurestore.online.state import ITEM_COLUMNS, StateCodec, decode_state
 
     sets = tile_sets(view)
     state: dict[int, list[Any]] = {}
@@ -327,16 +326,19 @@ def _online_state(client: redis.Redis, project: str, keys: list[int], view: Any)
         for name, raw in fields.items():
             if not name.startswith(b"s"):
                 continue
-            s = decode_state(raw, row_bytes(sets))
-            tiles = [{idx: [_no_offset(t[0]), _no_offset(t[1]), [_no_offset(x) for x in t[2]], t[3]]
-                      for idx, t in tile_dict(set_tiles).items()} for set_tiles in s.tiles]
-            out.append((s.ts, s.row, s.packed, s.overflow, tiles))
+            codec = StateCodec.of(sets)
+            s = decode_state(raw, codec)
+            items = [[(_no_offsets(raw_rows, ITEM_COLUMNS[stat]), vals) for stat, (raw_rows, vals) in zip(stats, set_items)]
+                     for stats, set_items in zip(codec.stats, s.items)]
+            out.append((s.ts, s.row, s.packed, s.overflow, items))
         state[k] = out
     return state
 
 
-def _no_offset(item: list[Any] | None) -> list[Any] | None:
-    return None if item is None else [item[0], item[2]]
+def _no_offsets(raw: bytes, width: int) -> list[list[int]]:
+    """Item rows without their offset column (tile, event time[, offset] | tile, hash)."""
+    rows = np.frombuffer(raw, dtype="<i8").reshape(-1, width)
+    return (rows[:, :2] if width == 3 else rows).tolist()
 
 
 def _history(root: Path) -> list[dict[str, Any]]:
