@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pandas as pd
 
 from featurestore.collector import collector_paused
 from featurestore.online.layout import LIFETIME_EXTRA_TILES, TileSet
@@ -185,8 +186,13 @@ class Groups:
 def group_rows(keys: Sequence[tuple[Any, ...]], ts: np.ndarray, part: np.ndarray, off: np.ndarray,
                picked: np.ndarray) -> Groups:
     """Order the rows at `picked` by (entity, partition, event time, offset) and cut them into groups."""
-    ids: dict[tuple[Any, ...], int] = {}
-    entity = np.fromiter((ids.setdefault(keys[i], len(ids)) for i in picked.tolist()), np.int64, len(picked))
+    if keys and len(keys[0]) == 1:  # one join key: factorised in C
+        column = np.empty(len(picked), dtype=object)
+        column[:] = [keys[i][0] for i in picked.tolist()]
+        entity = pd.factorize(column)[0].astype(np.int64)
+    else:
+        ids: dict[tuple[Any, ...], int] = {}
+        entity = np.fromiter((ids.setdefault(keys[i], len(ids)) for i in picked.tolist()), np.int64, len(picked))
     order = np.lexsort((off[picked], ts[picked], part[picked], entity))
     row = picked[order]
     entity, p = entity[order], part[row]
@@ -231,31 +237,65 @@ def fold(view: ViewPlan, sets: Sequence[TileSet], bounds: Sequence[Bounds], grou
         if s.row is None or (t, o) > (s.ts, s.offset):
             s.ts, s.offset, s.row = t, o, [values[name][i] for name in row_names]
     newest = np.fromiter((s.ts for s in out), np.int64, n_groups)
+    batch = _Columns(values)
     for k, (tset, bound) in enumerate(zip(sets, bounds)):
         tile = LIFETIME_TILE_MS if bound.fold else tset.tile_ms
         low = -((-(newest - bound.shift_ms)) // tile) - 1 - bound.back  # per group: the lowest tile kept
-        rows_k = _set_rows(tset, groups, group_of, values)
+        rows_k = _set_rows(tset, groups, batch)
         if tset.packed:
-            _fold_packed(out, k, tset, bound, low, groups, rows_k, values, live)
+            _fold_packed(out, k, tset, bound, low, groups, rows_k, batch, live)
         if tset.per_tile_fields:
-            _fold_tiles(out, k, tset, bound, low, groups, rows_k, values, live)
+            _fold_tiles(out, k, tset, bound, low, groups, rows_k, batch, live)
     return out
 
 
-def _set_rows(tset: TileSet, groups: Groups, group_of: np.ndarray, values: dict[str, list[Any]]) -> np.ndarray:
+class _Columns:
+    """The batch's history columns as numpy arrays, each made once per batch (several tile
+    sets read the same column)."""
+
+    def __init__(self, values: dict[str, list[Any]]) -> None:
+        self.values = values
+        self._made: dict[tuple[str, str], np.ndarray] = {}
+
+    def _get(self, name: str, kind: str) -> np.ndarray:
+        got = self._made.get((name, kind))
+        if got is None:
+            col = self.values[name]
+            if kind == "present":
+                got = np.fromiter((v is not None for v in col), dtype=bool, count=len(col))
+            elif kind == "true":
+                got = np.fromiter((v is True for v in col), dtype=bool, count=len(col))
+            elif kind == "float":
+                got = np.fromiter((np.nan if v is None else v for v in col), dtype=np.float64, count=len(col))
+            else:
+                got = np.empty(len(col), dtype=object)
+                got[:] = col
+            self._made[(name, kind)] = got
+        return got
+
+    def present(self, name: str) -> np.ndarray:
+        return self._get(name, "present")
+
+    def true(self, name: str) -> np.ndarray:
+        return self._get(name, "true")
+
+    def floats(self, name: str) -> np.ndarray:
+        return self._get(name, "float")
+
+    def objects(self, name: str) -> np.ndarray:
+        return self._get(name, "object")
+
+
+def _set_rows(tset: TileSet, groups: Groups, batch: _Columns) -> np.ndarray:
     """Positions (in group order) of the rows a tile set takes: a value, and the filter True."""
-    col = values[tset.column]
-    rows = groups.row.tolist()
-    if tset.where is None:
-        keep = [col[i] is not None for i in rows]
-    else:
-        flag = values[tset.where]
-        keep = [col[i] is not None and flag[i] is True for i in rows]
-    return np.flatnonzero(np.fromiter(keep, bool, len(rows)))
+    keep = batch.present(tset.column)[groups.row]
+    if tset.where is not None:
+        keep &= batch.true(tset.where)[groups.row]
+    return np.flatnonzero(keep)
 
 
 def _fold_packed(out: list[PartState], k: int, tset: TileSet, bound: Bounds, low: np.ndarray, groups: Groups,
-                 at: np.ndarray, values: dict[str, list[Any]], live: np.ndarray) -> None:
+                 at: np.ndarray, batch: _Columns, live: np.ndarray) -> None:
     stats = tset.packed
     cols = columns(stats)
     width = row_width(stats)
@@ -278,8 +318,7 @@ def _fold_packed(out: list[PartState], k: int, tset: TileSet, bound: Bounds, low
         idx = -((-groups.ts[at]) // tset.tile_ms) - 1
         new = np.zeros((len(at), width), dtype="<f8")
         new[:, 0] = idx
-        col = values[tset.column]
-        x = np.array([col[i] for i in groups.row[at].tolist()], dtype=np.float64) if set(stats) - {"c"} else None
+        x = batch.floats(tset.column)[groups.row[at]] if set(stats) - {"c"} else None
         for st, c in cols.items():
             if st == "c":
                 new[:, c] = 1
@@ -351,7 +390,7 @@ def _neutral_row(stats: str, index: float, col: int, terms: list[float]) -> np.n
 
 
 def _fold_tiles(out: list[PartState], k: int, tset: TileSet, bound: Bounds, low: np.ndarray, groups: Groups,
-                at: np.ndarray, values: dict[str, list[Any]], live: np.ndarray) -> None:
+                at: np.ndarray, batch: _Columns, live: np.ndarray) -> None:
     """first / last / last_n / count_distinct: each item table of the touched groups merged with
     the batch's events, vectorised (sort by group and tile, keep what each statistic keeps)."""
     touched = np.flatnonzero(live)
@@ -359,9 +398,7 @@ def _fold_tiles(out: list[PartState], k: int, tset: TileSet, bound: Bounds, low:
     for g in touched_list:  # this set's tables are replaced: copy the list they sit in
         out[g].items[k] = list(out[g].items[k])
     owner = _owner(groups, at)
-    col = values[tset.column]
-    vals = np.empty(len(at), dtype=object)
-    vals[:] = [col[i] for i in groups.row[at].tolist()]
+    vals = batch.objects(tset.column)[groups.row[at]]
     idx = -((-groups.ts[at]) // tset.tile_ms) - 1
     ts, off = groups.ts[at], groups.off[at]
     for j, stat in enumerate(tset.per_tile_fields):
