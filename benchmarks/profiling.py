@@ -17,7 +17,7 @@ from pathlib import Path
 #: Where a sampled frame's time goes, by the file it is in (first match wins, innermost frame first).
 LAYERS = (
     ("Redis I/O (redis-py, hiredis)", ("redis/", "featurestore/online/streaming")),
-    ("online payload building (tiles, Python)", ("featurestore/online/",)),
+    ("online states: fold and encode (Python)", ("featurestore/online/",)),
     ("metrics (prometheus_client)", ("prometheus_client/", "featurestore/metrics")),
     ("decode (pydantic validation, transforms)", ("featurestore/runtime/decode", "pydantic")),
     ("history (Arrow buffers, Parquet)", ("featurestore/offline/", "pyarrow")),

@@ -7,8 +7,9 @@ import math
 import struct
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -18,7 +19,7 @@ from featurestore.online.connection import AsyncOnlineRedis, Keyed, OnlineRedis
 from featurestore.online.keys import LAYOUT_FIELD, READABLE_LAYOUTS, entity_key, entity_keys, layout_error
 from featurestore.online.layout import tile_sets
 from featurestore.online.packed import NUMERIC_STATS, columns, decode_rows, row_width
-from featurestore.online.state import ITEM_COLUMNS, StateCodec, distinct_count, state_tables
+from featurestore.online.state import ITEM_COLUMNS, StateCodec, distinct_count, packed_of, state_tables
 from featurestore.plan import AggregationPlan, Plan, ViewPlan
 from featurestore.plan.windows import STATS_FOR_FUNCTION, tile_index
 
@@ -205,6 +206,8 @@ class _Layout:
     packed: list[_PackedSet]
     tiles: list[_TileFeature]
     codec: StateCodec
+    wanted: list[int] = dataclass_field(default_factory=list)
+    """The tile sets whose packed rows the request reads (`packed` order)."""
 
 
 class OnlineReader:
@@ -254,6 +257,7 @@ class OnlineReader:
                 stat = STATS_FOR_FUNCTION[agg.function][0]
                 layout.tiles.append(_TileFeature(pos, agg, k, stat, sets[k].per_tile_fields.index(stat), first, last))
         layout.packed = list(packed.values())
+        layout.wanted = [p.set_pos for p in layout.packed]
         return layout
 
     def read(self, requests: Sequence[ViewRequest], t_ms: int) -> list[dict[str, list[Any]]]:
@@ -307,15 +311,16 @@ class OnlineReader:
             states: list[str] = []
             rows: list[int] = []  # the found entities: their positions and states
             found: list[list[_Part]] = []
+            row_json: list[bytes] = []
             ttl_ms = req.view.ttl_ms
             for row, key in enumerate(req.keys):
-                parts = _states(next(replies), layout.codec, self.project, req.view.name, key)
+                parts = _states(next(replies), layout, self.project, req.view.name, key)
                 if not parts:
                     event_ms.append(None)
                     states.append(NOT_FOUND)
                     continue
                 newest = max(parts, key=_newest)
-                newest_ms = newest[1][1]
+                newest_ms = newest.ts
                 event_ms.append(newest_ms)
                 state = _entity_state(t_ms - newest_ms, ttl_ms, max_staleness_ms)
                 states.append(state)
@@ -323,13 +328,16 @@ class OnlineReader:
                     continue
                 rows.append(row)
                 found.append(parts)
-                for pos, at, dtype in layout.rows:
-                    cols[pos][row] = _json_value(newest[1][3][at], dtype)
+                row_json.append(newest.row)
                 for feat in layout.tiles:
                     cols[feat.pos][row] = _tile_value(feat, parts)
             if rows:
-                for pset in layout.packed:
-                    blobs = [b"".join(part[2][pset.set_pos] for part in parts) for parts in found]
+                if layout.rows:  # every found entity's row feature values in one parse
+                    values = orjson.loads(b"[" + b",".join(row_json) + b"]")
+                    for pos, at, dtype in layout.rows:
+                        _place(cols, pos, rows, [_json_value(v[at], dtype) for v in values])
+                for j, pset in enumerate(layout.packed):
+                    blobs = [b"".join(part.packed[j] for part in parts) for parts in found]
                     extras = {e: x for e, parts in enumerate(found) if (x := _extras(parts, pset.set_pos))}
                     for pos, values in pset.values(blobs, extras).items():
                         _place(cols, pos, rows, values)
@@ -337,19 +345,36 @@ class OnlineReader:
         return out
 
 
-_Part = tuple[int, list[Any], list[bytes], list[list[tuple[bytes, list[Any]]]]]
-"""One state of an entity: its partition, header, packed rows per set, item tables per set."""
+class _Part(NamedTuple):
+    """One state of an entity, as far as a read needs it."""
+
+    partition: int
+    ts: int
+    offset: int
+    row: bytes
+    """The row feature values, JSON."""
+    overflow: bytes
+    """The further terms of exact sums, JSON (b"": none)."""
+    packed: list[bytes]
+    """The packed rows of the request's packed sets (`_Layout.packed` order)."""
+    items: list[list[tuple[bytes, list[Any]]]] | None
 
 
-def _states(reply: Any, codec: StateCodec, project: str, view: str, key: tuple[Any, ...]) -> list[_Part]:
+def _states(reply: Any, layout: _Layout, project: str, view: str, key: tuple[Any, ...]) -> list[_Part]:
     """An entity hash's states, one per partition."""
     flat = reply if isinstance(reply, list) else [x for kv in reply.items() for x in kv]
     out = []
     version = None
     for name, value in zip(flat[::2], flat[1::2]):
         if name[:1] == b"s":
-            head, packed, items = state_tables(value, codec)
-            out.append((int(name[1:]), head, packed, items))
+            if layout.tiles:
+                st = state_tables(value, layout.codec)
+                overflow = orjson.dumps(st.overflow) if st.overflow else b""
+                out.append(_Part(int(name[1:]), st.ts, st.offset, st.row, overflow,
+                                 [st.packed[k] for k in layout.wanted], st.items))
+            else:
+                ts, offset, row, overflow, packed = packed_of(value, layout.codec, layout.wanted)
+                out.append(_Part(int(name[1:]), ts, offset, row, overflow, packed, None))
         elif name == _VERSION_FIELD:
             version = value
     if out and version not in _VERSIONS:
@@ -361,7 +386,7 @@ def _states(reply: Any, codec: StateCodec, project: str, view: str, key: tuple[A
 
 def _newest(part: _Part) -> tuple[int, int, int]:
     """The order of a state's newest event: (event time, partition, offset)."""
-    return part[1][1], part[0], part[1][2]
+    return part.ts, part.partition, part.offset
 
 
 def _json_value(value: Any, dtype: str) -> Any:
@@ -373,9 +398,10 @@ def _json_value(value: Any, dtype: str) -> Any:
 
 def _extras(parts: list[_Part], set_pos: int) -> dict[tuple[int, str], list[float]]:
     out: dict[tuple[int, str], list[float]] = {}
-    for _, head, _, _ in parts:
-        for idx, stat, *terms in head[5][set_pos]:
-            out.setdefault((int(idx), stat), []).extend(terms)
+    for part in parts:
+        if part.overflow:
+            for idx, stat, *terms in orjson.loads(part.overflow)[set_pos]:
+                out.setdefault((int(idx), stat), []).extend(terms)
     return out
 
 
@@ -386,8 +412,10 @@ def _tile_value(feat: _TileFeature, parts: list[_Part]) -> Any:
     width = ITEM_COLUMNS[feat.stat]
     found: list[tuple[tuple[int, int, int], Any]] = []
     tiles: dict[int, list[int]] = {}
-    for p, _, _, items in parts:
-        raw, vals = items[feat.set_pos][feat.stat_pos]
+    for part in parts:
+        assert part.items is not None
+        p = part.partition
+        raw, vals = part.items[feat.set_pos][feat.stat_pos]
         if not raw:
             continue
         flat = struct.unpack(f"<{len(raw) // 8}q", raw)

@@ -7,10 +7,12 @@ processor owning the partition computes it in Python, vectorised over a batch, a
 it whole, guarded by that offset (a replay or a former owner writes nothing older). Redis
 only stores it; reads merge an entity's states from its partitions.
 
-A state is one value: `MAGIC`, the length of a JSON header, the header (padded to 8 bytes),
-then the binary tables: little-endian float64 rows of the packed tile sets
-(`featurestore.online.packed`), set after set, then the int64 rows of the item tables. The
-header is `[applied, ts, offset, row, rows per set, overflow per set, items per set]`:
+A state is one value: a fixed header (`_FIXED`: the lengths of the JSON parts, the
+offset applied, the newest event's time and offset), the row count of each tile set's
+packed rows, then JSON parts: the row feature values, the rare further terms of exact sums,
+the item tables' row counts and values (a read that needs none skips it); padded to 8
+bytes, then the binary tables: little-endian float64 rows of the packed tile sets
+(`featurestore.online.packed`), set after set, then the int64 rows of the item tables:
 
 - applied: the highest offset of this partition applied to the entity;
 - ts, offset: the newest event (event time, offset), whose `row` (row feature values,
@@ -36,7 +38,7 @@ import hashlib
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -53,7 +55,9 @@ MAGIC = b"F4"
 #: Distinct values kept per tile (their smallest hashes): count_distinct is exact up to this
 #: many distinct values in a window, a k-minimum-values estimate beyond (standard error ~3%).
 DISTINCT_KEEP = 1024
-_HEAD = struct.Struct("<2sI")
+_FIXED = struct.Struct("<2sxxIIIqqq")
+"""MAGIC, the bytes of the row JSON, of the overflow JSON and of the items JSON, then the
+state's offset, newest event time and newest event offset."""
 
 
 #: int64 columns of an item table's rows, per statistic.
@@ -94,35 +98,59 @@ def empty_state(codec: StateCodec) -> PartState:
                      items=[[(b"", []) for _ in stats] for stats in codec.stats])
 
 
+class StoredState(NamedTuple):
+    """A stored state's parts, decoded only as far as a read needs."""
+
+    applied: int
+    ts: int
+    offset: int
+    row: bytes
+    """The row feature values, JSON (parsed by the caller, for many states at once)."""
+    overflow: list[list[list[Any]]] | None
+    """Per tile set, the further terms of exact sums (None: there are none)."""
+    packed: list[bytes]
+    items: list[list[tuple[bytes, list[Any]]]] | None
+
+
 def decode_state(blob: bytes, codec: StateCodec) -> PartState:
     """A stored state (see the module docstring)."""
-    head, packed, items = state_tables(blob, codec)
-    return PartState(head[0], head[1], head[2], head[3], packed, head[5], items)
+    st = state_tables(blob, codec)
+    return PartState(st.applied, st.ts, st.offset, orjson.loads(st.row), st.packed,
+                     st.overflow or [[] for _ in codec.widths], st.items or [])
 
 
-def state_tables(blob: bytes, codec: StateCodec) -> tuple[list[Any], list[bytes], list[list[tuple[bytes, list[Any]]]]]:
-    """The header, per tile set the raw packed rows, and per set and statistic the raw item rows
-    and their values, of a stored state."""
-    magic, size = _HEAD.unpack_from(blob)
+def state_tables(blob: bytes, codec: StateCodec, with_items: bool = True) -> StoredState:
+    """A stored state's fixed fields, raw row JSON and packed rows, and (`with_items`) per set
+    and statistic the raw item rows and their values. Reads that need no first / last /
+    last_n / count_distinct skip the item tables (and their JSON); see also `packed_of`."""
+    magic, row_size, overflow_size, items_size, applied, ts, offset = _FIXED.unpack_from(blob)
     if magic != MAGIC:
         raise ValueError("not an online state of layout 4")
-    start = _HEAD.size
-    head = orjson.loads(blob[start : start + size])
-    at = _padded(start + size)
+    n_sets = len(codec.widths)
+    counts = struct.unpack_from(f"<{n_sets}I", blob, _FIXED.size)
+    at = _FIXED.size + 4 * n_sets
+    row = blob[at : at + row_size]
+    at += row_size
+    overflow = orjson.loads(blob[at : at + overflow_size]) if overflow_size else None
+    at += overflow_size
+    items_json = blob[at : at + items_size]
+    at = _padded(at + items_size)
     packed = []
-    for width, n in zip(codec.widths, head[4]):
+    for width, n in zip(codec.widths, counts):
         end = at + n * width
         packed.append(blob[at:end])
         at = end
+    if not with_items:
+        return StoredState(applied, ts, offset, row, overflow, packed, None)
     items = []
-    for stats, tables in zip(codec.stats, head[6]):
+    for stats, tables in zip(codec.stats, orjson.loads(items_json) if items_size else [[] for _ in codec.stats]):
         set_items = []
         for stat, (n, vals) in zip(stats, tables):
             end = at + 8 * ITEM_COLUMNS[stat] * n
             set_items.append((blob[at:end], vals))
             at = end
         items.append(set_items)
-    return head, packed, items
+    return StoredState(applied, ts, offset, row, overflow, packed, items)
 
 
 def tile_indices(state: PartState, k: int, codec: StateCodec) -> set[int]:
@@ -133,13 +161,35 @@ def tile_indices(state: PartState, k: int, codec: StateCodec) -> set[int]:
     return out
 
 
+def packed_of(blob: bytes, codec: StateCodec, wanted: Sequence[int]) -> tuple[int, int, bytes, bytes, list[bytes]]:
+    """What a read of numeric and row features needs, and nothing more: (newest event time,
+    its offset, the row JSON, the overflow JSON (b"" when none), the packed rows of the sets
+    at `wanted`)."""
+    magic, row_size, overflow_size, items_size, _, ts, offset = _FIXED.unpack_from(blob)
+    if magic != MAGIC:
+        raise ValueError("not an online state of layout 4")
+    n_sets = len(codec.widths)
+    counts = struct.unpack_from(f"<{n_sets}I", blob, _FIXED.size)
+    at = _FIXED.size + 4 * n_sets
+    row = blob[at : at + row_size]
+    overflow = blob[at + row_size : at + row_size + overflow_size]
+    base = _padded(at + row_size + overflow_size + items_size)
+    starts = [base]
+    for width, n in zip(codec.widths, counts):
+        starts.append(starts[-1] + n * width)
+    return ts, offset, row, overflow, [blob[starts[k] : starts[k + 1]] for k in wanted]
+
+
 def encode_state(state: PartState, codec: StateCodec) -> bytes:
-    items = [[[len(raw) // (8 * ITEM_COLUMNS[stat]), vals] for stat, (raw, vals) in zip(stats, set_items)]
-             for stats, set_items in zip(codec.stats, state.items)]
-    head = orjson.dumps([state.applied, state.ts, state.offset, state.row,
-                         [len(p) // w for p, w in zip(state.packed, codec.widths)], state.overflow, items])
-    pad = _padded(_HEAD.size + len(head)) - _HEAD.size - len(head)
-    return b"".join([_HEAD.pack(MAGIC, len(head)), head, b" " * pad, *state.packed,
+    """The stored form of a state (see the module docstring)."""
+    row = orjson.dumps(state.row)
+    overflow = orjson.dumps(state.overflow) if any(state.overflow) else b""
+    items = orjson.dumps([[[len(raw) // (8 * ITEM_COLUMNS[stat]), vals] for stat, (raw, vals) in zip(stats, set_items)]
+                          for stats, set_items in zip(codec.stats, state.items)]) if any(codec.stats) else b""
+    counts = [len(p) // w for p, w in zip(state.packed, codec.widths)]
+    head = b"".join([_FIXED.pack(MAGIC, len(row), len(overflow), len(items), state.applied, state.ts, state.offset),
+                     struct.pack(f"<{len(counts)}I", *counts), row, overflow, items])
+    return b"".join([head, b" " * (_padded(len(head)) - len(head)), *state.packed,
                      *(raw for set_items in state.items for raw, _ in set_items)])
 
 
