@@ -4,6 +4,7 @@ same features as of t from the Parquet history with DuckDB, and report per featu
 from __future__ import annotations
 
 import datetime as dt
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,14 +17,16 @@ from featurestore.offline.history import has_history
 from featurestore.offline.point_in_time import point_in_time_features
 from featurestore.offline.sql import identifier, read_history
 from featurestore.online.reader import OnlineReader, ViewRequest
+from featurestore.online.state import DISTINCT_KEEP
 from featurestore.plan import Plan
 
 if TYPE_CHECKING:
     import pandas as pd
 
 REL_TOLERANCE = 1e-9
-#: count_distinct is a HyperLogLog online (standard error 0.81%) and exact offline: allow 3 sigma.
-HLL_REL_TOLERANCE = 3 * 0.0081
+#: count_distinct is exact online up to DISTINCT_KEEP values, a k-minimum-values estimate
+#: beyond (standard error 1/sqrt(k - 2)), and exact offline: allow 3 sigma.
+DISTINCT_REL_TOLERANCE = 3 / math.sqrt(DISTINCT_KEEP - 2)
 
 
 @dataclass
@@ -123,7 +126,7 @@ def check_consistency(
         functions = {a.name: a.function for a in view.aggregations}
         for f in feats:
             res = per_feature[f]
-            rel = HLL_REL_TOLERANCE if functions.get(f) == "count_distinct" else REL_TOLERANCE
+            rel = DISTINCT_REL_TOLERANCE if functions.get(f) == "count_distinct" else REL_TOLERANCE
             for i, key in enumerate(chosen):
                 res.checked += 1
                 d = _diff(online[f][i], offline[f][i], rel)
