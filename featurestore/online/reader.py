@@ -369,8 +369,7 @@ def _states(reply: Any, layout: _Layout, project: str, view: str, key: tuple[Any
         if name[:1] == b"s":
             if layout.tiles:
                 st = state_tables(value, layout.codec)
-                overflow = orjson.dumps(st.overflow) if st.overflow else b""
-                out.append(_Part(int(name[1:]), st.ts, st.offset, st.row, overflow,
+                out.append(_Part(int(name[1:]), st.ts, st.offset, st.row, st.overflow,
                                  [st.packed[k] for k in layout.wanted], st.items))
             else:
                 ts, offset, row, overflow, packed = packed_of(value, layout.codec, layout.wanted)

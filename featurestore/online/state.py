@@ -106,8 +106,8 @@ class StoredState(NamedTuple):
     offset: int
     row: bytes
     """The row feature values, JSON (parsed by the caller, for many states at once)."""
-    overflow: list[list[list[Any]]] | None
-    """Per tile set, the further terms of exact sums (None: there are none)."""
+    overflow: bytes
+    """Per tile set, the further terms of exact sums, JSON (b"": there are none)."""
     packed: list[bytes]
     items: list[list[tuple[bytes, list[Any]]]] | None
 
@@ -116,13 +116,12 @@ def decode_state(blob: bytes, codec: StateCodec) -> PartState:
     """A stored state (see the module docstring)."""
     st = state_tables(blob, codec)
     return PartState(st.applied, st.ts, st.offset, orjson.loads(st.row), st.packed,
-                     st.overflow or [[] for _ in codec.widths], st.items or [])
+                     orjson.loads(st.overflow) if st.overflow else [[] for _ in codec.widths], st.items or [])
 
 
-def state_tables(blob: bytes, codec: StateCodec, with_items: bool = True) -> StoredState:
-    """A stored state's fixed fields, raw row JSON and packed rows, and (`with_items`) per set
-    and statistic the raw item rows and their values. Reads that need no first / last /
-    last_n / count_distinct skip the item tables (and their JSON); see also `packed_of`."""
+def _parts(blob: bytes, codec: StateCodec) -> tuple[tuple[int, int, int], bytes, bytes, bytes, list[int]]:
+    """The fixed fields (applied, ts, offset), the row, overflow and items JSON, and where each
+    tile set's packed rows start (one more: where the item tables start)."""
     magic, row_size, overflow_size, items_size, applied, ts, offset = _FIXED.unpack_from(blob)
     if magic != MAGIC:
         raise ValueError("not an online state of layout 4")
@@ -130,20 +129,25 @@ def state_tables(blob: bytes, codec: StateCodec, with_items: bool = True) -> Sto
     counts = struct.unpack_from(f"<{n_sets}I", blob, _FIXED.size)
     at = _FIXED.size + 4 * n_sets
     row = blob[at : at + row_size]
-    at += row_size
-    overflow = orjson.loads(blob[at : at + overflow_size]) if overflow_size else None
-    at += overflow_size
-    items_json = blob[at : at + items_size]
-    at = _padded(at + items_size)
-    packed = []
+    overflow = blob[at + row_size : at + row_size + overflow_size]
+    items = blob[at + row_size + overflow_size : at + row_size + overflow_size + items_size]
+    starts = [_padded(at + row_size + overflow_size + items_size)]
     for width, n in zip(codec.widths, counts):
-        end = at + n * width
-        packed.append(blob[at:end])
-        at = end
+        starts.append(starts[-1] + n * width)
+    return (applied, ts, offset), row, overflow, items, starts
+
+
+def state_tables(blob: bytes, codec: StateCodec, with_items: bool = True) -> StoredState:
+    """A stored state's fixed fields, raw row JSON and packed rows, and (`with_items`) per set
+    and statistic the raw item rows and their values. Reads that need no first / last /
+    last_n / count_distinct skip the item tables (and their JSON); see also `packed_of`."""
+    (applied, ts, offset), row, overflow, items_json, starts = _parts(blob, codec)
+    packed = [blob[a:b] for a, b in zip(starts, starts[1:])]
     if not with_items:
         return StoredState(applied, ts, offset, row, overflow, packed, None)
     items = []
-    for stats, tables in zip(codec.stats, orjson.loads(items_json) if items_size else [[] for _ in codec.stats]):
+    at = starts[-1]
+    for stats, tables in zip(codec.stats, orjson.loads(items_json) if items_json else [[] for _ in codec.stats]):
         set_items = []
         for stat, (n, vals) in zip(stats, tables):
             end = at + 8 * ITEM_COLUMNS[stat] * n
@@ -165,18 +169,7 @@ def packed_of(blob: bytes, codec: StateCodec, wanted: Sequence[int]) -> tuple[in
     """What a read of numeric and row features needs, and nothing more: (newest event time,
     its offset, the row JSON, the overflow JSON (b"" when none), the packed rows of the sets
     at `wanted`)."""
-    magic, row_size, overflow_size, items_size, _, ts, offset = _FIXED.unpack_from(blob)
-    if magic != MAGIC:
-        raise ValueError("not an online state of layout 4")
-    n_sets = len(codec.widths)
-    counts = struct.unpack_from(f"<{n_sets}I", blob, _FIXED.size)
-    at = _FIXED.size + 4 * n_sets
-    row = blob[at : at + row_size]
-    overflow = blob[at + row_size : at + row_size + overflow_size]
-    base = _padded(at + row_size + overflow_size + items_size)
-    starts = [base]
-    for width, n in zip(codec.widths, counts):
-        starts.append(starts[-1] + n * width)
+    (_, ts, offset), row, overflow, _, starts = _parts(blob, codec)
     return ts, offset, row, overflow, [blob[starts[k] : starts[k + 1]] for k in wanted]
 
 
