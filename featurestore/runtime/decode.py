@@ -1,5 +1,9 @@
 """Decode raw Kafka records of one source into per-view rows, or dead letters with a reason.
 
+A batch is decoded in two passes: each record is validated against the event model (the
+one step per record: its errors are the dead letter's reason), then the valid events are
+turned into columns one column at a time (event times, keys, values, transforms, lateness).
+
 Reasons: `oversized` (larger than the configured limit), `malformed_json` (not JSON),
 `schema_violation` (JSON not matching the event model), `missing_key` (a join key is
 null), `absurd_timestamp` (before 1970 or further in the future than the allowed skew),
@@ -16,6 +20,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from featurestore.plan import Plan, SourcePlan, ViewPlan
@@ -58,6 +63,14 @@ def to_epoch_ms(value: dt.datetime) -> int:
     return (value - _EPOCH) // _MS
 
 
+def _epoch_ms(values: list[dt.datetime]) -> list[int]:
+    """`to_epoch_ms` of each value (one expression per value while all are aware)."""
+    try:
+        return [(v - _EPOCH) // _MS for v in values]
+    except TypeError:  # a naive datetime among them
+        return [to_epoch_ms(v) for v in values]
+
+
 def _schema_detail(exc: ValidationError) -> tuple[str, str]:
     errors = exc.errors(include_url=False)
     if any(e["type"] == "json_invalid" for e in errors):
@@ -67,12 +80,11 @@ def _schema_detail(exc: ValidationError) -> tuple[str, str]:
 
 
 class _ViewExtractor:
-    """Pulls one view's keys and history values out of a validated event."""
+    """Pulls one view's keys and history columns out of validated events."""
 
     def __init__(self, view: ViewPlan, code_root: Path) -> None:
         self.view = view
         self.key_names = [k.name for k in view.join_keys]
-        self.key = _getter(self.key_names)
         attrs: dict[str, str] = {}  # history column -> event attribute
         udfs: dict[str, Callable[[Any], Any]] = {}
         for f in view.row_features:
@@ -86,36 +98,34 @@ class _ViewExtractor:
             for column in (agg.column, agg.where):
                 if column is not None and column not in attrs and column not in udfs:
                     attrs[column] = column
-        self.fields = _getter(list(attrs.values()))
-        self.udfs = list(udfs.items())
+        self.attrs = attrs
+        self.udfs = udfs
         self.columns = [name for name, _ in view.history_columns]
-        self.order = list(attrs) + list(udfs)
-        """The history columns in the order `values` returns them."""
         self.lateness_ms = view.allowed_lateness_ms
 
-    def values(self, event: BaseModel) -> list[Any]:
-        """The event's history values, in `order` (plain fields, then transforms)."""
-        out = list(self.fields(event))
-        for name, fn in self.udfs:
+    def keys(self, events: Sequence[BaseModel]) -> list[tuple[Any, ...]]:
+        """Each event's join key tuple."""
+        if len(self.key_names) == 1:
+            return [(v,) for v in map(attrgetter(self.key_names[0]), events)]
+        return list(map(attrgetter(*self.key_names), events))
+
+    def values(self, events: Sequence[BaseModel], failed: dict[int, list[str]]) -> dict[str, list[Any]]:
+        """The events' history columns (a transform that raises leaves None at that event and
+        adds the reason to `failed[position]`)."""
+        out = {name: list(map(attrgetter(attr), events)) for name, attr in self.attrs.items()}
+        for name, fn in self.udfs.items():
             try:
-                out.append(fn(event))
-            except Exception as exc:  # user code
-                raise _TransformFailed(f"{self.view.name}.{name}: {type(exc).__name__}: {exc}") from None
+                out[name] = list(map(fn, events))
+            except Exception:  # user code: find which events fail, and why
+                out[name] = [self._one(fn, name, e, i, failed) for i, e in enumerate(events)]
         return out
 
-
-def _getter(names: list[str]) -> Callable[[Any], tuple[Any, ...]]:
-    """A function returning these attributes of an object as a tuple (one C call)."""
-    if not names:
-        return lambda _: ()
-    if len(names) == 1:
-        one = attrgetter(names[0])
-        return lambda obj: (one(obj),)
-    return attrgetter(*names)
-
-
-class _TransformFailed(Exception):
-    pass
+    def _one(self, fn: Callable[[Any], Any], name: str, event: BaseModel, at: int, failed: dict[int, list[str]]) -> Any:
+        try:
+            return fn(event)
+        except Exception as exc:  # user code
+            failed.setdefault(at, []).append(f"{self.view.name}.{name}: {type(exc).__name__}: {exc}")
+            return None
 
 
 class Decoder:
@@ -136,75 +146,148 @@ class Decoder:
     ) -> tuple[list[ViewRows], list[DeadLetter]]:
         """Decode records (in offset order per partition). `newest`: per partition, the newest
         event time before these records, updated in place; lateness is judged against it."""
-        out = [ViewRows(view=x.view.name, topic=self.source.topic, processed_at_ms=now_ms) for x in self.views]
-        for rows, x in zip(out, self.views):
-            rows.values = {c: [] for c in x.columns}
-        dead: list[DeadLetter] = []
-        ts_field = self.source.timestamp_field
-        # per view, the append of each history column's list, in the order values come
-        appends = [[rows.values[c].append for c in x.order] for rows, x in zip(out, self.views)]
-        for rec in records:
-            reason, detail, kept = self._decode_one(rec, now_ms, ts_field, out, newest, appends)
-            if reason:
-                dead.append(DeadLetter(self.source.topic, rec.partition, rec.offset, rec.key, rec.value, reason, detail, kept))
-        return out, dead
+        dead: list[tuple[int, DeadLetter]] = []
 
-    def _decode_one(
-        self, rec: RawRecord, now_ms: int, ts_field: str, out: list[ViewRows], newest: dict[int, int | None] | None,
-        column_appends: list[list[Callable[[Any], None]]],
-    ) -> tuple[str, str, bool]:
-        """(reason, detail, kept) of one record: reason "" when every view took it."""
-        if not rec.value:
-            return "malformed_json", "empty record", False
-        if len(rec.value) > self.max_record_bytes:
-            return "oversized", f"{len(rec.value)} bytes, more than the limit of {self.max_record_bytes}", False
-        try:
-            event = self.model.model_validate_json(rec.value)
-        except ValidationError as exc:
-            return (*_schema_detail(exc), False)
-        ts = to_epoch_ms(getattr(event, ts_field))
-        if ts < 0 or ts > now_ms + self.skew_ms:
-            when = dt.datetime.fromtimestamp(ts / 1000, dt.timezone.utc).isoformat() if ts > -(2**46) else str(ts)
-            return "absurd_timestamp", f"{ts_field}={when} is before 1970 or more than {self.skew_ms} ms in the future", False
-        staged: list[tuple[tuple[Any, ...], list[Any]] | None] = []
-        failed: list[str] = []
+        def reject(at: int, reason: str, detail: str, kept: bool = False) -> None:
+            rec = records[at]
+            dead.append((at, DeadLetter(self.source.topic, rec.partition, rec.offset, rec.key, rec.value, reason,
+                                        detail, kept)))
+
+        events, taken = self._validate(records, reject)
+        stamps = _epoch_ms(list(map(attrgetter(self.source.timestamp_field), events)))
+        keys = [x.keys(events) for x in self.views]
+        times = np.asarray(stamps, dtype=np.int64)
+        absurd = (times < 0) | (times > now_ms + self.skew_ms)
+        usable = list(range(len(events)))
+        if absurd.any():  # rare: the few bad ones one by one
+            for i in np.flatnonzero(absurd).tolist():
+                reject(taken[i], "absurd_timestamp", self._absurd_detail(stamps[i]))
+            usable = np.flatnonzero(~absurd).tolist()
+        for x, view_keys in zip(self.views, keys):
+            if any(None in k for k in view_keys):
+                bad = {i for i in usable if None in view_keys[i]}
+                for i in bad:
+                    reject(taken[i], "missing_key", f"view {x.view.name}: join key {', '.join(x.key_names)} is null")
+                usable = [i for i in usable if i not in bad]
+        if len(usable) < len(events):
+            events = [events[i] for i in usable]
+            stamps = [stamps[i] for i in usable]
+            keys = [[k[i] for i in usable] for k in keys]
+            taken = [taken[i] for i in usable]
+        return self._rows(records, events, taken, stamps, keys, now_ms, newest, reject), [d for _, d in sorted(dead)]
+
+    def _validate(self, records: Sequence[RawRecord], reject: Callable[..., None]) -> tuple[list[BaseModel], list[int]]:
+        """The valid events, and their positions in `records`."""
+        validate = self.model.model_validate_json
+        limit = self.max_record_bytes
+        events: list[BaseModel] = []
+        taken: list[int] = []
+        for at, rec in enumerate(records):
+            value = rec.value
+            if not value:
+                reject(at, "malformed_json", "empty record")
+            elif len(value) > limit:
+                reject(at, "oversized", f"{len(value)} bytes, more than the limit of {limit}")
+            else:
+                try:
+                    events.append(validate(value))
+                except ValidationError as exc:
+                    reject(at, *_schema_detail(exc))
+                    continue
+                taken.append(at)
+        return events, taken
+
+    def _absurd_detail(self, ts: int) -> str:
+        when = dt.datetime.fromtimestamp(ts / 1000, dt.timezone.utc).isoformat() if ts > -(2**46) else str(ts)
+        field = self.source.timestamp_field
+        return f"{field}={when} is before 1970 or more than {self.skew_ms} ms in the future"
+
+    def _rows(
+        self, records: Sequence[RawRecord], events: list[BaseModel], taken: list[int], stamps: list[int],
+        keys: list[list[tuple[Any, ...]]], now_ms: int, newest: dict[int, int | None] | None,
+        reject: Callable[..., None],
+    ) -> list[ViewRows]:
+        """Each view's rows of the usable events; dead letters for transforms that failed and
+        events later than a view's allowed lateness."""
+        failed_by_view: list[dict[int, list[str]]] = []
+        values = []
         for x in self.views:
-            key = x.key(event)
-            if None in key:
-                return "missing_key", f"view {x.view.name}: join key {', '.join(x.key_names)} is null", False
-            try:
-                staged.append((key, x.values(event)))
-            except _TransformFailed as exc:  # this view loses the event; the others still take it
-                staged.append(None)
-                failed.append(str(exc))
-        if len(failed) == len(self.views):
-            return "transform_error", "; ".join(failed), False
-        late_for: list[str] = []
-        before = newest.get(rec.partition) if newest is not None else None
-        for rows, x, entry, appends in zip(out, self.views, staged, column_appends):
-            if entry is None:
-                continue
-            key, values = entry
-            rows.keys.append(key)
-            rows.ts.append(ts)
-            rows.partition.append(rec.partition)
-            rows.offset.append(rec.offset)
-            for append, value in zip(appends, values):
-                append(value)
-            late = x.lateness_ms is not None and before is not None and ts < before - x.lateness_ms
-            if late or rows.late:
-                if not rows.late:
-                    rows.late = [False] * (len(rows.ts) - 1)
-                rows.late.append(late)
-                if late:
-                    late_for.append(f"{x.view.name} (allowed {x.lateness_ms} ms)")
-        if newest is not None and (before is None or ts > before):
-            newest[rec.partition] = ts
-        if failed:
-            applied = [x.view.name for x, entry in zip(self.views, staged) if entry is not None]
-            return "transform_error", f"{'; '.join(failed)} (applied to {', '.join(applied)})", True
-        if late_for:
-            assert before is not None
-            return ("late", f"event time {ts} is {before - ts} ms behind its partition's newest {before}: "
-                    f"late for {', '.join(late_for)}", True)
-        return "", "", False
+            failed: dict[int, list[str]] = {}
+            values.append(x.values(events, failed))
+            failed_by_view.append(failed)
+        failed_any = set().union(*failed_by_view)
+        lost = {i for i in failed_any if all(i in f for f in failed_by_view)}  # no view took it
+        partitions = [records[at].partition for at in taken]
+        offsets = [records[at].offset for at in taken]
+        before = _newest_before(partitions, stamps, lost, newest)
+        out = []
+        late_for: dict[int, list[str]] = {}
+        for x, view_keys, columns, failed in zip(self.views, keys, values, failed_by_view):
+            rows = ViewRows(view=x.view.name, topic=self.source.topic, processed_at_ms=now_ms)
+            pick = None if not failed else [i for i in range(len(events)) if i not in failed]
+            late: list[bool] = []
+            if x.lateness_ms is not None and before is not None:
+                flags = (before != _NONE) & (np.asarray(stamps, dtype=np.int64) < before - x.lateness_ms)
+                if flags.any():
+                    late = flags.tolist()
+                    for i in np.flatnonzero(flags).tolist():
+                        late_for.setdefault(i, []).append(f"{x.view.name} (allowed {x.lateness_ms} ms)")
+            if pick is None:
+                rows.keys, rows.ts, rows.partition, rows.offset = view_keys, stamps, partitions, offsets
+                rows.values = {c: columns[c] for c in x.columns}
+                rows.late = late
+            else:
+                rows.keys = [view_keys[i] for i in pick]
+                rows.ts = [stamps[i] for i in pick]
+                rows.partition = [partitions[i] for i in pick]
+                rows.offset = [offsets[i] for i in pick]
+                rows.values = {c: [columns[c][i] for i in pick] for c in x.columns}
+                rows.late = [late[i] for i in pick] if late else []
+            out.append(rows)
+        for i in sorted(failed_any):
+            reasons = "; ".join(r for f in failed_by_view for r in f.get(i, ()))
+            if i in lost:
+                reject(taken[i], "transform_error", reasons)
+            else:
+                applied = [x.view.name for x, f in zip(self.views, failed_by_view) if i not in f]
+                reject(taken[i], "transform_error", f"{reasons} (applied to {', '.join(applied)})", True)
+        for i, views in late_for.items():
+            if i not in failed_any:
+                assert before is not None
+                b = int(before[i])
+                reject(taken[i], "late", f"event time {stamps[i]} is {b - stamps[i]} ms behind its partition's newest "
+                       f"{b}: late for {', '.join(views)}", True)
+        return out
+
+
+_NONE = np.iinfo(np.int64).min
+
+
+def _newest_before(partitions: list[int], stamps: list[int], lost: set[int],
+                   newest: dict[int, int | None] | None) -> np.ndarray | None:
+    """Per event, the newest event time of its partition before it (`_NONE`: none yet),
+    counting only events some view took; updates `newest` to the newest after the batch.
+    None when `newest` is None (lateness is not judged)."""
+    if newest is None:
+        return None
+    n = len(stamps)
+    part = np.asarray(partitions, dtype=np.int64)
+    ts = np.asarray(stamps, dtype=np.int64)
+    counted = ts.copy()
+    if lost:
+        counted[list(lost)] = _NONE
+    before = np.full(n, _NONE, dtype=np.int64)
+    for p in np.unique(part).tolist():
+        at = np.flatnonzero(part == p)
+        start = newest.get(p)
+        running = np.maximum.accumulate(counted[at])
+        prior = np.concatenate(([_NONE if start is None else start], running[:-1]))
+        if start is not None:
+            prior = np.maximum(prior, start)
+        before[at] = prior
+        high = int(running[-1]) if len(at) else _NONE
+        if start is not None:
+            high = max(high, start)
+        if high != _NONE:
+            newest[p] = high
+    return before
