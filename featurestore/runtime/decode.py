@@ -228,6 +228,8 @@ class Decoder:
             late: list[bool] = []
             if x.lateness_ms is not None and before is not None:
                 flags = (before != _NONE) & (np.asarray(stamps, dtype=np.int64) < before - x.lateness_ms)
+                if pick is not None:  # events this view did not take are not late for it
+                    flags[list(failed)] = False
                 if flags.any():
                     late = flags.tolist()
                     for i in np.flatnonzero(flags).tolist():
