@@ -1,4 +1,4 @@
--- Store entity states (storage layout 4) unless a hash already holds a newer one.
+-- Store entity states (storage layout 5) unless a hash already holds a newer one.
 --
 -- KEYS: entity hashes. ARGV: per key, three arguments: the source partition p, the offset
 -- up to which the state applied p's events, the state. A hash holds per partition the
@@ -11,14 +11,14 @@ local written = 0
 for i, key in ipairs(KEYS) do
   local p, offset, state = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
   local held = redis.call('HMGET', key, '_v', 'o' .. p)
-  if held[1] and held[1] ~= '4' then
+  if held[1] and held[1] ~= '5' then
     return redis.error_reply('FSLAYOUT ' .. held[1] .. ' ' .. key)
   end
   if not held[1] and redis.call('EXISTS', key) == 1 then  -- written before layouts had versions
     return redis.error_reply('FSLAYOUT 1 ' .. key)
   end
   if not held[2] or tonumber(held[2]) < tonumber(offset) then
-    redis.call('HSET', key, '_v', '4', 'o' .. p, offset, 's' .. p, state)
+    redis.call('HSET', key, '_v', '5', 'o' .. p, offset, 's' .. p, state)
     written = written + 1
   end
 end

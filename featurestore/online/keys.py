@@ -1,4 +1,4 @@
-"""Redis key and hash-field layout of the online store (storage layout 4).
+"""Redis key and hash-field layout of the online store (storage layout 5).
 
 One hash per (project, view, entity): `fs:{project}:{view}:{key}`, where `key` is the join
 key value (several keys joined with `|`). Every read and write touches one key, so a Redis
@@ -19,10 +19,10 @@ from typing import Any
 
 from featurestore.errors import OnlineLayoutError
 
-#: Version of this layout, in each entity hash's `_v` (tiles.lua checks the same value).
-LAYOUT_VERSION = "4"
+#: Version of this layout, in each entity hash's `_v` (guard.lua checks the same value).
+LAYOUT_VERSION = "5"
 #: Layouts this version reads and writes.
-READABLE_LAYOUTS = frozenset({"4"})
+READABLE_LAYOUTS = frozenset({"5"})
 LAYOUT_FIELD = "_v"
 
 

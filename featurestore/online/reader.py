@@ -363,9 +363,14 @@ class _Part(NamedTuple):
 def _states(reply: Any, layout: _Layout, project: str, view: str, key: tuple[Any, ...]) -> list[_Part]:
     """An entity hash's states, one per partition."""
     flat = reply if isinstance(reply, list) else [x for kv in reply.items() for x in kv]
+    if not flat:
+        return []
+    fields = dict(zip(flat[::2], flat[1::2]))
+    version = fields.get(_VERSION_FIELD)
+    if version not in _VERSIONS:  # a hash of another layout: not parsed
+        raise layout_error(entity_key(project, view, key), version)
     out = []
-    version = None
-    for name, value in zip(flat[::2], flat[1::2]):
+    for name, value in fields.items():
         if name[:1] == b"s":
             if layout.tiles:
                 st = state_tables(value, layout.codec)
@@ -374,12 +379,6 @@ def _states(reply: Any, layout: _Layout, project: str, view: str, key: tuple[Any
             else:
                 ts, offset, row, overflow, packed = packed_of(value, layout.codec, layout.wanted)
                 out.append(_Part(int(name[1:]), ts, offset, row, overflow, packed, None))
-        elif name == _VERSION_FIELD:
-            version = value
-    if out and version not in _VERSIONS:
-        raise layout_error(entity_key(project, view, key), version)
-    if not out and flat and version not in _VERSIONS:  # a hash of an older layout
-        raise layout_error(entity_key(project, view, key), version)
     return out
 
 

@@ -24,20 +24,10 @@ from redis.exceptions import NoScriptError
 
 from featurestore.collector import collector_paused
 from featurestore.online.connection import OnlineRedis
+from featurestore.online.fold import Bounds, Groups, fold_states, group_rows, set_bounds
 from featurestore.online.keys import LAYOUT_VERSION, entity_keys, layout_error, state_field
 from featurestore.online.layout import TileSet, tile_sets
-from featurestore.online.state import (
-    Bounds,
-    Groups,
-    PartState,
-    StateCodec,
-    decode_state,
-    empty_state,
-    encode_state,
-    fold,
-    group_rows,
-    set_bounds,
-)
+from featurestore.online.state import StateCodec
 from featurestore.plan import Plan, ViewPlan
 from featurestore.records import ViewRows
 
@@ -101,16 +91,13 @@ class OnlineWriter:
         part = np.asarray(rows.partition, dtype=np.int64)
         off = np.asarray(rows.offset, dtype=np.int64)
         groups = group_rows(rows.keys, ts, part, off, picked)
-        states = self._states(view, groups)
-        new = fold(view.plan, view.sets, view.bounds, groups, states, rows.values)
-        changed = [g for g, (a, b) in enumerate(zip(states, new)) if b.applied != a.applied]
-        self.groups_skipped += len(states) - len(changed)
+        stored = self._states(view, groups)
+        changed, applied, blobs = fold_states(view.plan, view.sets, view.bounds, view.codec, groups, stored, rows.values)
+        self.groups_skipped += len(stored) - len(changed)
         if not changed:
             return 0
         keys = entity_keys(self.project, view.plan.name, [groups.keys[g] for g in changed])
-        blobs = [encode_state(new[g], view.codec) for g in changed]
-        writes = [(key, groups.partitions[g], new[g].applied, blob) for key, g, blob in zip(keys, changed, blobs)]
-        self._store(writes)
+        self._store([(key, groups.partitions[g], a, blob) for key, g, a, blob in zip(keys, changed, applied, blobs)])
         self.groups_applied += len(changed)
         for g, blob in zip(changed, blobs):
             slot = (groups.partitions[g], groups.keys[g])
@@ -120,10 +107,9 @@ class OnlineWriter:
             del view.cache[next(iter(view.cache))]
         return len(changed)
 
-    def _states(self, view: _View, groups: Groups) -> list[PartState]:
-        """Each group's state: cached, else read from Redis (empty when the hash holds none)."""
-        cached = [view.cache.get((p, key)) for p, key in zip(groups.partitions, groups.keys)]
-        states: list[PartState | None] = [None if blob is None else decode_state(blob, view.codec) for blob in cached]
+    def _states(self, view: _View, groups: Groups) -> list[bytes | None]:
+        """Each group's encoded state: cached, else read from Redis (None when the hash holds none)."""
+        states = [view.cache.get((p, key)) for p, key in zip(groups.partitions, groups.keys)]
         missing = [g for g, s in enumerate(states) if s is None]
         if missing:
             keys = entity_keys(self.project, view.plan.name, [groups.keys[g] for g in missing])
@@ -132,8 +118,8 @@ class OnlineWriter:
             for key, g, (version, blob) in zip(keys, missing, replies):
                 if version is not None and version.decode() != LAYOUT_VERSION:
                     raise layout_error(key.decode(), version)
-                states[g] = decode_state(blob, view.codec) if blob else empty_state(view.codec)
-        return states  # type: ignore[return-value]
+                states[g] = blob or None
+        return states
 
     def _store(self, writes: list[tuple[bytes, int, int, bytes]]) -> None:
         """Run guard.lua over the writes: `_KEYS_PER_CALL` keys per call on one Redis, the keys

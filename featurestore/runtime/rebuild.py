@@ -23,9 +23,10 @@ from featurestore.offline.chunks import chunks_of_whole_entities
 from featurestore.offline.history import has_history
 from featurestore.offline.sql import identifier, read_history
 from featurestore.online.connection import OnlineRedis
+from featurestore.online.fold import fold_states, group_rows, set_bounds
 from featurestore.online.keys import LAYOUT_FIELD, LAYOUT_VERSION, entity_keys, offset_field, state_field
 from featurestore.online.layout import tile_sets
-from featurestore.online.state import StateCodec, empty_state, encode_state, fold, group_rows, set_bounds
+from featurestore.online.state import StateCodec
 from featurestore.plan import ViewPlan
 
 T = TypeVar("T")
@@ -139,11 +140,12 @@ def write_states(online: OnlineRedis, project: str, view: ViewPlan, table: pa.Ta
     off = table["_offset"].to_numpy().astype(np.int64)
     values = {name: table[name].to_pylist() for name, _ in view.history_columns}
     groups = group_rows(keys, ts, part, off, np.arange(len(keys)))
-    states = fold(view, sets, set_bounds(view, sets, max_future_skew_ms), groups,
-                  [empty_state(codec) for _ in groups.keys], values)
-    hashes = entity_keys(project, view.name, groups.keys)
-    commands = [(key, pack_command(("HSET", key, LAYOUT_FIELD, LAYOUT_VERSION, offset_field(p), s.applied,  # type: ignore[arg-type]
-                                    state_field(p), encode_state(s, codec)))) for key, p, s in zip(hashes, groups.partitions, states)]
+    folded = fold_states(view, sets, set_bounds(view, sets, max_future_skew_ms), codec, groups,
+                         [None] * len(groups.keys), values)
+    hashes = entity_keys(project, view.name, [groups.keys[g] for g in folded.groups])
+    commands = [(key, pack_command(("HSET", key, LAYOUT_FIELD, LAYOUT_VERSION, offset_field(groups.partitions[g]),  # type: ignore[arg-type]
+                                    applied, state_field(groups.partitions[g]), state)))
+                for key, g, applied, state in zip(hashes, folded.groups, folded.applied, folded.states)]
     sends = (commands[i : i + _ENTITIES_PER_BATCH] for i in range(0, len(commands), _ENTITIES_PER_BATCH))
     for reply in online.stream(sends):
         if isinstance(reply, Exception):

@@ -210,19 +210,25 @@ def test_state_of_another_layout_is_refused_not_misread(store) -> None:  # type:
     assert client.hgetall(key) == before
 
 
-def test_state_of_layout_3_is_refused_not_misread(store) -> None:  # type: ignore[no-untyped-def]
-    """A hash of layout 3 (tiles merged inside Redis by a script) is neither read nor written
-    over: both name the fix (`rebuild-online`)."""
+@pytest.mark.parametrize("layout, fields", [
+    ("3", {"_ts": "1700000000000", "amount|60000|P": b"\0" * 24}),  # tiles merged inside Redis by a script
+    ("4", {"o0": "7", "s0": b"F4\0\0" + b"\0" * 60}),  # states with their item counts in JSON
+])
+def test_state_of_an_older_layout_is_refused_not_misread(store, layout: str, fields: dict) -> None:  # type: ignore[no-untyped-def]
+    """A hash of an older layout is neither read nor written over: both name the fix
+    (`rebuild-online`), and the hash is left as it was."""
     from featurestore.errors import OnlineLayoutError
+    from featurestore.online.keys import LAYOUT_VERSION
 
     plan, client, writer, reader, project = store
     view = plan.view("user_payments")
     t0 = 1_700_000_000_000
     key = f"fs:{project}:user_payments:3"
-    client.hset(key, mapping={"_v": "3", "_ts": str(t0), "amount|60000|P": b"\0" * 24})
+    client.hset(key, mapping={"_v": layout, **fields})
     before = client.hgetall(key)
-    with pytest.raises(OnlineLayoutError, match="layout 3, this version reads and writes layout 4.*rebuild-online"):
+    expected = f"layout {layout}, this version reads and writes layout {LAYOUT_VERSION}.*rebuild-online"
+    with pytest.raises(OnlineLayoutError, match=expected):
         reader.read([ViewRequest(view, ["amount_count_1h"], [(3,)])], t0 + 1000)
-    with pytest.raises(OnlineLayoutError, match="layout 3, this version reads and writes layout 4.*rebuild-online"):
+    with pytest.raises(OnlineLayoutError, match=expected):
         writer.write([_rows(view, [(3, t0 + 5, _event(3.0, "m2"))], first_offset=10)])
     assert client.hgetall(key) == before

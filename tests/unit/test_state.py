@@ -10,19 +10,9 @@ from typing import Any
 import numpy as np
 
 from featurestore.compile import compile_repo
+from featurestore.online.fold import fold_states, group_rows, set_bounds
 from featurestore.online.layout import tile_sets
-from featurestore.online.state import (
-    DISTINCT_KEEP,
-    StateCodec,
-    decode_state,
-    distinct_count,
-    empty_state,
-    encode_state,
-    fold,
-    group_rows,
-    set_bounds,
-    value_hash,
-)
+from featurestore.online.state import DISTINCT_KEEP, StateCodec, decode_state, distinct_count, encode_state, value_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 VIEW = compile_repo(ROOT / "feature_defs").view("user_payments")
@@ -54,9 +44,9 @@ def _fold_batches(batches: list[list[dict[str, Any]]]) -> dict[tuple[Any, ...], 
         part = np.zeros(len(batch), dtype=np.int64)
         values = {name: [e[name] for e in batch] for name, _ in VIEW.history_columns}
         groups = group_rows(keys, ts, part, off, np.arange(len(batch)))
-        states = [decode_state(stored[k], CODEC) if k in stored else empty_state(CODEC) for k in groups.keys]
-        for key, state in zip(groups.keys, fold(VIEW, SETS, BOUNDS, groups, states, values)):
-            stored[key] = encode_state(state, CODEC)
+        folded = fold_states(VIEW, SETS, BOUNDS, CODEC, groups, [stored.get(k) for k in groups.keys], values)
+        for g, state in zip(folded.groups, folded.states):
+            stored[groups.keys[g]] = state
     return stored
 
 
