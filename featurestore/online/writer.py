@@ -8,11 +8,17 @@ group's new events into it, vectorised over the batch, and the new states are wr
 offset for that partition. Events at or below a state's offset are skipped, so replaying a
 batch (after a crash, or by a former owner of the partition) changes nothing: every event
 takes effect exactly once.
+
+With `background=True` the states of a batch are sent by a worker thread while the caller
+goes on (consumes and decodes the next batch); `settle()` waits until everything computed
+so far is in Redis, and must run before the offsets of those events are committed. One
+batch is in flight at a time: the next `write` settles the previous one first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import resources
 from typing import Any
 
@@ -31,6 +37,8 @@ from featurestore.online.state import StateCodec
 from featurestore.plan import Plan, ViewPlan
 from featurestore.records import ViewRows
 
+_Write = tuple[bytes, int, int, bytes]
+"""A state to store: (entity hash, partition, applied offset, encoded state)."""
 _KEYS_PER_CALL = 200
 _CALLS_PER_SEND = 10
 #: Entity states kept in memory per writer (the partitions it owns); more are read back from Redis.
@@ -53,7 +61,7 @@ class OnlineWriter:
     """Applies ViewRows to the online store. Safe to call from one thread at a time."""
 
     def __init__(self, client: redis.Redis, project: str, plan: Plan, max_future_skew_ms: int = 0,
-                 cache_states: int = DEFAULT_CACHE_STATES) -> None:
+                 cache_states: int = DEFAULT_CACHE_STATES, background: bool = False) -> None:
         self.client = client
         self.redis = OnlineRedis(client)
         self.project = project
@@ -64,15 +72,54 @@ class OnlineWriter:
         self._sha: str | None = None
         self.groups_applied = 0
         self.groups_skipped = 0
+        self._sender = ThreadPoolExecutor(1, thread_name_prefix="online-store") if background else None
+        self._in_flight: tuple[Future[None], list[_Write]] | None = None
+        self._unsent: list[_Write] = []
 
     @collector_paused
-    def write(self, batches: Sequence[ViewRows]) -> int:
-        """Apply the batches; returns the number of entity states written."""
-        written = 0
-        for rows in batches:
-            if len(rows):
-                written += self._write_view(self.views[rows.view], rows)
-        return written
+    def write(self, batches: Sequence[ViewRows], on_stored: Callable[[], None] | None = None) -> int:
+        """Apply the batches (after settling the previous ones); returns the number of entity
+        states written. `on_stored` runs once they are in Redis (on the worker thread in the
+        background)."""
+        self.settle()
+        writes: list[_Write] = []
+        try:
+            for rows in batches:
+                if len(rows):
+                    writes += self._fold_view(self.views[rows.view], rows)
+        except BaseException:  # states already folded (and cached) are stored by the next settle
+            self._unsent += writes
+            raise
+        if self._sender is None:
+            self._store(writes)
+            if on_stored:
+                on_stored()
+        else:
+            self._in_flight = (self._sender.submit(self._store, writes, on_stored), writes)
+        return len(writes)
+
+    def settle(self) -> None:
+        """Wait until every state computed so far is in Redis. A store that failed is sent
+        again here (its states are already the cache's), and its error raised if it fails again."""
+        if self._in_flight is not None:
+            future, writes = self._in_flight
+            self._in_flight = None
+            try:
+                future.result()
+            except BaseException:
+                self._unsent = writes
+                raise
+        if self._unsent:
+            self._store(self._unsent)
+            self._unsent = []
+
+    def close(self) -> None:
+        """Settle, and stop the worker thread."""
+        try:
+            self.settle()
+        finally:
+            if self._sender is not None:
+                self._sender.shutdown(wait=True)
 
     def forget(self, topic: str, partition: int) -> None:
         """A partition moved away: its cached states may be overtaken by its next owner."""
@@ -81,12 +128,13 @@ class OnlineWriter:
                 for key in [k for k in view.cache if k[0] == partition]:
                     del view.cache[key]
 
-    def _write_view(self, view: _View, rows: ViewRows) -> int:
+    def _fold_view(self, view: _View, rows: ViewRows) -> list[_Write]:
+        """The new states of one view's batch (also put in the cache)."""
         picked = np.arange(len(rows))
         if rows.late:
             picked = picked[~np.asarray(rows.late, dtype=bool)]
         if not len(picked):
-            return 0
+            return []
         ts = np.asarray(rows.ts, dtype=np.int64)
         part = np.asarray(rows.partition, dtype=np.int64)
         off = np.asarray(rows.offset, dtype=np.int64)
@@ -95,9 +143,8 @@ class OnlineWriter:
         changed, applied, blobs = fold_states(view.plan, view.sets, view.bounds, view.codec, groups, stored, rows.values)
         self.groups_skipped += len(stored) - len(changed)
         if not changed:
-            return 0
+            return []
         keys = entity_keys(self.project, view.plan.name, [groups.keys[g] for g in changed])
-        self._store([(key, groups.partitions[g], a, blob) for key, g, a, blob in zip(keys, changed, applied, blobs)])
         self.groups_applied += len(changed)
         for g, blob in zip(changed, blobs):
             slot = (groups.partitions[g], groups.keys[g])
@@ -105,7 +152,7 @@ class OnlineWriter:
             view.cache[slot] = blob
         while len(view.cache) > self.cache_states:
             del view.cache[next(iter(view.cache))]
-        return len(changed)
+        return [(key, groups.partitions[g], a, blob) for key, g, a, blob in zip(keys, changed, applied, blobs)]
 
     def _states(self, view: _View, groups: Groups) -> list[bytes | None]:
         """Each group's encoded state: cached, else read from Redis (None when the hash holds none)."""
@@ -121,9 +168,13 @@ class OnlineWriter:
                 states[g] = blob or None
         return states
 
-    def _store(self, writes: list[tuple[bytes, int, int, bytes]]) -> None:
+    def _store(self, writes: list[_Write], on_stored: Callable[[], None] | None = None) -> None:
         """Run guard.lua over the writes: `_KEYS_PER_CALL` keys per call on one Redis, the keys
         of one slot per call on a cluster; several calls per send."""
+        if not writes:
+            if on_stored:
+                on_stored()
+            return
         if self._sha is None:
             self._sha = self.redis.load_script(self._lua)
         calls = self._calls(writes)
@@ -140,12 +191,14 @@ class OnlineWriter:
                     _, found, key = text.split(" ", 2)
                     raise layout_error(key, found) from None
                 raise reply
+        if on_stored:
+            on_stored()
 
-    def _calls(self, writes: list[tuple[bytes, int, int, bytes]]) -> list[tuple[bytes, bytes]]:
+    def _calls(self, writes: list[_Write]) -> list[tuple[bytes, bytes]]:
         """The script calls (keyed by their first key) storing these writes (idempotent: sent again
         after a NOSCRIPT, each state is stored at most once)."""
         if self.redis.is_cluster:
-            by_slot: dict[int, list[tuple[bytes, int, int, bytes]]] = {}
+            by_slot: dict[int, list[_Write]] = {}
             for w in writes:
                 by_slot.setdefault(key_slot(w[0]), []).append(w)
             chunks = [c[i : i + _KEYS_PER_CALL] for c in by_slot.values() for i in range(0, len(c), _KEYS_PER_CALL)]

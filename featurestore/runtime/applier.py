@@ -66,7 +66,10 @@ class ProcessorStats:
 class BatchApplier:
     """Applies batches of raw records of a plan's sources to Redis, the history and the dead-letter topics."""
 
-    def __init__(self, plan: Plan, settings: Settings, stop: threading.Event | None = None) -> None:
+    def __init__(self, plan: Plan, settings: Settings, stop: threading.Event | None = None,
+                 background_online: bool = False) -> None:
+        """`background_online`: states are sent to Redis while the next batch is decoded; call
+        `settle_online` before committing offsets."""
         self.plan = plan
         self.settings = settings
         skew_ms = int(settings.max_future_skew_s * 1000)
@@ -77,7 +80,7 @@ class BatchApplier:
         self.dead_letter_topics = {s.topic: s.dead_letter_topic for s in plan.sources}
         self.watermarks = {s.topic: Watermarks(plan, s, Path(settings.offline_root)) for s in plan.sources}
         self.redis = settings.redis_client(socket_timeout=30, socket_connect_timeout=10)
-        self.online = OnlineWriter(self.redis, settings.project, plan, skew_ms)
+        self.online = OnlineWriter(self.redis, settings.project, plan, skew_ms, background=background_online)
         self.history = HistoryWriter(Path(settings.offline_root), plan)
         self.stats = ProcessorStats()
         self.stop_requested = stop or threading.Event()
@@ -97,8 +100,11 @@ class BatchApplier:
         self.dead_letters = DeadLetterSink(producer, self.dead_letter_topics, local, self.settings.max_dead_letter_bytes)
 
     def close(self) -> None:
-        if self.dead_letters is not None:
-            self.dead_letters.flush(30)
+        try:
+            self.online.close()
+        finally:
+            if self.dead_letters is not None:
+                self.dead_letters.flush(30)
 
     @collector_paused
     def decode(self, by_topic: dict[str, list[RawRecord]]) -> tuple[list[ViewRows], list[DeadLetter]]:
@@ -124,11 +130,14 @@ class BatchApplier:
     def write(self, batches: list[ViewRows], dead: list[DeadLetter]) -> None:
         """Apply decoded rows online (retrying), buffer them for the history, produce dead letters."""
         if batches:
+            applied = [metrics.BatchObservation(rows.view, _on_time(rows)) for rows in batches]
+
+            def visible() -> None:
+                metrics.observe_online_batch(applied, time.time())
+
             self.stats.entity_writes += self.with_retry(f"Redis write to {self.settings.redis_display}",
-                                                        lambda: self.online.write(batches))
+                                                        lambda: self.online.write(batches, visible))
             fault_point("after_online_write")
-            visible_at = time.time()
-            metrics.observe_online_batch((metrics.BatchObservation(rows.view, _on_time(rows)) for rows in batches), visible_at)
             for rows in batches:
                 self.history.append(rows)
         for d in dead:
@@ -137,6 +146,10 @@ class BatchApplier:
             assert self.dead_letters is not None, "call open() first"
             self.dead_letters.send(d)
         self.stats.batches += 1
+
+    def settle_online(self) -> None:
+        """Wait until the states of every batch written so far are in Redis (retrying)."""
+        self.with_retry(f"Redis write to {self.settings.redis_display}", self.online.settle)
 
     def flush(self) -> None:
         """Make the history and the dead letters of everything applied so far durable."""

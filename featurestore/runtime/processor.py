@@ -2,7 +2,8 @@
 
 Checkpoint order (one place): Parquet history committed per partition -> dead letters
 flushed to Kafka -> consumer offsets committed. Online writes happen per batch, before
-the checkpoint that covers them. A periodic checkpoint makes what was processed when it
+the checkpoint that covers them (a worker thread sends a batch's states to Redis while the
+next batch is consumed and decoded; a checkpoint first waits for them). A periodic checkpoint makes what was processed when it
 started durable in a worker thread while the next batches are applied (one at a time); the
 consumer's own thread commits its offsets once that is done (a commit from the worker while
 a rebalance callback waited for that worker stalled the whole group). Rebalances, the end
@@ -50,7 +51,7 @@ class StreamProcessor:
         self.plan = plan
         self.settings = settings
         self._stop = threading.Event()
-        self.applier = BatchApplier(plan, settings, self._stop)
+        self.applier = BatchApplier(plan, settings, self._stop, background_online=True)
         self._offsets: dict[tuple[str, int], int] = {}
         self._eof: dict[tuple[str, int], int] = {}
         self._last_checkpoint = time.monotonic()
@@ -221,6 +222,7 @@ class StreamProcessor:
     def checkpoint(self) -> None:
         """Make everything processed durable, then commit the offsets that cover it (waits)."""
         self._finish_checkpoint()
+        self.applier.settle_online()  # the offsets taken below are of events whose states are in Redis
         history, offsets = self.history.take(), self._take_offsets()
         self.applier.flush_taken(history)
         self._commit(offsets)
@@ -230,6 +232,7 @@ class StreamProcessor:
         made durable there while the next batches are applied (one checkpoint at a time);
         `_finish_checkpoint` commits its offsets on this thread."""
         self._finish_checkpoint()
+        self.applier.settle_online()
         history, offsets = self.history.take(), self._take_offsets()
         self._pending_checkpoint = (self._checkpointer.submit(self.applier.flush_taken, history), offsets)
         self._last_checkpoint = time.monotonic()
