@@ -7,11 +7,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-#: Aggregation functions available over event-time windows.
-AGGREGATION_FUNCTIONS: tuple[str, ...] = (
-    "count", "sum", "mean", "min", "max", "stddev", "variance",
-    "first", "last", "last_n", "count_distinct",
-)
+from featurestore.aggregations import AGGREGATION_FUNCTIONS  # noqa: F401  (exported: the functions available)
+
 #: Put in `Aggregation(windows=[...])` for an aggregation over all events ever seen.
 LIFETIME = "lifetime"
 

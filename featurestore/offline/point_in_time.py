@@ -25,6 +25,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from featurestore.aggregations import FUNCTIONS
 from featurestore.offline.history import ARROW_TYPES, has_history
 from featurestore.offline.sql import identifier as _q
 from featurestore.offline.sql import read_history
@@ -54,28 +55,7 @@ def _agg_sql(agg: AggregationPlan, window: str | None = None) -> str:
         conds.append(f"{ref(agg.where)} IS TRUE")
     cond = f"FILTER (WHERE {' AND '.join(conds)})" + (f" OVER {window}" if window else "")
     seq = "h._seq" if window is None else "_seq"
-    f = agg.function
-    if f == "count":
-        return f"count({col}) {cond}"
-    if f == "count_distinct":
-        return f"count(DISTINCT {col}) {cond}"
-    if f == "sum":
-        zero = "0" if agg.dtype in ("int", "bool") else "0.0"
-        target = "BIGINT" if agg.dtype in ("int", "bool") else "DOUBLE"
-        return f"coalesce(sum({col}::{target}) {cond}, {zero})::{target}"
-    if f == "mean":
-        return f"(sum({col}::DOUBLE) {cond}) / nullif(count({col}) {cond}, 0)"
-    if f == "stddev":
-        return f"stddev_pop({col}::DOUBLE) {cond}"
-    if f == "variance":
-        return f"var_pop({col}::DOUBLE) {cond}"
-    if f in ("min", "max"):
-        return f"{f}({col}) {cond}"
-    if f == "first":
-        return f"arg_min({col}, {seq}) {cond}"
-    if f == "last_n":
-        return f"(list({col} ORDER BY {seq} DESC) {cond})[1:{agg.k}]"
-    return f"arg_max({col}, {seq}) {cond}"
+    return FUNCTIONS[agg.function].sql(col, cond, seq, agg.dtype, agg.k or 0)
 
 
 def _value(column: str) -> str:
@@ -95,7 +75,7 @@ def _frame(agg: AggregationPlan) -> str:
 
 def _needs_seq(aggs: Sequence[AggregationPlan]) -> bool:
     """Whether an aggregation orders events by (time, partition, offset)."""
-    return any(a.function in ("first", "last", "last_n") for a in aggs)
+    return any(FUNCTIONS[a.function].ordered for a in aggs)
 
 
 def _windowed_by_frames(view: ViewPlan, aggs: Sequence[AggregationPlan]) -> str:
@@ -234,12 +214,6 @@ def point_in_time_features(
 def _result_type(view: ViewPlan, name: str, dtype: str) -> pa.DataType:
     for a in view.aggregations:
         if a.name == name:
-            if a.function in ("count", "count_distinct"):
-                return pa.int64()
-            if a.function in ("mean", "stddev", "variance"):
-                return pa.float64()
-            if a.function == "last_n":
-                return pa.list_(ARROW_TYPES[dtype])
-            if a.function == "sum":
-                return pa.int64() if dtype in ("int", "bool") else pa.float64()
+            result = FUNCTIONS[a.function].result_dtype(dtype)
+            return pa.list_(ARROW_TYPES[dtype]) if result == "list" else ARROW_TYPES[result]
     return ARROW_TYPES[dtype]

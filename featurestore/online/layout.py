@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+from featurestore.aggregations import stats_of
 from featurestore.online.keys import tile_prefix
 from featurestore.online.packed import packed_stats
 from featurestore.plan import ViewPlan
-from featurestore.plan.windows import LIFETIME_TILE_MS, STAT_ORDER, STATS_FOR_FUNCTION
+from featurestore.plan.windows import LIFETIME_TILE_MS
 
 #: Unfolded one-day tiles a lifetime tile set keeps beyond its lateness/skew slack.
 LIFETIME_EXTRA_TILES = 2
@@ -56,7 +57,7 @@ class TileSet:
 def tile_sets(view: ViewPlan) -> list[TileSet]:
     """Tile sets of a view: aggregations of the same column, filter and tile size share one
     (lifetime aggregations get their own set even when a window uses one-day tiles)."""
-    stats: dict[tuple[str, int, bool], set[str]] = {}
+    functions: dict[tuple[str, int, bool], list[str]] = {}
     longest: dict[tuple[str, int, bool], int] = {}
     ks: dict[tuple[str, int, bool], int] = {}
     cols: dict[str, tuple[str, str | None]] = {}
@@ -64,12 +65,12 @@ def tile_sets(view: ViewPlan) -> list[TileSet]:
         life = agg.window_ms is None
         key = (agg.tiles_key, agg.tile_ms, life)
         cols[agg.tiles_key] = (agg.column, agg.where)
-        stats.setdefault(key, set()).update(STATS_FOR_FUNCTION[agg.function])
+        functions.setdefault(key, []).append(agg.function)
         longest[key] = max(longest.get(key, 0), agg.window_ms or 0)
         if agg.k:
             ks[key] = max(ks.get(key, 0), agg.k)
     return [
-        TileSet(name, cols[name][0], cols[name][1], tile, tuple(sorted(s, key=STAT_ORDER.index)),
+        TileSet(name, cols[name][0], cols[name][1], tile, stats_of(fs),
                 None if life else longest[(name, tile, life)], ks.get((name, tile, life), 0))
-        for (name, tile, life), s in sorted(stats.items())
+        for (name, tile, life), fs in sorted(functions.items())
     ]

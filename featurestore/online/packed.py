@@ -16,14 +16,14 @@ from collections.abc import Collection
 
 import numpy as np
 
-#: Statistics kept packed, in column order.
-NUMERIC_STATS = "csqmM"
+from featurestore.aggregations import PACKED_STATS
+
 _WIDTH = {"c": 1, "s": 2, "q": 2, "m": 1, "M": 1}
 
 
 def packed_stats(stats: Collection[str]) -> str:
     """The packed statistics among `stats`, in column order ("" when none)."""
-    return "".join(s for s in NUMERIC_STATS if s in stats)
+    return "".join(s for s in PACKED_STATS if s in stats)
 
 
 def columns(stats: str) -> dict[str, int]:

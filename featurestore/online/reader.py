@@ -15,13 +15,14 @@ import numpy as np
 import orjson
 import redis
 
+from featurestore.aggregations import FUNCTIONS
 from featurestore.online.connection import AsyncOnlineRedis, Keyed, OnlineRedis
 from featurestore.online.keys import LAYOUT_FIELD, READABLE_LAYOUTS, entity_key, entity_keys, layout_error
 from featurestore.online.layout import tile_sets
-from featurestore.online.packed import NUMERIC_STATS, columns, decode_rows, row_width
+from featurestore.online.packed import columns, decode_rows, row_width
 from featurestore.online.state import ITEM_COLUMNS, StateCodec, distinct_count, packed_of, state_tables
 from featurestore.plan import AggregationPlan, Plan, ViewPlan
-from featurestore.plan.windows import STATS_FOR_FUNCTION, tile_index
+from featurestore.plan.windows import tile_index
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,9 @@ class _PackedSet:
             got = windows.get((first, last))
             if got is None:
                 got = windows[(first, last)] = gather(first, last, extras)
-            out[pos] = _finish(agg, got)
+            finish = FUNCTIONS[agg.function].finish
+            assert finish is not None
+            out[pos] = finish(got, agg.dtype)
         return out
 
     def _gather(self, rows: np.ndarray, entity: np.ndarray, n: int, first: int, last: int,
@@ -149,22 +152,6 @@ class _PackedSet:
         return out
 
 
-def _finish(agg: AggregationPlan, got: dict[str, list[Any]]) -> list[Any]:
-    """An aggregation's values from the gathered statistics of its window."""
-    f = agg.function
-    if f == "count":
-        return got["c"]
-    integral = agg.dtype in ("int", "bool")  # float64 statistics back to int
-    if f in ("min", "max"):
-        values = got["m" if f == "min" else "M"]
-        return [None if x is None else int(round(x)) for x in values] if integral else values
-    if f == "sum":
-        return [int(round(x)) for x in got["s"]] if integral else got["s"]
-    if f == "mean":
-        return [x / c if c else None for x, c in zip(got["s"], got["c"])]
-    return [_spread(f, x, q, c) for x, q, c in zip(got["s"], got["q"], got["c"])]  # variance, stddev
-
-
 def _add_extras(sums: list[float], extras: dict[int, dict[tuple[int, str], list[float]]], stat: str, first: int,
                 last: int, terms_of: Callable[[int], list[float]]) -> None:
     """Redo the exact sum of the entities whose tiles in [first, last] have further terms
@@ -173,13 +160,6 @@ def _add_extras(sums: list[float], extras: dict[int, dict[tuple[int, str], list[
         further = [x for (idx, st), xs in more.items() if st == stat and first <= idx <= last for x in xs]
         if further:
             sums[e] = math.fsum(terms_of(e) + further)
-
-
-def _spread(function: str, total: float, squares: float, count: int) -> float | None:
-    if not count:
-        return None
-    var = max(0.0, (squares - total * total / count) / count)
-    return var if function == "variance" else math.sqrt(var)
 
 
 @dataclass
@@ -249,12 +229,13 @@ class OnlineReader:
             k = set_of[(agg.tiles_key, agg.tile_ms, lifetime)]
             last = tile_index(t_ms, agg.tile_ms)
             first = -(2**62) if lifetime else last - agg.window_ms // agg.tile_ms + 1  # type: ignore[operator]
-            if STATS_FOR_FUNCTION[agg.function][0] in NUMERIC_STATS:
+            function = FUNCTIONS[agg.function]
+            if function.packed:
                 if k not in packed:
                     packed[k] = _PackedSet(k, sets[k].packed, [])
                 packed[k].features.append((pos, agg, first, last))
             else:
-                stat = STATS_FOR_FUNCTION[agg.function][0]
+                stat = function.stats[0]
                 layout.tiles.append(_TileFeature(pos, agg, k, stat, sets[k].per_tile_fields.index(stat), first, last))
         layout.packed = list(packed.values())
         layout.wanted = [p.set_pos for p in layout.packed]
@@ -428,11 +409,10 @@ def _tile_value(feat: _TileFeature, parts: list[_Part]) -> Any:
         return distinct_count(list(tiles.values()))
     if not found:
         return None
-    if f == "last_n":
-        found.sort(key=lambda it: it[0], reverse=True)
-        return [_json_value(v, agg.dtype) for _, v in found[: agg.k]]
-    pick = max if f == "last" else min
-    return _json_value(pick(found, key=lambda it: it[0])[1], agg.dtype)
+    pick = FUNCTIONS[f].pick
+    assert pick is not None
+    value = pick(found, agg.k or 0)
+    return [_json_value(v, agg.dtype) for v in value] if f == "last_n" else _json_value(value, agg.dtype)
 
 
 _VERSION_FIELD, _VERSIONS = LAYOUT_FIELD.encode(), {v.encode() for v in READABLE_LAYOUTS}

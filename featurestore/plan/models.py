@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from functools import cached_property
-from typing import Literal
+from typing import Annotated, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from featurestore.aggregations import FUNCTIONS
 from featurestore.plan.names import CodeRef, FeatureRef, Name, Topic
 
 PLAN_FORMAT_VERSION = 1
@@ -59,9 +60,14 @@ class RowFeaturePlan(_Frozen):
     dtype: DType
 
 
-AggFunction = Literal[
-    "count", "sum", "mean", "min", "max", "stddev", "variance", "first", "last", "last_n", "count_distinct"
-]
+def _known_function(name: str) -> str:
+    if name not in FUNCTIONS:
+        raise ValueError(f"unknown aggregation function {name!r}; one of: {', '.join(FUNCTIONS)}")
+    return name
+
+
+AggFunction = Annotated[str, AfterValidator(_known_function)]
+"""One of `featurestore.aggregations.FUNCTIONS`."""
 
 
 class AggregationPlan(_Frozen):

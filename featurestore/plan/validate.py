@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
+from featurestore.aggregations import FUNCTIONS
 from featurestore.errors import Problem
 from featurestore.plan.models import PLAN_FORMAT_VERSION, AggregationPlan, Plan, ViewPlan
 from featurestore.plan.windows import LIFETIME_TILE_MS, choose_tile_ms
 
 NUMERIC_TYPES = frozenset({"int", "float", "bool"})
 """Column types numeric aggregations accept."""
-NEEDS_NUMERIC = frozenset({"sum", "mean", "min", "max", "stddev", "variance"})
+NEEDS_NUMERIC = frozenset(name for name, f in FUNCTIONS.items() if f.numeric_input)
 """Aggregations that need a numeric column."""
 KEY_TYPES = frozenset({"int", "str"})
 """Types a join key may have."""

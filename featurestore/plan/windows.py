@@ -52,21 +52,3 @@ def window_tiles(t_ms: int, window_ms: int, tile_ms: int) -> range:
     last = tile_index(t_ms, tile_ms)
     return range(last - window_ms // tile_ms + 1, last + 1)
 
-
-#: Per-tile statistics each aggregation function needs: c count, s sum, q sum of squares,
-#: m min, M max, f first, l last, n newest values, d distinct values (a HyperLogLog).
-STATS_FOR_FUNCTION: dict[str, tuple[str, ...]] = {
-    "count": ("c",),
-    "sum": ("s",),
-    "mean": ("s", "c"),
-    "min": ("m",),
-    "max": ("M",),
-    "stddev": ("c", "s", "q"),
-    "variance": ("c", "s", "q"),
-    "first": ("f",),
-    "last": ("l",),
-    "last_n": ("n",),
-    "count_distinct": ("d",),
-}
-#: Order of statistics within a tile set.
-STAT_ORDER = "csqmMflnd"
