@@ -2,7 +2,7 @@
 
 A batch of one view is grouped by (entity, source partition) (`group_rows`). The groups'
 states arrive encoded (`featurestore.online.state`) and are read side by side: joined into
-one buffer of 8-byte words whose headers are parsed all at once (`_Block`). For each tile
+one buffer of 8-byte words whose headers are parsed all at once (`featurestore.online.state.StateBlock`). For each tile
 set, the groups' stored rows and the batch's new ones are merged by numpy sorts and
 reductions (numeric tiles: counts, exact sums, min/max; item tables: first, last, last_n,
 count_distinct hashes), tiles out of reach are dropped (or folded into the base tile of a
@@ -34,17 +34,18 @@ from featurestore.online.state import (
     FIXED,
     ITEM_COLUMNS,
     MAGIC,
+    StateBlock,
     StateCodec,
     empty_state,
     encode_state,
     padded,
     value_hash,
+    word_ranges,
 )
 from featurestore.online.sums import exact_sums
 from featurestore.plan import ViewPlan
 from featurestore.plan.windows import LIFETIME_BASE_INDEX, LIFETIME_TILE_MS
 
-_MAGIC_WORD = int.from_bytes(MAGIC + b"\0\0", "little")
 _FIXED_DTYPE = np.dtype([("magic", "S4"), ("row", "<u4"), ("overflow", "<u4"), ("items", "<u4"),
                          ("applied", "<i8"), ("ts", "<i8"), ("offset", "<i8")])
 assert _FIXED_DTYPE.itemsize == FIXED.size
@@ -111,56 +112,6 @@ def _empty(codec: StateCodec) -> bytes:
     return encode_state(empty_state(codec), codec)
 
 
-class _Block:
-    """Encoded states side by side: one buffer of 8-byte words (a state's length is a multiple
-    of 8), each header field an array over the states."""
-
-    def __init__(self, blobs: Sequence[bytes], codec: StateCodec) -> None:
-        n_sets = len(codec.widths)
-        sizes = np.fromiter(map(len, blobs), np.int64, len(blobs))
-        self.buf = b"".join(blobs)
-        self.words = np.frombuffer(self.buf, "<i8")
-        start = np.cumsum(sizes) - sizes
-        u32 = np.frombuffer(self.buf, "<u4")
-        at4 = start // 4
-        if (u32[at4] != _MAGIC_WORD).any():
-            raise ValueError("not an online state of layout 5")
-        fixed = [u32[at4 + i].astype(np.int64) for i in (1, 2, 3)]
-        self.row_size, self.overflow_size, self.items_size = fixed
-        at8 = start // 8
-        self.applied, self.ts, self.offset = self.words[at8 + 2], self.words[at8 + 3], self.words[at8 + 4]
-        all_counts = u32[(at4 + FIXED.size // 4)[:, None] + np.arange(codec.counts_size // 4)].astype(np.int64)
-        all_counts = all_counts.reshape(len(blobs), -1)
-        self.counts = all_counts[:, :n_sets]
-        """(states, sets) packed rows of each tile set."""
-        self.table_counts = all_counts[:, n_sets:]
-        """(states, tables) rows of each item table."""
-        self.json_at = start + FIXED.size + codec.counts_size
-        packed_at = start + padded(self.json_at - start + self.row_size + self.overflow_size + self.items_size)
-        set_words = self.counts * (np.array(codec.widths, dtype=np.int64) // 8)
-        self.set_words = set_words
-        self.set_at = packed_at[:, None] // 8 + np.cumsum(set_words, axis=1) - set_words
-        """Word index of each state's rows of each tile set."""
-        self.items_at = packed_at // 8 + set_words.sum(axis=1)
-
-    def take(self, at: np.ndarray) -> None:
-        """Keep only the states at positions `at` (the buffer stays)."""
-        for name in ("row_size", "overflow_size", "items_size", "applied", "ts", "offset", "counts", "table_counts", "json_at",
-                     "set_words", "set_at", "items_at"):
-            setattr(self, name, getattr(self, name)[at])
-
-    def json(self, at: np.ndarray, size: np.ndarray) -> list[bytes]:
-        return [self.buf[a : a + n] for a, n in zip(at.tolist(), size.tolist())]
-
-
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """The indices of the ranges [starts[i], starts[i] + counts[i]), concatenated."""
-    total = int(counts.sum())
-    if not total:
-        return np.zeros(0, dtype=np.int64)
-    return np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(total)
-
-
 @dataclass
 class _SetOut:
     """A tile set's new rows of every state (ordered by state), and each state's row count."""
@@ -184,7 +135,7 @@ def fold_states(view: ViewPlan, sets: Sequence[TileSet], bounds: Sequence[Bounds
     the states that changed. `stored` holds each group's encoded state
     (None: none yet), `values` the batch's history columns (indexed by batch position)."""
     empty = _empty(codec)
-    block = _Block([b if b else empty for b in stored], codec)
+    block = StateBlock([b if b else empty for b in stored], codec)
     n_groups = len(stored)
     group_of = np.repeat(np.arange(n_groups), groups.stop - groups.start)
     fresh = groups.off > block.applied[group_of]
@@ -242,7 +193,7 @@ class _Items:
         """Per table, its values of every state, state after state (None: count_distinct, no values)."""
 
 
-def _items_in(block: _Block, codec: StateCodec) -> _Items:
+def _items_in(block: StateBlock, codec: StateCodec) -> _Items:
     tables = codec.tables
     counts = block.table_counts
     words = counts * np.array([ITEM_COLUMNS[s] for s in tables], dtype=np.int64)
@@ -259,11 +210,11 @@ def _items_in(block: _Block, codec: StateCodec) -> _Items:
     within = np.cumsum(value_counts, axis=1) - value_counts  # where each table's values start in its state's
     values: list[np.ndarray | None] = []
     for t, stat in enumerate(tables):
-        values.append(None if stat == "d" else flat[_ranges(state_base + within[:, t], counts[:, t])])
+        values.append(None if stat == "d" else flat[word_ranges(state_base + within[:, t], counts[:, t])])
     return _Items(counts, at, values)
 
 
-def _overflow_in(block: _Block) -> dict[int, list[list[list[Any]]]]:
+def _overflow_in(block: StateBlock) -> dict[int, list[list[list[Any]]]]:
     """Per state with further sum terms, its lists of them per tile set."""
     has = np.flatnonzero(block.overflow_size > 0)
     if not len(has):
@@ -322,7 +273,7 @@ def _owner(groups: Groups, at: np.ndarray) -> np.ndarray:
     return np.searchsorted(groups.start, at, side="right") - 1
 
 
-def _fold_packed(block: _Block, k: int, n_sets: int, tset: TileSet, bound: Bounds, low: np.ndarray, groups: Groups,
+def _fold_packed(block: StateBlock, k: int, n_sets: int, tset: TileSet, bound: Bounds, low: np.ndarray, groups: Groups,
                  at: np.ndarray, batch: _Columns, overflow_in: dict[int, list[list[list[Any]]]],
                  overflow_out: dict[int, list[list[list[Any]]]]) -> _SetOut:
     """The numeric tiles of set `k`: stored rows and the batch's merged per tile (count, exact
@@ -335,7 +286,7 @@ def _fold_packed(block: _Block, k: int, n_sets: int, tset: TileSet, bound: Bound
     cols = columns(stats)
     counts = block.counts[:, k]
     floats = np.frombuffer(block.buf, "<f8")
-    parts = [floats[_ranges(block.set_at[:, k], block.set_words[:, k])].reshape(-1, width)]
+    parts = [floats[word_ranges(block.set_at[:, k], block.set_words[:, k])].reshape(-1, width)]
     owners = [np.repeat(np.arange(n), counts)]
     extra = [(s, _neutral_row(stats, term[0], cols[term[1]], term[j : j + 2]))
              for s, per_set in overflow_in.items() for term in per_set[k] for j in range(2, len(term), 2)]
@@ -404,7 +355,7 @@ def _neutral_row(stats: str, index: float, col: int, terms: list[float]) -> np.n
     return row
 
 
-def _fold_table(block: _Block, items: _Items, table: int, stat: str, tset: TileSet, bound: Bounds, low: np.ndarray,
+def _fold_table(block: StateBlock, items: _Items, table: int, stat: str, tset: TileSet, bound: Bounds, low: np.ndarray,
                 groups: Groups, at: np.ndarray, batch: _Columns) -> tuple[_SetOut, np.ndarray | None]:
     """One item table (first / last / last_n / count_distinct) of every state merged with the
     batch's events: sorted by state and tile, each statistic keeping what it keeps. Returns
@@ -412,7 +363,7 @@ def _fold_table(block: _Block, items: _Items, table: int, stat: str, tset: TileS
     n = len(block.applied)
     width = ITEM_COLUMNS[stat]
     old_counts = items.counts[:, table]
-    old_rows = block.words[_ranges(items.at[:, table], old_counts * width)].reshape(-1, width)
+    old_rows = block.words[word_ranges(items.at[:, table], old_counts * width)].reshape(-1, width)
     old_owner = np.repeat(np.arange(n), old_counts)
     owner = _owner(groups, at)
     vals = batch.objects(tset.column)[groups.row[at]]
@@ -492,7 +443,7 @@ def _assemble(codec: StateCodec, applied: np.ndarray, ts: np.ndarray, offset: np
     dest = ends - size
     words = np.empty(int(size.sum()), dtype="<i8")
     for piece, source in enumerate(sources):
-        words[_ranges(dest[:, piece], size[:, piece])] = source
+        words[word_ranges(dest[:, piece], size[:, piece])] = source
     data = words.tobytes()
     bounds = (ends[:, -1] * 8).tolist()
     return [data[a:b] for a, b in zip([0, *bounds[:-1]], bounds)]
@@ -510,7 +461,7 @@ def _items_json(tables: list[tuple[_SetOut, np.ndarray | None]], n: int) -> list
     within = np.cumsum(counts, axis=1) - counts
     flat = np.empty(int(state_end[-1]) if n else 0, dtype=object)
     for t, (table_counts, vals) in enumerate(with_values):
-        flat[_ranges(state_base + within[:, t], table_counts)] = vals
+        flat[word_ranges(state_base + within[:, t], table_counts)] = vals
     values = flat.tolist()
     return [orjson.dumps(values[a:b]) if b > a else b"" for a, b in zip(state_base.tolist(), state_end.tolist())]
 

@@ -20,7 +20,15 @@ from featurestore.online.connection import AsyncOnlineRedis, Keyed, OnlineRedis
 from featurestore.online.keys import LAYOUT_FIELD, READABLE_LAYOUTS, entity_key, entity_keys, layout_error
 from featurestore.online.layout import tile_sets
 from featurestore.online.packed import columns, decode_rows, row_width
-from featurestore.online.state import ITEM_COLUMNS, StateCodec, distinct_count, packed_of, state_tables
+from featurestore.online.state import (
+    ITEM_COLUMNS,
+    StateBlock,
+    StateCodec,
+    distinct_count,
+    packed_of,
+    state_tables,
+    word_ranges,
+)
 from featurestore.plan import AggregationPlan, Plan, ViewPlan
 from featurestore.plan.windows import tile_index
 
@@ -83,14 +91,19 @@ class _PackedSet:
         """Per feature position, its value for each entity (`blobs`: the entities' packed
         rows; `extras`: entity -> (tile, stat) -> further terms of its exact sums, for the
         few that have them)."""
-        gather: Callable[[int, int, dict[int, dict[tuple[int, str], list[float]]]], dict[str, list[Any]]]
         if len(blobs) <= _SMALL:
-            gather = partial(self._gather_small, blobs)
-        else:
-            rows = decode_rows(b"".join(blobs), self.stats)
-            lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs)) // (8 * row_width(self.stats))
-            entity = np.repeat(np.arange(len(blobs)), lengths)
-            gather = partial(self._gather, rows, entity, len(blobs))
+            return self._finish(partial(self._gather_small, blobs), extras)
+        rows = decode_rows(b"".join(blobs), self.stats)
+        lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs)) // (8 * row_width(self.stats))
+        return self.values_of_rows(rows, np.repeat(np.arange(len(blobs)), lengths), len(blobs), extras)
+
+    def values_of_rows(self, rows: np.ndarray, entity: np.ndarray, n: int,
+                       extras: dict[int, dict[tuple[int, str], list[float]]]) -> dict[int, list[Any]]:
+        """As `values`, from the packed rows of all `n` entities (`entity`: each row's, in order)."""
+        return self._finish(partial(self._gather, rows, entity, n), extras)
+
+    def _finish(self, gather: Callable[[int, int, dict[int, dict[tuple[int, str], list[float]]]], dict[str, list[Any]]],
+                extras: dict[int, dict[tuple[int, str], list[float]]]) -> dict[int, list[Any]]:
         windows: dict[tuple[int, int], dict[str, list[Any]]] = {}
         out: dict[int, list[Any]] = {}
         for pos, agg, first, last in self.features:
@@ -114,7 +127,7 @@ class _PackedSet:
         for stat, col in columns(self.stats).items():
             if stat == "c":
                 out[stat] = np.bincount(ent, weights=sel[:, col], minlength=n).astype(np.int64).tolist()
-            elif stat in "sq":
+            elif stat in "sq":  # the correctly rounded exact sum of each entity's terms (hi, lo)
                 terms = sel[:, col : col + 2].ravel().tolist()
                 ends = (2 * bounds).tolist()
                 out[stat] = [math.fsum(terms[a:b]) for a, b in zip(ends, ends[1:])]
@@ -286,6 +299,9 @@ class OnlineReader:
         replies = iter((yield commands))
         out: list[ViewResult] = []
         for req, layout in zip(requests, layouts):
+            if len(req.keys) > _SMALL and not layout.tiles:  # states of many entities read side by side
+                out.append(_read_many(req, layout, [next(replies) for _ in req.keys], self.project, t_ms, max_staleness_ms))
+                continue
             n = len(req.keys)
             cols: list[list[Any]] = [[None] * n for _ in req.features]
             event_ms: list[int | None] = []
@@ -324,6 +340,71 @@ class OnlineReader:
                         _place(cols, pos, rows, values)
             out.append(ViewResult(dict(zip(req.features, cols)), event_ms, states))
         return out
+
+
+def _read_many(req: ViewRequest, layout: _Layout, replies: list[Any], project: str, t_ms: int,
+               max_staleness_ms: int | None) -> ViewResult:
+    """A request of many entities and no item features (`steps` reads others entity by
+    entity): every state of every entity parsed at once (`StateBlock`), the newest state of
+    each entity picked with numpy, packed rows gathered for all entities together."""
+    n = len(req.keys)
+    blobs: list[bytes] = []
+    owner: list[int] = []
+    partition: list[int] = []
+    for row, (key, reply) in enumerate(zip(req.keys, replies)):
+        flat = reply if isinstance(reply, list) else [x for kv in reply.items() for x in kv]
+        if not flat:
+            continue
+        fields = dict(zip(flat[::2], flat[1::2]))
+        version = fields.get(_VERSION_FIELD)
+        if version not in _VERSIONS:  # a hash of another layout: not parsed
+            raise layout_error(entity_key(project, req.view.name, key), version)
+        for name, value in fields.items():
+            if name[:1] == b"s":
+                blobs.append(value)
+                owner.append(row)
+                partition.append(int(name[1:]))
+    cols: list[list[Any]] = [[None] * n for _ in req.features]
+    event_ms: list[int | None] = [None] * n
+    states = [NOT_FOUND] * n
+    if not blobs:
+        return ViewResult(dict(zip(req.features, cols)), event_ms, states)
+    block = StateBlock(blobs, layout.codec)
+    owners = np.asarray(owner, dtype=np.int64)
+    order = np.lexsort((block.offset, np.asarray(partition, dtype=np.int64), block.ts, owners))
+    last = np.append(owners[order][1:] != owners[order][:-1], True)
+    newest = order[last]  # each entity's newest state, in entity order
+    ttl_ms = req.view.ttl_ms
+    for e, ts in zip(owners[newest].tolist(), block.ts[newest].tolist()):
+        event_ms[e] = ts
+        states[e] = _entity_state(t_ms - ts, ttl_ms, max_staleness_ms)
+    found = np.fromiter((states[e] == FOUND for e in owners[newest].tolist()), dtype=bool, count=len(newest))
+    rows = owners[newest][found].tolist()
+    if not rows:
+        return ViewResult(dict(zip(req.features, cols)), event_ms, states)
+    if layout.rows:  # every found entity's row feature values in one parse
+        chosen = newest[found]
+        values = orjson.loads(b"[" + b",".join(block.json(block.json_at[chosen], block.row_size[chosen])) + b"]")
+        for pos, at, dtype in layout.rows:
+            _place(cols, pos, rows, [_json_value(v[at], dtype) for v in values])
+    if layout.packed:
+        taken = np.flatnonzero(np.isin(owners, np.asarray(rows, dtype=np.int64)))  # states of found entities
+        entity_of = np.searchsorted(np.asarray(rows, dtype=np.int64), owners[taken])
+        floats = np.frombuffer(block.buf, "<f8")
+        with_overflow = taken[block.overflow_size[taken] > 0].tolist()
+        for pset in layout.packed:
+            k, width = pset.set_pos, row_width(pset.stats)
+            packed = floats[word_ranges(block.set_at[taken, k], block.set_words[taken, k])].reshape(-1, width)
+            entity = np.repeat(entity_of, block.counts[taken, k])
+            extras: dict[int, dict[tuple[int, str], list[float]]] = {}
+            for st in with_overflow:
+                text = block.buf[int(block.json_at[st] + block.row_size[st]) :][: int(block.overflow_size[st])]
+                e = int(entity_of[np.searchsorted(taken, st)])
+                for idx, stat, *terms in orjson.loads(text)[k]:
+                    extras.setdefault(e, {}).setdefault((int(idx), stat), []).extend(terms)
+            for pos, values in pset.values_of_rows(packed, entity, len(rows), extras).items():
+                _place(cols, pos, rows, values)
+    return ViewResult(dict(zip(req.features, cols)), event_ms, states)
 
 
 class _Part(NamedTuple):

@@ -56,6 +56,8 @@ FIXED = struct.Struct("<2sxxIIIqqq")
 the state's offset, newest event time and newest event offset."""
 
 
+_MAGIC_WORD = int.from_bytes(MAGIC + b"\0\0", "little")
+
 #: int64 columns of an item table's rows, per statistic.
 ITEM_COLUMNS = {"f": 3, "l": 3, "n": 3, "d": 2}
 
@@ -166,6 +168,57 @@ def state_tables(blob: bytes, codec: StateCodec, with_items: bool = True) -> Sto
             at, table = end, table + 1
         items.append(set_items)
     return StoredState(applied, ts, offset, row, overflow, packed, items)
+
+
+class StateBlock:
+    """Encoded states side by side: one buffer of 8-byte words (a state's length is a multiple
+    of 8), each header field an array over the states (the fold reads a batch's states so,
+    and a read its entities')."""
+
+    def __init__(self, blobs: Sequence[bytes], codec: StateCodec) -> None:
+        n_sets = len(codec.widths)
+        sizes = np.fromiter(map(len, blobs), np.int64, len(blobs))
+        self.buf = b"".join(blobs)
+        self.words = np.frombuffer(self.buf, "<i8")
+        start = np.cumsum(sizes) - sizes
+        u32 = np.frombuffer(self.buf, "<u4")
+        at4 = start // 4
+        if (u32[at4] != _MAGIC_WORD).any():
+            raise ValueError("not an online state of layout 5")
+        fixed = [u32[at4 + i].astype(np.int64) for i in (1, 2, 3)]
+        self.row_size, self.overflow_size, self.items_size = fixed
+        at8 = start // 8
+        self.applied, self.ts, self.offset = self.words[at8 + 2], self.words[at8 + 3], self.words[at8 + 4]
+        all_counts = u32[(at4 + FIXED.size // 4)[:, None] + np.arange(codec.counts_size // 4)].astype(np.int64)
+        all_counts = all_counts.reshape(len(blobs), -1)
+        self.counts = all_counts[:, :n_sets]
+        """(states, sets) packed rows of each tile set."""
+        self.table_counts = all_counts[:, n_sets:]
+        """(states, tables) rows of each item table."""
+        self.json_at = start + FIXED.size + codec.counts_size
+        packed_at = start + padded(self.json_at - start + self.row_size + self.overflow_size + self.items_size)
+        set_words = self.counts * (np.array(codec.widths, dtype=np.int64) // 8)
+        self.set_words = set_words
+        self.set_at = packed_at[:, None] // 8 + np.cumsum(set_words, axis=1) - set_words
+        """Word index of each state's rows of each tile set."""
+        self.items_at = packed_at // 8 + set_words.sum(axis=1)
+
+    def take(self, at: np.ndarray) -> None:
+        """Keep only the states at positions `at` (the buffer stays)."""
+        for name in ("row_size", "overflow_size", "items_size", "applied", "ts", "offset", "counts", "table_counts", "json_at",
+                     "set_words", "set_at", "items_at"):
+            setattr(self, name, getattr(self, name)[at])
+
+    def json(self, at: np.ndarray, size: np.ndarray) -> list[bytes]:
+        return [self.buf[a : a + n] for a, n in zip(at.tolist(), size.tolist())]
+
+
+def word_ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The indices of the ranges [starts[i], starts[i] + counts[i]), concatenated."""
+    total = int(counts.sum())
+    if not total:
+        return np.zeros(0, dtype=np.int64)
+    return np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(total)
 
 
 def tile_indices(state: PartState, k: int, codec: StateCodec) -> set[int]:

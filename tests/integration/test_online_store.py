@@ -232,3 +232,52 @@ def test_state_of_an_older_layout_is_refused_not_misread(store, layout: str, fie
     with pytest.raises(OnlineLayoutError, match=expected):
         writer.write([_rows(view, [(3, t0 + 5, _event(3.0, "m2"))], first_offset=10)])
     assert client.hgetall(key) == before
+
+
+def test_a_read_of_many_entities_equals_reading_each_alone(store) -> None:  # type: ignore[no-untyped-def]
+    """Requests of more than a few entities parse all their states side by side; every
+    value, status and event time must be what reading each entity alone gives — entities
+    fed by several partitions, with sums that need further exact terms, missing, expired."""
+    import random
+
+    plan, _client, writer, reader, _ = store
+    rnd = random.Random(11)
+    t0 = 1_700_000_000_000
+    for view_name, key_of in (("user_payments", lambda u: u), ("merchant_payments", lambda u: f"m{u % 7}")):
+        view = plan.view(view_name)
+        for partition in range(3):
+            events = []
+            for i in range(400):
+                user = rnd.choice([*range(1, 29), 30])
+                amount = rnd.choice([1e300, 1e-300, 3.3e16, 1.0, 12.5, 999.99])
+                # whole seconds over 20 minutes: tiles of many events (sums with further
+                # terms), and newest events tied across partitions (broken by partition)
+                ts = t0 - 1000 * rnd.randint(0, 1200) if user != 30 else t0 - 30 * DAY  # user 30: expired
+                events.append((key_of(user), ts, _event(amount, f"m{rnd.randint(1, 9)}")))
+            if partition != 1:  # crafted: user 29's newest events tie across partitions 0 and 2 (2 wins);
+                # m100's tile sums 2^53 + 1 + 1e-300, whose third term decides the rounding
+                events.append((key_of(29), t0 - 5000, _event(5.0, f"from-p{partition}")))
+                events += [(key_of(100) if view_name == "user_payments" else "m100", t0 - 7000 - j, _event(x, "m1"))
+                           for j, x in enumerate([2.0**53, 1.0, 1e-300])]
+            rows = _rows(view, sorted(events, key=lambda e: e[1]), first_offset=1000 * (2 - partition))
+            rows.partition = [partition] * len(rows)
+            writer.write([rows])
+    for view_name, keys in (("user_payments", [(u,) for u in range(1, 41)]),  # 31..40: never written
+                            ("merchant_payments", [(f"m{u}",) for u in [*range(0, 12), 100]])):
+        view = plan.view(view_name)
+        features = [f for f in view.feature_names if not any(
+            a.name == f and a.function in ("first", "last", "last_n", "count_distinct") for a in view.aggregations)]
+        many = reader.read_results([ViewRequest(view, features, keys)], t0)[0]
+        alone = [reader.read_results([ViewRequest(view, features, [k])], t0)[0] for k in keys]
+        assert many.states == [a.states[0] for a in alone]
+        assert many.event_ms == [a.event_ms[0] for a in alone]
+        for f in features:
+            assert many.values[f] == [a.values[f][0] for a in alone], f
+        assert {"present", "not_found"} <= set(many.states)
+    got = reader.read_results([ViewRequest(plan.view("user_payments"), ["last_merchant"], [(u,) for u in range(20, 41)])], t0)
+    assert got[0].values["last_merchant"][29 - 20] == "from-p2"
+    merchants = [(f"m{u}",) for u in [*range(12), 100]]
+    sums = reader.read_results([ViewRequest(plan.view("merchant_payments"), ["amount_sum_1h"], merchants)], t0)
+    assert sums[0].values["amount_sum_1h"][-1] == 2.0 * (2.0**53 + 2)  # two partitions, each 2^53 + 2
+    assert "expired" in reader.read_results([ViewRequest(plan.view("user_payments"), ["amount_count_1h"],
+                                                         [(u,) for u in range(25, 41)])], t0)[0].states
