@@ -61,6 +61,9 @@ class Settings(BaseSettings):
         "Larger dead letters go to the dead-letter topic truncated (headers error.truncated, error.original_size, "
         "error.payload_path), their full bytes to <offline_path>/_dead_letters."))
     max_retry_backoff_s: float = Field(5.0, gt=0, description="Longest wait between retries of a failed write.")
+    online_cache_mb: int = Field(512, ge=0, description=(
+        "Memory (MiB) a processor keeps of its entities' online states; beyond it, the least recently written "
+        "are read back from Redis when their entity comes again (0: read every state back)."))
     max_future_skew_s: float = Field(
         300.0, ge=0, description="Events stamped further than this in the future are dead-lettered."
     )

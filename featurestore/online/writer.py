@@ -41,8 +41,9 @@ _Write = tuple[bytes, int, int, bytes]
 """A state to store: (entity hash, partition, applied offset, encoded state)."""
 _KEYS_PER_CALL = 200
 _CALLS_PER_SEND = 10
-#: Entity states kept in memory per writer (the partitions it owns); more are read back from Redis.
-DEFAULT_CACHE_STATES = 200_000
+#: Bytes of entity states a writer keeps in memory (of the partitions it owns); states beyond
+#: are read back from Redis when their entity comes again.
+DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
 
 
 class _View:
@@ -61,13 +62,14 @@ class OnlineWriter:
     """Applies ViewRows to the online store. Safe to call from one thread at a time."""
 
     def __init__(self, client: redis.Redis, project: str, plan: Plan, max_future_skew_ms: int = 0,
-                 cache_states: int = DEFAULT_CACHE_STATES, background: bool = False) -> None:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, background: bool = False) -> None:
         self.client = client
         self.redis = OnlineRedis(client)
         self.project = project
         self.views = {v.name: _View(v, plan.source(v.source).topic, max_future_skew_ms) for v in plan.views}
         self.skew_ms = max_future_skew_ms
-        self.cache_states = cache_states
+        self.cache_bytes = cache_bytes
+        self.cached_bytes = 0
         self._lua = resources.files("featurestore.online").joinpath("guard.lua").read_text()
         self._sha: str | None = None
         self.groups_applied = 0
@@ -126,7 +128,7 @@ class OnlineWriter:
         for view in self.views.values():
             if view.topic == topic:
                 for key in [k for k in view.cache if k[0] == partition]:
-                    del view.cache[key]
+                    self.cached_bytes -= len(view.cache.pop(key))
 
     def _fold_view(self, view: _View, rows: ViewRows) -> list[_Write]:
         """The new states of one view's batch (also put in the cache)."""
@@ -148,10 +150,11 @@ class OnlineWriter:
         self.groups_applied += len(changed)
         for g, blob in zip(changed, blobs):
             slot = (groups.partitions[g], groups.keys[g])
-            view.cache.pop(slot, None)
+            old = view.cache.pop(slot, None)  # re-inserted: the newest
+            self.cached_bytes += len(blob) - (len(old) if old else 0)
             view.cache[slot] = blob
-        while len(view.cache) > self.cache_states:
-            del view.cache[next(iter(view.cache))]
+        while self.cached_bytes > self.cache_bytes and view.cache:  # the least recently written go first
+            self.cached_bytes -= len(view.cache.pop(next(iter(view.cache))))
         return [(key, groups.partitions[g], a, blob) for key, g, a, blob in zip(keys, changed, applied, blobs)]
 
     def _states(self, view: _View, groups: Groups) -> list[bytes | None]:

@@ -80,7 +80,8 @@ class BatchApplier:
         self.dead_letter_topics = {s.topic: s.dead_letter_topic for s in plan.sources}
         self.watermarks = {s.topic: Watermarks(plan, s, Path(settings.offline_root)) for s in plan.sources}
         self.redis = settings.redis_client(socket_timeout=30, socket_connect_timeout=10)
-        self.online = OnlineWriter(self.redis, settings.project, plan, skew_ms, background=background_online)
+        self.online = OnlineWriter(self.redis, settings.project, plan, skew_ms,
+                                   cache_bytes=settings.online_cache_mb * 1024 * 1024, background=background_online)
         self.history = HistoryWriter(Path(settings.offline_root), plan)
         self.stats = ProcessorStats()
         self.stop_requested = stop or threading.Event()

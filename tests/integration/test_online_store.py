@@ -281,3 +281,28 @@ def test_a_read_of_many_entities_equals_reading_each_alone(store) -> None:  # ty
     assert sums[0].values["amount_sum_1h"][-1] == 2.0 * (2.0**53 + 2)  # two partitions, each 2^53 + 2
     assert "expired" in reader.read_results([ViewRequest(plan.view("user_payments"), ["amount_count_1h"],
                                                          [(u,) for u in range(25, 41)])], t0)[0].states
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 5_000])
+def test_states_evicted_from_memory_are_read_back(store, cache_bytes: int) -> None:  # type: ignore[no-untyped-def]
+    """A writer whose memory holds few states (or none) reads the others back from Redis:
+    the stored states are those of a writer that kept them all, and the memory it keeps
+    stays within its budget."""
+    import random
+
+    plan, client, writer, _reader, project = store
+    view = plan.view("user_payments")
+    small = OnlineWriter(client, f"{project}-small", plan, cache_bytes=cache_bytes)
+    rnd = random.Random(5)
+    t0 = 1_700_000_000_000
+    for batch in range(6):
+        events = sorted(((rnd.randint(1, 12), t0 + batch * 600_000 + rnd.randint(0, 599_999),
+                          _event(float(rnd.randint(1, 500)), f"m{rnd.randint(1, 5)}")) for _ in range(60)),
+                        key=lambda e: e[1])
+        for w in (writer, small):
+            w.write([_rows(view, events, first_offset=batch * 100)])
+        assert small.cached_bytes <= cache_bytes
+    for user in range(1, 13):
+        assert client.hgetall(f"fs:{project}-small:user_payments:{user}") == client.hgetall(f"fs:{project}:user_payments:{user}")
+    for key in client.scan_iter(f"fs:{project}-small:*"):
+        client.delete(key)
