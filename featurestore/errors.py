@@ -73,6 +73,17 @@ class StoreUnavailable(FeatureStoreError):
     """Kafka, Redis or the offline store could not be reached."""
 
 
+_SETTING_OF = {"Kafka": "FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS", "Redis": "FEATURESTORE_REDIS_URL"}
+
+
+def unreachable(service: str, address: str, reason: object) -> StoreUnavailable:
+    """The error for Kafka or Redis not answering at `address`: where, why, and what changes it."""
+    return StoreUnavailable(
+        f"{service} at {address} is unreachable: {str(reason).rstrip('.')}. Set {_SETTING_OF[service]} (or featurestore.yaml) to "
+        f"where it runs, or start local services with `eval \"$(featurestore dev --detach)\"`"
+    )
+
+
 class OnlineLayoutError(FeatureStoreError):
     """An entity's online state was written in another storage layout than this version
     reads and writes: `featurestore rebuild-online` rewrites it from the history."""

@@ -10,7 +10,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from featurestore.errors import FeatureStoreError, ValidationFailed
+from featurestore.errors import FeatureStoreError, ValidationFailed, unreachable
 
 console = Console()
 err_console = Console(stderr=True)
@@ -38,13 +38,25 @@ def friendly_errors(fn: F) -> F:
             err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KafkaException as exc:
-            err_console.print(f"[red]error:[/red] Kafka: {exc.args[0].str() if exc.args else exc}", highlight=False)
+            reason = exc.args[0].str() if exc.args else str(exc)
+            err_console.print(f"[red]error:[/red] {unreachable('Kafka', _where('kafka', kwargs.get('repo')), reason)}",
+                              highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except RedisError as exc:
-            err_console.print(f"[red]error:[/red] Redis: {exc}", highlight=False)
+            err_console.print(f"[red]error:[/red] {unreachable('Redis', _where('redis', kwargs.get('repo')), exc)}",
+                              highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _where(service: str, repo: Path | None) -> str:
+    """The address the command used for a service (credentials hidden)."""
+    try:
+        settings = _settings(repo or Path("."))
+    except Exception:  # the settings themselves are broken: that error was not this one
+        return "the configured address"
+    return settings.kafka_bootstrap_servers if service == "kafka" else settings.redis_display
 
 
 def _settings(repo: Path) -> Any:

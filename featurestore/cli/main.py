@@ -16,7 +16,7 @@ from rich.table import Table
 
 from featurestore.cli.common import RepoOpt, _settings, console, err_console, friendly_errors
 from featurestore.cli.serving import serve, status, tokens_app
-from featurestore.errors import ConfigError
+from featurestore.errors import ConfigError, unreachable
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Streaming feature store: definitions -> Kafka -> Redis + Parquet.")
 registry_app = typer.Typer(no_args_is_help=True, help="Inspect and restore applied registry versions.")
@@ -26,6 +26,22 @@ app.add_typer(dev_app, name="dev")
 app.add_typer(tokens_app, name="tokens")
 app.command()(serve)
 app.command()(status)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"featurestore {version('featurestore')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Streaming feature store: definitions -> Kafka -> Redis + Parquet."""
 
 
 # -- plan / apply -----------------------------------------------------------------------
@@ -265,7 +281,7 @@ def rebuild_online(
     try:
         client.ping()
     except redis_lib.RedisError as exc:
-        raise StoreUnavailable(f"Redis at {settings.redis_display} is unreachable: {exc}") from None
+        raise unreachable("Redis", settings.redis_display, exc) from None
     active = None if force else group_is_active(admin_config(settings), settings.consumer_group)
     if active == "unknown":
         err_console.print(f"[yellow]warning:[/yellow] the broker did not say whether group {settings.consumer_group} "
@@ -419,7 +435,11 @@ def dev(
     broker_port: Annotated[int, typer.Option(help="Broker port (0: a free one).")] = 0,
     redis_port: Annotated[int, typer.Option(help="Redis port (0: a free one).")] = 0,
 ) -> None:
-    """Start the embedded broker (Tansu) and Redis and print the settings to export."""
+    """Start the embedded broker (Tansu) and Redis and print the settings to export.
+
+    Only the `export` lines go to stdout: `eval "$(featurestore dev --detach)"` sets them in
+    the shell; `featurestore dev env` prints them again later.
+    """
     if ctx.invoked_subcommand is not None:
         return
     from featurestore.embedded import DevEnvironment
@@ -427,18 +447,19 @@ def dev(
     state = _dev_state(repo)
     running = DevEnvironment.load(state)
     if running and running.broker.alive() and running.redis.alive():
-        console.print("Already running (featurestore dev stop to stop):")
+        err_console.print("Already running (featurestore dev stop to stop):")
         _print_exports(running.env())
         return
-    with console.status("Starting the embedded broker and Redis..."):
+    with err_console.status("Starting the embedded broker and Redis..."):
         env = DevEnvironment.start(broker_port or None, redis_port or None, log_dir=repo / ".featurestore" / "logs")
     env.save(state)
-    console.print(f"Broker (Tansu) pid {env.broker.pid} on {env.broker.address}; Redis pid {env.redis.pid} on {env.redis.address}")
+    err_console.print(f"Broker (Tansu) pid {env.broker.pid} on {env.broker.address}; "
+                      f"Redis pid {env.redis.pid} on {env.redis.address}")
     _print_exports(env.env())
     if detach:
-        console.print("Running in the background; stop with: featurestore dev stop")
+        err_console.print("Running in the background; stop with: featurestore dev stop")
         return
-    console.print("Press Ctrl-C to stop.")
+    err_console.print("Press Ctrl-C to stop.")
     try:
         while env.broker.alive() and env.redis.alive():
             time.sleep(0.5)
@@ -448,12 +469,31 @@ def dev(
     finally:
         env.stop()
         state.unlink(missing_ok=True)
-        console.print("Stopped.")
+        err_console.print("Stopped.")
 
 
 def _print_exports(env: dict[str, str]) -> None:
     for k, v in env.items():
         sys.stdout.write(f"export {k}={v}\n")
+    sys.stdout.flush()
+
+
+def _not_running(repo: Path) -> str:
+    return (f"no dev services started from {repo.resolve()} are running (`featurestore dev` keeps them per "
+            "repository folder: pass --repo, or start them with `featurestore dev --detach`)")
+
+
+@dev_app.command("env")
+@friendly_errors
+def dev_env(repo: RepoOpt = Path(".")) -> None:
+    """Print the settings of the running dev services as `export` lines only:
+    `eval "$(featurestore dev env)"` in a new shell."""
+    from featurestore.embedded import DevEnvironment
+
+    env = DevEnvironment.load(_dev_state(repo))
+    if env is None or not (env.broker.alive() and env.redis.alive()):
+        raise ConfigError(_not_running(repo))
+    _print_exports(env.env())
 
 
 @dev_app.command("stop")
@@ -465,7 +505,7 @@ def dev_stop(repo: RepoOpt = Path(".")) -> None:
     state = _dev_state(repo)
     env = DevEnvironment.load(state)
     if env is None:
-        console.print("Nothing to stop.")
+        console.print(f"Nothing to stop: {_not_running(repo)}.", highlight=False, soft_wrap=True)
         return
     env.stop()
     state.unlink(missing_ok=True)

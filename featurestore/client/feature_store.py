@@ -18,7 +18,7 @@ from featurestore.client.http import FeatureServerClient
 from featurestore.client.online_query import OnlineQuery, output_names, resolve_features
 from featurestore.client.responses import OnlineResponse, TrainingSet
 from featurestore.config import Settings, load_settings
-from featurestore.errors import FeatureRequestError, StoreUnavailable
+from featurestore.errors import FeatureRequestError, unreachable
 from featurestore.offline.point_in_time import MODES, point_in_time_features
 from featurestore.online.reader import OnlineReader
 from featurestore.plan import Plan, ViewPlan
@@ -125,7 +125,7 @@ class FeatureStore:
         try:
             results = self._online_reader().read_results(query.requests, t_ms, max_ms)
         except redis.RedisError as exc:
-            raise StoreUnavailable(f"online store {self.settings.redis_display}: {exc}") from None
+            raise unreachable("Redis", self.settings.redis_display, exc) from None
         return query.response(results, t_ms)
 
     def _server(self) -> FeatureServerClient:

@@ -301,7 +301,8 @@ def _fold_packed(block: StateBlock, k: int, n_sets: int, tset: TileSet, bound: B
             if st == "c":
                 new[:, c] = 1
             elif st == "q":
-                new[:, c] = x * x  # type: ignore[operator]
+                with np.errstate(over="ignore"):  # the square of a value over ~1e154 is inf, as the sum of squares is
+                    new[:, c] = x * x  # type: ignore[operator]
             else:
                 new[:, c] = x  # type: ignore[index]
         parts.append(new)

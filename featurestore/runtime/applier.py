@@ -19,7 +19,7 @@ from confluent_kafka import Producer
 from featurestore import metrics
 from featurestore.collector import collector_paused
 from featurestore.config import Settings
-from featurestore.errors import StoreUnavailable
+from featurestore.errors import StoreUnavailable, unreachable
 from featurestore.faults import fault_point
 from featurestore.offline.history import HistoryWriter
 from featurestore.online.writer import OnlineWriter
@@ -202,7 +202,7 @@ def check_redis(settings: Settings, client: redis.Redis | None = None) -> None:
     try:
         (client or settings.redis_client(socket_connect_timeout=5)).ping()
     except redis.RedisError as exc:
-        raise StoreUnavailable(f"Redis at {settings.redis_display} is unreachable: {exc}") from None
+        raise unreachable("Redis", settings.redis_display, exc) from None
 
 
 def _on_time(rows: ViewRows) -> list[int]:

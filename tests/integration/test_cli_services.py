@@ -33,13 +33,18 @@ def test_dev_starts_and_stops_exactly_its_services(tmp_path: Path) -> None:
 
         AdminClient({"bootstrap.servers": exports["FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS"]}).list_topics(timeout=10)
         again = cli("dev", "--detach", "--repo", str(tmp_path))
-        assert "Already running" in again.stdout
+        assert "Already running" in again.stderr
+        # stdout holds only the exports: eval-able, and printed again by `dev env`
+        assert all(line.startswith("export ") for line in again.stdout.splitlines())
+        assert cli("dev", "env", "--repo", str(tmp_path)).stdout == res.stdout
     finally:
         stop = cli("dev", "stop", "--repo", str(tmp_path))
     assert stop.returncode == 0 and "Stopped" in stop.stdout
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or b"" == Path(f"/proc/{pid}/cmdline").read_bytes()
     assert "Nothing to stop" in cli("dev", "stop", "--repo", str(tmp_path)).stdout
+    gone = cli("dev", "env", "--repo", str(tmp_path))
+    assert gone.returncode == 1 and "no dev services started from" in gone.stderr and gone.stdout == ""
 
 
 def test_cli_run_until_caught_up_then_read(example_repo: Path, services, overrides: dict, tmp_path: Path) -> None:

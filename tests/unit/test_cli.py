@@ -64,3 +64,21 @@ def test_bad_config_is_one_line(tmp_path: Path) -> None:
     res = cli("run", "--repo", str(tmp_path))
     assert res.returncode == 1
     assert "batch_size" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_version_and_dev_env_without_services(tmp_path: Path) -> None:
+    res = cli("--version")
+    assert res.returncode == 0 and res.stdout.startswith("featurestore ")
+    res = cli("dev", "env", "--repo", str(tmp_path))
+    assert res.returncode == 1 and res.stdout == ""
+    assert "no dev services started from" in res.stderr and "featurestore dev --detach" in res.stderr
+
+
+def test_an_unreachable_redis_is_named_with_the_setting_that_changes_it(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "feature_defs", repo, ignore=shutil.ignore_patterns(".featurestore", "__pycache__"))
+    assert cli("apply", "--repo", str(repo)).returncode == 0
+    res = cli("online", "--repo", str(repo), "-f", "user_payments:amount_sum_1h", "-e", "user_id=1",
+              env={"FEATURESTORE_REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "127.0.0.1:1" in res.stderr and "FEATURESTORE_REDIS_URL" in res.stderr and "featurestore dev" in res.stderr
