@@ -19,6 +19,8 @@ line without a traceback.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -95,3 +97,11 @@ class AuthError(FeatureStoreError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+def one_of(given: str, choices: Iterable[str], lead: str = "") -> str:
+    """`lead` + "one of: a, b, c", as "did you mean 'x'? (...)" when a choice is close to `given`."""
+    options = list(choices)
+    close = difflib.get_close_matches(given, options, n=1, cutoff=0.6)
+    listed = f"{lead}one of: {', '.join(options)}" if options else "none is defined"
+    return f"did you mean '{close[0]}'? ({listed})" if close else listed

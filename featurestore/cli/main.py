@@ -403,7 +403,7 @@ def training_set(
     import pyarrow.parquet as pq
 
     from featurestore.client import FeatureStore
-    from featurestore.errors import FeatureRequestError
+    from featurestore.errors import FeatureRequestError, one_of
 
     if not entities.exists():
         raise FeatureRequestError(f"entity file {entities} not found")
@@ -411,6 +411,9 @@ def training_set(
         table = pacsv.read_csv(entities) if entities.suffix.lower() == ".csv" else pq.read_table(entities)
     except Exception as exc:
         raise FeatureRequestError(f"cannot read entity file {entities}: {exc}") from None
+    if timestamp_column not in table.column_names:
+        raise FeatureRequestError(f"{entities} has no column '{timestamp_column}': name the entity rows' time column "
+                                  f"with --timestamp-column ({one_of(timestamp_column, table.column_names)})")
     with console.status(f"Joining {table.num_rows:,} entity rows with {len(feature)} features in DuckDB..."):
         started = time.monotonic()
         result = FeatureStore(repo).get_historical_features(table, feature, timestamp_column=timestamp_column, mode=mode)

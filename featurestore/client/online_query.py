@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from featurestore.client.responses import OnlineResponse
-from featurestore.errors import FeatureRequestError
+from featurestore.errors import FeatureRequestError, one_of
 from featurestore.online.reader import ViewRequest, ViewResult
 from featurestore.plan import Plan, ViewPlan
 
@@ -20,8 +20,8 @@ def resolve_features(plan: Plan, features: Sequence[str] | None, service: str | 
         try:
             features = plan.service(service).features
         except KeyError:
-            known = ", ".join(s.name for s in plan.services) or "none applied"
-            raise FeatureRequestError(f"unknown feature service {service!r} (services: {known})") from None
+            raise FeatureRequestError(f"unknown feature service {service!r}: "
+                                      f"{one_of(service, [s.name for s in plan.services])}") from None
     if isinstance(features, str) or not features:
         raise FeatureRequestError('features must be a non-empty list of "view:feature" references (or pass service=)')
     out = []
@@ -29,10 +29,11 @@ def resolve_features(plan: Plan, features: Sequence[str] | None, service: str | 
     for ref in features:
         view_name, sep, name = ref.partition(":") if isinstance(ref, str) else ("", "", "")
         if not sep or view_name not in views:
-            raise FeatureRequestError(f"unknown feature reference {ref!r}: expected 'view:feature' with view one of {sorted(views)}")
+            raise FeatureRequestError(f"unknown feature reference {ref!r}: expected 'view:feature' with view "
+                                      f"{one_of(view_name, sorted(views))}")
         if name not in views[view_name].feature_names:
             raise FeatureRequestError(
-                f"view '{view_name}' has no feature '{name}' (features: {', '.join(views[view_name].feature_names)})"
+                f"view '{view_name}' has no feature '{name}': {one_of(name, views[view_name].feature_names)}"
             )
         out.append((views[view_name], name))
     return out

@@ -24,7 +24,7 @@ from featurestore.definitions import (
     KafkaSource,
     Transform,
 )
-from featurestore.errors import Problem, ValidationFailed
+from featurestore.errors import Problem, ValidationFailed, one_of
 from featurestore.plan import (
     AggregationPlan,
     DType,
@@ -172,7 +172,7 @@ class _Builder:
         ts_type = fields.get(src.timestamp_field, "missing")
         if ts_type == "missing":
             self.problem(src, label, f"timestamp_field '{src.timestamp_field}' is not a field of {src.schema.__name__}",
-                         f"use one of: {', '.join(fields)}")
+                         one_of(src.timestamp_field, fields, lead="use "))
             ok = False
         elif ts_type != "datetime":
             self.problem(src, label, f"timestamp_field '{src.timestamp_field}' must be a datetime",
@@ -283,7 +283,7 @@ class _Builder:
         dtype = fields.get(feat.column, "missing")
         if dtype == "missing":
             self.problem(view, label, f"unknown field '{feat.column}' in the event schema",
-                         f"use one of: {', '.join(fields)}")
+                         one_of(feat.column, fields, lead="use "))
             return []
         if dtype is None:
             self.problem(view, label, f"field '{feat.column}' has an unsupported type",
@@ -319,12 +319,12 @@ class _Builder:
         ok = self.check_name(view, label, agg.name)
         if agg.function not in AGGREGATION_FUNCTIONS:
             self.problem(view, label, f"unknown aggregation function {agg.function!r}",
-                         f"use one of: {', '.join(AGGREGATION_FUNCTIONS)}")
+                         one_of(agg.function, AGGREGATION_FUNCTIONS, lead="use "))
             ok = False
         dtype = derived.get(agg.column) or fields.get(agg.column, "missing")
         if dtype == "missing":
             self.problem(view, label, f"unknown field '{agg.column}' in the event schema",
-                         f"use one of: {', '.join(list(fields) + list(derived))}")
+                         one_of(agg.column, list(fields) + list(derived), lead="use "))
             ok = False
         elif dtype is None:
             self.problem(view, label, f"field '{agg.column}' has an unsupported type", "aggregate int, float, str or bool fields")
@@ -411,11 +411,11 @@ def _service_plan(b: _Builder, svc: FeatureService, views: list[ViewPlan]) -> Se
             ok = False  # the view's own problems are reported
         elif view_name not in by_name:
             b.problem(svc, label, f"feature reference {item!r} names an unknown view '{view_name}'",
-                      f"use one of: {', '.join(sorted(by_name))}")
+                      one_of(view_name, sorted(by_name), lead="use "))
             ok = False
         elif feature not in by_name[view_name].feature_names:
             b.problem(svc, label, f"view '{view_name}' has no feature '{feature}'",
-                      f"use one of: {', '.join(by_name[view_name].feature_names)}")
+                      one_of(feature, by_name[view_name].feature_names, lead="use "))
             ok = False
         else:
             refs.append(item)

@@ -82,3 +82,32 @@ def test_an_unreachable_redis_is_named_with_the_setting_that_changes_it(tmp_path
               env={"FEATURESTORE_REDIS_URL": "redis://127.0.0.1:1/0"})
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "127.0.0.1:1" in res.stderr and "FEATURESTORE_REDIS_URL" in res.stderr and "featurestore dev" in res.stderr
+
+
+def test_typos_get_a_did_you_mean(tmp_path: Path) -> None:
+    """A misspelt feature, view or column is answered with the closest name, in the SDK's
+    words and in the CLI's (the option that names the column)."""
+    import pandas as pd
+    import pytest
+
+    from featurestore.client.online_query import resolve_features
+    from featurestore.compile import compile_repo
+    from featurestore.errors import FeatureRequestError
+
+    plan = compile_repo(ROOT / "feature_defs")
+    with pytest.raises(FeatureRequestError, match="did you mean 'amount_sum_1h'"):
+        resolve_features(plan, ["user_payments:amount_sum_1hr"])
+    with pytest.raises(FeatureRequestError, match="did you mean 'user_payments'"):
+        resolve_features(plan, ["user_payment:amount_sum_1h"])
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "feature_defs", repo, ignore=shutil.ignore_patterns(".featurestore", "__pycache__"))
+    assert cli("apply", "--repo", str(repo)).returncode == 0
+    rows = tmp_path / "rows.parquet"
+    pd.DataFrame({"user_id": [1], "ts": pd.to_datetime(["2026-01-01T00:00:00Z"])}).to_parquet(rows)
+    res = cli("training-set", "--repo", str(repo), "--entities", str(rows), "-f", "user_payments:amount_sum_1h",
+              "-o", str(tmp_path / "out.parquet"))
+    assert res.returncode == 1 and "--timestamp-column" in res.stderr and "Traceback" not in res.stderr
+    views = repo / "views.py"
+    views.write_text(views.read_text().replace('Aggregation("amount", "sum"', 'Aggregation("amout", "sum"'))
+    res = cli("plan", "--repo", str(repo))
+    assert res.returncode == 1 and "did you mean 'amount'?" in res.stderr
