@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from featurestore.plan import Plan
+from featurestore.aggregations import FUNCTIONS
+from featurestore.plan import Plan, ViewPlan
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,35 @@ def diff_plans(old: Plan | None, new: Plan) -> PlanDiff:
         after = {o.name: o.model_dump(mode="json") for o in getattr(new, attr)}
         for name in sorted(set(before) | set(after)):
             if name not in before:
-                changes.append(Change(kind, name, "add"))
+                added = new.view(name) if kind == "FeatureView" else None
+                changes.append(Change(kind, name, "add", tuple(_features(added)) if added else ()))
             elif name not in after:
                 changes.append(Change(kind, name, "remove"))
             elif before[name] != after[name]:
                 changes.append(Change(kind, name, "change", tuple(_detail_changes(before[name], after[name]))))
     return PlanDiff(tuple(changes))
+
+
+def _features(view: ViewPlan) -> list[str]:
+    """One line per feature a new view generates: name, type, what it computes."""
+    lines: list[tuple[str, str, str]] = []
+    for f in view.row_features:
+        what = f"field {f.column}" if f.kind == "field" else f"transform {f.udf_ref}"
+        lines.append((f.name, f.dtype, what))
+    for a in view.aggregations:
+        result = FUNCTIONS[a.function].result_dtype(a.dtype)
+        where = f" where {a.where}" if a.where else ""
+        k = f" (k={a.k})" if a.k else ""
+        lines.append((a.name, f"list[{a.dtype}]" if result == "list" else result,
+                      f"{a.function}{k} of {a.column}{where} over {_window(a.window_ms)}"))
+    width = max((len(n) for n, _, _ in lines), default=0)
+    return [f"{n.ljust(width)}  {t.ljust(9)}  {w}" for n, t, w in lines]
+
+
+def _window(ms: int | None) -> str:
+    if ms is None:
+        return "all time"
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms} ms"
