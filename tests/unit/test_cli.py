@@ -36,7 +36,7 @@ def test_plan_apply_and_registry(tmp_path: Path) -> None:
     assert "+ FeatureView user_payments" in res.stdout
     # a new view lists the features it generates, with their types
     assert any(line.split()[:3] == ["amount_sum_1h", "float", "sum"] for line in res.stdout.splitlines())
-    assert any(line.split()[:2] == ["recent_merchants", "list[str]"] for line in res.stdout.splitlines())
+    assert any(line.split()[:2] == ["recent_merchants_1h", "list[str]"] for line in res.stdout.splitlines())
     res = cli("apply", "--repo", str(repo))
     assert res.returncode == 0 and "Applied version 1" in res.stdout
     res = cli("apply", "--repo", str(repo))
