@@ -17,6 +17,16 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 RepoOpt = Annotated[Path, typer.Option("--repo", "-r", envvar="FEATURESTORE_REPO", help="Feature repository folder.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for programs) instead of a table.")]
+
+
+def print_json(value: Any) -> None:
+    """`value` as one line of JSON on stdout (datetimes as ISO 8601)."""
+    import sys
+
+    import orjson
+
+    sys.stdout.write(orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
 
 
 def friendly_errors(fn: F) -> F:

@@ -14,7 +14,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from featurestore.cli.common import RepoOpt, _settings, console, err_console, friendly_errors
+from featurestore.cli.common import JsonOpt, RepoOpt, _settings, console, err_console, friendly_errors, print_json
 from featurestore.cli.serving import serve, status, tokens_app
 from featurestore.errors import ConfigError, unreachable
 
@@ -93,11 +93,16 @@ def apply(repo: RepoOpt = Path(".")) -> None:
 # -- registry -----------------------------------------------------------------------------
 @registry_app.command("list")
 @friendly_errors
-def registry_list(repo: RepoOpt = Path(".")) -> None:
+def registry_list(repo: RepoOpt = Path("."), as_json: JsonOpt = False) -> None:
     """List applied versions."""
     from featurestore.registry import FileRegistry
 
     versions = FileRegistry(_settings(repo).registry_root).versions()
+    if as_json:
+        print_json([{"version": v.version, "applied_at": v.applied_at, "hash": v.content_hash,
+                     "views": [view.name for view in v.plan.views], "changes": list(v.diff), "note": v.note}
+                    for v in versions])
+        return
     if not versions:
         console.print("Nothing applied yet.")
         return
@@ -329,13 +334,18 @@ def consistency(
     repo: RepoOpt = Path("."),
     sample: Annotated[int, typer.Option(help="Entities per view to compare.")] = 200,
     max_mismatch_rate: Annotated[float, typer.Option(help="Exit 1 if any feature's mismatch rate is above this.")] = 0.0,
+    as_json: JsonOpt = False,
 ) -> None:
     """Compare online values with an offline recomputation of the same features, now."""
     from featurestore.client import FeatureStore
 
-    with console.status("Reading online values and recomputing them offline..."):
+    with err_console.status("Reading online values and recomputing them offline..."):
         report = FeatureStore(repo).check_consistency(sample=sample)
-    _print_consistency(report)
+    if as_json:
+        print_json({"at": report.at, "features": report.rows(),
+                    "examples": {f.feature: [str(e) for e in f.examples] for f in report.features if f.examples}})
+    else:
+        _print_consistency(report)
     worst = max((f.mismatch_rate for f in report.features), default=0.0)
     if worst > max_mismatch_rate:
         err_console.print(f"[red]error:[/red] mismatch rate {worst:.2%} is above {max_mismatch_rate:.2%}")
@@ -371,13 +381,17 @@ def online(
     feature: Annotated[list[str], typer.Option("--feature", "-f", help="view:feature (repeatable).")],
     entity: Annotated[list[str], typer.Option("--entity", "-e", help="Join keys, e.g. user_id=1 (repeatable).")],
     repo: RepoOpt = Path("."),
+    as_json: JsonOpt = False,
 ) -> None:
     """Print online feature values for some entities."""
     from featurestore.client import FeatureStore
 
     store = FeatureStore(repo)
     resp = store.get_online_features(feature, [_parse_entity(e) for e in entity]).to_dict()
-    _print_columns(resp)
+    if as_json:
+        print_json(resp)
+    else:
+        _print_columns(resp)
 
 
 def _print_columns(cols: dict[str, list[Any]], title: str | None = None) -> None:

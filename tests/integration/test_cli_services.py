@@ -72,6 +72,9 @@ def test_cli_run_until_caught_up_then_read(example_repo: Path, services, overrid
     out = cli("online", "-f", "user_payments:amount_count_1d", "-e", f"user_id={user}", "--repo", str(example_repo), env=env)
     assert out.returncode == 0, out.stderr
     assert str(expected_count) in out.stdout
+    as_json = cli("online", "-f", "user_payments:amount_count_1d", "-e", f"user_id={user}", "--json", "--repo",
+                  str(example_repo), env=env)
+    assert json.loads(as_json.stdout)["amount_count_1d"] == [expected_count]
 
     entities = tmp_path / "entities.parquet"
     pd.DataFrame({"user_id": [user, user], "event_timestamp": [end - dt.timedelta(hours=1), end]}).to_parquet(entities)
@@ -86,6 +89,10 @@ def test_cli_run_until_caught_up_then_read(example_repo: Path, services, overrid
     check = cli("consistency", "--sample", "5", "--repo", str(example_repo), env=env)
     assert check.returncode == 0, check.stderr
     assert "user_payments:amount_count_1d" in check.stdout and "0.00%" in check.stdout
+    checked = json.loads(cli("consistency", "--sample", "5", "--json", "--repo", str(example_repo), env=env).stdout)
+    assert {f["feature"]: f["mismatches"] for f in checked["features"]}["user_payments:amount_count_1d"] == 0
+    versions = json.loads(cli("registry", "list", "--json", "--repo", str(example_repo), env=env).stdout)
+    assert versions[-1]["version"] >= 1 and "user_payments" in versions[-1]["views"]
 
     bad = cli("online", "-f", "user_payments:nope", "-e", "user_id=1", "--repo", str(example_repo), env=env)
     assert bad.returncode == 1 and "no feature 'nope'" in bad.stderr and "Traceback" not in bad.stderr
