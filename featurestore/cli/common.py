@@ -20,6 +20,13 @@ RepoOpt = Annotated[Path, typer.Option("--repo", "-r", envvar="FEATURESTORE_REPO
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for programs) instead of a table.")]
 
 
+def cli_table(*headers: str, title: str | None = None) -> Any:
+    """A table whose cells wrap instead of being cut, so it reads at 80 columns and when piped."""
+    from rich.table import Column, Table
+
+    return Table(*(Column(h, overflow="fold") for h in headers), title=title)
+
+
 def print_json(value: Any) -> None:
     """`value` as one line of JSON on stdout (datetimes as ISO 8601)."""
     import sys

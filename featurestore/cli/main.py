@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +16,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from featurestore.cli.common import JsonOpt, RepoOpt, _settings, console, err_console, friendly_errors, print_json
+from featurestore.cli.common import JsonOpt, RepoOpt, _settings, cli_table, console, err_console, friendly_errors, print_json
 from featurestore.cli.serving import serve, status, tokens_app
 from featurestore.errors import ConfigError, unreachable
 
@@ -106,7 +108,7 @@ def registry_list(repo: RepoOpt = Path("."), as_json: JsonOpt = False) -> None:
     if not versions:
         console.print("Nothing applied yet.")
         return
-    table = Table("version", "applied at (UTC)", "hash", "views", "changes", "note")
+    table = cli_table("version", "applied at (UTC)", "hash", "views", "changes", "note")
     for v in versions:
         table.add_row(str(v.version), f"{v.applied_at:%Y-%m-%d %H:%M:%S}", v.content_hash[:12],
                       str(len(v.plan.views)), str(len(v.diff)), v.note)
@@ -134,6 +136,19 @@ def registry_restore(version: int, repo: RepoOpt = Path(".")) -> None:
 
 
 # -- run ---------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _live(renderable: Any) -> Iterator[Live]:
+    """A live status display; when stdout is not a terminal it is printed once at the end,
+    on lines of its own."""
+    try:
+        with Live(renderable, console=console, refresh_per_second=4, transient=False) as live:
+            yield live
+    finally:
+        if not console.is_terminal:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+
+
 def _progress_table(records: int, started: float, dead_letters: dict[str, int], label: str, value: int) -> Table:
     """Live status of a long run: records and their rate, dead letters by reason, one more counter."""
     secs = max(time.monotonic() - started, 1e-9)
@@ -182,7 +197,7 @@ def run(
     if engine == "faust":
         from featurestore.runtime.faust_engine import run_faust
 
-        with Live(status(ProcessorStats()), console=console, refresh_per_second=4, transient=False) as live:
+        with _live(status(ProcessorStats())) as live:
             stats = run_faust(plan_, settings, until_caught_up, on_batch=lambda s: live.update(status(s)))
             live.update(status(stats))
     else:
@@ -190,7 +205,7 @@ def run(
         previous = signal.signal(signal.SIGINT, lambda *_: processor.stop())
         signal.signal(signal.SIGTERM, lambda *_: processor.stop())
         try:
-            with Live(status(processor.stats), console=console, refresh_per_second=4, transient=False) as live:
+            with _live(status(processor.stats)) as live:
                 stats = processor.run(until_caught_up=until_caught_up, on_batch=lambda s: live.update(status(s)))
                 live.update(status(stats))
         finally:
@@ -245,7 +260,7 @@ def backfill(
 
     console.print(f"Backfilling {job.source.name} from {from_path} -> {settings.offline_root}"
                   + (f" + {settings.redis_display}" if materialize else ""))
-    with Live(status(BackfillStats()), console=console, refresh_per_second=4, transient=False) as live:
+    with _live(status(BackfillStats())) as live:
         stats = job.run(from_path, start_ms, end_ms, materialize, on_progress=lambda s: live.update(status(s)))
     console.print(f"Done in {stats.seconds:.1f} s: {stats.events:,} events from {stats.files} file(s), "
                   f"{stats.history_rows:,} history rows written"
@@ -353,7 +368,7 @@ def consistency(
 
 
 def _print_consistency(report: Any) -> None:
-    table = Table("feature", "checked", "mismatches", "rate", "max abs diff", "online staleness",
+    table = cli_table("feature", "checked", "mismatches", "rate", "max abs diff", "online staleness",
                   title=f"Online vs offline at {report.at:%Y-%m-%d %H:%M:%S} UTC")
     for row in report.rows():
         table.add_row(row["feature"], str(row["checked"]), str(row["mismatches"]), f"{row['mismatch_rate']:.2%}",
@@ -395,7 +410,7 @@ def online(
 
 
 def _print_columns(cols: dict[str, list[Any]], title: str | None = None) -> None:
-    table = Table(*cols.keys(), title=title)
+    table = cli_table(*cols.keys(), title=title)
     for row in zip(*cols.values()):
         table.add_row(*("—" if v is None else f"{v:,.2f}" if isinstance(v, float) else str(v) for v in row))
     console.print(table)

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from featurestore.cli.common import RepoOpt, _settings, console, friendly_errors
+from featurestore.cli.common import RepoOpt, _settings, cli_table, console, friendly_errors
 from featurestore.errors import ConfigError, StoreUnavailable
 
 tokens_app = typer.Typer(no_args_is_help=True, help="API tokens of the feature server (only their hashes are stored).")
@@ -116,7 +115,7 @@ def tokens_list(repo: RepoOpt = Path(".")) -> None:
     if not records:
         console.print(f"No tokens in {store.path}.")
         return
-    table = Table("id", "name", "permissions", "created (UTC)", "state")
+    table = cli_table("id", "name", "permissions", "created (UTC)", "state")
     for r in records:
         state = "active" if r.active else f"revoked {r.revoked_at:%Y-%m-%d %H:%M}"
         table.add_row(r.id, r.name, ", ".join(str(p) for p in r.permissions), f"{r.created_at:%Y-%m-%d %H:%M}", state)
@@ -152,11 +151,11 @@ def status(
         host, port = _split_address(settings.metrics_address, "metrics_address")
         urls = [f"http://{host}:{port}/metrics"]
     report = fetch_status(urls)
-    views = Table("view", "events", "newest event", "freshness p50", "freshness p99", title="Views")
+    views = cli_table("view", "events", "newest event", "freshness p50", "freshness p99", title="Views")
     for v in report.views:
         views.add_row(v.view, f"{v.events:,.0f}", v.newest_age, v.p50, v.p99)
     console.print(views)
-    lag = Table("topic", "partition", "lag (records)", title="Consumer lag")
+    lag = cli_table("topic", "partition", "lag (records)", title="Consumer lag")
     for (topic, partition), n in sorted(report.lag.items()):
         lag.add_row(topic, partition, f"{n:,.0f}")
     console.print(lag)

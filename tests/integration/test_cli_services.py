@@ -66,6 +66,7 @@ def test_cli_run_until_caught_up_then_read(example_repo: Path, services, overrid
     assert res.returncode == 0, res.stderr
     valid = sum(1 for r in records if r.event)
     assert f"{valid:,} events applied" in res.stdout
+    assert any(line.startswith("Done:") for line in res.stdout.splitlines()), "piped: the summary has a line of its own"
 
     user = records[-1].event["user_id"] if records[-1].event else records[-2].event["user_id"]
     expected_count = sum(1 for r in records if r.event and r.event["user_id"] == user)
@@ -89,6 +90,8 @@ def test_cli_run_until_caught_up_then_read(example_repo: Path, services, overrid
     check = cli("consistency", "--sample", "5", "--repo", str(example_repo), env=env)
     assert check.returncode == 0, check.stderr
     assert "user_payments:amount_count_1d" in check.stdout and "0.00%" in check.stdout
+    narrow = cli("consistency", "--sample", "5", "--repo", str(example_repo), env={**env, "COLUMNS": "80"})
+    assert narrow.returncode == 0 and "…" not in narrow.stdout, "at 80 columns cells wrap, nothing is cut"
     checked = json.loads(cli("consistency", "--sample", "5", "--json", "--repo", str(example_repo), env=env).stdout)
     assert {f["feature"]: f["mismatches"] for f in checked["features"]}["user_payments:amount_count_1d"] == 0
     versions = json.loads(cli("registry", "list", "--json", "--repo", str(example_repo), env=env).stdout)
