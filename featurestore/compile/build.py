@@ -53,6 +53,17 @@ def compile_repo(root: Path | str) -> Plan:
     return plan
 
 
+def _aware(annotation: Any) -> bool:
+    """Whether a datetime annotation only accepts times with a UTC offset (AwareDatetime)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _aware(typing.get_args(annotation)[0]) or any(
+            getattr(m, "tz_constraint", None) == "aware" for m in typing.get_args(annotation)[1:])
+    if origin in (typing.Union, types.UnionType):
+        return all(_aware(a) for a in typing.get_args(annotation) if a is not type(None))
+    return annotation is AwareDatetime
+
+
 def dtype_of(annotation: Any) -> DType | None:
     """Plan type of a Python/pydantic annotation (Optional[X] counts as X), or None if unsupported."""
     origin = typing.get_origin(annotation)
@@ -177,6 +188,12 @@ class _Builder:
         elif ts_type != "datetime":
             self.problem(src, label, f"timestamp_field '{src.timestamp_field}' must be a datetime",
                          "annotate it as pydantic.AwareDatetime")
+            ok = False
+        elif not _aware(src.schema.model_fields[src.timestamp_field].annotation):
+            self.problem(src, label, f"timestamp_field '{src.timestamp_field}' accepts times without a UTC offset, "
+                         "which would be read as UTC without a word",
+                         "annotate it as pydantic.AwareDatetime (events then carry an offset, e.g. "
+                         "2026-01-01T12:00:00+00:00 or ...Z)")
             ok = False
         if not ok or ref is None:
             return None

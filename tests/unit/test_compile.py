@@ -106,3 +106,16 @@ def test_feature_services_are_checked_against_the_views(tmp_path: Path) -> None:
     assert any("view 'user_payments' has no feature 'nope'" in t for t in text)
     assert any("unknown view 'ghost'" in t for t in text)
     assert any("'bad' is not 'view:feature'" in t for t in text)
+
+
+def test_a_timestamp_without_utc_offset_is_refused_with_the_fix(tmp_path: Path) -> None:
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "feature_defs", repo, ignore=shutil.ignore_patterns(".featurestore", "__pycache__"))
+    sources = repo / "sources.py"
+    sources.write_text("from datetime import datetime\n" + sources.read_text().replace("    ts: AwareDatetime", "    ts: datetime"))
+    with pytest.raises(ValidationFailed) as err:
+        compile_repo(repo)
+    text = [str(p) for p in err.value.problems]
+    assert any("timestamp_field 'ts' accepts times without a UTC offset" in t and "AwareDatetime" in t for t in text), text
