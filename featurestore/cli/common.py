@@ -17,7 +17,7 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 RepoOpt = Annotated[Path, typer.Option("--repo", "-r", envvar="FEATURESTORE_REPO", help="Feature repository folder.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for programs) instead of a table.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for programs) instead of a table.", metavar="")]
 
 
 def cli_table(*headers: str, title: str | None = None) -> Any:

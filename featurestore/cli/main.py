@@ -23,11 +23,14 @@ from featurestore.errors import ConfigError, unreachable
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Streaming feature store: definitions -> Kafka -> Redis + Parquet.")
 registry_app = typer.Typer(no_args_is_help=True, help="Inspect and restore applied registry versions.")
 dev_app = typer.Typer(help="Embedded broker + Redis for development (foreground; Ctrl-C stops).")
-app.add_typer(registry_app, name="registry")
-app.add_typer(dev_app, name="dev")
-app.add_typer(tokens_app, name="tokens")
-app.command()(serve)
-app.command()(status)
+# commands in the order of a first hour: start services, define, process, read, check
+_START, _DEFINE, _PROCESS, _READ, _CHECK = ("1. Start", "2. Define features", "3. Process events",
+                                            "4. Read and serve", "5. Check")
+app.add_typer(dev_app, name="dev", rich_help_panel=_START,
+              epilog='Example: eval "$(featurestore dev --detach)"; later: featurestore dev stop')
+app.add_typer(registry_app, name="registry", rich_help_panel=_DEFINE, epilog="Example: featurestore registry list")
+app.add_typer(tokens_app, name="tokens", rich_help_panel=_READ,
+              epilog="Example: featurestore tokens create fraud-service --grant read_online:view=user_payments")
 
 
 def _print_version(value: bool) -> None:
@@ -41,17 +44,30 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+                                          help="Print the version and exit.", metavar="")] = False,
 ) -> None:
     """Streaming feature store: definitions -> Kafka -> Redis + Parquet."""
 
 
+# -- demo -------------------------------------------------------------------------------------------
+@app.command(rich_help_panel=_START, epilog="Example: featurestore demo")
+@friendly_errors
+def demo(
+    repo: RepoOpt = Path("feature_defs"),
+    events: Annotated[int, typer.Option(help="Payment events to produce.")] = 20_000,
+) -> None:
+    """End to end: start services, apply, produce payments, process, read online, build a training set."""
+    from featurestore.demo.walkthrough import run_demo
+
+    run_demo(repo, events, console)
+
+
 # -- plan / apply -----------------------------------------------------------------------
-@app.command()
+@app.command(rich_help_panel=_DEFINE, epilog="Example: featurestore plan --repo feature_defs")
 @friendly_errors
 def plan(
     repo: RepoOpt = Path("."),
-    as_json: Annotated[bool, typer.Option("--json", help="Print the compiled plan as JSON instead of the diff.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the compiled plan as JSON instead of the diff.", metavar="")] = False,
 ) -> None:
     """Validate the repository and show what `apply` would change."""
     from featurestore.compile import compile_repo, diff_plans
@@ -73,7 +89,7 @@ def plan(
         console.print(f"  {line}", highlight=False, markup=False)
 
 
-@app.command()
+@app.command(rich_help_panel=_DEFINE, epilog="Example: featurestore apply --repo feature_defs")
 @friendly_errors
 def apply(repo: RepoOpt = Path(".")) -> None:
     """Validate the repository and record it as a new registry version (safe to re-run)."""
@@ -159,12 +175,12 @@ def _progress_table(records: int, started: float, dead_letters: dict[str, int], 
     return t
 
 
-@app.command()
+@app.command(rich_help_panel=_PROCESS, epilog="Example: featurestore run --until-caught-up")
 @friendly_errors
 def run(
     repo: RepoOpt = Path("."),
     until_caught_up: Annotated[
-        bool, typer.Option("--until-caught-up", help="Exit once every record present at start is processed.")
+        bool, typer.Option("--until-caught-up", help="Exit once every record present at start is processed.", metavar="")
     ] = False,
     engine: Annotated[
         str, typer.Option(help="confluent (default: confluent-kafka, fastest) or faust (Faust agents; pip install 'featurestore[faust]').")
@@ -229,13 +245,15 @@ def _parse_instant(value: str | None, option: str) -> int | None:
         raise FeatureRequestError(f"{option} {value!r} is not an ISO date/time (e.g. 2026-11-01 or 2026-11-01T12:00:00Z)") from None
 
 
-@app.command()
+@app.command(rich_help_panel=_PROCESS, epilog="Example: featurestore backfill --from archive/ --start 2026-10-01 --end 2026-11-01 "
+              "--materialize")
 @friendly_errors
 def backfill(
     from_path: Annotated[Path, typer.Option("--from", help="A .parquet / JSON lines file, or a folder of them.")],
     start: Annotated[str | None, typer.Option(help="Only events at or after this time (ISO, UTC by default).")] = None,
     end: Annotated[str | None, typer.Option(help="Only events before this time (ISO, UTC by default).")] = None,
-    materialize: Annotated[bool, typer.Option("--materialize", help="Also write the online store (state as of --end).")] = False,
+    materialize: Annotated[bool, typer.Option("--materialize", help="Also write the online store (state as of --end).",
+                                              metavar="")] = False,
     source: Annotated[str | None, typer.Option(help="Source the events belong to (needed if the repo has several).")] = None,
     repo: RepoOpt = Path("."),
 ) -> None:
@@ -270,13 +288,13 @@ def backfill(
         console.print(f"Dead letters ({sum(stats.dead_letters.values()):,}) in {stats.dead_letter_file}")
 
 
-@app.command("rebuild-online")
+@app.command("rebuild-online", rich_help_panel=_PROCESS, epilog="Example: featurestore rebuild-online")
 @friendly_errors
 def rebuild_online(
     repo: RepoOpt = Path("."),
-    catch_up: Annotated[bool, typer.Option(help="Then apply the Kafka tail after the history (run --until-caught-up).")] = True,
+    catch_up: Annotated[bool, typer.Option(help="Then apply the Kafka tail after the history (run --until-caught-up).", metavar="")] = True,
     check_sample: Annotated[int, typer.Option(help="Entities per view compared online vs offline afterwards (0: skip).")] = 200,
-    force: Annotated[bool, typer.Option(help="Rebuild even if the consumer group looks active.")] = False,
+    force: Annotated[bool, typer.Option(help="Rebuild even if the consumer group looks active.", metavar="")] = False,
 ) -> None:
     """Restore the online store from the offline history after Redis lost data.
 
@@ -343,7 +361,80 @@ def rebuild_online(
         console.print(f"Check: online equals offline for all {checked} sampled entities per view.")
 
 
-@app.command()
+# -- reads ----------------------------------------------------------------------------------------
+def _parse_entity(spec: str) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for part in spec.split(","):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"expected key=value, got {part!r}")
+        row[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else value.strip()
+    return row
+
+
+@app.command(rich_help_panel=_READ, epilog="Example: featurestore online -f user_payments:amount_sum_1h -e user_id=1")
+@friendly_errors
+def online(
+    feature: Annotated[list[str], typer.Option("--feature", "-f", help="view:feature (repeatable).")],
+    entity: Annotated[list[str], typer.Option("--entity", "-e", help="Join keys, e.g. user_id=1 (repeatable).")],
+    repo: RepoOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Print online feature values for some entities."""
+    from featurestore.client import FeatureStore
+
+    store = FeatureStore(repo)
+    resp = store.get_online_features(feature, [_parse_entity(e) for e in entity]).to_dict()
+    if as_json:
+        print_json(resp)
+    else:
+        _print_columns(resp)
+
+
+def _print_columns(cols: dict[str, list[Any]], title: str | None = None) -> None:
+    table = cli_table(*cols.keys(), title=title)
+    for row in zip(*cols.values()):
+        table.add_row(*("—" if v is None else f"{v:,.2f}" if isinstance(v, float) else str(v) for v in row))
+    console.print(table)
+
+
+@app.command("training-set", rich_help_panel=_READ, epilog="Example: featurestore training-set --entities rows.parquet "
+              "-f user_payments:amount_sum_1h -o train.parquet")
+@friendly_errors
+def training_set(
+    entities: Annotated[Path, typer.Option("--entities", help="Parquet or CSV file of entity rows.")],
+    feature: Annotated[list[str], typer.Option("--feature", "-f", help="view:feature (repeatable).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Parquet file to write.")],
+    timestamp_column: Annotated[str, typer.Option(help="Timestamp column of the entity rows.")] = "event_timestamp",
+    mode: Annotated[str, typer.Option(help="corrected (every event by event time) or as_served (what the online store held).")]
+    = "corrected",
+    repo: RepoOpt = Path("."),
+) -> None:
+    """Build a point-in-time correct training set from an entity file and write it as Parquet."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from featurestore.client import FeatureStore
+    from featurestore.errors import FeatureRequestError, one_of
+
+    if not entities.exists():
+        raise FeatureRequestError(f"entity file {entities} not found")
+    try:
+        table = pacsv.read_csv(entities) if entities.suffix.lower() == ".csv" else pq.read_table(entities)
+    except Exception as exc:
+        raise FeatureRequestError(f"cannot read entity file {entities}: {exc}") from None
+    if timestamp_column not in table.column_names:
+        raise FeatureRequestError(f"{entities} has no column '{timestamp_column}': name the entity rows' time column "
+                                  f"with --timestamp-column ({one_of(timestamp_column, table.column_names)})")
+    with console.status(f"Joining {table.num_rows:,} entity rows with {len(feature)} features in DuckDB..."):
+        started = time.monotonic()
+        result = FeatureStore(repo).get_historical_features(table, feature, timestamp_column=timestamp_column, mode=mode)
+        result.to_parquet(output)
+    console.print(f"Wrote {len(result):,} rows x {result.to_arrow().num_columns} columns to {output} "
+                  f"in {time.monotonic() - started:.2f} s")
+
+
+@app.command(rich_help_panel=_CHECK, epilog="Example: featurestore consistency --sample 200")
 @friendly_errors
 def consistency(
     repo: RepoOpt = Path("."),
@@ -379,78 +470,6 @@ def _print_consistency(report: Any) -> None:
             console.print(f"  {feat.feature}: {example}", highlight=False, markup=False)
 
 
-# -- reads ----------------------------------------------------------------------------------------
-def _parse_entity(spec: str) -> dict[str, Any]:
-    row: dict[str, Any] = {}
-    for part in spec.split(","):
-        key, sep, value = part.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"expected key=value, got {part!r}")
-        row[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else value.strip()
-    return row
-
-
-@app.command()
-@friendly_errors
-def online(
-    feature: Annotated[list[str], typer.Option("--feature", "-f", help="view:feature (repeatable).")],
-    entity: Annotated[list[str], typer.Option("--entity", "-e", help="Join keys, e.g. user_id=1 (repeatable).")],
-    repo: RepoOpt = Path("."),
-    as_json: JsonOpt = False,
-) -> None:
-    """Print online feature values for some entities."""
-    from featurestore.client import FeatureStore
-
-    store = FeatureStore(repo)
-    resp = store.get_online_features(feature, [_parse_entity(e) for e in entity]).to_dict()
-    if as_json:
-        print_json(resp)
-    else:
-        _print_columns(resp)
-
-
-def _print_columns(cols: dict[str, list[Any]], title: str | None = None) -> None:
-    table = cli_table(*cols.keys(), title=title)
-    for row in zip(*cols.values()):
-        table.add_row(*("—" if v is None else f"{v:,.2f}" if isinstance(v, float) else str(v) for v in row))
-    console.print(table)
-
-
-@app.command("training-set")
-@friendly_errors
-def training_set(
-    entities: Annotated[Path, typer.Option("--entities", help="Parquet or CSV file of entity rows.")],
-    feature: Annotated[list[str], typer.Option("--feature", "-f", help="view:feature (repeatable).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Parquet file to write.")],
-    timestamp_column: Annotated[str, typer.Option(help="Timestamp column of the entity rows.")] = "event_timestamp",
-    mode: Annotated[str, typer.Option(help="corrected (every event by event time) or as_served (what the online store held).")]
-    = "corrected",
-    repo: RepoOpt = Path("."),
-) -> None:
-    """Build a point-in-time correct training set from an entity file and write it as Parquet."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    from featurestore.client import FeatureStore
-    from featurestore.errors import FeatureRequestError, one_of
-
-    if not entities.exists():
-        raise FeatureRequestError(f"entity file {entities} not found")
-    try:
-        table = pacsv.read_csv(entities) if entities.suffix.lower() == ".csv" else pq.read_table(entities)
-    except Exception as exc:
-        raise FeatureRequestError(f"cannot read entity file {entities}: {exc}") from None
-    if timestamp_column not in table.column_names:
-        raise FeatureRequestError(f"{entities} has no column '{timestamp_column}': name the entity rows' time column "
-                                  f"with --timestamp-column ({one_of(timestamp_column, table.column_names)})")
-    with console.status(f"Joining {table.num_rows:,} entity rows with {len(feature)} features in DuckDB..."):
-        started = time.monotonic()
-        result = FeatureStore(repo).get_historical_features(table, feature, timestamp_column=timestamp_column, mode=mode)
-        result.to_parquet(output)
-    console.print(f"Wrote {len(result):,} rows x {result.to_arrow().num_columns} columns to {output} "
-                  f"in {time.monotonic() - started:.2f} s")
-
-
 # -- dev services -------------------------------------------------------------------------------------
 def _dev_state(repo: Path) -> Path:
     from featurestore.config import STATE_DIR
@@ -463,7 +482,7 @@ def _dev_state(repo: Path) -> Path:
 def dev(
     ctx: typer.Context,
     repo: RepoOpt = Path("."),
-    detach: Annotated[bool, typer.Option("--detach", "-d", help="Leave the services running in the background.")] = False,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Leave the services running in the background.", metavar="")] = False,
     broker_port: Annotated[int, typer.Option(help="Broker port (0: a free one).")] = 0,
     redis_port: Annotated[int, typer.Option(help="Redis port (0: a free one).")] = 0,
 ) -> None:
@@ -544,17 +563,8 @@ def dev_stop(repo: RepoOpt = Path(".")) -> None:
     console.print(f"Stopped broker pid {env.broker.pid} and Redis pid {env.redis.pid}.")
 
 
-# -- demo -------------------------------------------------------------------------------------------
-@app.command()
-@friendly_errors
-def demo(
-    repo: RepoOpt = Path("feature_defs"),
-    events: Annotated[int, typer.Option(help="Payment events to produce.")] = 20_000,
-) -> None:
-    """End to end: start services, apply, produce payments, process, read online, build a training set."""
-    from featurestore.demo.walkthrough import run_demo
-
-    run_demo(repo, events, console)
+app.command(rich_help_panel=_READ, epilog="Example: featurestore serve --port 6566")(serve)
+app.command(rich_help_panel=_CHECK, epilog="Example: featurestore status --metrics-url http://127.0.0.1:9464/metrics")(status)
 
 
 def main() -> None:

@@ -39,9 +39,11 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 6566,
     workers: Annotated[int, typer.Option(min=1, help="Server processes (each with its own Redis connections).")] = 1,
-    no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve without tokens (loopback only, unless --insecure).")] = False,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve without tokens (loopback only, unless --insecure).",
+                                          metavar="")] = False,
     insecure: Annotated[
-        bool, typer.Option("--insecure", help="Allow --no-auth on a non-loopback address. Anyone who can connect reads everything.")
+        bool, typer.Option("--insecure", metavar="",
+                           help="Allow --no-auth on a non-loopback address. Anyone who can connect reads everything.")
     ] = False,
     trusted_host: Annotated[
         list[str] | None,

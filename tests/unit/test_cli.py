@@ -114,3 +114,14 @@ def test_typos_get_a_did_you_mean(tmp_path: Path) -> None:
     views.write_text(views.read_text().replace('Aggregation("amount", "sum"', 'Aggregation("amout", "sum"'))
     res = cli("plan", "--repo", str(repo))
     assert res.returncode == 1 and "did you mean 'amount'?" in res.stderr
+
+
+def test_help_follows_the_workflow_with_an_example_per_command() -> None:
+    top = cli("--help").stdout
+    panels = [line.split("─ ")[1].split(" ─")[0] for line in top.splitlines() if "╭─ " in line and ". " in line]
+    assert panels == ["1. Start", "2. Define features", "3. Process events", "4. Read and serve", "5. Check"]
+    for command in ("plan", "apply", "run", "backfill", "rebuild-online", "online", "training-set", "consistency",
+                    "serve", "status", "demo", "dev", "registry", "tokens"):
+        assert "Example: " in cli(command, "--help").stdout, command
+    detach = next(line for line in cli("dev", "--help").stdout.splitlines() if "--detach" in line)
+    assert "<bool>" not in detach, "flags take no value"
