@@ -40,6 +40,13 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _bound(seconds: float | None) -> str:
+    """A quantile read from histogram buckets: at most a bucket's bound, or over the last one."""
+    if seconds is None:
+        return "-"
+    return _age(seconds) if math.isinf(seconds) else "≤ " + _age(seconds)
+
+
 def quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
     """Upper bound of the histogram bucket holding quantile q (cumulative (le, count) pairs, sorted)."""
     total = buckets[-1][1] if buckets else 0
@@ -89,7 +96,7 @@ def fetch_status(urls: list[str]) -> Status:
             view,
             events.get(view, 0.0),
             _age(now - newest[view]) + " ago" if view in newest else "-",
-            "-" if p50 is None else "≤ " + _age(p50),
-            "-" if p99 is None else "≤ " + _age(p99),
+            _bound(p50),
+            _bound(p99),
         ))
     return out

@@ -57,3 +57,9 @@ def test_status_reads_the_freshness_of_a_batch_observed_histogram() -> None:
         thread.join()
     (view,) = status.views
     assert (view.view, view.events, view.p50, view.p99) == ("user_payments", 100.0, "≤ 10 ms", "≤ 100 ms")
+
+
+def test_a_quantile_beyond_the_last_bucket_reads_as_such() -> None:
+    from featurestore.cli.status import _bound
+
+    assert _bound(None) == "-" and _bound(0.01) == "≤ 10 ms" and _bound(float("inf")) == "> 1 h"
