@@ -352,18 +352,10 @@ def _read_many(req: ViewRequest, layout: _Layout, replies: list[Any], project: s
     owner: list[int] = []
     partition: list[int] = []
     for row, (key, reply) in enumerate(zip(req.keys, replies)):
-        flat = reply if isinstance(reply, list) else [x for kv in reply.items() for x in kv]
-        if not flat:
-            continue
-        fields = dict(zip(flat[::2], flat[1::2]))
-        version = fields.get(_VERSION_FIELD)
-        if version not in _VERSIONS:  # a hash of another layout: not parsed
-            raise layout_error(entity_key(project, req.view.name, key), version)
-        for name, value in fields.items():
-            if name[:1] == b"s":
-                blobs.append(value)
-                owner.append(row)
-                partition.append(int(name[1:]))
+        for p, value in _state_fields(reply, project, req.view.name, key):
+            blobs.append(value)
+            owner.append(row)
+            partition.append(p)
     cols: list[list[Any]] = [[None] * n for _ in req.features]
     event_ms: list[int | None] = [None] * n
     states = [NOT_FOUND] * n
@@ -391,17 +383,16 @@ def _read_many(req: ViewRequest, layout: _Layout, replies: list[Any], project: s
         taken = np.flatnonzero(np.isin(owners, np.asarray(rows, dtype=np.int64)))  # states of found entities
         entity_of = np.searchsorted(np.asarray(rows, dtype=np.int64), owners[taken])
         floats = np.frombuffer(block.buf, "<f8")
-        with_overflow = taken[block.overflow_size[taken] > 0].tolist()
+        with_overflow = np.flatnonzero(block.overflow_size[taken] > 0)  # rare: parsed once each
+        overflow = [(int(entity_of[i]), orjson.loads(text)) for i, text in zip(with_overflow.tolist(), block.json(
+            block.json_at[taken[with_overflow]] + block.row_size[taken[with_overflow]], block.overflow_size[taken[with_overflow]]))]
         for pset in layout.packed:
             k, width = pset.set_pos, row_width(pset.stats)
             packed = floats[word_ranges(block.set_at[taken, k], block.set_words[taken, k])].reshape(-1, width)
             entity = np.repeat(entity_of, block.counts[taken, k])
             extras: dict[int, dict[tuple[int, str], list[float]]] = {}
-            for st in with_overflow:
-                text = block.buf[int(block.json_at[st] + block.row_size[st]) :][: int(block.overflow_size[st])]
-                e = int(entity_of[np.searchsorted(taken, st)])
-                for idx, stat, *terms in orjson.loads(text)[k]:
-                    extras.setdefault(e, {}).setdefault((int(idx), stat), []).extend(terms)
+            for e, per_set in overflow:
+                _add_terms(extras.setdefault(e, {}), per_set[k])
             for pos, values in pset.values_of_rows(packed, entity, len(rows), extras).items():
                 _place(cols, pos, rows, values)
     return ViewResult(dict(zip(req.features, cols)), event_ms, states)
@@ -424,24 +415,28 @@ class _Part(NamedTuple):
 
 def _states(reply: Any, layout: _Layout, project: str, view: str, key: tuple[Any, ...]) -> list[_Part]:
     """An entity hash's states, one per partition."""
+    out = []
+    for p, value in _state_fields(reply, project, view, key):
+        if layout.tiles:
+            st = state_tables(value, layout.codec)
+            out.append(_Part(p, st.ts, st.offset, st.row, st.overflow, [st.packed[k] for k in layout.wanted], st.items))
+        else:
+            ts, offset, row, overflow, packed = packed_of(value, layout.codec, layout.wanted)
+            out.append(_Part(p, ts, offset, row, overflow, packed, None))
+    return out
+
+
+def _state_fields(reply: Any, project: str, view: str, key: tuple[Any, ...]) -> list[tuple[int, bytes]]:
+    """(partition, encoded state) of an entity hash's states; a hash of another layout is
+    refused before any state is parsed."""
     flat = reply if isinstance(reply, list) else [x for kv in reply.items() for x in kv]
     if not flat:
         return []
     fields = dict(zip(flat[::2], flat[1::2]))
     version = fields.get(_VERSION_FIELD)
-    if version not in _VERSIONS:  # a hash of another layout: not parsed
+    if version not in _VERSIONS:
         raise layout_error(entity_key(project, view, key), version)
-    out = []
-    for name, value in fields.items():
-        if name[:1] == b"s":
-            if layout.tiles:
-                st = state_tables(value, layout.codec)
-                out.append(_Part(int(name[1:]), st.ts, st.offset, st.row, st.overflow,
-                                 [st.packed[k] for k in layout.wanted], st.items))
-            else:
-                ts, offset, row, overflow, packed = packed_of(value, layout.codec, layout.wanted)
-                out.append(_Part(int(name[1:]), ts, offset, row, overflow, packed, None))
-    return out
+    return [(int(name[1:]), value) for name, value in fields.items() if name[:1] == b"s"]
 
 
 def _newest(part: _Part) -> tuple[int, int, int]:
@@ -460,9 +455,14 @@ def _extras(parts: list[_Part], set_pos: int) -> dict[tuple[int, str], list[floa
     out: dict[tuple[int, str], list[float]] = {}
     for part in parts:
         if part.overflow:
-            for idx, stat, *terms in orjson.loads(part.overflow)[set_pos]:
-                out.setdefault((int(idx), stat), []).extend(terms)
+            _add_terms(out, orjson.loads(part.overflow)[set_pos])
     return out
+
+
+def _add_terms(out: dict[tuple[int, str], list[float]], overflow: list[list[Any]]) -> None:
+    """Add one state's further sum terms of a tile set (`[[tile, stat, x3, ...], ...]`) by (tile, stat)."""
+    for idx, stat, *terms in overflow:
+        out.setdefault((int(idx), stat), []).extend(terms)
 
 
 def _tile_value(feat: _TileFeature, parts: list[_Part]) -> Any:
@@ -493,7 +493,7 @@ def _tile_value(feat: _TileFeature, parts: list[_Part]) -> Any:
     pick = FUNCTIONS[f].pick
     assert pick is not None
     value = pick(found, agg.k or 0)
-    return [_json_value(v, agg.dtype) for v in value] if f == "last_n" else _json_value(value, agg.dtype)
+    return [_json_value(v, agg.dtype) for v in value] if FUNCTIONS[f].result == "list" else _json_value(value, agg.dtype)
 
 
 _VERSION_FIELD, _VERSIONS = LAYOUT_FIELD.encode(), {v.encode() for v in READABLE_LAYOUTS}
