@@ -159,10 +159,11 @@ def fold_states(view: ViewPlan, sets: Sequence[TileSet], bounds: Sequence[Bounds
     ts = np.where(newer, t, block.ts)
     offset = np.where(newer, o, block.offset)
     row_cols = [values[f.name] for f in view.row_features]
-    old_rows = block.json(block.json_at, block.row_size)
-    rows_json = [orjson.dumps([c[i] for c in row_cols]) if new else old
-                 for new, i, old in zip(newer.tolist(), groups.row[last].tolist(), old_rows)]
-    overflow_in = _overflow_in(block)
+    buf = block.buf
+    rows_json = [orjson.dumps([c[i] for c in row_cols]) if new else buf[a : a + size]  # a state's own row, or its kept one
+                 for new, i, a, size in zip(newer.tolist(), groups.row[last].tolist(), block.json_at.tolist(),
+                                            block.row_size.tolist())]
+    overflow_in = block.overflows(np.arange(len(live)))
     items_in = _items_in(block, codec)
     batch = _Columns(values)
     packed_out: list[_SetOut] = []
@@ -212,15 +213,6 @@ def _items_in(block: StateBlock, codec: StateCodec) -> _Items:
     for t, stat in enumerate(tables):
         values.append(None if stat == "d" else flat[word_ranges(state_base + within[:, t], counts[:, t])])
     return _Items(counts, at, values)
-
-
-def _overflow_in(block: StateBlock) -> dict[int, list[list[list[Any]]]]:
-    """Per state with further sum terms, its lists of them per tile set."""
-    has = np.flatnonzero(block.overflow_size > 0)
-    if not len(has):
-        return {}
-    texts = block.json(block.json_at[has] + block.row_size[has], block.overflow_size[has])
-    return {int(s): orjson.loads(text) for s, text in zip(has.tolist(), texts)}
 
 
 class _Columns:

@@ -383,9 +383,7 @@ def _read_many(req: ViewRequest, layout: _Layout, replies: list[Any], project: s
         taken = np.flatnonzero(np.isin(owners, np.asarray(rows, dtype=np.int64)))  # states of found entities
         entity_of = np.searchsorted(np.asarray(rows, dtype=np.int64), owners[taken])
         floats = np.frombuffer(block.buf, "<f8")
-        with_overflow = np.flatnonzero(block.overflow_size[taken] > 0)  # rare: parsed once each
-        overflow = [(int(entity_of[i]), orjson.loads(text)) for i, text in zip(with_overflow.tolist(), block.json(
-            block.json_at[taken[with_overflow]] + block.row_size[taken[with_overflow]], block.overflow_size[taken[with_overflow]]))]
+        overflow = [(int(entity_of[np.searchsorted(taken, s)]), per_set) for s, per_set in block.overflows(taken).items()]
         for pset in layout.packed:
             k, width = pset.set_pos, row_width(pset.stats)
             packed = floats[word_ranges(block.set_at[taken, k], block.set_words[taken, k])].reshape(-1, width)

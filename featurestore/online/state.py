@@ -212,6 +212,13 @@ class StateBlock:
     def json(self, at: np.ndarray, size: np.ndarray) -> list[bytes]:
         return [self.buf[a : a + n] for a, n in zip(at.tolist(), size.tolist())]
 
+    def overflows(self, states: np.ndarray) -> dict[int, list[list[list[Any]]]]:
+        """Per state among `states` with further terms of exact sums (rare): its lists of them
+        per tile set (`[[tile, stat, x3, ...], ...]`)."""
+        has = states[self.overflow_size[states] > 0]
+        texts = self.json(self.json_at[has] + self.row_size[has], self.overflow_size[has])
+        return {int(s): orjson.loads(text) for s, text in zip(has.tolist(), texts)}
+
 
 def word_ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """The indices of the ranges [starts[i], starts[i] + counts[i]), concatenated."""
