@@ -17,7 +17,9 @@ from rich.live import Live
 from rich.table import Table
 
 from featurestore.cli.common import JsonOpt, RepoOpt, _settings, cli_table, console, err_console, friendly_errors, print_json
+from featurestore.cli.producing import produce
 from featurestore.cli.serving import serve, status, tokens_app
+from featurestore.cli.starter import init
 from featurestore.errors import ConfigError, unreachable
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Streaming feature store: definitions -> Kafka -> Redis + Parquet.")
@@ -60,6 +62,9 @@ def demo(
     from featurestore.demo.walkthrough import run_demo
 
     run_demo(repo, events, console)
+
+
+app.command(rich_help_panel=_START, epilog="Example: featurestore init rides --template rides")(init)
 
 
 # -- plan / apply -----------------------------------------------------------------------
@@ -173,6 +178,10 @@ def _progress_table(records: int, started: float, dead_letters: dict[str, int], 
     dl = ", ".join(f"{k}={v}" for k, v in sorted(dead_letters.items())) or "0"
     t.add_row("dead letters", dl, label, f"{value:,}")
     return t
+
+
+app.command(rich_help_panel=_PROCESS, epilog="Example: featurestore produce --fake 10000 --over 3h; "
+            "featurestore produce events.jsonl")(produce)
 
 
 @app.command(rich_help_panel=_PROCESS, epilog="Example: featurestore run --until-caught-up")

@@ -1,15 +1,16 @@
-"""Generate realistic card payment events (with late and malformed ones) and produce them."""
+"""Generate realistic card payment events (with late and malformed ones); `produce_records`
+sends them."""
 
 from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from confluent_kafka import Producer
+
+from featurestore.produce.sender import produce_records
 
 COUNTRIES = {"FR": "EUR", "DE": "EUR", "NL": "EUR", "GB": "GBP", "US": "USD", "CH": "CHF"}
 
@@ -89,34 +90,4 @@ def _break(event: dict, rnd: random.Random) -> bytes:
     return json_bytes(bad)
 
 
-def produce_records(
-    producer_conf: dict,
-    topic: str,
-    records: Sequence[DemoEvent],
-    on_progress: Callable[[int], None] | None = None,
-) -> int:
-    """Produce the records in order and wait until all are acknowledged; returns how many."""
-    producer = Producer(producer_conf)
-    errors: list[str] = []
-
-    def delivered(err: object, _msg: object) -> None:
-        if err is not None:
-            errors.append(str(err))
-
-    for i, rec in enumerate(records, 1):
-        while True:
-            try:
-                producer.produce(topic, key=rec.key, value=rec.value, on_delivery=delivered)
-                break
-            except BufferError:
-                producer.poll(0.05)
-        if i % 5000 == 0:
-            producer.poll(0)
-            if on_progress:
-                on_progress(5000)
-    left = producer.flush(60)
-    if on_progress:
-        on_progress(len(records) % 5000)
-    if left or errors:
-        raise RuntimeError(f"{left} records not delivered; errors: {errors[:3]}")
-    return len(records)
+__all__ = ["DemoEvent", "json_bytes", "payment_events", "produce_records"]

@@ -1,7 +1,7 @@
 """Backfill: run the compiled plan over historical events in files, through the same code
 as streaming (decoder, lateness, online writer, history writer).
 
-Events are read in file order (files sorted by path; JSON lines or Parquet rows). A
+Events are read in file order (files sorted by path; JSON lines, CSV or Parquet rows). A
 backfill run is one synthetic partition: a negative partition id derived from its inputs
 (files, sizes, time range), offsets the running record number. So everything that makes
 streaming exactly-once holds here too: re-running the same backfill, or resuming one that
@@ -15,24 +15,20 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
-import pyarrow.parquet as pq
-
 from featurestore.config import Settings
-from featurestore.errors import FeatureRequestError
 from featurestore.offline.history import HistoryWriter
 from featurestore.online.writer import OnlineWriter
-from featurestore.plan import Plan, SourcePlan
+from featurestore.plan import Plan
 from featurestore.records import ViewRows
 from featurestore.runtime.decode import DeadLetter, Decoder, RawRecord
+from featurestore.runtime.event_files import input_files, read_records
+from featurestore.runtime.sources import pick_source
 from featurestore.runtime.watermarks import Watermarks
 
-JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
-_READ_BATCH = 20_000
 _FLUSH_EVERY = 250_000
 
 
@@ -52,22 +48,6 @@ class BackfillStats:
     seconds: float = 0.0
 
 
-def input_files(path: Path) -> list[Path]:
-    """The event files under `path` (itself if a file), sorted."""
-    if path.is_file():
-        files = [path]
-    elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".parquet", *JSON_SUFFIXES))
-    else:
-        raise FeatureRequestError(f"backfill input {path} does not exist")
-    bad = [f for f in files if f.suffix.lower() not in (".parquet", *JSON_SUFFIXES)]
-    if bad:
-        raise FeatureRequestError(f"{bad[0]}: unsupported file type (use .parquet, .json, .jsonl or .ndjson)")
-    if not files:
-        raise FeatureRequestError(f"no .parquet or JSON lines files under {path}")
-    return files
-
-
 def backfill_partition(files: list[Path], start_ms: int | None, end_ms: int | None) -> int:
     """The synthetic partition id of a backfill run: negative, stable for the same inputs."""
     h = hashlib.sha256()
@@ -77,30 +57,13 @@ def backfill_partition(files: list[Path], start_ms: int | None, end_ms: int | No
     return -1 - int(h.hexdigest()[:7], 16)
 
 
-def read_records(files: list[Path]) -> Iterator[tuple[Path, int, bytes]]:
-    """(file, row number, JSON bytes) of every event, in order."""
-    for f in files:
-        if f.suffix.lower() == ".parquet":
-            n = 0
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=_READ_BATCH):
-                for row in batch.to_pylist():
-                    yield f, n, orjson.dumps(row, option=orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS)
-                    n += 1
-        else:
-            with open(f, "rb") as handle:
-                for n, line in enumerate(handle):
-                    line = line.strip()
-                    if line:
-                        yield f, n, line
-
-
 class Backfill:
     """One backfill run of a plan's source over files."""
 
     def __init__(self, plan: Plan, settings: Settings, source: str | None = None) -> None:
         self.plan = plan
         self.settings = settings
-        self.source = _pick_source(plan, source)
+        self.source = pick_source(plan, source)
         skew_ms = int(settings.max_future_skew_s * 1000)
         self.decoder = Decoder(plan, self.source, settings.repo_root, skew_ms, settings.max_record_bytes)
         self.history = HistoryWriter(Path(settings.offline_root), plan)
@@ -116,7 +79,7 @@ class Backfill:
     ) -> BackfillStats:
         """Process every event of the files with start <= event time < end."""
         started = time.monotonic()
-        files = input_files(path)
+        files = input_files(path, "backfill input")
         stats = BackfillStats(files=len(files), partition=backfill_partition(files, start_ms, end_ms))
         online: OnlineWriter | None = None
         if materialize:
@@ -128,9 +91,9 @@ class Backfill:
         batch: list[RawRecord] = []
         since_flush = 0
         with _DeadLetterFile(dl_path) as dead_out:
-            for offset, (f, n, value) in enumerate(read_records(files)):
-                batch.append(RawRecord(stats.partition, offset, None, value))
-                where[offset] = (f, n)
+            for offset, rec in enumerate(read_records(files)):
+                batch.append(RawRecord(stats.partition, offset, None, rec.value))
+                where[offset] = (rec.file, rec.row)
                 if len(batch) >= self.settings.batch_size:
                     since_flush += self._batch(batch, where, marks, online, start_ms, end_ms, stats, dead_out)
                     batch, where = [], {}
@@ -205,16 +168,3 @@ class _DeadLetterFile:
         line = {"reason": d.reason, "detail": d.detail, "file": str(file), "row": row,
                 "record": (d.value or b"").decode("utf-8", "replace")}
         self._handle.write(json.dumps(line) + "\n")  # type: ignore[attr-defined]
-
-
-def _pick_source(plan: Plan, name: str | None) -> SourcePlan:
-    used = [s for s in plan.sources if any(v.source == s.name for v in plan.views)]
-    if name is not None:
-        for s in used:
-            if s.name == name:
-                return s
-        raise FeatureRequestError(f"no source '{name}' with feature views (sources: {', '.join(s.name for s in used)})")
-    if len(used) != 1:
-        raise FeatureRequestError(f"the repo has {len(used)} sources with views; choose one with --source "
-                                  f"({', '.join(s.name for s in used)})")
-    return used[0]
