@@ -258,7 +258,7 @@ def _parse_instant(value: str | None, option: str) -> int | None:
               "--materialize")
 @friendly_errors
 def backfill(
-    from_path: Annotated[Path, typer.Option("--from", help="A .parquet / JSON lines file, or a folder of them.")],
+    from_path: Annotated[Path, typer.Option("--from", help="A .parquet / .csv / JSON lines file, or a folder of them.")],
     start: Annotated[str | None, typer.Option(help="Only events at or after this time (ISO, UTC by default).")] = None,
     end: Annotated[str | None, typer.Option(help="Only events before this time (ISO, UTC by default).")] = None,
     materialize: Annotated[bool, typer.Option("--materialize", help="Also write the online store (state as of --end).",
@@ -412,8 +412,10 @@ def _print_columns(cols: dict[str, list[Any]], title: str | None = None) -> None
 @friendly_errors
 def training_set(
     entities: Annotated[Path, typer.Option("--entities", help="Parquet or CSV file of entity rows.")],
-    feature: Annotated[list[str], typer.Option("--feature", "-f", help="view:feature (repeatable).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Parquet file to write.")],
+    feature: Annotated[list[str] | None, typer.Option("--feature", "-f", help="view:feature (repeatable).",
+                                                      show_default=False)] = None,
+    service: Annotated[str | None, typer.Option(help="A feature service instead of --feature.", show_default=False)] = None,
     timestamp_column: Annotated[str, typer.Option(help="Timestamp column of the entity rows.")] = "event_timestamp",
     mode: Annotated[str, typer.Option(help="corrected (every event by event time) or as_served (what the online store held).")]
     = "corrected",
@@ -426,6 +428,8 @@ def training_set(
     from featurestore.client import FeatureStore
     from featurestore.errors import FeatureRequestError, one_of
 
+    if (not feature) == (service is None):
+        raise FeatureRequestError("name the features with --feature VIEW:FEATURE (repeatable) or --service NAME")
     if not entities.exists():
         raise FeatureRequestError(f"entity file {entities} not found")
     try:
@@ -435,9 +439,11 @@ def training_set(
     if timestamp_column not in table.column_names:
         raise FeatureRequestError(f"{entities} has no column '{timestamp_column}': name the entity rows' time column "
                                   f"with --timestamp-column ({one_of(timestamp_column, table.column_names)})")
-    with console.status(f"Joining {table.num_rows:,} entity rows with {len(feature)} features in DuckDB..."):
+    what = f"service {service}" if service else f"{len(feature or [])} features"
+    with console.status(f"Joining {table.num_rows:,} entity rows with {what} in DuckDB..."):
         started = time.monotonic()
-        result = FeatureStore(repo).get_historical_features(table, feature, timestamp_column=timestamp_column, mode=mode)
+        result = FeatureStore(repo).get_historical_features(table, feature, timestamp_column=timestamp_column, mode=mode,
+                                                            service=service)
         result.to_parquet(output)
     console.print(f"Wrote {len(result):,} rows x {result.to_arrow().num_columns} columns to {output} "
                   f"in {time.monotonic() - started:.2f} s")

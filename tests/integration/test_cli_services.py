@@ -220,3 +220,47 @@ def test_cli_backfill_equals_streaming_and_is_idempotent(example_repo: Path, ser
     ]:
         bad = cli("backfill", *args, "--repo", str(example_repo), env=env_for(backfilled))
         assert bad.returncode == 1 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
+def test_produce_checks_a_file_first_then_sends_it_keyed_by_entity(example_repo: Path, services, tmp_path: Path) -> None:
+    """`produce FILE`: an invalid line stops the whole file (named by line, nothing sent);
+    --skip-invalid sends the rest; CSV rows arrive as typed JSON; keys are the entity."""
+    import uuid
+
+    from confluent_kafka import Consumer
+
+    env = services.env()
+    topic = compile_repo(example_repo).source("payments").topic
+    now = dt.datetime.now(dt.timezone.utc).isoformat()
+    good = {"payment_id": "p1", "user_id": 7, "merchant_id": "m1", "amount": 12.5, "currency": "EUR", "country": "FR", "ts": now}
+    lines = [json.dumps(good), json.dumps(dict(good, payment_id="p2", amount=-1)), "{not json", json.dumps(dict(good, user_id=8))]
+    jsonl = tmp_path / "payments.jsonl"
+    jsonl.write_text("\n".join(lines) + "\n")
+
+    refused = cli("produce", str(jsonl), "--repo", str(example_repo), env=env)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "2 of 4 events are invalid (nothing sent" in refused.stderr
+    assert "payments.jsonl, line 2: schema_violation: amount" in refused.stderr
+    assert "payments.jsonl, line 3: malformed_json" in refused.stderr
+
+    sent = cli("produce", str(jsonl), "--skip-invalid", "--partitions", "3", "--repo", str(example_repo), env=env)
+    assert sent.returncode == 0, sent.stderr
+    assert f"Created topic '{topic}' with 3 partitions" in sent.stdout and "Sent 2 events" in sent.stdout
+    csv_file = tmp_path / "payments.csv"
+    csv_file.write_text(f"payment_id,user_id,merchant_id,amount,currency,country,ts\np3,9,m2,1e3,USD,US,{now}\n")
+    assert cli("produce", str(csv_file), "--repo", str(example_repo), env=env).returncode == 0
+
+    consumer = Consumer({"bootstrap.servers": services.bootstrap_servers, "group.id": f"check-{uuid.uuid4().hex[:6]}",
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe([topic])
+    got: list[tuple[bytes, dict]] = []
+    deadline = dt.datetime.now() + dt.timedelta(seconds=30)
+    while len(got) < 3 and dt.datetime.now() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is not None and not msg.error():
+            got.append((msg.key(), json.loads(msg.value())))
+    consumer.close()
+    by_id = {v["payment_id"]: (k, v) for k, v in got}
+    assert sorted(by_id) == ["p1", "p3"] and len(got) == 3, "p1 twice (7 and 8), p3 once; p2 never"
+    assert {k for k, v in got if v["payment_id"] == "p1"} == {b"7", b"8"}
+    assert by_id["p3"][0] == b"9" and by_id["p3"][1]["amount"] == 1000.0 and by_id["p3"][1]["user_id"] == 9
