@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from featurestore.cli.common import RepoOpt, _settings, cli_table, console, friendly_errors
+from featurestore.cli.common import JsonOpt, RepoOpt, _settings, cli_table, console, friendly_errors, print_json
 from featurestore.errors import ConfigError, StoreUnavailable
 
 tokens_app = typer.Typer(no_args_is_help=True, help="API tokens of the feature server (only their hashes are stored).")
@@ -138,28 +138,67 @@ def tokens_revoke(token_id: Annotated[str, typer.Argument(help="The token's id (
 def status(
     repo: RepoOpt = Path("."),
     metrics_url: Annotated[
-        list[str] | None, typer.Option("--metrics-url", help="Processor metrics URL(s); default http://<metrics_address>/metrics.")
+        list[str] | None, typer.Option("--metrics-url", help="Processor metrics URL(s); default http://<metrics_address>/metrics "
+                                       "when metrics_address is set.", show_default=False)
     ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Lag per partition and event-time freshness per view, from the processors' metrics."""
-    from featurestore.cli.status import fetch_status
+    """Per view the newest event online; lag per partition; with processor metrics, freshness and dead letters."""
+    import time
+
+    import redis
+
+    from featurestore.cli.status import Overview, fetch_status
+    from featurestore.errors import unreachable
+    from featurestore.online.reader import OnlineReader
+    from featurestore.registry import FileRegistry
+    from featurestore.runtime.kafka import group_lag
 
     settings = _settings(repo)
+    plan = FileRegistry(settings.registry_root).current_plan()
+    topics = [s.topic for s in plan.sources if any(v.source == s.name for v in plan.views)]
+    client = settings.redis_client()
+    try:
+        newest = OnlineReader(client, settings.project, plan).newest_events()
+    except redis.RedisError as exc:
+        raise unreachable("Redis", settings.redis_display, exc) from None
+    finally:
+        client.close()
+    lag = group_lag(settings, topics)
     urls = list(metrics_url or [])
-    if not urls:
-        if not settings.metrics_address:
-            raise ConfigError("no processor metrics to read: pass --metrics-url or set metrics_address "
-                              "(FEATURESTORE_METRICS_ADDRESS) for `featurestore run`")
+    if not urls and settings.metrics_address:
         host, port = _split_address(settings.metrics_address, "metrics_address")
         urls = [f"http://{host}:{port}/metrics"]
-    report = fetch_status(urls)
-    views = cli_table("view", "events", "newest event", "freshness p50", "freshness p99", title="Views")
-    for v in report.views:
-        views.add_row(v.view, f"{v.events:,.0f}", v.newest_age, v.p50, v.p99)
-    console.print(views)
-    lag = cli_table("topic", "partition", "lag (records)", title="Consumer lag")
-    for (topic, partition), n in sorted(report.lag.items()):
-        lag.add_row(topic, partition, f"{n:,.0f}")
-    console.print(lag)
-    dead = ", ".join(f"{reason}={n:,.0f}" for reason, n in sorted(report.dead_letters.items())) or "none"
-    console.print(f"Dead letters: {dead}")
+    metrics, note = None, ""
+    if urls:
+        try:
+            metrics = fetch_status(urls)
+        except StoreUnavailable as exc:
+            if metrics_url:  # asked for by name: its failure is the answer
+                raise
+            note = f"no processor metrics ({exc})"
+    else:
+        note = "no processor metrics: run processors with metrics_address (FEATURESTORE_METRICS_ADDRESS) for freshness and dead letters"
+    overview = Overview(newest, lag, metrics, note)
+    now = time.time()
+    views = [v.name for v in plan.views]
+    if as_json:
+        print_json(overview.to_json(views, now))
+        return
+    table = cli_table("view", "newest event online", "events", "freshness p50", "freshness p99", title="Views")
+    for row in overview.rows(views, now):
+        events = row["events"]
+        table.add_row(str(row["view"]), str(row["newest_event"]), "-" if events is None else f"{events:,.0f}",
+                      str(row["freshness_p50"]), str(row["freshness_p99"]))
+    console.print(table)
+    lag_table = cli_table("topic", "partition", "committed", "end", "lag (records)",
+                          title=f"Consumer group {settings.consumer_group}")
+    for p in lag:
+        lag_table.add_row(p.topic, str(p.partition), "none" if p.committed is None else f"{p.committed:,}", f"{p.high:,}",
+                          f"{p.lag:,}")
+    console.print(lag_table)
+    if metrics is not None:
+        dead = ", ".join(f"{reason}={n:,.0f}" for reason, n in sorted(metrics.dead_letters.items())) or "none"
+        console.print(f"Dead letters: {dead}")
+    else:
+        console.print(note, highlight=False)

@@ -1,15 +1,18 @@
-"""Read the processors' Prometheus metrics into what `featurestore status` prints."""
+"""What `featurestore status` prints: lag from the broker, the newest event per view from
+Redis, and, when the processors serve metrics, events, freshness and dead letters from them."""
 
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import urllib3
 from prometheus_client.parser import text_string_to_metric_families
 
 from featurestore.errors import StoreUnavailable
+from featurestore.runtime.kafka import PartitionLag
 
 
 @dataclass(frozen=True)
@@ -100,3 +103,40 @@ def fetch_status(urls: list[str]) -> Status:
             _bound(p99),
         ))
     return out
+
+
+@dataclass(frozen=True)
+class Overview:
+    """Everything `status` reports, from whichever places answered."""
+
+    newest_ms: dict[str, int]
+    """Per view, the newest event time stored online (Redis)."""
+    lag: list[PartitionLag]
+    metrics: Status | None
+    metrics_note: str = ""
+
+    def rows(self, views: list[str], now_s: float) -> list[dict[str, Any]]:
+        """One row per view: newest event, and the metrics' events and freshness when known."""
+        by_view = {v.view: v for v in self.metrics.views} if self.metrics else {}
+        out = []
+        for view in views:
+            newest = self.newest_ms.get(view)
+            m = by_view.get(view)
+            out.append({
+                "view": view,
+                "newest_event_ms": newest,
+                "newest_event": _age(max(0.0, now_s - newest / 1000)) + " ago" if newest else "none yet",
+                "events": m.events if m else None,
+                "freshness_p50": m.p50 if m else "-",
+                "freshness_p99": m.p99 if m else "-",
+            })
+        return out
+
+    def to_json(self, views: list[str], now_s: float) -> dict[str, object]:
+        return {
+            "views": self.rows(views, now_s),
+            "lag": [{"topic": p.topic, "partition": p.partition, "committed": p.committed, "end": p.high, "lag": p.lag}
+                    for p in self.lag],
+            "dead_letters": self.metrics.dead_letters if self.metrics else None,
+            "metrics": self.metrics_note or "read",
+        }

@@ -18,7 +18,7 @@ from featurestore.client.http import FeatureServerClient
 from featurestore.client.online_query import OnlineQuery, output_names, resolve_features
 from featurestore.client.responses import OnlineResponse, TrainingSet
 from featurestore.config import Settings, load_settings
-from featurestore.errors import FeatureRequestError, unreachable
+from featurestore.errors import ConfigError, FeatureRequestError, unreachable
 from featurestore.offline.point_in_time import MODES, point_in_time_features
 from featurestore.online.reader import OnlineReader
 from featurestore.plan import Plan, ViewPlan
@@ -27,6 +27,15 @@ from featurestore.runtime.decode import to_epoch_ms
 
 if TYPE_CHECKING:
     import pandas as pd
+
+def empty_store(settings: Settings) -> ConfigError:
+    """The error for a Redis without the project's data: most likely the wrong URL."""
+    return ConfigError(
+        f"Redis at {settings.redis_display} holds no online data of project '{settings.project}'. If that is the "
+        "wrong Redis, set FEATURESTORE_REDIS_URL (`featurestore dev env` prints the dev services' one); if no "
+        "processor has written it yet, run `featurestore run` first, or set allow_empty_online_store "
+        "(FEATURESTORE_ALLOW_EMPTY_ONLINE_STORE=1) to read it as empty")
+
 
 _UNIT_MS = {"s": (1000, 1), "ms": (1, 1), "us": (1, 1000), "ns": (1, 1_000_000)}
 
@@ -76,7 +85,10 @@ class FeatureStore:
 
     def _online_reader(self) -> OnlineReader:
         if self._reader is None:
-            self._reader = OnlineReader(self.redis, self.settings.project, self.plan)
+            reader = OnlineReader(self.redis, self.settings.project, self.plan)
+            if not self.settings.allow_empty_online_store and not reader.holds_project():
+                raise empty_store(self.settings)
+            self._reader = reader
         return self._reader
 
     def list_feature_views(self) -> list[str]:

@@ -10,6 +10,12 @@ Cluster needs no hash tags. Fields:
   tiles a read can still reach), and `o<p>`, the offset of the last event applied to it.
 
 A backfill run is a partition of its own (a negative id).
+
+One more hash per project, `fs:{project}:_project`, says the store holds the project's data
+(the SDK refuses to read a Redis without it: most likely the wrong URL) and what it holds:
+`layout` (the storage layout version) and, per view and source partition, `newest|<view>|<p>`:
+the event time (ms) of the newest event its writer stored (`featurestore status`).
+Every writer sets it with each batch it stores.
 """
 
 from __future__ import annotations
@@ -24,6 +30,31 @@ LAYOUT_VERSION = "5"
 #: Layouts this version reads and writes.
 READABLE_LAYOUTS = frozenset({"5"})
 LAYOUT_FIELD = "_v"
+
+
+PROJECT_LAYOUT_FIELD = "layout"
+
+
+def project_key(project: str) -> str:
+    """The hash that marks and describes a project's online data."""
+    return f"fs:{project}:_project"
+
+
+def newest_field(view: str, partition: int) -> str:
+    """Field of `project_key` with the newest event time stored for a view from a partition."""
+    return f"newest|{view}|{partition}"
+
+
+def parse_newest_field(field: str) -> tuple[str, int] | None:
+    """(view, partition) of a `newest_field`, None for another field."""
+    kind, _, rest = field.partition("|")
+    view, _, partition = rest.rpartition("|")
+    if kind != "newest" or not view:
+        return None
+    try:
+        return view, int(partition)
+    except ValueError:
+        return None
 
 
 def layout_error(key: str, found: bytes | str | None) -> OnlineLayoutError:

@@ -17,7 +17,7 @@ import redis
 
 from featurestore.aggregations import FUNCTIONS
 from featurestore.online.connection import AsyncOnlineRedis, Keyed, OnlineRedis
-from featurestore.online.keys import LAYOUT_FIELD, READABLE_LAYOUTS, entity_key, entity_keys, layout_error
+from featurestore.online.keys import LAYOUT_FIELD, READABLE_LAYOUTS, entity_key, entity_keys, layout_error, parse_newest_field, project_key
 from featurestore.online.layout import tile_sets
 from featurestore.online.packed import columns, decode_rows, row_width
 from featurestore.online.state import (
@@ -212,6 +212,25 @@ class OnlineReader:
         self.project = project
         self.plan = plan
         self._layouts: dict[tuple[Any, ...], _Layout] = {}
+
+    def holds_project(self) -> bool:
+        """Whether Redis holds data of the project (its `project_key`, set by every writer)."""
+        assert self.redis is not None
+        key = project_key(self.project).encode()
+        return bool(self.redis.run([(key, ("EXISTS", key))])[0])
+
+    def newest_events(self) -> dict[str, int]:
+        """Per view, the event time (ms) of the newest event stored online (of the last batch
+        of each source partition; empty when the store holds no data of the project)."""
+        assert self.redis is not None
+        key = project_key(self.project).encode()
+        fields = self.redis.run([(key, ("HGETALL", key))])[0] or {}
+        newest: dict[str, int] = {}
+        for field, value in (fields.items() if isinstance(fields, dict) else zip(fields[::2], fields[1::2])):
+            parsed = parse_newest_field(field.decode())
+            if parsed is not None:
+                newest[parsed[0]] = max(newest.get(parsed[0], 0), int(value))
+        return newest
 
     def _cached_layout(self, view: ViewPlan, features: Sequence[str], t_ms: int) -> _Layout:
         """The layout depends on t only through the tile holding t, per tile size: cache it."""

@@ -31,7 +31,15 @@ from redis.exceptions import NoScriptError
 from featurestore.collector import collector_paused
 from featurestore.online.connection import OnlineRedis
 from featurestore.online.fold import Bounds, Groups, fold_states, group_rows, set_bounds
-from featurestore.online.keys import LAYOUT_VERSION, entity_keys, layout_error, state_field
+from featurestore.online.keys import (
+    LAYOUT_VERSION,
+    PROJECT_LAYOUT_FIELD,
+    entity_keys,
+    layout_error,
+    newest_field,
+    project_key,
+    state_field,
+)
 from featurestore.online.layout import TileSet, tile_sets
 from featurestore.online.state import StateCodec
 from featurestore.plan import Plan, ViewPlan
@@ -39,6 +47,8 @@ from featurestore.records import ViewRows
 
 _Write = tuple[bytes, int, int, bytes]
 """A state to store: (entity hash, partition, applied offset, encoded state)."""
+_Newest = dict[tuple[str, int], int]
+"""(view, partition) -> event time (ms) of the newest event of a batch."""
 _KEYS_PER_CALL = 200
 _CALLS_PER_SEND = 10
 #: Bytes of entity states a writer keeps in memory (of the partitions it owns); states beyond
@@ -77,6 +87,8 @@ class OnlineWriter:
         self._sender = ThreadPoolExecutor(1, thread_name_prefix="online-store") if background else None
         self._in_flight: tuple[Future[None], list[_Write]] | None = None
         self._unsent: list[_Write] = []
+        self._newest: _Newest = {}
+        """The newest event time this writer applied per (view, partition)."""
 
     @collector_paused
     def write(self, batches: Sequence[ViewRows], on_stored: Callable[[], None] | None = None) -> int:
@@ -85,19 +97,20 @@ class OnlineWriter:
         background)."""
         self.settle()
         writes: list[_Write] = []
+        newest: _Newest = {}
         try:
             for rows in batches:
                 if len(rows):
-                    writes += self._fold_view(self.views[rows.view], rows)
+                    writes += self._fold_view(self.views[rows.view], rows, newest)
         except BaseException:  # states already folded (and cached) are stored by the next settle
             self._unsent += writes
             raise
         if self._sender is None:
-            self._store(writes)
+            self._store(writes, newest=newest)
             if on_stored:
                 on_stored()
         else:
-            self._in_flight = (self._sender.submit(self._store, writes, on_stored), writes)
+            self._in_flight = (self._sender.submit(self._store, writes, on_stored, newest), writes)
         return len(writes)
 
     def settle(self) -> None:
@@ -129,9 +142,11 @@ class OnlineWriter:
             if view.topic == topic:
                 for key in [k for k in view.cache if k[0] == partition]:
                     self.cached_bytes -= len(view.cache.pop(key))
+                self._newest.pop((view.plan.name, partition), None)
 
-    def _fold_view(self, view: _View, rows: ViewRows) -> list[_Write]:
-        """The new states of one view's batch (also put in the cache)."""
+    def _fold_view(self, view: _View, rows: ViewRows, newest: _Newest) -> list[_Write]:
+        """The new states of one view's batch (also put in the cache); the newest event time
+        per partition goes to `newest`."""
         picked = np.arange(len(rows))
         if rows.late:
             picked = picked[~np.asarray(rows.late, dtype=bool)]
@@ -140,6 +155,10 @@ class OnlineWriter:
         ts = np.asarray(rows.ts, dtype=np.int64)
         part = np.asarray(rows.partition, dtype=np.int64)
         off = np.asarray(rows.offset, dtype=np.int64)
+        on_time_ts, on_time_part = ts[picked], part[picked]
+        for p in np.unique(on_time_part).tolist():
+            at = (view.plan.name, p)
+            newest[at] = self._newest[at] = max(self._newest.get(at, 0), int(on_time_ts[on_time_part == p].max()))
         groups = group_rows(rows.keys, ts, part, off, picked)
         stored = self._states(view, groups)
         changed, applied, blobs = fold_states(view.plan, view.sets, view.bounds, view.codec, groups, stored, rows.values)
@@ -171,21 +190,23 @@ class OnlineWriter:
                 states[g] = blob or None
         return states
 
-    def _store(self, writes: list[_Write], on_stored: Callable[[], None] | None = None) -> None:
+    def _store(self, writes: list[_Write], on_stored: Callable[[], None] | None = None,
+               newest: _Newest | None = None) -> None:
         """Run guard.lua over the writes: `_KEYS_PER_CALL` keys per call on one Redis, the keys
-        of one slot per call on a cluster; several calls per send."""
+        of one slot per call on a cluster; several calls per send. The project's hash is set
+        after the states (`keys.project_key`)."""
         if not writes:
             if on_stored:
                 on_stored()
             return
         if self._sha is None:
             self._sha = self.redis.load_script(self._lua)
-        calls = self._calls(writes)
+        calls = self._calls(writes) + [self._project_call(newest or {})]
         sends = (calls[i : i + _CALLS_PER_SEND] for i in range(0, len(calls), _CALLS_PER_SEND))
         replies = self.redis.stream(sends)
         if any(isinstance(r, NoScriptError) for r in replies):  # Redis restarted or flushed its scripts
             self._sha = self.redis.load_script(self._lua)
-            calls = self._calls(writes)
+            calls = self._calls(writes) + [self._project_call(newest or {})]
             replies = self.redis.stream(calls[i : i + _CALLS_PER_SEND] for i in range(0, len(calls), _CALLS_PER_SEND))
         for reply in replies:
             if isinstance(reply, Exception):
@@ -196,6 +217,13 @@ class OnlineWriter:
                 raise reply
         if on_stored:
             on_stored()
+
+    def _project_call(self, newest: _Newest) -> tuple[bytes, bytes]:
+        key = project_key(self.project).encode()
+        args: list[Any] = [b"HSET", key, PROJECT_LAYOUT_FIELD, LAYOUT_VERSION]
+        for (view, partition), ms in newest.items():
+            args += (newest_field(view, partition), ms)
+        return key, pack_command(tuple(args))  # type: ignore[arg-type]
 
     def _calls(self, writes: list[_Write]) -> list[tuple[bytes, bytes]]:
         """The script calls (keyed by their first key) storing these writes (idempotent: sent again

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from featurestore.config import Settings
@@ -80,3 +81,41 @@ def ensure_topics(settings: Settings, topics: Iterable[str], partitions: int = 1
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     return created
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    """How far a consumer group is behind in one partition, from the broker's own records."""
+
+    topic: str
+    partition: int
+    committed: int | None
+    """The group's committed offset (the next record it will process); None: nothing committed yet."""
+    low: int
+    high: int
+
+    @property
+    def lag(self) -> int:
+        """Records not yet processed (all of them when the group never committed)."""
+        return max(0, self.high - (self.committed if self.committed is not None else self.low))
+
+
+def group_lag(settings: Settings, topics: Iterable[str], timeout_s: float = 10.0) -> list[PartitionLag]:
+    """The processors' lag per partition of `topics`: committed offsets of the consumer group
+    against each partition's watermarks (works whether or not a processor is running; a topic
+    that does not exist has no partitions)."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({**consumer_config(settings), "enable.partition.eof": False})
+    try:
+        meta = consumer.list_topics(timeout=timeout_s).topics
+        parts = [TopicPartition(t, p) for t in dict.fromkeys(topics) if t in meta for p in sorted(meta[t].partitions)]
+        committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(parts, timeout=timeout_s)} if parts else {}
+        out = []
+        for tp in parts:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
+            offset = committed.get((tp.topic, tp.partition), -1001)
+            out.append(PartitionLag(tp.topic, tp.partition, offset if offset >= 0 else None, low, high))
+        return out
+    finally:
+        consumer.close()

@@ -100,6 +100,26 @@ def test_cli_run_until_caught_up_then_read(example_repo: Path, services, overrid
     bad = cli("online", "-f", "user_payments:nope", "-e", "user_id=1", "--repo", str(example_repo), env=env)
     assert bad.returncode == 1 and "no feature 'nope'" in bad.stderr and "Traceback" not in bad.stderr
 
+    # status without any processor metrics: newest event from Redis, lag from the broker
+    status = cli("status", "--json", "--repo", str(example_repo), env=env)
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    newest = max(int(dt.datetime.fromisoformat(r.event["ts"]).timestamp() * 1000) for r in records if r.event)
+    assert {v["view"]: v["newest_event_ms"] for v in report["views"]}["user_payments"] == newest
+    assert sum(p["committed"] for p in report["lag"]) == len(records) and len(report["lag"]) == 2
+    assert report["dead_letters"] is None and "metrics_address" in report["metrics"]
+    table = cli("status", "--repo", str(example_repo), env=env)
+    assert table.returncode == 0 and "user_payments" in table.stdout and " ago" in table.stdout
+
+    # another project on the same Redis holds nothing: reading it is refused, naming the URL
+    other = {**env, "FEATURESTORE_PROJECT": f"{overrides['project']}-none"}
+    empty = cli("online", "-f", "user_payments:amount_count_1d", "-e", "user_id=1", "--repo", str(example_repo), env=other)
+    assert empty.returncode == 1 and "holds no online data of project" in empty.stderr
+    assert services.redis_url.split("@")[-1].split("/")[2] in empty.stderr and "Traceback" not in empty.stderr
+    allowed = cli("online", "-f", "user_payments:amount_count_1d", "-e", "user_id=1", "--json", "--repo", str(example_repo),
+                  env={**other, "FEATURESTORE_ALLOW_EMPTY_ONLINE_STORE": "1"})
+    assert allowed.returncode == 0 and json.loads(allowed.stdout)["amount_count_1d"] == [None]
+
 
 def test_ctrl_c_stops_cleanly_with_everything_flushed(example_repo: Path, services, overrides: dict) -> None:
     import signal
