@@ -519,6 +519,7 @@ def dev(
     with err_console.status("Starting the embedded broker and Redis..."):
         env = DevEnvironment.start(broker_port or None, redis_port or None, log_dir=repo / ".featurestore" / "logs")
     env.save(state)
+    _set_aside_previous_history(repo)
     err_console.print(f"Broker (Tansu) pid {env.broker.pid} on {env.broker.address}; "
                       f"Redis pid {env.redis.pid} on {env.redis.address}")
     _print_exports(env.env())
@@ -536,6 +537,22 @@ def dev(
         env.stop()
         state.unlink(missing_ok=True)
         err_console.print("Stopped.")
+
+
+def _set_aside_previous_history(repo: Path) -> None:
+    """New dev services start with empty topics whose offsets count from 0 again: a history
+    written from the previous ones (under the repo's .featurestore) would make the processor
+    take new events for ones it already wrote. It is moved aside, not deleted."""
+    from featurestore.config import STATE_DIR
+
+    root = Path(_settings(repo).offline_root).resolve()
+    if not root.is_relative_to((repo / STATE_DIR).resolve()) or not any(root.glob("*/_commits")):
+        return
+    kept = root.with_name(f"{root.name}.before-{time.strftime('%Y%m%d-%H%M%S')}")
+    root.rename(kept)
+    err_console.print(f"Moved the history of the previous dev services to {kept}: the new broker numbers offsets "
+                      "from 0 again, so the processor would have taken new events for ones already in it.",
+                      highlight=False)
 
 
 def _print_exports(env: dict[str, str]) -> None:

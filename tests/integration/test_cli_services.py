@@ -22,8 +22,13 @@ pytestmark = pytest.mark.integration
 
 
 def test_dev_starts_and_stops_exactly_its_services(tmp_path: Path) -> None:
+    old_history = tmp_path / ".featurestore" / "offline" / "user_payments" / "_commits"
+    old_history.mkdir(parents=True)
     res = cli("dev", "--detach", "--repo", str(tmp_path))
     assert res.returncode == 0, res.stderr
+    # the previous services' history is kept aside: its offsets would hide the new topics' events
+    assert not old_history.exists() and "Moved the history of the previous dev services" in res.stderr
+    assert len(list((tmp_path / ".featurestore").glob("offline.before-*/user_payments/_commits"))) == 1
     exports = dict(line[len("export "):].split("=", 1) for line in res.stdout.splitlines() if line.startswith("export "))
     state = json.loads((tmp_path / ".featurestore" / "dev.json").read_text())
     pids = [state["broker"]["pid"], state["redis"]["pid"]]

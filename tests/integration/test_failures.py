@@ -19,6 +19,7 @@ from featurestore.compile import compile_repo
 from featurestore.config import load_settings
 from featurestore.demo import payment_events, produce_records
 from featurestore.embedded import start_redis
+from featurestore.online.keys import project_key
 from featurestore.registry import FileRegistry
 from featurestore.runtime import StreamProcessor
 from featurestore.runtime.kafka import ensure_topics, producer_config
@@ -34,12 +35,12 @@ def committed(settings: Any, topic: str, partitions: int) -> int:
 
 
 def online_state(client: redis.Redis, project: str) -> dict[bytes, dict[bytes, bytes]]:
-    """Every hash of a project, keyed without the project prefix. An entity's states are a
+    """Every entity hash of a project, keyed without the project prefix. An entity's states are a
     function of the events applied to it (tiles no read reaches are always trimmed, sums
     canonical, tiles sorted), so runs that applied the same events compare byte for byte,
     however their batches fell."""
-    prefix = f"fs:{project}:".encode()
-    return {k[len(prefix):]: client.hgetall(k) for k in client.scan_iter(prefix + b"*")}
+    prefix, marker = f"fs:{project}:".encode(), project_key(project).encode()
+    return {k[len(prefix):]: client.hgetall(k) for k in client.scan_iter(prefix + b"*") if k != marker}
 
 
 def assert_same_state(got: dict[bytes, dict[bytes, bytes]], want: dict[bytes, dict[bytes, bytes]]) -> None:
