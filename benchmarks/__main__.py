@@ -80,6 +80,8 @@ FEATURES_10 = [
     "user_payments:amount_eur_sum_1h", "user_payments:last_merchant", "user_payments:last_country",
     "user_payments:amount_eur",
 ]
+#: FEATURES_10 plus one request-time feature (its input, amount_mean_1d, is among the ten).
+FEATURES_10_RT = [*FEATURES_10, "payment_checks:amount_vs_1d_mean"]
 
 
 PEER_VIEWS = '''
@@ -296,7 +298,33 @@ def bench_online(b: Bench, ctx: dict[str, Any]) -> None:
             runs["raw"].append(raw)
         b.record_latency(f"online {n_ent}x10", "featurestore SDK", runs["ours"])
         b.record_latency(f"online {n_ent}x10", raw_name, runs["raw"])
+    _bench_request_time(b, store, users[0], iters)
     store.close()
+
+
+def _bench_request_time(b: Bench, store: FeatureStore, user: int, iters: int) -> None:
+    """1x10 with and without one request-time feature on top, alternating in the same loop."""
+    rows = [{"user_id": user, "amount": 120.0}]
+    got = store.get_online_features(FEATURES_10_RT, rows)
+    mean = got.column("amount_mean_1d")[0]
+    b.check(got.column("amount_vs_1d_mean")[0] == (round(120.0 / mean, 6) if mean else None),
+            "the request-time feature differs from its formula")
+    runs: dict[str, list[list[float]]] = {"with": [], "without": []}
+    for _ in range(b.args.reps):
+        with_rt, without = [], []
+        for i in range(iters + 100):
+            t0 = time.perf_counter()
+            store.get_online_features(FEATURES_10_RT, rows)
+            t1 = time.perf_counter()
+            store.get_online_features(FEATURES_10, rows)
+            t2 = time.perf_counter()
+            if i >= 100:
+                with_rt.append((t1 - t0) * 1000)
+                without.append((t2 - t1) * 1000)
+        runs["with"].append(with_rt)
+        runs["without"].append(without)
+    b.record_latency("online 1x10 + 1 request-time feature", "featurestore SDK, 10 stored + amount_vs_1d_mean", runs["with"])
+    b.record_latency("online 1x10 + 1 request-time feature", "featurestore SDK, the 10 stored only", runs["without"])
 
 
 def bench_training(b: Bench, ctx: dict[str, Any]) -> None:
@@ -308,15 +336,18 @@ def bench_training(b: Bench, ctx: dict[str, Any]) -> None:
     sizes = [b.args.entity_rows] if b.args.quick else [b.args.entity_rows, 10 * b.args.entity_rows]
     for size in sizes:
         pick = np.arange(0, size * 7, 7) % len(events)  # each event's instant, cycled
-        entity_df = pd.DataFrame({"user_id": users[pick], "event_timestamp": stamps[pick]})
+        entity_df = pd.DataFrame({"user_id": users[pick], "event_timestamp": stamps[pick],
+                                  "amount": np.round(np.linspace(1.0, 900.0, size), 2)})  # request field
         path = ctx["tmp"] / f"entity_df_{size}.parquet"
         entity_df.to_parquet(path)
         if size == b.args.entity_rows:
             ctx["entity_df"] = entity_df
         del entity_df
         runs: dict[str, list[dict[str, Any]]] = {"ours": [], "raw": []}
+        if size == b.args.entity_rows:
+            runs["ours_rt"] = []
         for _ in range(b.args.reps if size == b.args.entity_rows else 1):
-            for who in ("ours", "raw"):
+            for who in runs:
                 result = _training_job(ctx, path, who)
                 if result is None:
                     b.check(False, f"training set of {size:,} rows ({who}) failed")
@@ -327,16 +358,21 @@ def bench_training(b: Bench, ctx: dict[str, Any]) -> None:
         # every row is at one of its own events, so the count in the 1h window is at least 1
         b.check(min(r["min_count_1h"] for r in runs["ours"]) >= 1, "a training row does not see its own event")
         label = f"training set {size:,} rows"
-        for who, name in (("ours", "featurestore (10 features, 7 windowed)"), ("raw", "DuckDB ASOF JOIN (3 last-value columns)")):
-            b.record(label, name, "seconds", [r["seconds"] for r in runs[who]], "s",
-                     [{"cpu_s": r["cpu_s"], "peak_rss_mb": r["peak_rss_mb"]} for r in runs[who]])
+        if "ours_rt" in runs:
+            b.check(all(r["request_time_ok"] for r in runs["ours_rt"]), "training-set request-time values differ from the formula")
+        for who, name in (("ours", "featurestore (10 features, 7 windowed)"), ("raw", "DuckDB ASOF JOIN (3 last-value columns)"),
+                          ("ours_rt", "featurestore (the 10 + 1 request-time feature)")):
+            if who in runs:
+                b.record(label, name, "seconds", [r["seconds"] for r in runs[who]], "s",
+                         [{"cpu_s": r["cpu_s"], "peak_rss_mb": r["peak_rss_mb"]} for r in runs[who]])
         print(f"training {size:,} rows: ours {runs['ours'][-1]['seconds']:.1f} s / {runs['ours'][-1]['peak_rss_mb']:,.0f} MB, "
               f"raw ASOF {runs['raw'][-1]['seconds']:.1f} s / {runs['raw'][-1]['peak_rss_mb']:,.0f} MB", flush=True)
 
 
 def _training_job(ctx: dict[str, Any], entity_df: Path, who: str) -> dict[str, Any] | None:
     settings = ctx["ingest_settings"]
-    config = {"repo": str(ctx["repo"]), "entity_df": str(entity_df), "features": FEATURES_10, "who": who,
+    features = FEATURES_10_RT if who == "ours_rt" else FEATURES_10
+    config = {"repo": str(ctx["repo"]), "entity_df": str(entity_df), "features": features, "who": who.removesuffix("_rt"),
               "settings": {"redis_url": settings.redis_url, "project": settings.project,
                            "registry_path": str(settings.registry_root), "offline_path": str(settings.offline_root)}}
     path = ctx["tmp"] / "training_job.json"

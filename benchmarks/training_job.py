@@ -39,6 +39,11 @@ def main() -> None:
         table = store.get_historical_features(entity_df, config["features"]).to_arrow()
         out["seconds"] = time.perf_counter() - t0
         out["min_count_1h"] = min(table["amount_count_1h"].to_pylist(), default=0)
+        if "amount_vs_1d_mean" in table.column_names:  # checked against its formula on a sample
+            head = table.slice(0, 2000).to_pydict()
+            out["request_time_ok"] = all(
+                v == (round(a / m, 6) if m else None)
+                for a, m, v in zip(head["amount"], head["amount_mean_1d"], head["amount_vs_1d_mean"]))
         store.close()
     else:
         con = duckdb.connect()

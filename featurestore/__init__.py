@@ -17,6 +17,9 @@ from featurestore.definitions import (
     FeatureView,
     Field,
     KafkaSource,
+    RequestFeature,
+    RequestFeatureView,
+    RequestSource,
     Transform,
 )
 from featurestore.errors import (
@@ -53,6 +56,9 @@ __all__ = [
     "OnlineResponse",
     "Problem",
     "RegistryError",
+    "RequestFeature",
+    "RequestFeatureView",
+    "RequestSource",
     "ServiceError",
     "Settings",
     "StoreUnavailable",

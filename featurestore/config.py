@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     online_cache_mb: int = Field(512, ge=0, description=(
         "Memory (MiB) a processor keeps of its entities' online states; beyond it, the least recently written "
         "are read back from Redis when their entity comes again (0: read every state back)."))
+    request_feature_budget_ms: float = Field(50.0, gt=0, description=(
+        "Longest a request-time feature's function may run for one row of an online read; a longer call gives that "
+        "value the status `error`."))
     allow_empty_online_store: bool = Field(False, description=(
         "Let the SDK read a Redis that holds no data of the project yet (every entity not_found); by default "
         "such a read is refused, as the URL is most likely the wrong one."))

@@ -82,6 +82,9 @@ REQUEST_SECONDS = Histogram(
     "featurestore_server_request_seconds", "Request latency in the server, per endpoint.", ["endpoint"], buckets=_LATENCY
 )
 VALUES = Counter("featurestore_server_values", "Online values served, per view and status.", ["view", "status"])
+REQUEST_FEATURE_ERRORS = Counter(
+    "featurestore_request_feature_errors", "Request-time feature values that failed (raised, wrong type, over the time "
+    "budget), per view and feature (SDK and server).", ["view", "feature"])
 STALENESS = BulkHistogram(
     "featurestore_server_staleness_seconds", "Age of the newest event behind each served entity, per view.", ["view"],
     buckets=_SECONDS,

@@ -15,13 +15,14 @@ import redis
 
 from featurestore.client.consistency import ConsistencyReport, check_consistency
 from featurestore.client.http import FeatureServerClient
-from featurestore.client.online_query import OnlineQuery, output_names, resolve_features
+from featurestore.client.online_query import OnlineQuery, output_names, resolve_features, resolve_references
+from featurestore.client.request_time import RequestFeatureRunner
 from featurestore.client.responses import OnlineResponse, TrainingSet
 from featurestore.config import Settings, load_settings
 from featurestore.errors import ConfigError, FeatureRequestError, unreachable
 from featurestore.offline.point_in_time import MODES, point_in_time_features
 from featurestore.online.reader import OnlineReader
-from featurestore.plan import Plan, ViewPlan
+from featurestore.plan import Plan, RequestViewPlan, ViewPlan
 from featurestore.registry import FileRegistry
 from featurestore.runtime.decode import to_epoch_ms
 
@@ -70,6 +71,7 @@ class FeatureStore:
         self._plan: Plan | None = None
         self._redis: redis.Redis | None = None
         self._reader: OnlineReader | None = None
+        self._runner: RequestFeatureRunner | None = None
 
     # -- metadata -------------------------------------------------------------------
     @property
@@ -82,6 +84,13 @@ class FeatureStore:
     def refresh(self) -> None:
         self._plan = None
         self._reader = None
+        self._runner = None
+
+    def _request_runner(self) -> RequestFeatureRunner | None:
+        """Computes the plan's request-time features (imported from the repository once)."""
+        if self._runner is None and self.plan.request_views:
+            self._runner = RequestFeatureRunner(self.plan, self.settings.repo_root, self.settings.request_feature_budget_ms)
+        return self._runner
 
     def _online_reader(self) -> OnlineReader:
         if self._reader is None:
@@ -118,6 +127,7 @@ class FeatureStore:
         at: dt.datetime | None = None,
         service: str | None = None,
         max_staleness: dt.timedelta | None = None,
+        request_data: Mapping[str, Any] | None = None,
     ) -> OnlineResponse:
         """Current feature values for each entity row, in one Redis round trip (or one HTTP request).
 
@@ -126,12 +136,18 @@ class FeatureStore:
         the newest processed event). With `max_staleness`, values whose newest event is
         older come back as None with status `stale`. Statuses and event times are on the
         response (`status()`, `event_time()`, `staleness()`).
+
+        Request-time features take their request fields from each entity row, else from
+        `request_data` (a value for every row, or a list with one per row); a function that
+        fails gives that value the status `error` (`status_detail()` says why).
         """
         if self.server_url is not None:
             return self._server().online(
-                features, entity_rows, service=service, full_feature_names=full_feature_names, at=at, max_staleness=max_staleness
+                features, entity_rows, service=service, full_feature_names=full_feature_names, at=at,
+                max_staleness=max_staleness, request_data=request_data,
             )
-        query = OnlineQuery.build(self.plan, features, entity_rows, service, full_feature_names)
+        query = OnlineQuery.build(self.plan, features, entity_rows, service, full_feature_names, request_data,
+                                  self._request_runner())
         t_ms = to_epoch_ms(at) if at is not None else int(time.time() * 1000)
         max_ms = None if max_staleness is None else int(max_staleness.total_seconds() * 1000)
         try:
@@ -164,19 +180,29 @@ class FeatureStore:
         `service=` names a feature service instead of `features`."""
         if mode not in MODES:
             raise FeatureRequestError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        resolved = self._resolve(features, service)
+        resolved = resolve_references(self.plan, features, service)
         names = output_names(resolved, full_feature_names)
         table = _as_table(entity_df)
         if timestamp_column not in table.column_names:
             raise FeatureRequestError(
                 f"entity_df has no timestamp column '{timestamp_column}' (columns: {', '.join(table.column_names)})"
             )
+        asked = [f"{v.name}:{n}" for v, n in resolved if isinstance(v, RequestViewPlan)]
+        computed: list[str] = []
+        stored_inputs: list[str] = []
+        runner = self._request_runner()
+        if asked and runner is not None:
+            computed, stored_inputs = runner.closure(asked)
+        stored = [(v, n) for v, n in resolved if isinstance(v, ViewPlan)]
+        stored += [(self.plan.view(r.partition(":")[0]), r.partition(":")[2]) for r in stored_inputs]
         t_ms = _to_epoch_ms(table[timestamp_column], timestamp_column)
         grouped: dict[str, list[str]] = {}
-        for view, name in resolved:
-            grouped.setdefault(view.name, []).append(name)
-        views = {v.name: v for v, _ in resolved}
-        values: dict[tuple[str, str], pa.ChunkedArray] = {}
+        views = {v.name: v for v, _ in stored}
+        for view, name in stored:
+            feats = grouped.setdefault(view.name, [])
+            if name not in feats:
+                feats.append(name)
+        values: dict[tuple[str, str], pa.ChunkedArray | pa.Array] = {}
         for vn, feats in grouped.items():
             view = views[vn]
             missing = [k.name for k in view.join_keys if k.name not in table.column_names]
@@ -186,9 +212,12 @@ class FeatureStore:
             result = point_in_time_features(self.settings.offline_root, view, feats, keys, t_ms, mode=mode)
             for f in feats:
                 values[(vn, f)] = result[f]
+        if computed:
+            assert runner is not None
+            values |= _request_time_columns(runner, computed, table, values)
         out = table
-        for (view, name), col in zip(resolved, names):
-            out = out.append_column(col, values[(view.name, name)])
+        for (any_view, name), col in zip(resolved, names):
+            out = out.append_column(col, values[(any_view.name, name)])
         return TrainingSet(out)
 
     def check_consistency(self, sample: int = 200, at: dt.datetime | None = None) -> ConsistencyReport:
@@ -208,6 +237,30 @@ class FeatureStore:
             self._redis.close()
             self._redis = None
         self._reader = None
+
+
+def _request_time_columns(runner: RequestFeatureRunner, computed: list[str], table: pa.Table,
+                          stored: dict[tuple[str, str], Any]) -> dict[tuple[str, str], pa.Array]:
+    """Request-time features over a training set: each row's request fields from the entity
+    frame's columns and its point-in-time stored inputs, through the same functions as online
+    (a failing value is null)."""
+    n = table.num_rows
+    request: dict[str, list[dict[str, Any]]] = {}
+    for source in sorted({runner.features[r][0].request_source for r in computed}):
+        fields = [f for f in runner.models[source].model_fields if f in table.column_names]
+        rows = table.select(fields).to_pylist() if fields else [{} for _ in range(n)]
+        request[source] = runner.request_rows(source, rows, None)
+    inputs = {f"{v}:{f}": col.to_pylist() for (v, f), col in stored.items()}
+    done = runner.compute(computed, n, request, inputs, budget=False)
+    out = {}
+    for ref, c in done.items():
+        view, _, name = ref.partition(":")
+        out[(view, name)] = pa.array(c.values, type=_ARROW_TYPES[runner.features[ref][1].dtype])
+    return out
+
+
+_ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(), "bool": pa.bool_(),
+                "datetime": pa.timestamp("us", tz="UTC")}
 
 
 def _as_table(entity_df: Any) -> pa.Table:

@@ -57,6 +57,7 @@ class FeatureServerClient:
         full_feature_names: bool = False,
         at: dt.datetime | None = None,
         max_staleness: dt.timedelta | None = None,
+        request_data: Mapping[str, Any] | None = None,
     ) -> OnlineResponse:
         """Online features over HTTP; the same answer as a direct read (datetimes arrive as ISO strings)."""
         names: dict[str, None] = {}
@@ -70,15 +71,20 @@ class FeatureServerClient:
             "at_ms": None if at is None else to_epoch_ms(at),
             "max_staleness_ms": None if max_staleness is None else int(max_staleness.total_seconds() * 1000),
         }
+        if request_data:
+            body["request_data"] = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in request_data.items()}
         answer = self.request("POST", ONLINE_PATH, body)
         columns: dict[str, list[Any]] = dict(answer["entities"])
         statuses: dict[str, list[str]] = {}
         event_ms: dict[str, list[int | None]] = {}
+        details: dict[str, list[str | None]] = {}
         for name, feat in answer["features"].items():
             columns[name] = feat["values"]
             statuses[name] = feat["statuses"]
             event_ms[name] = feat["event_time_ms"]
-        return OnlineResponse(columns, statuses, event_ms, answer["read_at_ms"])
+            if feat.get("details"):
+                details[name] = feat["details"]
+        return OnlineResponse(columns, statuses, event_ms, answer["read_at_ms"], details)
 
     def close(self) -> None:
         self._pool.clear()

@@ -19,7 +19,8 @@ class OnlineResponse:
 
     A value is None unless its status is `present`: `not_found` (no event for the entity),
     `null` (no value, e.g. the max of an empty window), `expired` (newest event older than
-    the view's TTL) or `stale` (older than the request's max_staleness). `event_time(name)`
+    the view's TTL), `stale` (older than the request's max_staleness) or, for a request-time
+    feature, `error` (its function failed for that row: `status_detail(name)` says why). `event_time(name)`
     is the time of the newest event applied to the entity in the feature's view;
     `staleness(name)` is how old that event was when the values were read.
     """
@@ -30,16 +31,24 @@ class OnlineResponse:
         statuses: Mapping[str, list[str]] | None = None,
         event_ms: dict[str, list[int | None]] | None = None,
         read_at_ms: int | None = None,
+        details: dict[str, list[str | None]] | None = None,
     ) -> None:
         self._columns = columns
+        self._details = details or {}
         self._statuses = statuses or {}
         self._event_ms = event_ms or {}
         self.read_at_ms = read_at_ms
         """When the values were evaluated (epoch ms)."""
 
     def status(self, feature: str) -> list[str]:
-        """Per entity row: present, null, not_found, expired or stale."""
+        """Per entity row: present, null, not_found, expired, stale, or (request-time
+        features) error."""
         return list(self._statuses[feature])
+
+    def status_detail(self, feature: str) -> list[str | None]:
+        """Per entity row: why a value has status `error` (what its function raised or
+        returned), None elsewhere."""
+        return list(self._details.get(feature) or [None] * len(self._statuses[feature]))
 
     def event_time_ms(self, feature: str) -> list[int | None]:
         """Per entity row: the newest event time (epoch ms) behind the value, None if no event."""

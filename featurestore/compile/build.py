@@ -22,6 +22,9 @@ from featurestore.definitions import (
     FeatureView,
     Field,
     KafkaSource,
+    RequestFeature,
+    RequestFeatureView,
+    RequestSource,
     Transform,
 )
 from featurestore.errors import Problem, ValidationFailed, one_of
@@ -31,6 +34,10 @@ from featurestore.plan import (
     EntityPlan,
     KeySpec,
     Plan,
+    RequestFeaturePlan,
+    RequestInput,
+    RequestSourcePlan,
+    RequestViewPlan,
     RowFeaturePlan,
     ServicePlan,
     SourcePlan,
@@ -38,7 +45,14 @@ from featurestore.plan import (
     choose_tile_ms,
 )
 from featurestore.plan.names import NAME_RULE, is_code_ref, is_name, is_topic
-from featurestore.plan.validate import KEY_TYPES, MAX_LAST_N, NEEDS_NUMERIC, NUMERIC_TYPES, validate_plan
+from featurestore.plan.validate import (
+    KEY_TYPES,
+    MAX_LAST_N,
+    NEEDS_NUMERIC,
+    NUMERIC_TYPES,
+    request_feature_order,
+    validate_plan,
+)
 from featurestore.plan.windows import LIFETIME_TILE_MS
 
 _PYDANTIC_DATETIMES = (AwareDatetime, NaiveDatetime, PastDatetime, FutureDatetime)
@@ -148,7 +162,7 @@ class _Builder:
             ok = False
         return EntityPlan(name=ent.name, join_keys=list(ent.join_keys), description=ent.description) if ok else None
 
-    def schema_fields(self, src: KafkaSource) -> dict[str, Any] | None:
+    def schema_fields(self, src: KafkaSource | RequestSource) -> dict[str, Any] | None:
         schema = src.schema
         if not (inspect.isclass(schema) and issubclass(schema, BaseModel)):
             return None
@@ -407,17 +421,125 @@ class _Builder:
         return plans if ok else []
 
 
-def _service_plan(b: _Builder, svc: FeatureService, views: list[ViewPlan]) -> ServicePlan | None:
+def _request_source_plan(b: _Builder, src: RequestSource) -> RequestSourcePlan | None:
+    label = f"RequestSource '{src.name}'"
+    ok = b.check_name(src, label, src.name)
+    fields = b.schema_fields(src)
+    if fields is None:
+        b.problem(src, label, f"schema {src.schema!r} is not a pydantic model class",
+                  "pass a class deriving from pydantic.BaseModel with the fields callers send")
+        return None
+    ref = import_path(src.schema)
+    if ref is None or not is_code_ref(ref):
+        b.problem(src, label, f"schema {src.schema.__name__} is not defined at module level with a plain import path",
+                  "define the request model at the top level of a module in the repo")
+        ok = False
+    if not ok or ref is None:
+        return None
+    return RequestSourcePlan(name=src.name, schema_ref=ref, fields={k: v or "other" for k, v in fields.items()},
+                             description=src.description)
+
+
+def _request_view_plan(b: _Builder, view: RequestFeatureView, features: dict[str, list[str]]) -> RequestViewPlan | None:
+    """`features`: every view's feature names (stream and request views), to check inputs."""
+    label = f"RequestFeatureView '{view.name}'"
+    ok = b.check_name(view, label, view.name)
+    src = view.request
+    if not isinstance(src, RequestSource):
+        b.problem(view, label, f"request must be a RequestSource, got {type(src).__name__}", "pass request=RequestSource(...)")
+        return None
+    fields = b.schema_fields(src) or {}
+    if not view.features:
+        b.problem(view, label, "no features", "pass features=[RequestFeature(...)]")
+        ok = False
+    plans: list[RequestFeaturePlan] = []
+    for feat in view.features:
+        if not isinstance(feat, RequestFeature):
+            b.problem(view, label, f"unknown feature {feat!r}", "use RequestFeature(name, function, inputs=[...])")
+            ok = False
+            continue
+        plan = _request_feature_plan(b, view, feat, fields, features)
+        ok = ok and plan is not None
+        if plan is not None:
+            plans.append(plan)
+    for name in sorted({n for n in (f.name for f in plans) if [p.name for p in plans].count(n) > 1}):
+        b.problem(view, f"{label}, feature '{name}'", "duplicate feature name", "give each feature its own name")
+        ok = False
+    if not ok:
+        return None
+    return RequestViewPlan(name=view.name, request_source=src.name, features=plans, owner=view.owner,
+                           description=view.description, tags={str(k): str(v) for k, v in view.tags.items()})
+
+
+def _request_feature_plan(b: _Builder, view: RequestFeatureView, feat: RequestFeature, fields: dict[str, Any],
+                          features: dict[str, list[str]]) -> RequestFeaturePlan | None:
+    label = f"RequestFeatureView '{view.name}', feature '{feat.name}'"
+    if not b.check_name(view, label, feat.name):
+        return None
+    fn = feat.function
+    ref = import_path(fn) if inspect.isfunction(fn) else None
+    if ref is None or not is_code_ref(ref):
+        b.problem(view, label, "function must be a function defined at module level (no lambdas or closures)",
+                  "define it with `def` at the top of a module in the repo")
+        return None
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        hints = {}
+    dtype = dtype_of(hints["return"]) if "return" in hints else None
+    if dtype is None:
+        b.problem(view, label, f"function {ref} must annotate its return type as int, float, str, bool or datetime",
+                  f"e.g. def {fn.__name__}(...) -> float | None:")
+        return None
+    ok = True
+    bound: dict[str, str] = {}
+    for param, feature_ref in feat.inputs:
+        view_name, sep, name = feature_ref.partition(":") if isinstance(feature_ref, str) else ("", "", "")
+        if not sep or view_name not in features:
+            b.problem(view, label, f"input {feature_ref!r} names no view", one_of(view_name, sorted(features), lead="use "))
+            ok = False
+        elif name not in features[view_name]:
+            b.problem(view, label, f"view '{view_name}' has no feature '{name}'", one_of(name, features[view_name], lead="use "))
+            ok = False
+        else:
+            bound[param] = feature_ref
+    positional = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    inputs: list[RequestInput] = []
+    for arg in inspect.signature(fn).parameters.values():
+        if arg.kind not in positional:
+            b.problem(view, label, f"parameter '{arg.name}' of {ref} cannot be passed by name",
+                      "use plain named parameters, one per request field or input feature")
+            ok = False
+        elif arg.name in bound:
+            inputs.append(RequestInput(param=arg.name, feature=bound.pop(arg.name)))
+        elif arg.name in fields:
+            inputs.append(RequestInput(param=arg.name, field=arg.name))
+        elif arg.default is inspect.Parameter.empty:
+            b.problem(view, label, f"parameter '{arg.name}' of {ref} is neither a field of the request model "
+                      f"{getattr(view.request.schema, '__name__', '?')} nor a feature listed in inputs",
+                      one_of(arg.name, list(fields), lead="name it after a request field: ") + ", or add its "
+                      "feature to inputs")
+            ok = False
+    for param, feature_ref in bound.items():
+        b.problem(view, label, f"input {feature_ref!r} is not a parameter of {ref} (expected a parameter '{param}')",
+                  f"add a parameter '{param}', or map it: inputs={{'your_param': '{feature_ref}'}}")
+        ok = False
+    return RequestFeaturePlan(name=feat.name, udf_ref=ref, dtype=dtype, inputs=inputs) if ok else None
+
+
+def _service_plan(b: _Builder, svc: FeatureService, views: list[ViewPlan],
+                  request_views: list[RequestViewPlan]) -> ServicePlan | None:
     label = f"FeatureService '{svc.name}'"
     ok = b.check_name(svc, label, svc.name)
-    by_name = {v.name: v for v in views}
-    declared = {o.obj.name for o in b.loaded.objects if isinstance(o.obj, FeatureView)}
+    by_name: dict[str, ViewPlan | RequestViewPlan] = {v.name: v for v in views}
+    by_name |= {v.name: v for v in request_views}
+    declared = {o.obj.name for o in b.loaded.objects if isinstance(o.obj, (FeatureView, RequestFeatureView))}
     refs: list[str] = []
     if not svc.features:
         b.problem(svc, label, "no features", 'list "view:feature" references or FeatureView objects')
         ok = False
     for item in svc.features:
-        if isinstance(item, FeatureView):
+        if isinstance(item, (FeatureView, RequestFeatureView)):
             refs.extend(f"{item.name}:{f}" for f in (by_name[item.name].feature_names if item.name in by_name else []))
             continue
         view_name, sep, feature = item.partition(":") if isinstance(item, str) else ("", "", "")
@@ -451,7 +573,6 @@ def build_plan(loaded: LoadedRepo) -> tuple[Plan | None, list[Problem]]:
     entities, sources, views = b.collect()
     b.check_unique("Entity", entities)
     b.check_unique("KafkaSource", sources)
-    b.check_unique("FeatureView", views)
     ent_plans = [p for p in (b.entity_plan(e) for e in entities) if p]
     src_plans = [p for p in (b.source_plan(s) for s in sources) if p]
     key_types: dict[tuple[str, str], str] = {}
@@ -459,12 +580,28 @@ def build_plan(loaded: LoadedRepo) -> tuple[Plan | None, list[Problem]]:
     if not loaded.objects and not b.problems:
         b.problems.append(Problem(str(loaded.root), "repository", "no feature views found",
                                   "declare FeatureView objects at module level in .py files of the repo"))
+    request_views = [o.obj for o in loaded.objects if isinstance(o.obj, RequestFeatureView)]
+    request_sources = {id(o.obj): o.obj for o in loaded.objects if isinstance(o.obj, RequestSource)}
+    for rv in request_views:
+        if isinstance(rv.request, RequestSource):
+            request_sources.setdefault(id(rv.request), rv.request)
+    b.check_unique("RequestSource", list(request_sources.values()))
+    b.check_unique("FeatureView", [*views, *request_views])
+    req_src_plans = [p for p in (_request_source_plan(b, s) for s in request_sources.values()) if p]
+    names = {v.name: v.feature_names for v in view_plans}
+    names |= {v.name: [f.name for f in v.features if isinstance(f, RequestFeature)] for v in request_views}
+    req_view_plans = [p for p in (_request_view_plan(b, v, names) for v in request_views) if p]
     services = [o.obj for o in loaded.objects if isinstance(o.obj, FeatureService)]
     b.check_unique("FeatureService", services)
-    service_plans = [p for p in (_service_plan(b, s, view_plans) for s in services) if p]
+    service_plans = [p for p in (_service_plan(b, s, view_plans, req_view_plans) for s in services) if p]
     if b.problems:
         return None, b.problems
     dedup = lambda items: sorted({i.name: i for i in items}.values(), key=lambda i: i.name)  # noqa: E731
-    plan = Plan(entities=dedup(ent_plans), sources=dedup(src_plans), views=dedup(view_plans), services=dedup(service_plans))
+    plan = Plan(entities=dedup(ent_plans), sources=dedup(src_plans), views=dedup(view_plans), services=dedup(service_plans),
+                request_sources=dedup(req_src_plans), request_views=dedup(req_view_plans))
+    if request_feature_order(plan) is None:
+        cycle = [f"{v.name}:{f.name}" for v in plan.request_views for f in v.features]
+        return None, [Problem(str(loaded.root), "RequestFeatureView", "request-time features read each other in a cycle "
+                              f"(among {', '.join(cycle)})", "make one of them read stored features only")]
     problems = validate_plan(plan)  # the rules a plan received as JSON is held to: compile's output always passes
     return (None, problems) if problems else (plan, [])

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from featurestore.aggregations import FUNCTIONS
-from featurestore.plan import Plan, ViewPlan
+from featurestore.plan import Plan, RequestViewPlan, ViewPlan
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,16 @@ def _detail_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") 
 def diff_plans(old: Plan | None, new: Plan) -> PlanDiff:
     """Changes that turn `old` (None: nothing applied) into `new`."""
     changes: list[Change] = []
-    for kind, attr in (("Entity", "entities"), ("KafkaSource", "sources"), ("FeatureView", "views"), ("FeatureService", "services")):
+    kinds = (("Entity", "entities"), ("KafkaSource", "sources"), ("RequestSource", "request_sources"),
+             ("FeatureView", "views"), ("RequestFeatureView", "request_views"), ("FeatureService", "services"))
+    for kind, attr in kinds:
         before = {o.name: o.model_dump(mode="json") for o in getattr(old, attr, [])} if old else {}
         after = {o.name: o.model_dump(mode="json") for o in getattr(new, attr)}
         for name in sorted(set(before) | set(after)):
             if name not in before:
-                added = new.view(name) if kind == "FeatureView" else None
-                changes.append(Change(kind, name, "add", tuple(_features(added)) if added else ()))
+                lines = (_features(new.view(name)) if kind == "FeatureView"
+                         else _request_features(new.request_view(name)) if kind == "RequestFeatureView" else [])
+                changes.append(Change(kind, name, "add", tuple(lines)))
             elif name not in after:
                 changes.append(Change(kind, name, "remove"))
             elif before[name] != after[name]:
@@ -89,6 +92,14 @@ def _features(view: ViewPlan) -> list[str]:
         k = f" (k={a.k})" if a.k else ""
         lines.append((a.name, f"list[{a.dtype}]" if result == "list" else result,
                       f"{a.function}{k} of {a.column}{where} over {_window(a.window_ms)}"))
+    width = max((len(n) for n, _, _ in lines), default=0)
+    return [f"{n.ljust(width)}  {t.ljust(9)}  {w}" for n, t, w in lines]
+
+
+def _request_features(view: RequestViewPlan) -> list[str]:
+    """One line per request-time feature: name, type, the function and what it reads."""
+    lines = [(f.name, f.dtype, f"{f.udf_ref}({', '.join(i.feature or f'request.{i.field}' for i in f.inputs)})")
+             for f in view.features]
     width = max((len(n) for n, _, _ in lines), default=0)
     return [f"{n.ljust(width)}  {t.ljust(9)}  {w}" for n, t, w in lines]
 

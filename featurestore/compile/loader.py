@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featurestore.definitions import Entity, FeatureService, FeatureView, KafkaSource
+from featurestore.definitions import Entity, FeatureService, FeatureView, KafkaSource, RequestFeatureView, RequestSource
 from featurestore.errors import Problem
 from featurestore.files import put_first_on_sys_path
 
-DEFINITION_TYPES = (Entity, KafkaSource, FeatureView, FeatureService)
+DEFINITION_TYPES = (Entity, KafkaSource, FeatureView, FeatureService, RequestSource, RequestFeatureView)
 _SKIP_DIRS = {"__pycache__", "tests", "node_modules"}
 
 

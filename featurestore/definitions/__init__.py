@@ -7,6 +7,7 @@ and reports every problem at once.
 
 from featurestore.definitions.entity import Entity
 from featurestore.definitions.features import AGGREGATION_FUNCTIONS, LIFETIME, Aggregation, Feature, Field, Transform
+from featurestore.definitions.request import RequestFeature, RequestFeatureView, RequestSource
 from featurestore.definitions.service import FeatureService
 from featurestore.definitions.source import KafkaSource
 from featurestore.definitions.view import FeatureView
@@ -21,5 +22,8 @@ __all__ = [
     "Field",
     "KafkaSource",
     "LIFETIME",
+    "RequestFeature",
+    "RequestFeatureView",
+    "RequestSource",
     "Transform",
 ]

@@ -112,10 +112,15 @@ def _walk(repo: Path, n_events: int, console: Console) -> None:
     resp = store.get_online_features(ONLINE_FEATURES, rows)
     ms = (time.perf_counter() - t0) * 1000
     shown = resp.to_dict()
+    # a request-time feature: this payment's amount against the card holder's mean of the last day
+    amounts = [round(random.Random(u).uniform(5, 500), 2) for u in users] + [42.0]
+    checks = store.get_online_features(["payment_checks:amount_vs_1d_mean"], rows, request_data={"amount": amounts})
+    shown["new payment"] = amounts
+    shown["x its 1d mean"] = checks.column("amount_vs_1d_mean")
     shown["user status"] = resp.status("amount_sum_1h")  # freshness travels with every value
     shown["user newest event"] = [f"{s.total_seconds():,.0f} s ago" if s is not None else "-" for s in resp.staleness("amount_sum_1h")]
     console.print(_table(shown, f"5. Online features ({len(rows)} entities, one Redis round trip, {ms:.2f} ms; "
-                                "user 999999 is unknown)"))
+                                "user 999999 is unknown; the last two columns are computed at request time)"))
 
     rnd = random.Random(1)
     stamps = [end - dt.timedelta(minutes=m) for m in (150, 90, 30, 0)]

@@ -119,6 +119,53 @@ class ViewPlan(_Frozen):
         return list(cols.items())
 
 
+class RequestSourcePlan(_Frozen):
+    """The fields callers send with a read, and the pydantic model that checks them."""
+
+    name: Name
+    schema_ref: CodeRef
+    fields: dict[Name, Literal["int", "float", "str", "bool", "datetime", "other"]]
+    description: str = ""
+
+
+class RequestInput(_Frozen):
+    """What one parameter of a request-time function receives: a request field or a feature."""
+
+    param: Name
+    field: Name | None = None
+    feature: FeatureRef | None = None
+
+
+class RequestFeaturePlan(_Frozen):
+    """A feature computed at read time: `udf_ref(**inputs)`, returning `dtype` (or None)."""
+
+    name: Name
+    udf_ref: CodeRef
+    dtype: DType
+    inputs: list[RequestInput]
+
+
+class RequestViewPlan(_Frozen):
+    """Request-time features over one request source, referenced as "<name>:<feature>"."""
+
+    name: Name
+    request_source: Name
+    features: list[RequestFeaturePlan]
+    owner: str = ""
+    description: str = ""
+    tags: dict[str, str] = {}
+
+    @cached_property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def feature(self, name: str) -> RequestFeaturePlan:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+
 class ServicePlan(_Frozen):
     """A named bundle of features: "view:feature" references."""
 
@@ -141,10 +188,16 @@ class Plan(_Frozen):
     sources: list[SourcePlan]
     views: list[ViewPlan]
     services: list[ServicePlan] = []
+    request_sources: list[RequestSourcePlan] = []
+    request_views: list[RequestViewPlan] = []
 
     def to_json(self) -> bytes:
         """Canonical JSON (sorted keys), the basis of the content hash."""
-        return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
+        data = self.model_dump(mode="json")
+        for key in ("request_sources", "request_views"):  # absent when empty: older plans keep their hash
+            if not data[key]:
+                del data[key]
+        return orjson.dumps(data, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
 
     @property
     def content_hash(self) -> str:
@@ -158,6 +211,18 @@ class Plan(_Frozen):
 
     def service(self, name: str) -> ServicePlan:
         for s in self.services:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def request_view(self, name: str) -> RequestViewPlan:
+        for v in self.request_views:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+    def request_source(self, name: str) -> RequestSourcePlan:
+        for s in self.request_sources:
             if s.name == name:
                 return s
         raise KeyError(name)

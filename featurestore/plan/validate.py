@@ -34,7 +34,32 @@ def code_refs(plan: Plan) -> set[str]:
     """Every import path a plan names (event models and transforms): the code it runs."""
     refs = {s.schema_ref for s in plan.sources}
     refs |= {f.udf_ref for v in plan.views for f in v.row_features if f.udf_ref is not None}
+    refs |= {s.schema_ref for s in plan.request_sources}
+    refs |= {f.udf_ref for v in plan.request_views for f in v.features}
     return refs
+
+
+def request_feature_order(plan: Plan) -> list[str] | None:
+    """Every request-time feature ("view:feature") after the request-time features it reads;
+    None when they read each other in a cycle."""
+    deps = {f"{v.name}:{f.name}": [i.feature for i in f.inputs if i.feature is not None]
+            for v in plan.request_views for f in v.features}
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1: on the path, 2: placed
+
+    def visit(ref: str) -> bool:
+        if state.get(ref) == 2:
+            return True
+        if state.get(ref) == 1:
+            return False
+        state[ref] = 1
+        if not all(visit(d) for d in deps[ref] if d in deps):
+            return False
+        state[ref] = 2
+        order.append(ref)
+        return True
+
+    return order if all(visit(ref) for ref in deps) else None
 
 
 def validate_plan(plan: Plan) -> list[Problem]:
@@ -47,7 +72,9 @@ def validate_plan(plan: Plan) -> list[Problem]:
     if plan.format_version != PLAN_FORMAT_VERSION:
         bad("plan", f"format_version {plan.format_version} is not {PLAN_FORMAT_VERSION}", "compile the repo with this version")
     for kind, names in (("Entity", [e.name for e in plan.entities]), ("KafkaSource", [s.name for s in plan.sources]),
-                        ("FeatureView", [v.name for v in plan.views]), ("FeatureService", [s.name for s in plan.services])):
+                        ("FeatureView", [v.name for v in plan.views] + [v.name for v in plan.request_views]),
+                        ("FeatureService", [s.name for s in plan.services]),
+                        ("RequestSource", [s.name for s in plan.request_sources])):
         for name in _repeated(names):
             bad(f"{kind} '{name}'", f"duplicate {kind} name", f"give each {kind} its own name")
     entities = {e.name: e for e in plan.entities}
@@ -84,6 +111,8 @@ def validate_plan(plan: Plan) -> list[Problem]:
             bad(label, "ttl_ms must be positive")
         _check_features(view, src.fields, bad)
     features = {v.name: set(v.feature_names) for v in plan.views}
+    _check_request_views(plan, features, bad)
+    features |= {v.name: set(v.feature_names) for v in plan.request_views}
     for svc in plan.services:
         label = f"FeatureService '{svc.name}'"
         if not svc.features:
@@ -95,6 +124,37 @@ def validate_plan(plan: Plan) -> list[Problem]:
         for ref in _repeated(svc.features):
             bad(label, f"feature '{ref}' listed twice")
     return problems
+
+
+def _check_request_views(plan: Plan, stored: dict[str, set[str]], bad: _Reporter) -> None:
+    """Request views: a known request source, inputs that exist, no cycle."""
+    sources = {s.name: s for s in plan.request_sources}
+    computed = {v.name: set(v.feature_names) for v in plan.request_views}
+    for view in plan.request_views:
+        label = f"RequestFeatureView '{view.name}'"
+        src = sources.get(view.request_source)
+        if src is None:
+            bad(label, f"unknown request source '{view.request_source}'", "declare the RequestSource in the same plan")
+            continue
+        if not view.features:
+            bad(label, "no features")
+        for name in _repeated(view.feature_names):
+            bad(f"{label}, feature '{name}'", "duplicate feature name")
+        for f in view.features:
+            where = f"{label}, feature '{f.name}'"
+            for name in _repeated(i.param for i in f.inputs):
+                bad(where, f"parameter '{name}' is bound twice")
+            for i in f.inputs:
+                if (i.field is None) == (i.feature is None):
+                    bad(where, f"parameter '{i.param}' must receive exactly one request field or feature")
+                elif i.field is not None and i.field not in src.fields:
+                    bad(where, f"parameter '{i.param}' reads '{i.field}', not a field of request source '{src.name}'")
+                elif i.feature is not None:
+                    v, _, name = i.feature.partition(":")
+                    if name not in stored.get(v, computed.get(v, set())):
+                        bad(where, f"parameter '{i.param}' reads '{i.feature}', which names no feature of the plan")
+    if request_feature_order(plan) is None:
+        bad("RequestFeatureView", "request-time features read each other in a cycle", "break the cycle")
 
 
 def _check_features(view: ViewPlan, fields: Mapping[str, str], bad: _Reporter) -> None:

@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from featurestore import metrics
 from featurestore.client.http import ONLINE_PATH
 from featurestore.client.online_query import OnlineQuery
+from featurestore.client.request_time import RequestFeatureRunner
 from featurestore.compile.diff import PlanDiff, diff_plans
 from featurestore.config import Settings, load_settings
 from featurestore.errors import ConfigError, FeatureRequestError, FeatureStoreError, RegistryError
@@ -82,6 +83,7 @@ class FeatureServer:
         self._plan_stamp: int | None = None
         self._plan_checked = 0.0
         self._reader: OnlineReader | None = None
+        self._runner: RequestFeatureRunner | None = None
 
     # -- plan ---------------------------------------------------------------------------
     @property
@@ -101,8 +103,17 @@ class FeatureServer:
                     raise Refused(503, "no_plan", str(exc)) from None
                 self._plan_stamp = stamp
                 self._reader = OnlineReader(None, self.settings.project, self._plan)
+                self._runner = None
         assert self._plan is not None
         return self._plan
+
+    @property
+    def runner(self) -> RequestFeatureRunner | None:
+        """Computes the plan's request-time features (None when it has none; imported once per plan)."""
+        plan = self.plan
+        if self._runner is None and plan.request_views:
+            self._runner = RequestFeatureRunner(plan, self.settings.repo_root, self.settings.request_feature_budget_ms)
+        return self._runner
 
     @property
     def reader(self) -> OnlineReader:
@@ -172,10 +183,17 @@ class FeatureServer:
         """View names a request touches, before validating it (so refusals reveal nothing)."""
         if service is not None:
             try:
-                return self.plan.service(service).view_names
+                refs = self.plan.service(service).features
             except KeyError:
                 return [f"service:{service}"]
-        return [ref.partition(":")[0] for ref in features or []]
+        else:
+            refs = [ref for ref in features or [] if isinstance(ref, str)]
+        names = list(dict.fromkeys(ref.partition(":")[0] for ref in refs))
+        runner = self.runner
+        if runner is not None:  # a request-time feature reveals what it reads
+            computed, stored = runner.closure(refs)
+            names += [r.partition(":")[0] for r in computed + stored if r.partition(":")[0] not in names]
+        return list(dict.fromkeys(names))
 
     # -- audit + metrics ------------------------------------------------------------------------
     def finish(self, audit: Audit, status: int) -> None:
@@ -237,7 +255,8 @@ class FeatureServer:
         self.authorize(audit, "read_online", self.requested_views(body.features, body.service))
         n = _check_rows(body.entities, self.settings.max_online_entities, "entities", "max_online_entities")
         audit.entities = n
-        query = OnlineQuery.build(self.plan, body.features, _rows(body.entities), body.service, body.full_feature_names)
+        query = OnlineQuery.build(self.plan, body.features, _rows(body.entities), body.service, body.full_feature_names,
+                                  body.request_data, self.runner)
         self.note_entities(audit, query)
         t_ms = body.at_ms if body.at_ms is not None else int(time.time() * 1000)
         results = await self.reader.aread_results(self.online_redis, query.requests, t_ms, body.max_staleness_ms)
@@ -251,6 +270,8 @@ class FeatureServer:
                 "event_time_ms": events,
                 "staleness_ms": [None if e is None else t_ms - e for e in events],
             }
+            if "error" in features[name]["statuses"]:
+                features[name]["details"] = response.status_detail(name)
         _count_values(query, results, t_ms)
         entities = {k: response.column(k) for k in response.column_names if k not in features}
         return orjson.dumps({"read_at_ms": t_ms, "entities": entities, "features": features})

@@ -26,19 +26,24 @@ class _Body(BaseModel):
 class OnlineRequest(_Body):
     features: list[FeatureRef] | None = Field(None, description='"view:feature" references; or give `service`.')
     service: Name | None = Field(None, description="A feature service name instead of `features`.")
-    entities: dict[Name, list[KeyValue]] = Field(description="Join key columns, one value per entity: {'user_id': [1, 2]}.")
+    entities: dict[Name, list[CellValue]] = Field(description="Join key columns, one value per entity: {'user_id': [1, 2]} "
+                                                  "(and request fields of request-time features, if you like).")
     full_feature_names: bool = Field(False, description="Name results `view__feature`.")
     at_ms: EpochMs | None = Field(None, description="Evaluate windows and TTL at this instant (epoch ms) instead of now.")
     max_staleness_ms: EpochMs | None = Field(
         None, description="Values whose newest event is older come back as null with status `stale`."
     )
+    request_data: dict[Name, CellValue | list[CellValue]] | None = Field(
+        None, description="Fields of request sources for request-time features: one value for every entity, or a list "
+        "with one per entity: {'amount': [12.5, 80.0]}.")
 
 
 class FeatureColumn(BaseModel):
     values: list[Any]
-    statuses: list[Literal["present", "null", "not_found", "expired", "stale"]]
+    statuses: list[Literal["present", "null", "not_found", "expired", "stale", "error"]]
     event_time_ms: list[int | None] = Field(description="Newest event applied to the entity in the feature's view.")
     staleness_ms: list[int | None] = Field(description="read_at_ms minus event_time_ms.")
+    details: list[str | None] | None = Field(None, description="With any `error` status: why, per value.")
 
 
 class OnlineAnswer(BaseModel):
