@@ -55,7 +55,23 @@ def _problems(data: dict[str, Any]) -> list[str]:
 
 def test_compiled_plans_pass_the_plan_check() -> None:
     assert validate_plan(PLAN) == []
-    assert code_refs(PLAN) == {"sources:Payment", "transforms:amount_eur", "transforms:is_large"}
+    assert code_refs(PLAN) == {"sources:Payment", "transforms:amount_eur", "transforms:is_large",
+                               "request_features:PaymentRequest", "request_features:amount_vs_1d_mean"}
+
+
+def test_request_views_must_read_what_exists_without_cycles() -> None:
+    def unknown_input(d: dict[str, Any]) -> None:
+        d["request_views"][0]["features"][0]["inputs"][1]["feature"] = "user_payments:nope"
+
+    def cycle(d: dict[str, Any]) -> None:
+        d["request_views"][0]["features"][0]["inputs"][1]["feature"] = "payment_checks:amount_vs_1d_mean"
+
+    def unknown_field(d: dict[str, Any]) -> None:
+        d["request_views"][0]["features"][0]["inputs"][0]["field"] = "tip"
+
+    assert any("names no feature of the plan" in str(p) for p in _problems(_plan(unknown_input)))
+    assert any("cycle" in str(p) for p in _problems(_plan(cycle)))
+    assert any("not a field of request source" in str(p) for p in _problems(_plan(unknown_field)))
 
 
 @pytest.mark.parametrize("name", [
