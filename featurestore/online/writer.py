@@ -56,6 +56,16 @@ _CALLS_PER_SEND = 10
 DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
 
 
+def project_marker(project: str, newest: _Newest) -> tuple[bytes, bytes]:
+    """The command that marks the project's data in Redis (`keys.project_key`) with its layout
+    and the newest event time stored per (view, partition); every writer sends it."""
+    key = project_key(project).encode()
+    args: list[Any] = [b"HSET", key, PROJECT_LAYOUT_FIELD, LAYOUT_VERSION]
+    for (view, partition), ms in newest.items():
+        args += (newest_field(view, partition), ms)
+    return key, pack_command(tuple(args))  # type: ignore[arg-type]
+
+
 class _View:
     def __init__(self, view: ViewPlan, topic: str, skew_ms: int) -> None:
         self.plan = view
@@ -219,11 +229,7 @@ class OnlineWriter:
             on_stored()
 
     def _project_call(self, newest: _Newest) -> tuple[bytes, bytes]:
-        key = project_key(self.project).encode()
-        args: list[Any] = [b"HSET", key, PROJECT_LAYOUT_FIELD, LAYOUT_VERSION]
-        for (view, partition), ms in newest.items():
-            args += (newest_field(view, partition), ms)
-        return key, pack_command(tuple(args))  # type: ignore[arg-type]
+        return project_marker(self.project, newest)
 
     def _calls(self, writes: list[_Write]) -> list[tuple[bytes, bytes]]:
         """The script calls (keyed by their first key) storing these writes (idempotent: sent again

@@ -27,6 +27,7 @@ from featurestore.online.fold import fold_states, group_rows, set_bounds
 from featurestore.online.keys import LAYOUT_FIELD, LAYOUT_VERSION, entity_keys, offset_field, state_field
 from featurestore.online.layout import tile_sets
 from featurestore.online.state import StateCodec
+from featurestore.online.writer import project_marker
 from featurestore.plan import ViewPlan
 
 T = TypeVar("T")
@@ -96,10 +97,11 @@ def rebuild_view(
     total = 0
     # DuckDB reads and sorts the next rows in a thread while this one computes and writes
     online = OnlineRedis(client)
+    newest: dict[tuple[str, int], int] = {}
     for table in _read_ahead(chunks_of_whole_entities(make_reader(_BATCH_ROWS), keys)):
         read = table.num_rows
         table = table.filter(pc.invert(table["_late"]))
-        write_states(online, project, view, table, max_future_skew_ms)
+        write_states(online, project, view, table, max_future_skew_ms, newest)
         total += read
         if on_rows:
             on_rows(read)
@@ -124,10 +126,12 @@ def _read_ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
             yield item
 
 
-def write_states(online: OnlineRedis, project: str, view: ViewPlan, table: pa.Table, max_future_skew_ms: int) -> None:
+def write_states(online: OnlineRedis, project: str, view: ViewPlan, table: pa.Table, max_future_skew_ms: int,
+                 newest: dict[tuple[str, int], int] | None = None) -> None:
     """Fold whole entities' history rows (sorted by keys, event time, partition, offset;
     late ones removed) into their states and HSET them, `_ENTITIES_PER_BATCH` per send:
-    Redis writes one batch while Python encodes the next."""
+    Redis writes one batch while Python encodes the next. The project's marker follows, with
+    the newest event time per partition (`newest`: so far, updated in place)."""
     if not table.num_rows:
         return
     sets = tile_sets(view)
@@ -146,6 +150,11 @@ def write_states(online: OnlineRedis, project: str, view: ViewPlan, table: pa.Ta
     commands = [(key, pack_command(("HSET", key, LAYOUT_FIELD, LAYOUT_VERSION, offset_field(groups.partitions[g]),  # type: ignore[arg-type]
                                     applied, state_field(groups.partitions[g]), state)))
                 for key, g, applied, state in zip(hashes, folded.groups, folded.applied, folded.states)]
+    newest = {} if newest is None else newest
+    for p in np.unique(part).tolist():
+        at = (view.name, p)
+        newest[at] = max(newest.get(at, 0), int(ts[part == p].max()))
+    commands.append(project_marker(project, newest))
     sends = (commands[i : i + _ENTITIES_PER_BATCH] for i in range(0, len(commands), _ENTITIES_PER_BATCH))
     for reply in online.stream(sends):
         if isinstance(reply, Exception):
