@@ -161,8 +161,9 @@ class RequestFeatureRunner:
                 out.append(dict(model.model_validate(data)))
             except ValidationError as exc:
                 problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
-                raise FeatureRequestError(f"request data of entity row {i} for request source '{source}': {problems} "
-                                          "(add them to each entity row, on the command line -e key=1,field=value, or pass request_data)") from None
+                raise FeatureRequestError(
+                    f"request data of entity row {i} for request source '{source}': {problems} (add them to each entity "
+                    "row, on the command line -e key=1,field=value, or pass request_data)") from None
         return out
 
     def compute(self, refs: Sequence[str], n: int, request: Mapping[str, list[dict[str, Any]]],
