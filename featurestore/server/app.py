@@ -38,7 +38,7 @@ from featurestore.config import Settings, load_settings
 from featurestore.errors import ConfigError, FeatureRequestError, FeatureStoreError, RegistryError
 from featurestore.online.connection import AsyncOnlineRedis
 from featurestore.online.reader import OnlineReader
-from featurestore.plan import Plan, ViewPlan
+from featurestore.plan import Plan, RequestViewPlan, ViewPlan
 from featurestore.plan.validate import code_refs, validate_plan
 from featurestore.registry import FileRegistry
 from featurestore.server.audit import Audit, AuditLog, is_pii, logged_keys
@@ -115,6 +115,13 @@ class FeatureServer:
             self._runner = RequestFeatureRunner(plan, self.settings.repo_root, self.settings.request_feature_budget_ms)
         return self._runner
 
+    def views_read_by(self, view: RequestViewPlan) -> set[str]:
+        """The views whose features a request-time view's features read (its own included)."""
+        runner = self.runner
+        assert runner is not None
+        computed, stored = runner.closure(f"{view.name}:{f}" for f in view.feature_names)
+        return {ref.partition(":")[0] for ref in computed + stored}
+
     @property
     def reader(self) -> OnlineReader:
         self.plan  # noqa: B018 (refreshes the reader with the plan)
@@ -142,7 +149,8 @@ class FeatureServer:
         "not yours"."""
         assert audit.token is not None
         audit.views = list(dict.fromkeys(view_names))
-        views = {v.name: v for v in self.plan.views}
+        views: dict[str, ViewPlan | RequestViewPlan] = {v.name: v for v in self.plan.views}
+        views |= {v.name: v for v in self.plan.request_views}
         denied = [n for n in audit.views if not allowed(audit.token, action, views.get(n), n)]
         if denied:
             raise Refused(403, "forbidden", f"token '{audit.token.name}' may not {action} on {', '.join(denied)}")
@@ -370,10 +378,14 @@ def create_app(server: FeatureServer, trusted_hosts: Sequence[str] = ("*",)) -> 
         if not readable:
             raise Refused(403, "forbidden", f"token '{token.name}' may read no feature view")
         names = set(audit.views)
+        request_views = [v for v in server.plan.request_views
+                         if allowed(token, "read_online", v, v.name) and server.views_read_by(v) <= names | {v.name}]
+        names |= {v.name for v in request_views}
         services = [s for s in server.plan.services if set(s.view_names) <= names]
         body = {
             "project": server.settings.project,
             "views": [_describe(v) for v in readable],
+            "request_views": [v.model_dump(mode="json") for v in request_views],
             "services": [s.model_dump(mode="json") for s in services],
         }
         return Response(orjson.dumps(body), media_type=_JSON)

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from featurestore.errors import ConfigError
 from featurestore.files import write_private_file
-from featurestore.plan import ViewPlan
+from featurestore.plan import RequestViewPlan, ViewPlan
 
 Action = Literal["read_online", "read_offline", "apply", "admin"]
 ACTIONS: tuple[str, ...] = ("read_online", "read_offline", "apply", "admin")
@@ -178,7 +178,7 @@ class TokenStore:
         return record if record.active else None
 
 
-def allowed(record: TokenRecord, action: str, view: ViewPlan | None, view_name: str) -> bool:
+def allowed(record: TokenRecord, action: str, view: ViewPlan | RequestViewPlan | None, view_name: str) -> bool:
     """Whether a token may do `action` on a view (an undeclared view: only admins and `*` grants)."""
     tags = view.tags if view is not None else None
     return any(p.covers(action, view_name, tags) for p in record.permissions)

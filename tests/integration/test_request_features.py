@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from featurestore import FeatureStore
-from tests.integration.server_harness import Deployment, post
+from tests.integration.server_harness import Deployment, get, post
 
 pytestmark = pytest.mark.integration
 
@@ -70,3 +70,10 @@ def test_missing_request_data_is_a_clear_400_and_permissions_cover_the_inputs(de
     assert post(deployment, "/v1/features/online", with_amount, "admin").status == 200
     # user_payments alone does not cover payment_checks; payment_checks alone would not cover its input
     assert post(deployment, "/v1/features/online", with_amount, "user_reader").status == 403
+
+
+def test_the_registry_lists_request_views_to_tokens_that_may_read_them(deployment: Deployment) -> None:
+    admin = get(deployment, "/v1/registry", "admin").json()
+    assert [v["name"] for v in admin["request_views"]] == ["payment_checks"]
+    assert admin["request_views"][0]["features"][0]["inputs"][1]["feature"] == "user_payments:amount_mean_1d"
+    assert get(deployment, "/v1/registry", "user_reader").json()["request_views"] == []
