@@ -9,15 +9,27 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from featurestore.errors import FeatureStoreError, ValidationFailed, unreachable
 
-console = Console()
-err_console = Console(stderr=True)
+# no markup: messages carry user data (`pip install 'featurestore[faust]'`, JSON, keys), printed as is
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
 RepoOpt = Annotated[Path, typer.Option("--repo", "-r", envvar="FEATURESTORE_REPO", help="Feature repository folder.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for programs) instead of a table.", metavar="")]
+
+
+def error_line(message: object) -> None:
+    """`error: <message>` on stderr, the message printed exactly as given."""
+    err_console.print(Text("error:", style="red"), str(message), highlight=False, soft_wrap=True)
+
+
+def warning_line(message: object, to: Console | None = None) -> None:
+    """`warning: <message>` (stderr unless `to`), the message printed exactly as given."""
+    (to or err_console).print(Text("warning:", style="yellow"), str(message), highlight=False, soft_wrap=True)
 
 
 def cli_table(*headers: str, title: str | None = None) -> Any:
@@ -47,21 +59,19 @@ def friendly_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except ValidationFailed as exc:
-            err_console.print(f"[red]error:[/red] {len(exc.problems)} problem(s) in the feature repository:", highlight=False)
+            error_line(f"{len(exc.problems)} problem(s) in the feature repository:")
             for p in exc.problems:
                 err_console.print(f"  - {p}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except FeatureStoreError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            error_line(exc)
             raise typer.Exit(1) from None
         except KafkaException as exc:
             reason = exc.args[0].str() if exc.args else str(exc)
-            err_console.print(f"[red]error:[/red] {unreachable('Kafka', _where('kafka', kwargs.get('repo')), reason)}",
-                              highlight=False, soft_wrap=True)
+            error_line(unreachable('Kafka', _where('kafka', kwargs.get('repo')), reason))
             raise typer.Exit(1) from None
         except RedisError as exc:
-            err_console.print(f"[red]error:[/red] {unreachable('Redis', _where('redis', kwargs.get('repo')), exc)}",
-                              highlight=False, soft_wrap=True)
+            error_line(unreachable('Redis', _where('redis', kwargs.get('repo')), exc))
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

@@ -16,7 +16,18 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from featurestore.cli.common import JsonOpt, RepoOpt, _settings, cli_table, console, err_console, friendly_errors, print_json
+from featurestore.cli.common import (
+    JsonOpt,
+    RepoOpt,
+    _settings,
+    cli_table,
+    console,
+    err_console,
+    error_line,
+    friendly_errors,
+    print_json,
+    warning_line,
+)
 from featurestore.cli.producing import produce
 from featurestore.cli.serving import serve, status, tokens_app
 from featurestore.cli.starter import init
@@ -331,8 +342,8 @@ def rebuild_online(
         raise unreachable("Redis", settings.redis_display, exc) from None
     active = None if force else group_is_active(admin_config(settings), settings.consumer_group)
     if active == "unknown":
-        err_console.print(f"[yellow]warning:[/yellow] the broker did not say whether group {settings.consumer_group} "
-                          "is active; make sure its processors are stopped")
+        warning_line(f"the broker did not say whether group {settings.consumer_group} is active; make sure its "
+                     "processors are stopped")
     elif active:
         raise StoreUnavailable(
             f"consumer group {settings.consumer_group} is {active}: stop the processors before rebuilding (or pass --force)"
@@ -365,7 +376,7 @@ def rebuild_online(
         checked = max((f.checked for f in report.features), default=0)
         if report.mismatches:
             _print_consistency(report)
-            err_console.print(f"[red]error:[/red] {report.mismatches} value(s) differ online vs offline")
+            error_line(f"{report.mismatches} value(s) differ online vs offline")
             raise typer.Exit(1)
         console.print(f"Check: online equals offline for all {checked} sampled entities per view.")
 
@@ -469,7 +480,7 @@ def consistency(
         _print_consistency(report)
     worst = max((f.mismatch_rate for f in report.features), default=0.0)
     if worst > max_mismatch_rate:
-        err_console.print(f"[red]error:[/red] mismatch rate {worst:.2%} is above {max_mismatch_rate:.2%}")
+        error_line(f"mismatch rate {worst:.2%} is above {max_mismatch_rate:.2%}")
         raise typer.Exit(1)
 
 
@@ -530,7 +541,7 @@ def dev(
     try:
         while env.broker.alive() and env.redis.alive():
             time.sleep(0.5)
-        err_console.print("[red]error:[/red] a service exited; see the logs in .featurestore/logs")
+        error_line("a service exited; see the logs in .featurestore/logs")
     except KeyboardInterrupt:
         pass
     finally:

@@ -13,7 +13,7 @@ import orjson
 import typer
 from rich.progress import Progress
 
-from featurestore.cli.common import RepoOpt, _settings, console, err_console, friendly_errors
+from featurestore.cli.common import RepoOpt, _settings, console, err_console, error_line, friendly_errors, warning_line
 from featurestore.errors import FeatureRequestError
 
 if TYPE_CHECKING:
@@ -141,8 +141,7 @@ def _print_invalid(invalid: list[Invalid], files: list[Path], checked: int, skip
                 break
     verdict = (f"sending the other {_events(checked - len(invalid))} (--skip-invalid)" if skipping
                else "nothing sent; fix them, or pass --skip-invalid to send the valid ones")
-    lead = "[yellow]warning:[/yellow]" if skipping else "[red]error:[/red]"
-    err_console.print(f"{lead} {len(invalid):,} of {checked:,} events are invalid ({verdict}):", highlight=False)
+    (warning_line if skipping else error_line)(f"{len(invalid):,} of {checked:,} events are invalid ({verdict}):")
     for pos, inv in positions.items():
         err_console.print(f"  - {where.get(pos, f'record {pos + 1}')}: {inv.reason}: {inv.detail}", highlight=False,
                           soft_wrap=True)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from featurestore.cli.common import JsonOpt, RepoOpt, _settings, cli_table, console, friendly_errors, print_json
+from featurestore.cli.common import JsonOpt, RepoOpt, _settings, cli_table, console, friendly_errors, print_json, warning_line
 from featurestore.errors import ConfigError, StoreUnavailable
 
 tokens_app = typer.Typer(no_args_is_help=True, help="API tokens of the feature server (only their hashes are stored).")
@@ -69,8 +69,8 @@ def serve(
         raise ConfigError("--tls-cert and --tls-key go together")
     plan_ = FileRegistry(settings.registry_root).current_plan()
     if not no_auth and not any(t.active for t in TokenStore(settings.tokens_file).records()):
-        console.print(f"[yellow]warning:[/yellow] no active token in {settings.tokens_file}: every request will get 401 "
-                      "(create one with `featurestore tokens create`)")
+        warning_line(f"no active token in {settings.tokens_file}: every request will get 401 "
+                     "(create one with `featurestore tokens create`)", to=console)
     os.environ[SERVE_OPTIONS_ENV] = options.model_dump_json()
     scheme = "https" if tls_cert else "http"
     console.print(f"Serving {len(plan_.views)} views of project {settings.project} on {scheme}://{host}:{port} "

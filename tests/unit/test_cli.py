@@ -125,3 +125,8 @@ def test_help_follows_the_workflow_with_an_example_per_command() -> None:
         assert "Example: " in cli(command, "--help").stdout, command
     detach = next(line for line in cli("dev", "--help").stdout.splitlines() if "--detach" in line)
     assert "<bool>" not in detach, "flags take no value"
+
+
+def test_messages_are_printed_as_given_not_as_markup(tmp_path: Path) -> None:
+    res = cli("init", str(tmp_path / "x"), "--template", "[bold]rides[/bold]")
+    assert res.returncode == 1 and "no template '[bold]rides[/bold]'" in res.stderr
