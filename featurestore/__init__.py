@@ -23,10 +23,12 @@ from featurestore.definitions import (
     Transform,
 )
 from featurestore.errors import (
+    AuthError,
     ConfigError,
     DefinitionError,
     FeatureRequestError,
     FeatureStoreError,
+    OnlineLayoutError,
     Problem,
     RegistryError,
     ServiceError,
@@ -42,6 +44,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Aggregation",
+    "AuthError",
     "ConfigError",
     "DefinitionError",
     "Entity",
@@ -53,6 +56,7 @@ __all__ = [
     "Field",
     "KafkaSource",
     "LIFETIME",
+    "OnlineLayoutError",
     "OnlineResponse",
     "Problem",
     "RegistryError",

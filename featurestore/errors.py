@@ -14,7 +14,9 @@ Every error the library raises on purpose derives from one root::
     └── AuthError                the feature server refused the token (401) or the permission (403)
 
 Errors carry their context on attributes so callers and the CLI can print one clear
-line without a traceback.
+line without a traceback. Each class says which HTTP status the feature server answers it
+with (`http_status`), and `error_of_status` turns a status back into the class: the one
+mapping the server and the SDK's HTTP client share.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from dataclasses import dataclass
 
 class FeatureStoreError(Exception):
     """Root of every error raised by featurestore on purpose."""
+
+    http_status = 503
+    """The feature server's answer to it (a failure of something it depends on, by default)."""
 
 
 class DefinitionError(FeatureStoreError, ValueError):
@@ -49,6 +54,8 @@ class Problem:
 class ValidationFailed(FeatureStoreError):
     """Compiling a feature repository found one or more problems."""
 
+    http_status = 422
+
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
@@ -65,6 +72,8 @@ class ConfigError(FeatureStoreError):
 
 class FeatureRequestError(FeatureStoreError, ValueError):
     """A feature request is malformed: unknown reference, missing join key, bad entity rows."""
+
+    http_status = 400
 
 
 class ServiceError(FeatureStoreError):
@@ -97,6 +106,17 @@ class AuthError(FeatureStoreError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
+        self.http_status = status
+
+
+def error_of_status(status: int, message: str) -> FeatureStoreError:
+    """The exception for an HTTP error status of the feature server (the inverse of
+    `http_status`): 401/403 AuthError, other 4xx FeatureRequestError, else StoreUnavailable."""
+    if status in (401, 403):
+        return AuthError(message, status)
+    if 400 <= status < 500:
+        return FeatureRequestError(message)
+    return StoreUnavailable(message)
 
 
 def one_of(given: str, choices: Iterable[str], lead: str = "") -> str:

@@ -10,7 +10,7 @@ import orjson
 import urllib3
 
 from featurestore.client.responses import OnlineResponse
-from featurestore.errors import AuthError, FeatureRequestError, StoreUnavailable
+from featurestore.errors import StoreUnavailable, error_of_status
 from featurestore.runtime.decode import to_epoch_ms
 
 ONLINE_PATH = "/v1/features/online"
@@ -44,10 +44,10 @@ class FeatureServerClient:
             return payload
         message = payload.get("error", {}).get("message") or f"HTTP {resp.status}"
         if resp.status in (401, 403):
-            raise AuthError(f"feature server {self.url}: {message}", resp.status)
-        if resp.status in (400, 404, 413, 415, 422):
-            raise FeatureRequestError(message)
-        raise StoreUnavailable(f"feature server {self.url}: HTTP {resp.status}: {message}")
+            message = f"feature server {self.url}: {message}"
+        elif not 400 <= resp.status < 500:
+            message = f"feature server {self.url}: HTTP {resp.status}: {message}"
+        raise error_of_status(resp.status, message)
 
     def online(
         self,

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-from featurestore.errors import FeatureRequestError, FeatureStoreError
+from featurestore.errors import FeatureStoreError
 
 
 class Refused(FeatureStoreError):
@@ -21,17 +21,17 @@ class Refused(FeatureStoreError):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.http_status = status
 
 
-_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+               413: "too_large", 415: "unsupported_media_type", 422: "invalid"}
 
 
 def answer_of(exc: BaseException, redis_display: str) -> tuple[int, str, str] | None:
     """(status, code, message) of an expected failure; None for a bug (a 500)."""
     if isinstance(exc, Refused):
         return exc.status, exc.code, exc.message
-    if isinstance(exc, FeatureRequestError):
-        return 400, "bad_request", str(exc)
     if isinstance(exc, (RequestValidationError, ValidationError)):
         errs = exc.errors()
         message = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errs[:3])
@@ -41,7 +41,7 @@ def answer_of(exc: BaseException, redis_display: str) -> tuple[int, str, str] | 
     if isinstance(exc, redis.RedisError):
         return 503, "unavailable", f"online store {redis_display}: {exc}"
     if isinstance(exc, FeatureStoreError):
-        return 503, "unavailable", str(exc)
+        return exc.http_status, _HTTP_CODES.get(exc.http_status, "unavailable"), str(exc)
     return None
 
 
