@@ -89,7 +89,7 @@ def _check(replies: list[Any], raise_errors: bool = False) -> list[Any]:
         if isinstance(reply, ResponseError) and str(reply).startswith("MOVED"):
             raise StoreUnavailable(
                 "Redis answered MOVED: it is a node of a Redis Cluster, but this user may not run CLUSTER SLOTS "
-                "to find the other nodes; grant it +cluster|slots (see README, Security)"
+                "to find the other nodes; grant it +cluster|slots (see docs/serving.md, Security)"
             ) from None
         if raise_errors and isinstance(reply, ResponseError):
             raise reply
