@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from featurestore.compile.diff import diff_plans
 from featurestore.errors import RegistryError
-from featurestore.plan import Plan
+from featurestore.plan import PLAN_FORMAT_VERSION, Plan
 
 
 class RegistryVersion(BaseModel):
@@ -42,8 +42,17 @@ class FileRegistry:
         return [self._read(p) for p in self._files()]
 
     def _read(self, path: Path) -> RegistryVersion:
+        data = path.read_bytes()
         try:
-            return RegistryVersion.model_validate_json(path.read_bytes())
+            found = orjson.loads(data).get("plan", {}).get("format_version")
+        except Exception:
+            found = None
+        if isinstance(found, int) and found != PLAN_FORMAT_VERSION:
+            raise RegistryError(f"{path} holds a plan of format {found}; this featurestore reads format "
+                                f"{PLAN_FORMAT_VERSION}: " + ("upgrade featurestore" if found > PLAN_FORMAT_VERSION
+                                                              else "re-apply the repository with this version"))
+        try:
+            return RegistryVersion.model_validate_json(data)
         except Exception as exc:
             raise RegistryError(f"corrupt registry file {path}: {exc}") from None
 

@@ -38,3 +38,16 @@ def test_versions_are_kept_and_restorable(tmp_path: Path) -> None:
     assert [v.version for v in reg.versions()] == [1, 2, 3]
     with pytest.raises(RegistryError, match="no version 9"):
         reg.get(9)
+
+
+def test_a_plan_of_another_format_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    import orjson
+
+    registry = FileRegistry(tmp_path / "registry")
+    registry.apply(compile_repo(Path(__file__).resolve().parents[2] / "feature_defs"))
+    path = next((tmp_path / "registry").glob("v*.json"))
+    data = orjson.loads(path.read_bytes())
+    data["plan"]["format_version"] = 99
+    path.write_bytes(orjson.dumps(data))
+    with pytest.raises(RegistryError, match="plan of format 99; this featurestore reads format 1: upgrade featurestore"):
+        registry.current_plan()
