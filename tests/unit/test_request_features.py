@@ -178,3 +178,16 @@ def test_declared_types_are_enforced_on_results() -> None:
     assert checked(np.float64(1.5), "float") == (1.5, None) and checked(3, "float") == (3.0, None)
     assert checked(True, "int")[1] == "returned bool True, expected int"
     assert checked(np.int64(4), "int") == (4, None) and checked(None, "str") == (None, None)
+
+
+def test_a_feature_service_may_bundle_request_time_features(repo: Path) -> None:
+    (repo / "checks.py").write_text(CHECKS + '''
+from featurestore import FeatureService
+
+checked_model = FeatureService("checked_model", features=["user_payments:amount_count_1d", checks])
+''')
+    plan = compile_repo(repo)
+    assert plan.service("checked_model").features[:3] == ["user_payments:amount_count_1d", "checks:ratio", "checks:fails"]
+    runner = RequestFeatureRunner(plan, repo, 100)
+    query = OnlineQuery.build(plan, None, [{"user_id": 1, "amount": 1.0}], service="checked_model", runner=runner)
+    assert query.names[:3] == ["amount_count_1d", "ratio", "fails"] and "checks:doubled" in query.computed
