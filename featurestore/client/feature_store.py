@@ -16,7 +16,7 @@ import redis
 from featurestore.client.consistency import ConsistencyReport, check_consistency
 from featurestore.client.http import FeatureServerClient
 from featurestore.client.online_query import OnlineQuery, output_names, resolve_features, resolve_references
-from featurestore.client.request_time import RequestFeatureRunner
+from featurestore.client.request_time import RequestFeatureRunner, request_closure
 from featurestore.client.responses import OnlineResponse, TrainingSet
 from featurestore.config import Settings, load_settings
 from featurestore.errors import ConfigError, FeatureRequestError, unreachable
@@ -147,7 +147,7 @@ class FeatureStore:
                 max_staleness=max_staleness, request_data=request_data,
             )
         query = OnlineQuery.build(self.plan, features, entity_rows, service, full_feature_names, request_data,
-                                  self._request_runner())
+                                  self._request_runner)
         t_ms = to_epoch_ms(at) if at is not None else int(time.time() * 1000)
         max_ms = None if max_staleness is None else int(max_staleness.total_seconds() * 1000)
         try:
@@ -188,11 +188,8 @@ class FeatureStore:
                 f"entity_df has no timestamp column '{timestamp_column}' (columns: {', '.join(table.column_names)})"
             )
         asked = [f"{v.name}:{n}" for v, n in resolved if isinstance(v, RequestViewPlan)]
-        computed: list[str] = []
-        stored_inputs: list[str] = []
-        runner = self._request_runner()
-        if asked and runner is not None:
-            computed, stored_inputs = runner.closure(asked)
+        computed, stored_inputs = request_closure(self.plan, asked) if asked else ([], [])
+        runner = self._request_runner() if asked else None
         stored = [(v, n) for v, n in resolved if isinstance(v, ViewPlan)]
         stored += [(self.plan.view(r.partition(":")[0]), r.partition(":")[2]) for r in stored_inputs]
         t_ms = _to_epoch_ms(table[timestamp_column], timestamp_column)

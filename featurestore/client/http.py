@@ -63,10 +63,16 @@ class FeatureServerClient:
         names: dict[str, None] = {}
         for row in entity_rows:
             names.update(dict.fromkeys(row))
+        given = {k: [row.get(k) for row in entity_rows] for k in names}
+        # join keys (ints, strings) go as entities; other columns are request fields
+        keys = {k: v for k, v in given.items() if all(isinstance(x, (int, str)) and not isinstance(x, bool) for x in v)}
+        fields = {k: v for k, v in given.items() if k not in keys}
+        if fields:
+            request_data = {**fields, **(request_data or {})}
         body = {
             "features": None if features is None else list(features),
             "service": service,
-            "entities": {k: [row.get(k) for row in entity_rows] for k in names},
+            "entities": keys,
             "full_feature_names": full_feature_names,
             "at_ms": None if at is None else to_epoch_ms(at),
             "max_staleness_ms": None if max_staleness is None else int(max_staleness.total_seconds() * 1000),

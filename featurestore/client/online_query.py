@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from featurestore.client.request_time import ERROR, Computed, RequestFeatureRunner
+from featurestore.client.request_time import ERROR, Computed, RequestFeatureRunner, request_closure
 from featurestore.client.responses import OnlineResponse
 from featurestore.errors import FeatureRequestError, one_of
 from featurestore.online.reader import ViewRequest, ViewResult
@@ -103,8 +103,7 @@ class _Resolution:
 _resolutions: dict[tuple[int, Any, str | None, bool], tuple[Plan, _Resolution]] = {}
 
 
-def _resolution(plan: Plan, features: tuple[str, ...] | None, service: str | None, full: bool,
-                runner: RequestFeatureRunner | None) -> _Resolution:
+def _resolution(plan: Plan, features: tuple[str, ...] | None, service: str | None, full: bool) -> _Resolution:
     """Resolved references, result names and per-view grouping; cached per plan and request shape."""
     key = (id(plan), features, service, full)
     hit = _resolutions.get(key)
@@ -118,9 +117,7 @@ def _resolution(plan: Plan, features: tuple[str, ...] | None, service: str | Non
     computed: list[str] = []
     stored_inputs: list[str] = []
     if asked:
-        if runner is None:
-            raise FeatureRequestError(f"request-time features ({', '.join(asked)}) cannot be computed here")
-        computed, stored_inputs = runner.closure(asked)
+        computed, stored_inputs = request_closure(plan, asked)
     stored = [(v, n) for v, n in resolved if isinstance(v, ViewPlan)]
     stored += [(plan.view(r.partition(":")[0]), r.partition(":")[2]) for r in stored_inputs]
     for view, name in stored:
@@ -162,20 +159,24 @@ class OnlineQuery:
         service: str | None = None,
         full_feature_names: bool = False,
         request_data: Mapping[str, Any] | None = None,
-        runner: RequestFeatureRunner | None = None,
+        runner: Callable[[], RequestFeatureRunner | None] | None = None,
     ) -> OnlineQuery:
         """`request_data`: fields of request sources (one value for every row, or a list with
-        one per row) for rows that do not carry them; `runner` computes request-time features."""
-        res = _resolution(plan, tuple(features) if features is not None else None, service, full_feature_names, runner)
+        one per row) for rows that do not carry them; `runner` gives the runner of request-time
+        features (asked for only when some are requested: it imports their functions)."""
+        res = _resolution(plan, tuple(features) if features is not None else None, service, full_feature_names)
         requests = [
             ViewRequest(res.views[vn], feats, [entity_key(res.views[vn], row, i) for i, row in enumerate(entity_rows)])
             for vn, feats in res.grouped.items()
         ]
         request_rows = {}
+        computer = None
         if res.computed:
-            assert runner is not None
-            request_rows = {s: runner.request_rows(s, entity_rows, request_data) for s in res.sources}
-        return cls(res.resolved, res.names, requests, entity_rows, res.computed, request_rows, runner)
+            computer = runner() if runner is not None else None
+            if computer is None:
+                raise FeatureRequestError(f"request-time features ({', '.join(res.computed)}) cannot be computed here")
+            request_rows = {s: computer.request_rows(s, entity_rows, request_data) for s in res.sources}
+        return cls(res.resolved, res.names, requests, entity_rows, res.computed, request_rows, computer)
 
     def response(self, results: Sequence[ViewResult], t_ms: int) -> OnlineResponse:
         """Assemble the reader's results and the computed features: join key columns, then one

@@ -103,6 +103,29 @@ def checked(value: Any, dtype: str) -> tuple[Any, str | None]:
     return None, f"returned {type(value).__name__} {value!r:.60}, expected {dtype}"
 
 
+def request_closure(plan: Plan, refs: Iterable[str]) -> tuple[list[str], list[str]]:
+    """For the request-time references among `refs`: every request-time feature to compute
+    (in dependency order) and the stored features ("view:feature") they read. Pure: needs
+    the plan only, not the functions."""
+    features = {f"{v.name}:{f.name}": f for v in plan.request_views for f in v.features}
+    wanted: set[str] = set()
+    stack = [r for r in refs if r in features]
+    stored: dict[str, None] = {}
+    while stack:
+        ref = stack.pop()
+        if ref in wanted:
+            continue
+        wanted.add(ref)
+        for i in features[ref].inputs:
+            if i.feature is None:
+                continue
+            if i.feature in features:
+                stack.append(i.feature)
+            else:
+                stored[i.feature] = None
+    return [r for r in request_feature_order(plan) or [] if r in wanted], list(stored)
+
+
 class RequestFeatureRunner:
     """Computes the request-time features of one plan (functions imported from the repository only)."""
 
@@ -118,24 +141,8 @@ class RequestFeatureRunner:
             s.name: import_object(s.schema_ref, code_root) for s in plan.request_sources}
 
     def closure(self, refs: Iterable[str]) -> tuple[list[str], list[str]]:
-        """For request-time references: every request-time feature to compute (in dependency
-        order) and the stored features ("view:feature") they read."""
-        wanted: set[str] = set()
-        stack = [r for r in refs if r in self.features]
-        stored: dict[str, None] = {}
-        while stack:
-            ref = stack.pop()
-            if ref in wanted:
-                continue
-            wanted.add(ref)
-            for i in self.features[ref][1].inputs:
-                if i.feature is None:
-                    continue
-                if i.feature in self.features:
-                    stack.append(i.feature)
-                else:
-                    stored[i.feature] = None
-        return [r for r in self.order if r in wanted], list(stored)
+        """See `request_closure`."""
+        return request_closure(self.plan, refs)
 
     def request_rows(self, source: str, rows: Sequence[Mapping[str, Any]], request_data: Mapping[str, Any] | None,
                      ) -> list[dict[str, Any]]:

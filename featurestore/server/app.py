@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from featurestore import metrics
 from featurestore.client.http import ONLINE_PATH
 from featurestore.client.online_query import OnlineQuery
-from featurestore.client.request_time import RequestFeatureRunner
+from featurestore.client.request_time import RequestFeatureRunner, request_closure
 from featurestore.compile.diff import PlanDiff, diff_plans
 from featurestore.config import Settings, load_settings
 from featurestore.errors import ConfigError, FeatureRequestError, FeatureStoreError, RegistryError
@@ -117,9 +117,7 @@ class FeatureServer:
 
     def views_read_by(self, view: RequestViewPlan) -> set[str]:
         """The views whose features a request-time view's features read (its own included)."""
-        runner = self.runner
-        assert runner is not None
-        computed, stored = runner.closure(f"{view.name}:{f}" for f in view.feature_names)
+        computed, stored = request_closure(self.plan, (f"{view.name}:{f}" for f in view.feature_names))
         return {ref.partition(":")[0] for ref in computed + stored}
 
     @property
@@ -197,10 +195,8 @@ class FeatureServer:
         else:
             refs = [ref for ref in features or [] if isinstance(ref, str)]
         names = list(dict.fromkeys(ref.partition(":")[0] for ref in refs))
-        runner = self.runner
-        if runner is not None:  # a request-time feature reveals what it reads
-            computed, stored = runner.closure(refs)
-            names += [r.partition(":")[0] for r in computed + stored if r.partition(":")[0] not in names]
+        computed, stored = request_closure(self.plan, refs)  # a request-time feature reveals what it reads
+        names += [r.partition(":")[0] for r in computed + stored]
         return list(dict.fromkeys(names))
 
     # -- audit + metrics ------------------------------------------------------------------------
@@ -264,7 +260,7 @@ class FeatureServer:
         n = _check_rows(body.entities, self.settings.max_online_entities, "entities", "max_online_entities")
         audit.entities = n
         query = OnlineQuery.build(self.plan, body.features, _rows(body.entities), body.service, body.full_feature_names,
-                                  body.request_data, self.runner)
+                                  body.request_data, lambda: self.runner)
         self.note_entities(audit, query)
         t_ms = body.at_ms if body.at_ms is not None else int(time.time() * 1000)
         results = await self.reader.aread_results(self.online_redis, query.requests, t_ms, body.max_staleness_ms)
@@ -357,7 +353,7 @@ def create_app(server: FeatureServer, trusted_hosts: Sequence[str] = ("*",)) -> 
         server.authorize(audit, "read_offline", server.requested_views(body.features, body.service))
         audit.entities = _check_rows(body.entities, server.settings.max_historical_rows, "entity rows", "max_historical_rows")
         table = _entity_table(body)
-        store = FeatureStore(settings=server.settings)
+        store = FeatureStore(server.settings.repo_root, settings=server.settings)
         result = await run_in_threadpool(
             store.get_historical_features, table, body.features, body.timestamp_column, body.full_feature_names, body.mode,
             body.service,

@@ -26,8 +26,7 @@ class _Body(BaseModel):
 class OnlineRequest(_Body):
     features: list[FeatureRef] | None = Field(None, description='"view:feature" references; or give `service`.')
     service: Name | None = Field(None, description="A feature service name instead of `features`.")
-    entities: dict[Name, list[CellValue]] = Field(description="Join key columns, one value per entity: {'user_id': [1, 2]} "
-                                                  "(and request fields of request-time features, if you like).")
+    entities: dict[Name, list[KeyValue]] = Field(description="Join key columns, one value per entity: {'user_id': [1, 2]}.")
     full_feature_names: bool = Field(False, description="Name results `view__feature`.")
     at_ms: EpochMs | None = Field(None, description="Evaluate windows and TTL at this instant (epoch ms) instead of now.")
     max_staleness_ms: EpochMs | None = Field(

@@ -101,6 +101,8 @@ def test_m2_refusals_reveal_no_views(deployment: Deployment) -> None:
     plan = _current(deployment)
     plan["views"] = [v for v in plan["views"] if v["name"] != "user_payments"]
     plan["services"] = [s for s in plan["services"] if s["name"] != "fraud_model_v1"]
+    plan["request_views"] = [v for v in plan.get("request_views", []) if not any(
+        (i.get("feature") or "").startswith("user_payments:") for f in v["features"] for i in f["inputs"])]
     resp = _apply(deployment, plan)
     assert resp.status == 403 and "user_payments" not in _message(resp) and "fraud" not in _message(resp)
     resp = post(deployment, "/v1/features/online", {"features": ["user_payments"], "entities": {"user_id": [1]}}, "tag_reader")

@@ -130,7 +130,7 @@ def test_an_online_answer_carries_error_statuses_with_their_reasons(repo: Path) 
     plan = compile_repo(repo)
     runner = RequestFeatureRunner(plan, repo, 100)
     query = OnlineQuery.build(plan, ["user_payments:amount_count_1d", "checks:fails", "checks:ratio"],
-                              [{"user_id": 1, "amount": 10.0}, {"user_id": 2, "amount": 200.0}], runner=runner)
+                              [{"user_id": 1, "amount": 10.0}, {"user_id": 2, "amount": 200.0}], runner=lambda: runner)
     assert [(r.view.name, list(r.features)) for r in query.requests] == [
         ("user_payments", ["amount_count_1d", "amount_mean_1d"])], "the hidden input is read with the asked feature"
     result = ViewResult({"amount_count_1d": [3, 0], "amount_mean_1d": [5.0, None]}, [1000, 900], ["present", "present"])
@@ -189,5 +189,5 @@ checked_model = FeatureService("checked_model", features=["user_payments:amount_
     plan = compile_repo(repo)
     assert plan.service("checked_model").features[:3] == ["user_payments:amount_count_1d", "checks:ratio", "checks:fails"]
     runner = RequestFeatureRunner(plan, repo, 100)
-    query = OnlineQuery.build(plan, None, [{"user_id": 1, "amount": 1.0}], service="checked_model", runner=runner)
+    query = OnlineQuery.build(plan, None, [{"user_id": 1, "amount": 1.0}], service="checked_model", runner=lambda: runner)
     assert query.names[:3] == ["amount_count_1d", "ratio", "fails"] and "checks:doubled" in query.computed
