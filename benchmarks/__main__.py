@@ -157,6 +157,7 @@ def setup(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> dict[str,
     shutil.copytree(repo, peer_repo, ignore=shutil.ignore_patterns(".featurestore", "__pycache__"))
     (peer_repo / "views.py").write_text(PEER_VIEWS)
     (peer_repo / "services.py").unlink()
+    (peer_repo / "request_features.py").unlink()
     peer_plan = compile_repo(peer_repo)
     events_file = tmp / "events.jsonl"
     events_file.write_bytes(b"\n".join(r.value for r in records) + b"\n")

@@ -108,7 +108,9 @@ def bench_freshness(b: Any, ctx: dict[str, Any], rate: int, seconds: float, pct:
     with log.open("wb") as out:  # the child keeps its own handle
         proc = subprocess.Popen([sys.executable, "-m", "featurestore", "run", "--repo", str(repo)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=out)
-    store = FeatureStore(repo, settings=settings.model_copy(update={"project": project, "registry_path": registry}))
+    # the store is read before the processor wrote anything: a new, empty store on purpose
+    store = FeatureStore(repo, settings=settings.model_copy(update={"project": project, "registry_path": registry,
+                                                                   "allow_empty_online_store": True}))
     feature = next(f"user_txn:{name}" for name in plan.view("user_txn").feature_names if "last" in name)
     try:
         conf = {**producer_config(settings), "linger.ms": 5}

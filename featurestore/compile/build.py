@@ -514,7 +514,7 @@ def _request_feature_plan(b: _Builder, view: RequestFeatureView, feat: RequestFe
             inputs.append(RequestInput(param=arg.name, feature=bound.pop(arg.name)))
         elif arg.name in fields:
             inputs.append(RequestInput(param=arg.name, field=arg.name))
-        elif arg.default is inspect.Parameter.empty:
+        elif arg.default is inspect.Parameter.empty and arg.name not in dict(feat.inputs):  # (a bad input is reported)
             b.problem(view, label, f"parameter '{arg.name}' of {ref} is neither a field of the request model "
                       f"{getattr(view.request.schema, '__name__', '?')} nor a feature listed in inputs",
                       one_of(arg.name, list(fields), lead="name it after a request field: ") + ", or add its "

@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from featurestore.definitions.tags import frozen_tags, tag_items
+
 
 @dataclass(frozen=True, init=False)
 class RequestSource:
@@ -73,7 +75,7 @@ class RequestFeatureView:
         object.__setattr__(self, "features", tuple(features))
         object.__setattr__(self, "owner", owner)
         object.__setattr__(self, "description", description)
-        object.__setattr__(self, "tags", dict(tags or {}))
+        object.__setattr__(self, "tags", frozen_tags(tags))
 
     def __hash__(self) -> int:
-        return hash((self.name, self.features))
+        return hash((self.name, self.request, self.features, self.owner, self.description, tag_items(self.tags)))

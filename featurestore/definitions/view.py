@@ -9,6 +9,7 @@ from typing import Any
 
 from featurestore.definitions.entity import Entity
 from featurestore.definitions.source import KafkaSource
+from featurestore.definitions.tags import frozen_tags, tag_items
 
 
 @dataclass(frozen=True, init=False)
@@ -51,8 +52,9 @@ class FeatureView:
         object.__setattr__(self, "ttl", ttl)
         object.__setattr__(self, "owner", owner)
         object.__setattr__(self, "description", description)
-        object.__setattr__(self, "tags", dict(tags or {}))
+        object.__setattr__(self, "tags", frozen_tags(tags))
         object.__setattr__(self, "allowed_lateness", allowed_lateness)
 
     def __hash__(self) -> int:
-        return hash((self.name, self.entities, self.source, self.features))
+        return hash((self.name, self.entities, self.source, self.features, self.ttl, self.owner, self.description,
+                     tag_items(self.tags), self.allowed_lateness))

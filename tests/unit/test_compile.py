@@ -120,3 +120,22 @@ def test_a_timestamp_without_utc_offset_is_refused_with_the_fix(tmp_path: Path) 
         compile_repo(repo)
     text = [str(p) for p in err.value.problems]
     assert any("timestamp_field 'ts' accepts times without a UTC offset" in t and "AwareDatetime" in t for t in text), text
+
+
+def test_definitions_are_immutable_and_hash_by_every_field() -> None:
+    import dataclasses
+    from datetime import timedelta
+
+    from featurestore import Entity, FeatureView, Field, KafkaSource
+
+    src = KafkaSource("s", topic="t", schema=object, timestamp_field="ts")
+    make = lambda **kw: FeatureView("v", entities=[Entity("e", ["k"])], source=src, features=[Field("x")],  # noqa: E731
+                                    ttl=timedelta(days=1), tags={"pii": "true"}, **kw)
+    view = make()
+    with pytest.raises(TypeError):
+        view.tags["pii"] = "false"  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        view.name = "w"  # type: ignore[misc]
+    assert make() == view and hash(make()) == hash(view)
+    other = make(description="changed")
+    assert other != view and {view, other} == {view, other} and len({view, other}) == 2
