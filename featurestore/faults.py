@@ -25,16 +25,20 @@ def _parse(spec: str) -> tuple[str, int] | None:
     return point, int(count)
 
 
-_TARGET = _parse(os.environ.get("FEATURESTORE_FAULT", ""))
+_UNREAD = ("", 0)
+_target: tuple[str, int] | None = _UNREAD  # read from the environment at the first fault point, not at import
 _SEEN: dict[str, int] = {}
 
 
 def fault_point(name: str) -> None:
     """Die here (SIGKILL, no cleanup) if FEATURESTORE_FAULT names this point and occurrence."""
-    if _TARGET is None or _TARGET[0] != name:
+    global _target
+    if _target is _UNREAD:
+        _target = _parse(os.environ.get("FEATURESTORE_FAULT", ""))
+    if _target is None or _target[0] != name:
         return
     _SEEN[name] = _SEEN.get(name, 0) + 1
-    if _SEEN[name] == _TARGET[1]:
+    if _SEEN[name] == _target[1]:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
