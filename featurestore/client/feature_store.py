@@ -242,11 +242,10 @@ def _request_time_columns(runner: RequestFeatureRunner, computed: list[str], tab
     frame's columns and its point-in-time stored inputs, through the same functions as online
     (a failing value is null)."""
     n = table.num_rows
-    request: dict[str, list[dict[str, Any]]] = {}
+    request: dict[str, dict[str, list[Any]]] = {}
     for source in sorted({runner.features[r][0].request_source for r in computed}):
         fields = [f for f in runner.models[source].model_fields if f in table.column_names]
-        rows = table.select(fields).to_pylist() if fields else [{} for _ in range(n)]
-        request[source] = runner.request_rows(source, rows, None)
+        request[source] = runner.request_columns(source, {f: table.column(f).to_pylist() for f in fields}, n)
     inputs = {f"{v}:{f}": col.to_pylist() for (v, f), col in stored.items()}
     done = runner.compute(computed, n, request, inputs, budget=False)
     out = {}

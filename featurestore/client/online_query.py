@@ -142,7 +142,8 @@ class OnlineQuery:
     requests: list[ViewRequest]
     entity_rows: Sequence[Mapping[str, Any]]
     computed: list[str] = field(default_factory=list)
-    request_rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    request_rows: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    """Per request source, its fields' columns (validated)."""
     runner: RequestFeatureRunner | None = None
 
     @property

@@ -17,9 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from featurestore import metrics
 from featurestore.errors import FeatureRequestError
@@ -86,6 +86,17 @@ class _Budget:
             raise _Overrun from None
 
 
+def _positional(fn: Callable[..., Any], params: list[str]) -> bool:
+    """Whether the function takes exactly `params`, in order, as positional parameters."""
+    import inspect
+
+    try:
+        sig = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return [p.name for p in sig] == params and all(p.kind == p.POSITIONAL_OR_KEYWORD for p in sig)
+
+
 def checked(value: Any, dtype: str) -> tuple[Any, str | None]:
     """The value as its declared type, or (None, why not)."""
     if value is None:
@@ -139,15 +150,18 @@ class RequestFeatureRunner:
             ref: import_object(f.udf_ref, code_root) for ref, (_, f) in self.features.items()}
         self.models: dict[str, type[BaseModel]] = {
             s.name: import_object(s.schema_ref, code_root) for s in plan.request_sources}
+        self.positional = {ref: _positional(self.functions[ref], [i.param for i in f.inputs])
+                           for ref, (_, f) in self.features.items()}
 
     def closure(self, refs: Iterable[str]) -> tuple[list[str], list[str]]:
         """See `request_closure`."""
         return request_closure(self.plan, refs)
 
     def request_rows(self, source: str, rows: Sequence[Mapping[str, Any]], request_data: Mapping[str, Any] | None,
-                     ) -> list[dict[str, Any]]:
-        """Each entity row's request fields, validated by the request model: taken from the row,
-        else from `request_data` (a value for every row, or a list with one per row)."""
+                     ) -> dict[str, list[Any]]:
+        """The request fields of each entity row as columns, validated row by row by the request
+        model: taken from the row, else from `request_data` (a value for every row, or a list
+        with one per row). An invalid row fails the request, naming the row and the field."""
         model = self.models[source]
         fields = list(model.model_fields)
         extra = dict(request_data or {})
@@ -155,7 +169,7 @@ class RequestFeatureRunner:
         for name, value in extra.items():
             if isinstance(value, (list, tuple)) and len(value) != n:
                 raise FeatureRequestError(f"request_data['{name}'] has {len(value)} values for {n} entity rows")
-        out = []
+        out: dict[str, list[Any]] = {f: [] for f in fields}
         for i, row in enumerate(rows):
             data = {}
             for name in fields:
@@ -165,47 +179,131 @@ class RequestFeatureRunner:
                     value = extra[name]
                     data[name] = value[i] if isinstance(value, (list, tuple)) else value
             try:
-                out.append(dict(model.model_validate(data)))
+                valid = model.model_validate(data)
             except ValidationError as exc:
-                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
-                raise FeatureRequestError(
-                    f"request data of entity row {i} for request source '{source}': {problems} (add them to each entity "
-                    "row, on the command line -e key=1,field=value, or pass request_data)") from None
+                raise _invalid(source, i, exc) from None
+            for name in fields:
+                out[name].append(getattr(valid, name))
         return out
 
-    def compute(self, refs: Sequence[str], n: int, request: Mapping[str, list[dict[str, Any]]],
+    def request_columns(self, source: str, columns: Mapping[str, list[Any]], n: int) -> dict[str, list[Any]]:
+        """As `request_rows` for whole columns (a training set): each field's column validated at
+        once by the field's own type and constraints; a model with validators of its own, or a
+        column that fails, is validated row by row (to name the failing row)."""
+        model = self.models[source]
+        if _has_validators(model):
+            return self.request_rows(source, [dict(zip(columns, values)) for values in zip(*columns.values())]
+                                     if columns else [{} for _ in range(n)], None)
+        out: dict[str, list[Any]] = {}
+        for name, info in model.model_fields.items():
+            if name not in columns:
+                if info.is_required():
+                    raise FeatureRequestError(f"the entity rows have no column '{name}', a field of request source "
+                                              f"'{source}' that request-time features read")
+                out[name] = [info.get_default(call_default_factory=True)] * n
+                continue
+            try:
+                out[name] = _column_adapter(model, name).validate_python(columns[name])
+            except ValidationError:
+                return self.request_rows(source, [dict(zip(columns, values)) for values in zip(*columns.values())], None)
+        return out
+
+    def compute(self, refs: Sequence[str], n: int, request: Mapping[str, Mapping[str, list[Any]]],
                 stored: Mapping[str, list[Any]], budget: bool = True) -> dict[str, Computed]:
         """Compute `refs` (in dependency order, see `closure`) for n rows; `request` holds each
-        request source's rows, `stored` each stored input feature's values."""
+        request source's field columns, `stored` each stored input feature's values. With
+        `budget` every call is timed (online); without, the rows run in one tight loop and
+        only a failure makes them run one by one (training sets)."""
         done: dict[str, Computed] = {}
         with _Budget(self.budget_s if budget else None) as limit:
             for ref in refs:
                 view, feature = self.features[ref]
-                fn = self.functions[ref]
                 req = request[view.request_source]
-                from_request = [(i.param, i.field) for i in feature.inputs if i.field is not None]
-                from_features = [(i.param, done[i.feature].values if i.feature in done else stored[i.feature])
-                                 for i in feature.inputs if i.feature is not None]
-                values: list[Any] = [None] * n
-                errors: list[str | None] = [None] * n
-                failed = 0
-                for row in range(n):
-                    kwargs = {p: req[row][f] for p, f in from_request}
-                    for p, col in from_features:
-                        kwargs[p] = col[row]
-                    try:
-                        result = limit.call(fn, kwargs)
-                    except _Overrun:
-                        errors[row] = f"ran longer than its budget of {self.budget_s * 1000:g} ms" if self.budget_s else "overran"
-                        failed += 1
-                        continue
-                    except Exception as exc:  # user code: the value fails, not the request
-                        errors[row] = f"{type(exc).__name__}: {exc}"
-                        failed += 1
-                        continue
-                    values[row], errors[row] = checked(result, feature.dtype)
-                    failed += errors[row] is not None
+                args = [_input_column(i.field, i.feature, req, done, stored) for i in feature.inputs]
+                params = [i.param for i in feature.inputs]
+                out = None if budget else _all_at_once(self.functions[ref], args, self.positional[ref], params, n)
+                if out is None:
+                    out = _one_by_one(self.functions[ref], args, params, n, limit, self.budget_s)
+                values, errors = out
+                if any(e is None for e in errors) and not _all_of_type(values, feature.dtype):
+                    for row, value in enumerate(values):
+                        if errors[row] is None:
+                            values[row], errors[row] = checked(value, feature.dtype)
+                failed = sum(e is not None for e in errors)
                 if failed:
                     metrics.REQUEST_FEATURE_ERRORS.labels(view.name, feature.name).inc(failed)
                 done[ref] = Computed(values, errors)
         return done
+
+
+def _input_column(field: str | None, feature: str | None, request: Mapping[str, list[Any]], done: Mapping[str, Computed],
+                  stored: Mapping[str, list[Any]]) -> list[Any]:
+    """The values one parameter receives: a request field's column, or a feature's values."""
+    if field is not None:
+        return request[field]
+    assert feature is not None
+    return done[feature].values if feature in done else stored[feature]
+
+
+def _invalid(source: str, row: int, exc: ValidationError) -> FeatureRequestError:
+    problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+    return FeatureRequestError(
+        f"request data of entity row {row} for request source '{source}': {problems} (add them to each entity "
+        "row, on the command line -e key=1,field=value, or pass request_data)")
+
+
+def _has_validators(model: type[BaseModel]) -> bool:
+    decorators = model.__pydantic_decorators__
+    return bool(decorators.field_validators or decorators.model_validators or decorators.root_validators
+                or decorators.validators)
+
+
+_adapters: dict[tuple[type[BaseModel], str], TypeAdapter[Any]] = {}
+
+
+def _column_adapter(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
+    """Validates a list of one field's values with the field's type and constraints."""
+    key = (model, name)
+    hit = _adapters.get(key)
+    if hit is None:
+        info = model.model_fields[name]
+        field_type = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation  # type: ignore[name-defined]
+        hit = _adapters[key] = TypeAdapter(list[field_type])  # type: ignore[valid-type]
+    return hit
+
+
+def _all_at_once(fn: Callable[..., Any], args: list[list[Any]], positional: bool, params: list[str],
+                 n: int) -> tuple[list[Any], list[str | None]] | None:
+    """Every row in one loop; None when a row raised (then they run one by one)."""
+    try:
+        if positional:
+            values = [fn(*row) for row in zip(*args)] if args else [fn() for _ in range(n)]
+        else:
+            values = [fn(**dict(zip(params, row))) for row in zip(*args)] if args else [fn() for _ in range(n)]
+    except Exception:  # user code: find which rows fail, and why
+        return None
+    return values, [None] * n
+
+
+def _one_by_one(fn: Callable[..., Any], args: list[list[Any]], params: list[str], n: int, limit: _Budget,
+                budget_s: float | None) -> tuple[list[Any], list[str | None]]:
+    values: list[Any] = [None] * n
+    errors: list[str | None] = [None] * n
+    for row in range(n):
+        kwargs = {p: col[row] for p, col in zip(params, args)}
+        try:
+            values[row] = limit.call(fn, kwargs)
+        except _Overrun:
+            errors[row] = f"ran longer than its budget of {budget_s * 1000:g} ms" if budget_s else "overran"
+        except Exception as exc:  # user code: the value fails, not the request
+            errors[row] = f"{type(exc).__name__}: {exc}"
+    return values, errors
+
+
+_EXACT = {"int": int, "float": float, "str": str, "bool": bool, "datetime": dt.datetime}
+
+
+def _all_of_type(values: list[Any], dtype: str) -> bool:
+    """Whether every value is None or exactly of the declared type (nothing to convert)."""
+    want = _EXACT[dtype]
+    return all(v is None or type(v) is want for v in values)

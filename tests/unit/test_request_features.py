@@ -122,8 +122,13 @@ def test_request_data_is_checked_by_the_request_model(repo: Path) -> None:
         runner.request_rows("req", [{"amount": 1.0}, {}], None)
     with pytest.raises(FeatureRequestError, match="has 1 values for 2 entity rows"):
         runner.request_rows("req", [{}, {}], {"amount": [1.0]})
-    assert runner.request_rows("req", [{"amount": "2.5"}, {}], {"amount": 3}) == [
-        {"amount": 2.5, "note": ""}, {"amount": 3.0, "note": ""}]
+    assert runner.request_rows("req", [{"amount": "2.5"}, {}], {"amount": 3}) == {"amount": [2.5, 3.0], "note": ["", ""]}
+    # a training set's columns: validated column by column, the same values and defaults
+    assert runner.request_columns("req", {"amount": ["2.5", 3]}, 2) == {"amount": [2.5, 3.0], "note": ["", ""]}
+    with pytest.raises(FeatureRequestError, match="entity row 1 .* amount: Input should be a valid number"):
+        runner.request_columns("req", {"amount": [1.0, "x"]}, 2)
+    with pytest.raises(FeatureRequestError, match="no column 'amount'"):
+        runner.request_columns("req", {}, 2)
 
 
 def test_an_online_answer_carries_error_statuses_with_their_reasons(repo: Path) -> None:
