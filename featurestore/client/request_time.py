@@ -44,8 +44,17 @@ class _Overrun(BaseException):
     in user code does not swallow it)."""
 
 
-def _interrupt(_signum: int, _frame: Any) -> None:
-    raise _Overrun
+_armed = False
+"""Whether a budget timer runs (a SIGALRM then means: the call overran)."""
+_previous_handler: Any = None
+_installed = False
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    if _armed:
+        raise _Overrun
+    if callable(_previous_handler):  # not ours: whoever handled SIGALRM before
+        _previous_handler(signum, frame)
 
 
 class _Budget:
@@ -56,27 +65,29 @@ class _Budget:
     def __init__(self, seconds: float | None) -> None:
         self.seconds = seconds
         self._timer = seconds is not None and threading.current_thread() is threading.main_thread()
-        self._previous: Any = None
 
     def __enter__(self) -> _Budget:
-        if self._timer:
-            self._previous = signal.signal(signal.SIGALRM, _interrupt)
+        global _previous_handler, _installed
+        if self._timer and not _installed:  # installed once, kept (it passes other alarms on)
+            _previous_handler = signal.signal(signal.SIGALRM, _interrupt)
+            _installed = True
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._timer:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, self._previous)
+        pass
 
     def call(self, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
         if self.seconds is None:
             return fn(**kwargs)
         if self._timer:
+            global _armed
+            _armed = True
             signal.setitimer(signal.ITIMER_REAL, self.seconds)
             try:
                 return fn(**kwargs)
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
+                _armed = False
         if _Budget._pool is None:
             _Budget._pool = ThreadPoolExecutor(_POOL_WORKERS, thread_name_prefix="request-features")
         future = _Budget._pool.submit(fn, **kwargs)
