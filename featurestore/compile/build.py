@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, FutureDatetime, NaiveDatetime, PastDatetime
 
+from featurestore.compile.fingerprint import code_fingerprints
 from featurestore.compile.loader import LoadedRepo, load_repo
 from featurestore.definitions import (
     AGGREGATION_FUNCTIONS,
@@ -50,6 +51,7 @@ from featurestore.plan.validate import (
     MAX_LAST_N,
     NEEDS_NUMERIC,
     NUMERIC_TYPES,
+    code_refs,
     request_feature_order,
     validate_plan,
 )
@@ -599,6 +601,7 @@ def build_plan(loaded: LoadedRepo) -> tuple[Plan | None, list[Problem]]:
     dedup = lambda items: sorted({i.name: i for i in items}.values(), key=lambda i: i.name)  # noqa: E731
     plan = Plan(entities=dedup(ent_plans), sources=dedup(src_plans), views=dedup(view_plans), services=dedup(service_plans),
                 request_sources=dedup(req_src_plans), request_views=dedup(req_view_plans))
+    plan = plan.model_copy(update={"code": code_fingerprints(loaded.root, code_refs(plan))})
     if request_feature_order(plan) is None:
         cycle = [f"{v.name}:{f.name}" for v in plan.request_views for f in v.features]
         return None, [Problem(str(loaded.root), "RequestFeatureView", "request-time features read each other in a cycle "

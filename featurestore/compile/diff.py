@@ -77,6 +77,10 @@ def diff_plans(old: Plan | None, new: Plan) -> PlanDiff:
                 changes.append(Change(kind, name, "remove"))
             elif before[name] != after[name]:
                 changes.append(Change(kind, name, "change", tuple(_detail_changes(before[name], after[name]))))
+    before_code = old.code if old else {}
+    for ref in sorted(set(before_code) & set(new.code)):
+        if before_code[ref] != new.code[ref]:
+            changes.append(Change("Code", ref, "change", (f"source changed ({before_code[ref][:12]} -> {new.code[ref][:12]})",)))
     return PlanDiff(tuple(changes))
 
 

@@ -190,11 +190,14 @@ class Plan(_Frozen):
     services: list[ServicePlan] = []
     request_sources: list[RequestSourcePlan] = []
     request_views: list[RequestViewPlan] = []
+    code: dict[CodeRef, str] = {}
+    """Per import path the plan names, the content hash of the repository code behind it
+    (its module and the repository modules it imports): a code change is a plan change."""
 
     def to_json(self) -> bytes:
         """Canonical JSON (sorted keys), the basis of the content hash."""
         data = self.model_dump(mode="json")
-        for key in ("request_sources", "request_views"):  # absent when empty: older plans keep their hash
+        for key in ("request_sources", "request_views", "code"):  # absent when empty: older plans keep their hash
             if not data[key]:
                 del data[key]
         return orjson.dumps(data, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)

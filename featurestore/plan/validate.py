@@ -110,6 +110,9 @@ def validate_plan(plan: Plan) -> list[Problem]:
         if view.ttl_ms is not None and view.ttl_ms <= 0:
             bad(label, "ttl_ms must be positive")
         _check_features(view, src.fields, bad)
+    stray = sorted(set(plan.code) - code_refs(plan))
+    if stray:
+        bad("plan", f"code hashes for import paths the plan does not name: {', '.join(stray)}")
     features = {v.name: set(v.feature_names) for v in plan.views}
     _check_request_views(plan, features, bad)
     features |= {v.name: set(v.feature_names) for v in plan.request_views}

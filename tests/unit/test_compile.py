@@ -139,3 +139,21 @@ def test_definitions_are_immutable_and_hash_by_every_field() -> None:
     assert make() == view and hash(make()) == hash(view)
     other = make(description="changed")
     assert other != view and {view, other} == {view, other} and len({view, other}) == 2
+
+
+def test_a_change_to_a_transforms_code_is_a_plan_change(tmp_path: Path) -> None:
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "feature_defs", repo, ignore=shutil.ignore_patterns(".featurestore", "__pycache__"))
+    before = compile_repo(repo)
+    assert before.code["transforms:amount_eur"] != before.code["sources:Payment"], "transforms.py imports sources.py too"
+    transforms = repo / "transforms.py"
+    transforms.write_text(transforms.read_text().replace('"USD": 0.92', '"USD": 0.93'))  # a constant the udf reads
+    after = compile_repo(repo)
+    assert after.content_hash != before.content_hash
+    lines = diff_plans(before, after).lines()
+    assert any(line.startswith("~ Code transforms:amount_eur\n    source changed (") for line in lines), lines
+    assert not any("sources:Payment" in line for line in lines), "an unchanged module keeps its hash"
+    (repo / "sources.py").write_text((repo / "sources.py").read_text() + "\n# a comment\n")
+    assert compile_repo(repo).code["transforms:amount_eur"] != after.code["transforms:amount_eur"], "an imported module counts"

@@ -74,6 +74,13 @@ def test_request_views_must_read_what_exists_without_cycles() -> None:
     assert any("not a field of request source" in str(p) for p in _problems(_plan(unknown_field)))
 
 
+def test_code_hashes_name_only_the_plans_own_code() -> None:
+    def stray(d: dict[str, Any]) -> None:
+        d["code"]["os:system"] = "0" * 64
+
+    assert any("import paths the plan does not name: os:system" in str(p) for p in _problems(_plan(stray)))
+
+
 @pytest.mark.parametrize("name", [
     "x') UNION ALL BY NAME SELECT * FROM read_text('/etc/hostname') --", "../../../../elsewhere/x", "a:b", "a/b", "a.b",
     "_hidden", "", "a b", "é", "x" * 129,
