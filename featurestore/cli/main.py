@@ -430,16 +430,30 @@ def training_set(
     timestamp_column: Annotated[str, typer.Option(help="Timestamp column of the entity rows.")] = "event_timestamp",
     mode: Annotated[str, typer.Option(help="corrected (every event by event time) or as_served (what the online store held).")]
     = "corrected",
+    manifest: Annotated[Path | None, typer.Option(help="Build again the training set this manifest describes (the "
+                                                       "same --entities file).", show_default=False)] = None,
     repo: RepoOpt = Path("."),
 ) -> None:
-    """Build a point-in-time correct training set from an entity file and write it as Parquet."""
+    """Build a point-in-time correct training set from an entity file and write it as Parquet, with a manifest
+    (OUTPUT.manifest.json) to build the same set again later."""
+    import json
+
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     from featurestore.client import FeatureStore
     from featurestore.errors import FeatureRequestError, one_of
 
-    if (not feature) == (service is None):
+    described = None
+    if manifest is not None:
+        if feature or service:
+            raise FeatureRequestError("--manifest says which features; leave out --feature and --service")
+        try:
+            described = json.loads(manifest.read_text())
+        except (OSError, ValueError) as exc:
+            raise FeatureRequestError(f"cannot read manifest {manifest}: {exc}") from None
+        timestamp_column = described.get("timestamp_column", timestamp_column)
+    elif (not feature) == (service is None):
         raise FeatureRequestError("name the features with --feature VIEW:FEATURE (repeatable) or --service NAME")
     if not entities.exists():
         raise FeatureRequestError(f"entity file {entities} not found")
@@ -450,14 +464,24 @@ def training_set(
     if timestamp_column not in table.column_names:
         raise FeatureRequestError(f"{entities} has no column '{timestamp_column}': name the entity rows' time column "
                                   f"with --timestamp-column ({one_of(timestamp_column, table.column_names)})")
-    what = f"service {service}" if service else f"{len(feature or [])} features"
+    what = f"service {service}" if service else f"{len(feature or (described or {}).get('features', []))} features"
     with console.status(f"Joining {table.num_rows:,} entity rows with {what} in DuckDB..."):
         started = time.monotonic()
-        result = FeatureStore(repo).get_historical_features(table, feature, timestamp_column=timestamp_column, mode=mode,
-                                                            service=service)
+        store = FeatureStore(repo)
+        if described is not None:
+            result = store.rebuild_training_set(described, table)
+        else:
+            result = store.get_historical_features(table, feature, timestamp_column=timestamp_column, mode=mode,
+                                                   service=service)
         result.to_parquet(output)
+        manifest_out = output.with_suffix(".manifest.json")
+        result.write_manifest(manifest_out)
+    same = ""
+    if described is not None:
+        same = (" — identical to the original" if result.manifest["output_sha256"] == described.get("output_sha256")
+                else " — differs from the original (the repository's code changed?)")
     console.print(f"Wrote {len(result):,} rows x {result.to_arrow().num_columns} columns to {output} "
-                  f"in {time.monotonic() - started:.2f} s")
+                  f"in {time.monotonic() - started:.2f} s (manifest: {manifest_out}){same}")
 
 
 @app.command(rich_help_panel=_CHECK, epilog="Example: featurestore consistency --sample 200")

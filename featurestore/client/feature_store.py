@@ -20,6 +20,7 @@ from featurestore.client.request_time import RequestFeatureRunner, request_closu
 from featurestore.client.responses import OnlineResponse, TrainingSet
 from featurestore.config import Settings, load_settings
 from featurestore.errors import ConfigError, FeatureRequestError, unreachable
+from featurestore.offline.history import history_snapshot
 from featurestore.offline.point_in_time import MODES, point_in_time_features
 from featurestore.online.reader import OnlineReader
 from featurestore.plan import Plan, RequestViewPlan, ViewPlan
@@ -171,13 +172,16 @@ class FeatureStore:
         full_feature_names: bool = False,
         mode: str = "corrected",
         service: str | None = None,
+        snapshot: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     ) -> TrainingSet:
         """Point-in-time correct features for each entity row as of its timestamp.
 
         `mode="corrected"` (default): every event by event time, late ones included.
         `mode="as_served"`: what the online store held at each timestamp: events processed
         after it, or dropped as later than the view's allowed lateness, are absent.
-        `service=` names a feature service instead of `features`."""
+        `service=` names a feature service instead of `features`. The result's `manifest`
+        records how it was built; `snapshot` (a manifest's) reads each view's history only as
+        far as it went then (see `rebuild_training_set`)."""
         if mode not in MODES:
             raise FeatureRequestError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         resolved = resolve_references(self.plan, features, service)
@@ -200,13 +204,18 @@ class FeatureStore:
             if name not in feats:
                 feats.append(name)
         values: dict[tuple[str, str], pa.ChunkedArray | pa.Array] = {}
+        taken: dict[str, list[dict[str, Any]]] = {}
         for vn, feats in grouped.items():
             view = views[vn]
             missing = [k.name for k in view.join_keys if k.name not in table.column_names]
             if missing:
                 raise FeatureRequestError(f"entity_df lacks join key(s) {missing} needed by view '{vn}'")
             keys = table.select([k.name for k in view.join_keys])
-            result = point_in_time_features(self.settings.offline_root, view, feats, keys, t_ms, mode=mode)
+            if snapshot is not None and vn not in snapshot:
+                raise FeatureRequestError(f"the snapshot has no history position of view '{vn}'")
+            taken[vn] = [dict(s) for s in snapshot[vn]] if snapshot is not None else history_snapshot(self.settings.offline_root, vn)
+            result = point_in_time_features(self.settings.offline_root, view, feats, keys, t_ms, mode=mode,
+                                            snapshot=taken[vn])
             for f in feats:
                 values[(vn, f)] = result[f]
         if computed:
@@ -215,7 +224,47 @@ class FeatureStore:
         out = table
         for (any_view, name), col in zip(resolved, names):
             out = out.append_column(col, values[(any_view.name, name)])
-        return TrainingSet(out)
+        latest = self.registry.latest()
+        manifest = {
+            "format": 1,
+            "built_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "project": self.settings.project,
+            "registry_version": latest.version if latest else None,
+            "plan_hash": self.plan.content_hash,
+            "features": [f"{v.name}:{n}" for v, n in resolved],
+            "full_feature_names": full_feature_names,
+            "mode": mode,
+            "timestamp_column": timestamp_column,
+            "entity_rows": table.num_rows,
+            "entity_sha256": table_sha256(table),
+            "history": taken,
+            "output_sha256": table_sha256(out),
+        }
+        return TrainingSet(out, manifest)
+
+    def rebuild_training_set(self, manifest: Mapping[str, Any], entity_df: pd.DataFrame | pa.Table) -> TrainingSet:
+        """The training set a manifest describes, built again: the same entity rows (checked
+        by hash), features, mode and plan version, each view's history read only as far as it
+        went then. Raises FeatureRequestError if the rows or the plan differ."""
+        if manifest.get("format") != 1:
+            raise FeatureRequestError(f"not a training-set manifest of format 1 (format {manifest.get('format')!r})")
+        table = _as_table(entity_df)
+        if table_sha256(table) != manifest["entity_sha256"]:
+            raise FeatureRequestError(f"these entity rows are not the ones the training set was built from "
+                                      f"({table.num_rows:,} rows here, {manifest['entity_rows']:,} then)")
+        version = manifest.get("registry_version")
+        plan = self.registry.get(version).plan if version is not None else self.plan
+        if plan.content_hash != manifest["plan_hash"]:
+            raise FeatureRequestError(f"registry version {version} is not the plan the training set was built with")
+        current, self._plan, self._runner = self._plan, plan, None
+        try:
+            rebuilt = self.get_historical_features(table, manifest["features"], manifest["timestamp_column"],
+                                                   manifest["full_feature_names"], manifest["mode"],
+                                                   snapshot=manifest["history"])
+        finally:
+            self._plan, self._runner = current, None
+        rebuilt.manifest["rebuilt_from"] = manifest.get("built_at")
+        return rebuilt
 
     def check_consistency(self, sample: int = 200, at: dt.datetime | None = None) -> ConsistencyReport:
         """Compare `sample` entities per view online vs an offline recomputation as of `at` (now).
@@ -257,6 +306,16 @@ def _request_time_columns(runner: RequestFeatureRunner, computed: list[str], tab
 
 _ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(), "bool": pa.bool_(),
                 "datetime": pa.timestamp("us", tz="UTC")}
+
+
+def table_sha256(table: pa.Table) -> str:
+    """A content hash of an Arrow table (its columns' names, types and values)."""
+    import hashlib
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema.remove_metadata()) as writer:
+        writer.write_table(table.replace_schema_metadata(None).combine_chunks())
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
 
 
 def _as_table(entity_df: Any) -> pa.Table:

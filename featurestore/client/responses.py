@@ -91,10 +91,21 @@ class OnlineResponse:
 
 
 class TrainingSet:
-    """A point-in-time correct training set: the entity rows plus one column per feature."""
+    """A point-in-time correct training set: the entity rows plus one column per feature.
 
-    def __init__(self, table: pa.Table) -> None:
+    `manifest` says how it was built (registry version and plan hash, features, mode, a hash
+    of the entity rows, and how far each view's history went): `FeatureStore.rebuild_training_set`
+    builds the same set from it later, whatever was appended to the history since."""
+
+    def __init__(self, table: pa.Table, manifest: dict[str, Any] | None = None) -> None:
         self._table = table
+        self.manifest = manifest or {}
+
+    def write_manifest(self, path: Path | str) -> None:
+        """The manifest as JSON (e.g. beside the Parquet file: `train.manifest.json`)."""
+        import json
+
+        Path(path).write_text(json.dumps(self.manifest, indent=2, sort_keys=True) + "\n")
 
     def to_arrow(self) -> pa.Table:
         return self._table

@@ -88,6 +88,17 @@ def has_history(root: Path, view: str) -> bool:
 _FILE = re.compile(r"^part-(?P<topic>.+)-p(?P<partition>-?\d+)-(?P<first>\d{12})-(?P<last>\d{12})-\w+\.parquet$")
 
 
+def history_snapshot(root: Path, view: str) -> list[dict[str, Any]]:
+    """What the view's history holds now: per (topic, partition) the highest offset committed.
+    Reading only rows at or below these offsets sees the history exactly as it is now, however
+    much is appended later (a training set's manifest keeps it to rebuild the same set)."""
+    out = []
+    for path in sorted((view_dir(root, view) / COMMITS_DIR).glob("*/p*.json")):
+        state = json.loads(path.read_text())
+        out.append({"topic": state["topic"], "partition": int(state["partition"]), "last_offset": int(state["last_offset"])})
+    return sorted(out, key=lambda s: (s["topic"], s["partition"]))
+
+
 def max_event_time_before(root: Path, view: str, topic: str, partition: int, offset: int) -> int | None:
     """Newest event time (epoch ms) in a view's history among a partition's records below `offset`.
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -186,6 +187,7 @@ def point_in_time_features(
     con: duckdb.DuckDBPyConnection | None = None,
     mode: str = "corrected",
     served_at_row_time: bool = True,
+    snapshot: Sequence[dict[str, Any]] | None = None,
 ) -> pa.Table:
     """Feature values of `view` for each row of `keys` (join key columns) at times `t_ms` (int64 ms).
 
@@ -193,6 +195,7 @@ def point_in_time_features(
     only events the online store had applied by each instant (processed by then, not late);
     with `served_at_row_time=False`, every event processed so far that was not late (what
     the online store holds now, evaluated at each instant: the consistency check).
+    `snapshot` (`history_snapshot`): read the history only as far as it went then.
     Returns a table with one column per feature, rows in the input order.
     """
     if mode not in MODES:
@@ -206,7 +209,8 @@ def point_in_time_features(
     con.register("entity_input", e)
     con.execute(f"CREATE OR REPLACE TEMP TABLE e AS SELECT {casts}, _t, _row FROM entity_input")
     con.unregister("entity_input")
-    relation = con.sql(_view_query(view, features, read_history(offline_root, view.name), mode, served_at_row_time))
+    history = read_history(offline_root, view.name, snapshot)
+    relation = con.sql(_view_query(view, features, history, mode, served_at_row_time))
     fetch = getattr(relation, "to_arrow_table", None) or relation.arrow  # DuckDB 2.x / 1.x
     return fetch()
 
