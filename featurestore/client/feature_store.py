@@ -15,15 +15,15 @@ import redis
 
 from featurestore.client.consistency import ConsistencyReport, check_consistency
 from featurestore.client.http import FeatureServerClient
-from featurestore.client.online_query import OnlineQuery, output_names, resolve_features, resolve_references
-from featurestore.client.request_time import RequestFeatureRunner, request_closure
+from featurestore.client.online_query import OnlineQuery, resolve_features, resolve_query
+from featurestore.client.request_time import RequestFeatureRunner
 from featurestore.client.responses import OnlineResponse, TrainingSet
 from featurestore.config import Settings, load_settings
 from featurestore.errors import ConfigError, FeatureRequestError, unreachable
 from featurestore.offline.history import history_snapshot
 from featurestore.offline.point_in_time import MODES, point_in_time_features
 from featurestore.online.reader import OnlineReader
-from featurestore.plan import Plan, RequestViewPlan, ViewPlan
+from featurestore.plan import Plan, ViewPlan
 from featurestore.registry import FileRegistry
 from featurestore.runtime.decode import to_epoch_ms
 
@@ -184,25 +184,15 @@ class FeatureStore:
         far as it went then (see `rebuild_training_set`)."""
         if mode not in MODES:
             raise FeatureRequestError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        resolved = resolve_references(self.plan, features, service)
-        names = output_names(resolved, full_feature_names)
+        query = resolve_query(self.plan, tuple(features) if features is not None else None, service, full_feature_names)
+        resolved, names, grouped, views, computed = query.resolved, query.names, query.grouped, query.views, query.computed
         table = _as_table(entity_df)
         if timestamp_column not in table.column_names:
             raise FeatureRequestError(
                 f"entity_df has no timestamp column '{timestamp_column}' (columns: {', '.join(table.column_names)})"
             )
-        asked = [f"{v.name}:{n}" for v, n in resolved if isinstance(v, RequestViewPlan)]
-        computed, stored_inputs = request_closure(self.plan, asked) if asked else ([], [])
-        runner = self._request_runner() if asked else None
-        stored = [(v, n) for v, n in resolved if isinstance(v, ViewPlan)]
-        stored += [(self.plan.view(r.partition(":")[0]), r.partition(":")[2]) for r in stored_inputs]
+        runner = self._request_runner() if computed else None
         t_ms = _to_epoch_ms(table[timestamp_column], timestamp_column)
-        grouped: dict[str, list[str]] = {}
-        views = {v.name: v for v, _ in stored}
-        for view, name in stored:
-            feats = grouped.setdefault(view.name, [])
-            if name not in feats:
-                feats.append(name)
         values: dict[tuple[str, str], pa.ChunkedArray | pa.Array] = {}
         taken: dict[str, list[dict[str, Any]]] = {}
         for vn, feats in grouped.items():

@@ -103,8 +103,10 @@ class _Resolution:
 _resolutions: dict[tuple[int, Any, str | None, bool], tuple[Plan, _Resolution]] = {}
 
 
-def _resolution(plan: Plan, features: tuple[str, ...] | None, service: str | None, full: bool) -> _Resolution:
-    """Resolved references, result names and per-view grouping; cached per plan and request shape."""
+def resolve_query(plan: Plan, features: tuple[str, ...] | None, service: str | None, full: bool) -> _Resolution:
+    """Resolved references, result names, what to read per stored view (with the inputs of
+    request-time features) and what to compute: the one resolution of online reads and
+    training sets, cached per plan and request shape."""
     key = (id(plan), features, service, full)
     hit = _resolutions.get(key)
     if hit is not None and hit[0] is plan:  # the entry holds the plan, so its id is not reused meanwhile
@@ -165,7 +167,7 @@ class OnlineQuery:
         """`request_data`: fields of request sources (one value for every row, or a list with
         one per row) for rows that do not carry them; `runner` gives the runner of request-time
         features (asked for only when some are requested: it imports their functions)."""
-        res = _resolution(plan, tuple(features) if features is not None else None, service, full_feature_names)
+        res = resolve_query(plan, tuple(features) if features is not None else None, service, full_feature_names)
         requests = [
             ViewRequest(res.views[vn], feats, [entity_key(res.views[vn], row, i) for i, row in enumerate(entity_rows)])
             for vn, feats in res.grouped.items()

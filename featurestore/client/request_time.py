@@ -129,9 +129,13 @@ def request_closure(plan: Plan, refs: Iterable[str]) -> tuple[list[str], list[st
     """For the request-time references among `refs`: every request-time feature to compute
     (in dependency order) and the stored features ("view:feature") they read. Pure: needs
     the plan only, not the functions."""
+    if not plan.request_views:  # the common case, on every request of the server
+        return [], []
     features = {f"{v.name}:{f.name}": f for v in plan.request_views for f in v.features}
     wanted: set[str] = set()
     stack = [r for r in refs if r in features]
+    if not stack:
+        return [], []
     stored: dict[str, None] = {}
     while stack:
         ref = stack.pop()
