@@ -86,7 +86,7 @@ def plan(
     as_json: Annotated[bool, typer.Option("--json", help="Print the compiled plan as JSON instead of the diff.", metavar="")] = False,
 ) -> None:
     """Validate the repository and show what `apply` would change."""
-    from featurestore.compile import compile_repo, diff_plans
+    from featurestore.compile import compile_repo, diff_plans, unversioned_changes
     from featurestore.registry import FileRegistry
 
     new = compile_repo(repo)
@@ -103,18 +103,28 @@ def plan(
     console.print(f"Changes against {base}:")
     for line in diff.lines():
         console.print(f"  {line}", highlight=False, markup=False)
+    refused = unversioned_changes(latest.plan if latest else None, new)
+    if refused:
+        error_line(f"apply will refuse {len(refused)} change(s) that need a new view version:")
+        for p in refused:
+            console.print(f"  - {p.obj}: {p.message}. Fix: {p.fix}", highlight=False, markup=False)
+        raise typer.Exit(1)
 
 
 @app.command(rich_help_panel=_DEFINE, epilog="Example: featurestore apply --repo feature_defs")
 @friendly_errors
-def apply(repo: RepoOpt = Path(".")) -> None:
+def apply(
+    repo: RepoOpt = Path("."),
+    in_place: Annotated[bool, typer.Option("--in-place", help="Accept views that compute their values differently "
+                                           "without a new version (their stored state is not rebuilt).", metavar="")] = False,
+) -> None:
     """Validate the repository and record it as a new registry version (safe to re-run)."""
     from featurestore.compile import compile_repo
     from featurestore.registry import FileRegistry
 
     new = compile_repo(repo)
     registry = FileRegistry(_settings(repo).registry_root)
-    version = registry.apply(new)
+    version = registry.apply(new, in_place=in_place)
     if version is None:
         latest = registry.latest()
         console.print(f"No changes: version {latest.version if latest else '?'} is current.")

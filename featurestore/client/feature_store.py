@@ -15,16 +15,17 @@ import redis
 
 from featurestore.client.consistency import ConsistencyReport, check_consistency
 from featurestore.client.http import FeatureServerClient
-from featurestore.client.online_query import OnlineQuery, resolve_features, resolve_query
+from featurestore.client.online_query import resolve_features, resolve_query
 from featurestore.client.request_time import RequestFeatureRunner
 from featurestore.client.responses import OnlineResponse, TrainingSet
+from featurestore.client.rollout_query import build_online_query
 from featurestore.config import Settings, load_settings
 from featurestore.errors import ConfigError, FeatureRequestError, unreachable
 from featurestore.offline.history import history_snapshot
 from featurestore.offline.point_in_time import MODES, point_in_time_features
 from featurestore.online.reader import OnlineReader
 from featurestore.plan import Plan, ViewPlan
-from featurestore.registry import FileRegistry
+from featurestore.registry import FileRegistry, PlanWatch
 from featurestore.runtime.decode import to_epoch_ms
 
 if TYPE_CHECKING:
@@ -39,6 +40,8 @@ def empty_store(settings: Settings) -> ConfigError:
         "(FEATURESTORE_ALLOW_EMPTY_ONLINE_STORE=1) to read it as empty")
 
 
+_PLAN_CHECK_S = 2.0
+"""How often a FeatureStore looks for a newly applied registry version."""
 _UNIT_MS = {"s": (1000, 1), "ms": (1, 1), "us": (1, 1000), "ns": (1, 1_000_000)}
 
 
@@ -69,7 +72,9 @@ class FeatureStore:
         self._http: FeatureServerClient | None = None
         self.settings = settings.resolved(self.repo_path) if settings else load_settings(self.repo_path, **overrides)
         self.registry = FileRegistry(self.settings.registry_root)
+        self._watch = PlanWatch(self.registry, _PLAN_CHECK_S)
         self._plan: Plan | None = None
+        self._pinned: Plan | None = None
         self._redis: redis.Redis | None = None
         self._reader: OnlineReader | None = None
         self._runner: RequestFeatureRunner | None = None
@@ -77,15 +82,18 @@ class FeatureStore:
     # -- metadata -------------------------------------------------------------------
     @property
     def plan(self) -> Plan:
-        """The applied plan (loaded once; call refresh() to see a newer apply)."""
-        if self._plan is None:
-            self._plan = self.registry.current_plan()
-        return self._plan
+        """The applied plan: a newly applied or restored registry version is picked up within
+        two seconds (or at once after refresh())."""
+        if self._pinned is not None:
+            return self._pinned
+        plan = self._watch.plan()
+        if plan is not self._plan:
+            self._plan, self._reader, self._runner = plan, None, None
+        return plan
 
     def refresh(self) -> None:
-        self._plan = None
-        self._reader = None
-        self._runner = None
+        """Read the registry's current version now."""
+        self._watch.check_now()
 
     def _request_runner(self) -> RequestFeatureRunner | None:
         """Computes the plan's request-time features (imported from the repository once)."""
@@ -147,8 +155,8 @@ class FeatureStore:
                 features, entity_rows, service=service, full_feature_names=full_feature_names, at=at,
                 max_staleness=max_staleness, request_data=request_data,
             )
-        query = OnlineQuery.build(self.plan, features, entity_rows, service, full_feature_names, request_data,
-                                  self._request_runner)
+        query = build_online_query(self.plan, features, entity_rows, service, full_feature_names, request_data,
+                                   self._request_runner)
         t_ms = to_epoch_ms(at) if at is not None else int(time.time() * 1000)
         max_ms = None if max_staleness is None else int(max_staleness.total_seconds() * 1000)
         try:
@@ -221,7 +229,7 @@ class FeatureStore:
             "project": self.settings.project,
             "registry_version": latest.version if latest else None,
             "plan_hash": self.plan.content_hash,
-            "features": [f"{v.name}:{n}" for v, n in resolved],
+            "features": [f"{v.base_name}@{v.version}:{n}" if isinstance(v, ViewPlan) else f"{v.name}:{n}" for v, n in resolved],
             "full_feature_names": full_feature_names,
             "mode": mode,
             "timestamp_column": timestamp_column,
@@ -246,13 +254,13 @@ class FeatureStore:
         plan = self.registry.get(version).plan if version is not None else self.plan
         if plan.content_hash != manifest["plan_hash"]:
             raise FeatureRequestError(f"registry version {version} is not the plan the training set was built with")
-        current, self._plan, self._runner = self._plan, plan, None
+        self._pinned, self._runner = plan, None
         try:
             rebuilt = self.get_historical_features(table, manifest["features"], manifest["timestamp_column"],
                                                    manifest["full_feature_names"], manifest["mode"],
                                                    snapshot=manifest["history"])
         finally:
-            self._plan, self._runner = current, None
+            self._pinned, self._runner = None, None
         rebuilt.manifest["rebuilt_from"] = manifest.get("built_at")
         return rebuilt
 

@@ -90,7 +90,7 @@ class FeatureServerClient:
             event_ms[name] = feat["event_time_ms"]
             if feat.get("details"):
                 details[name] = feat["details"]
-        return OnlineResponse(columns, statuses, event_ms, answer["read_at_ms"], details)
+        return OnlineResponse(columns, statuses, event_ms, answer["read_at_ms"], details, variants=answer.get("variants"))
 
     def close(self) -> None:
         self._pool.clear()

@@ -29,13 +29,13 @@ def resolve_references(plan: Plan, features: Sequence[str] | None, service: str 
     if isinstance(features, str) or not features:
         raise FeatureRequestError('features must be a non-empty list of "view:feature" references (or pass service=)')
     out: list[tuple[AnyView, str]] = []
-    views: dict[str, AnyView] = {v.name: v for v in plan.views}
+    views: dict[str, AnyView] = dict(plan.view_refs)
     views |= {v.name: v for v in plan.request_views}
     for ref in features:
         view_name, sep, name = ref.partition(":") if isinstance(ref, str) else ("", "", "")
         if not sep or view_name not in views:
-            raise FeatureRequestError(f"unknown feature reference {ref!r}: expected 'view:feature' with view "
-                                      f"{one_of(view_name, sorted(views))}")
+            raise FeatureRequestError(f"unknown feature reference {ref!r}: expected 'view:feature' or "
+                                      f"'view@N:feature' with view {one_of(view_name, sorted(views))}")
         if name not in views[view_name].feature_names:
             raise FeatureRequestError(
                 f"view '{view_name}' has no feature '{name}': {one_of(name, views[view_name].feature_names)}"
@@ -121,7 +121,7 @@ def resolve_query(plan: Plan, features: tuple[str, ...] | None, service: str | N
     if asked:
         computed, stored_inputs = request_closure(plan, asked)
     stored = [(v, n) for v, n in resolved if isinstance(v, ViewPlan)]
-    stored += [(plan.view(r.partition(":")[0]), r.partition(":")[2]) for r in stored_inputs]
+    stored += [(plan.view(r.partition(":")[0]), r.partition(":")[2]) for r in stored_inputs]  # view ids
     for view, name in stored:
         feats = grouped.setdefault(view.name, [])
         if name not in feats:
@@ -216,6 +216,7 @@ class OnlineQuery:
         assert self.runner is not None
         stored: dict[str, list[Any]] = {}
         for ref in {i.feature for r in self.computed for i in self.runner.features[r][1].inputs if i.feature}:
+            ref = self.runner.stored_refs.get(ref, ref)
             view, _, name = ref.partition(":")
             if view in by_view:
                 stored[ref] = by_view[view].values[name]

@@ -125,9 +125,15 @@ def checked(value: Any, dtype: str) -> tuple[Any, str | None]:
     return None, f"returned {type(value).__name__} {value!r:.60}, expected {dtype}"
 
 
+def stored_ref(plan: Plan, ref: str) -> str:
+    """A reference to a stored feature with its view's id (`view:f` -> the serving version's)."""
+    view, _, name = ref.partition(":")
+    return f"{plan.resolve_view(view).name}:{name}"
+
+
 def request_closure(plan: Plan, refs: Iterable[str]) -> tuple[list[str], list[str]]:
     """For the request-time references among `refs`: every request-time feature to compute
-    (in dependency order) and the stored features ("view:feature") they read. Pure: needs
+    (in dependency order) and the stored features ("view-id:feature") they read. Pure: needs
     the plan only, not the functions."""
     if not plan.request_views:  # the common case, on every request of the server
         return [], []
@@ -148,7 +154,7 @@ def request_closure(plan: Plan, refs: Iterable[str]) -> tuple[list[str], list[st
             if i.feature in features:
                 stack.append(i.feature)
             else:
-                stored[i.feature] = None
+                stored[stored_ref(plan, i.feature)] = None
     return [r for r in request_feature_order(plan) or [] if r in wanted], list(stored)
 
 
@@ -161,6 +167,9 @@ class RequestFeatureRunner:
         self.order = request_feature_order(plan) or []
         self.features: dict[str, tuple[RequestViewPlan, RequestFeaturePlan]] = {
             f"{v.name}:{f.name}": (v, f) for v in plan.request_views for f in v.features}
+        self.stored_refs = {i.feature: stored_ref(plan, i.feature) for _, f in self.features.values() for i in f.inputs
+                            if i.feature is not None and i.feature not in self.features}
+        """Each stored input as written -> with its view's id."""
         self.functions: dict[str, Callable[..., Any]] = {
             ref: import_object(f.udf_ref, code_root) for ref, (_, f) in self.features.items()}
         self.models: dict[str, type[BaseModel]] = {
@@ -234,7 +243,8 @@ class RequestFeatureRunner:
             for ref in refs:
                 view, feature = self.features[ref]
                 req = request[view.request_source]
-                args = [_input_column(i.field, i.feature, req, done, stored) for i in feature.inputs]
+                args = [_input_column(i.field, i.feature and self.stored_refs.get(i.feature, i.feature), req, done, stored)
+                        for i in feature.inputs]
                 params = [i.param for i in feature.inputs]
                 out = None if budget else _all_at_once(self.functions[ref], args, self.positional[ref], params, n)
                 if out is None:

@@ -32,8 +32,11 @@ class OnlineResponse:
         event_ms: dict[str, list[int | None]] | None = None,
         read_at_ms: int | None = None,
         details: dict[str, list[str | None]] | None = None,
+        variants: list[str] | None = None,
     ) -> None:
         self._columns = columns
+        self.variants = variants
+        """For a rollout service, the variant that served each row (None otherwise)."""
         self._details = details or {}
         self._statuses = statuses or {}
         self._event_ms = event_ms or {}

@@ -45,7 +45,8 @@ from featurestore.plan import (
     ViewPlan,
     choose_tile_ms,
 )
-from featurestore.plan.names import NAME_RULE, is_code_ref, is_name, is_topic
+from featurestore.plan.names import NAME_RULE, is_code_ref, is_name, is_topic, parse_view_ref, view_id
+from featurestore.plan.rollout import rollout_problem
 from featurestore.plan.validate import (
     KEY_TYPES,
     MAX_LAST_N,
@@ -58,6 +59,14 @@ from featurestore.plan.validate import (
 from featurestore.plan.windows import LIFETIME_TILE_MS
 
 _PYDANTIC_DATETIMES = (AwareDatetime, NaiveDatetime, PastDatetime, FutureDatetime)
+MAX_VERSION = 999_999
+"""Highest view version."""
+
+
+def _versioned(view: FeatureView) -> str:
+    """A view's name for messages: with its version when it is not 1."""
+    version = view.version if isinstance(view.version, int) else 1
+    return view_id(view.name, version) if isinstance(view.name, str) and version >= 1 else str(view.name)
 
 
 def compile_repo(root: Path | str) -> Plan:
@@ -138,10 +147,10 @@ class _Builder:
                 sources.setdefault(id(view.source), view.source)
         return list(entities.values()), list(sources.values()), views
 
-    def check_unique(self, kind: str, objs: list[Any]) -> None:
+    def check_unique(self, kind: str, objs: list[Any], key: Callable[[Any], str] = lambda o: o.name) -> None:
         by_name: dict[str, Any] = {}
         for obj in objs:
-            name = obj.name
+            name = key(obj)
             if name in by_name and by_name[name] != obj:
                 first = self.loaded.where(by_name[name])
                 where = f" (first declared as {first.variable} in {first.file})" if first else ""
@@ -220,8 +229,12 @@ class _Builder:
 
     # -- views -------------------------------------------------------------------
     def view_plan(self, view: FeatureView, key_types: dict[tuple[str, str], str]) -> ViewPlan | None:
-        label = f"FeatureView '{view.name}'"
+        label = f"FeatureView '{_versioned(view)}'"
         ok = self.check_name(view, label, view.name)
+        if not isinstance(view.version, int) or isinstance(view.version, bool) or not 1 <= view.version <= MAX_VERSION:
+            self.problem(view, label, f"version must be a whole number from 1 to {MAX_VERSION}, got {view.version!r}",
+                         "e.g. version=2")
+            return None
         src = view.source
         if not isinstance(src, KafkaSource):
             self.problem(view, label, f"source must be a KafkaSource, got {type(src).__name__}", "pass source=KafkaSource(...)")
@@ -304,13 +317,13 @@ class _Builder:
         if not ok or len(self.problems) and any(p.obj.startswith(label) for p in self.problems):
             return None
         return ViewPlan(
-            name=view.name, entities=[e.name for e in view.entities], join_keys=join_keys, source=src.name,
+            name=view_id(view.name, view.version), entities=[e.name for e in view.entities], join_keys=join_keys, source=src.name,
             ttl_ms=ttl_ms, row_features=rows, aggregations=aggs, owner=view.owner, description=view.description,
             tags={str(k): str(v) for k, v in view.tags.items()}, allowed_lateness_ms=lateness_ms,
         )
 
     def field_plan(self, view: FeatureView, feat: Field, fields: dict[str, Any]) -> list[RowFeaturePlan]:
-        label = f"FeatureView '{view.name}', feature '{feat.name}'"
+        label = f"FeatureView '{_versioned(view)}', feature '{feat.name}'"
         if not self.check_name(view, label, feat.name):
             return []
         dtype = fields.get(feat.column, "missing")
@@ -325,7 +338,7 @@ class _Builder:
         return [RowFeaturePlan(name=feat.name, kind="field", column=feat.column, dtype=dtype)]
 
     def transform_plan(self, view: FeatureView, feat: Transform) -> list[RowFeaturePlan]:
-        label = f"FeatureView '{view.name}', feature '{feat.name}'"
+        label = f"FeatureView '{_versioned(view)}', feature '{feat.name}'"
         if not self.check_name(view, label, feat.name):
             return []
         udf: Callable[..., Any] = feat.udf
@@ -348,7 +361,7 @@ class _Builder:
     def aggregation_plans(
         self, view: FeatureView, agg: Aggregation, fields: dict[str, Any], derived: dict[str, DType]
     ) -> list[AggregationPlan]:
-        label = f"FeatureView '{view.name}', aggregation '{agg.name}'"
+        label = f"FeatureView '{_versioned(view)}', aggregation '{agg.name}'"
         ok = self.check_name(view, label, agg.name)
         if agg.function not in AGGREGATION_FUNCTIONS:
             self.problem(view, label, f"unknown aggregation function {agg.function!r}",
@@ -529,34 +542,39 @@ def _request_feature_plan(b: _Builder, view: RequestFeatureView, feat: RequestFe
     return RequestFeaturePlan(name=feat.name, udf_ref=ref, dtype=dtype, inputs=inputs) if ok else None
 
 
-def _service_plan(b: _Builder, svc: FeatureService, views: list[ViewPlan],
-                  request_views: list[RequestViewPlan]) -> ServicePlan | None:
-    label = f"FeatureService '{svc.name}'"
-    ok = b.check_name(svc, label, svc.name)
-    by_name: dict[str, ViewPlan | RequestViewPlan] = {v.name: v for v in views}
-    by_name |= {v.name: v for v in request_views}
-    declared = {o.obj.name for o in b.loaded.objects if isinstance(o.obj, (FeatureView, RequestFeatureView))}
+def _service_refs(b: _Builder, svc: FeatureService, label: str, items: Any, known: dict[str, ViewPlan | RequestViewPlan],
+                  declared: set[str], versions: dict[str, int]) -> list[str] | None:
+    """The references of one feature list of a service (None after reporting a problem)."""
+    ok = True
     refs: list[str] = []
-    if not svc.features:
+    if isinstance(items, str) or not items:
         b.problem(svc, label, "no features", 'list "view:feature" references or FeatureView objects')
-        ok = False
-    for item in svc.features:
+        return None
+    for item in items:
         if isinstance(item, (FeatureView, RequestFeatureView)):
-            refs.extend(f"{item.name}:{f}" for f in (by_name[item.name].feature_names if item.name in by_name else []))
+            version = getattr(item, "version", 1)
+            part = f"{item.name}@{version}" if versions.get(item.name, 1) > 1 or version != 1 else item.name
+            refs.extend(f"{part}:{f}" for f in (known[part].feature_names if part in known else []))
             continue
-        view_name, sep, feature = item.partition(":") if isinstance(item, str) else ("", "", "")
-        if not sep:
-            b.problem(svc, label, f"feature reference {item!r} is not 'view:feature'", 'e.g. "user_payments:amount_sum_1h"')
+        view_part, sep, feature = item.partition(":") if isinstance(item, str) else ("", "", "")
+        parsed = parse_view_ref(view_part)
+        if not sep or parsed is None:
+            b.problem(svc, label, f"feature reference {item!r} is not 'view:feature' or 'view@N:feature'",
+                      'e.g. "user_payments:amount_sum_1h"')
             ok = False
-        elif view_name not in by_name and view_name in declared:
+        elif view_part not in known and parsed[0] in known:
+            b.problem(svc, label, f"feature reference {item!r} names no version {parsed[1]} of view '{parsed[0]}'",
+                      one_of(view_part, sorted(k for k in known if k.partition("@")[0] == parsed[0]), lead="use "))
+            ok = False
+        elif view_part not in known and parsed[0] in declared:
             ok = False  # the view's own problems are reported
-        elif view_name not in by_name:
-            b.problem(svc, label, f"feature reference {item!r} names an unknown view '{view_name}'",
-                      one_of(view_name, sorted(by_name), lead="use "))
+        elif view_part not in known:
+            b.problem(svc, label, f"feature reference {item!r} names an unknown view '{view_part}'",
+                      one_of(view_part, sorted(known), lead="use "))
             ok = False
-        elif feature not in by_name[view_name].feature_names:
-            b.problem(svc, label, f"view '{view_name}' has no feature '{feature}'",
-                      one_of(feature, by_name[view_name].feature_names, lead="use "))
+        elif feature not in known[view_part].feature_names:
+            b.problem(svc, label, f"view '{view_part}' has no feature '{feature}'",
+                      one_of(feature, known[view_part].feature_names, lead="use "))
             ok = False
         else:
             refs.append(item)
@@ -564,9 +582,58 @@ def _service_plan(b: _Builder, svc: FeatureService, views: list[ViewPlan],
     if dupes:
         b.problem(svc, label, f"features listed twice: {', '.join(dupes)}", "list each feature once")
         ok = False
+    return refs if ok else None
+
+
+def _service_plan(b: _Builder, svc: FeatureService, known: dict[str, ViewPlan | RequestViewPlan],
+                  versions: dict[str, int]) -> ServicePlan | None:
+    """`known`: every view part a reference may use (`name`, `name@N`, request views)."""
+    label = f"FeatureService '{svc.name}'"
+    ok = b.check_name(svc, label, svc.name)
+    declared = {o.obj.name for o in b.loaded.objects if isinstance(o.obj, (FeatureView, RequestFeatureView))}
+    if not svc.variants:
+        if svc.split:
+            b.problem(svc, label, "split without variants", 'pass variants={"control": [...], "treatment": [...]}')
+            return None
+        refs = _service_refs(b, svc, label, svc.features, known, declared, versions)
+        if not ok or refs is None:
+            return None
+        return ServicePlan(name=svc.name, features=refs, owner=svc.owner, description=svc.description, tags=dict(svc.tags))
+    if svc.features:
+        b.problem(svc, label, "both features and variants", "list the features inside each variant")
+        return None
+    variants: dict[str, list[str]] = {}
+    for name, items in svc.variants.items():
+        ok = b.check_name(svc, f"{label}, variant '{name}'", name) and ok
+        refs = _service_refs(b, svc, f"{label}, variant '{name}'", items, known, declared, versions)
+        if refs is None:
+            ok = False
+        else:
+            variants[str(name)] = refs
     if not ok:
         return None
-    return ServicePlan(name=svc.name, features=refs, owner=svc.owner, description=svc.description, tags=dict(svc.tags))
+    problem = rollout_problem(variants, dict(svc.split))
+    if problem:
+        b.problem(svc, label, *problem)
+        return None
+    control = next(v for v in variants if v not in svc.split)
+    return ServicePlan(name=svc.name, features=variants[control], owner=svc.owner, description=svc.description,
+                       tags=dict(svc.tags), variants=variants, split={k: float(v) for k, v in svc.split.items()})
+
+
+def _serving(b: _Builder, views: list[FeatureView]) -> dict[str, int]:
+    """Per view with several versions, the serving version when it is not the lowest."""
+    out: dict[str, int] = {}
+    for name in sorted({v.name for v in views if isinstance(v.name, str)}):
+        versions = [v for v in views if v.name == name and isinstance(v.version, int)]
+        marked = [v for v in versions if v.serving]
+        if len(marked) > 1:
+            b.problem(marked[1], f"FeatureView '{name}'",
+                      f"versions {', '.join(str(v.version) for v in marked)} are all marked serving=True",
+                      "mark the one version that references without @N read")
+        elif marked and len(versions) > 1 and marked[0].version != min(v.version for v in versions):
+            out[name] = marked[0].version
+    return out
 
 
 def build_plan(loaded: LoadedRepo) -> tuple[Plan | None, list[Problem]]:
@@ -588,19 +655,28 @@ def build_plan(loaded: LoadedRepo) -> tuple[Plan | None, list[Problem]]:
         if isinstance(rv.request, RequestSource):
             request_sources.setdefault(id(rv.request), rv.request)
     b.check_unique("RequestSource", list(request_sources.values()))
-    b.check_unique("FeatureView", [*views, *request_views])
+    b.check_unique("FeatureView", views, key=_versioned)
+    stored_names = {v.name for v in views}
+    b.check_unique("FeatureView", [*(v for v in views if v.version == min(w.version for w in views if w.name == v.name)),
+                                   *request_views])
+    serving = _serving(b, views)
+    dedup = lambda items: sorted({i.name: i for i in items}.values(), key=lambda i: i.name)  # noqa: E731
+    stored = Plan(entities=[], sources=[], views=dedup(view_plans), serving=serving)
     req_src_plans = [p for p in (_request_source_plan(b, s) for s in request_sources.values()) if p]
-    names = {v.name: v.feature_names for v in view_plans}
-    names |= {v.name: [f.name for f in v.features if isinstance(f, RequestFeature)] for v in request_views}
+    names = {part: v.feature_names for part, v in stored.view_refs.items()}
+    names |= {v.name: [f.name for f in v.features if isinstance(f, RequestFeature)] for v in request_views
+              if v.name not in stored_names}
     req_view_plans = [p for p in (_request_view_plan(b, v, names) for v in request_views) if p]
     services = [o.obj for o in loaded.objects if isinstance(o.obj, FeatureService)]
     b.check_unique("FeatureService", services)
-    service_plans = [p for p in (_service_plan(b, s, view_plans, req_view_plans) for s in services) if p]
+    known: dict[str, ViewPlan | RequestViewPlan] = dict(stored.view_refs)
+    known |= {v.name: v for v in req_view_plans if v.name not in known}
+    versions = {name: sum(1 for v in views if v.name == name) for name in stored_names}
+    service_plans = [p for p in (_service_plan(b, s, known, versions) for s in services) if p]
     if b.problems:
         return None, b.problems
-    dedup = lambda items: sorted({i.name: i for i in items}.values(), key=lambda i: i.name)  # noqa: E731
     plan = Plan(entities=dedup(ent_plans), sources=dedup(src_plans), views=dedup(view_plans), services=dedup(service_plans),
-                request_sources=dedup(req_src_plans), request_views=dedup(req_view_plans))
+                request_sources=dedup(req_src_plans), request_views=dedup(req_view_plans), serving=serving)
     plan = plan.model_copy(update={"code": code_fingerprints(loaded.root, code_refs(plan))})
     if request_feature_order(plan) is None:
         cycle = [f"{v.name}:{f.name}" for v in plan.request_views for f in v.features]

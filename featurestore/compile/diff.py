@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from featurestore.aggregations import FUNCTIONS
+from featurestore.errors import Problem
 from featurestore.plan import Plan, RequestViewPlan, ViewPlan
 
 
@@ -82,6 +83,41 @@ def diff_plans(old: Plan | None, new: Plan) -> PlanDiff:
         if before_code[ref] != new.code[ref]:
             changes.append(Change("Code", ref, "change", (f"source changed ({before_code[ref][:12]} -> {new.code[ref][:12]})",)))
     return PlanDiff(tuple(changes))
+
+
+def _values_basis(plan: Plan, view: ViewPlan) -> dict[str, Any]:
+    """Everything that decides a view version's values: its definition but owner, description
+    and tags, its source's decoding, and the code behind its event model and transforms."""
+    source = plan.source(view.source).model_dump(mode="json", exclude={"description"})
+    refs = [source["schema_ref"]] + [f.udf_ref for f in view.row_features if f.udf_ref is not None]
+    return {"view": view.values_fingerprint(), "source": source, "code": {r: plan.code.get(r) for r in refs}}
+
+
+def unversioned_changes(old: Plan | None, new: Plan) -> list[Problem]:
+    """Views kept at the same version whose values `new` computes differently: each needs a
+    new version (or an in-place apply)."""
+    problems: list[Problem] = []
+    if old is None:
+        return problems
+    before = {v.name: v for v in old.views}
+    for view in new.views:
+        was = before.get(view.name)
+        if was is None:
+            continue
+        a, b = _values_basis(old, was), _values_basis(new, view)
+        if a == b:
+            continue
+        details = _detail_changes(a["view"], b["view"]) + _detail_changes(a["source"], b["source"], "source.")
+        details += [f"code of {r} changed" for r in sorted(b["code"]) if a["code"].get(r) != b["code"][r]]
+        shown = "; ".join(details[:3]) + (f"; and {len(details) - 3} more" if len(details) > 3 else "")
+        nxt = max(v.version for v in new.versions(view.base_name)) + 1
+        problems.append(Problem(
+            "plan", f"FeatureView '{view.base_name}' version {view.version}",
+            f"computes its values differently ({shown}) but keeps version {view.version}",
+            f"give the new definition version={nxt} to run it beside version {view.version} (docs/changing-features.md), "
+            f"or apply with --in-place to change version {view.version} where it stands (its online state and "
+            "history stay as they were: run `featurestore rebuild-online` after)"))
+    return problems
 
 
 def _features(view: ViewPlan) -> list[str]:

@@ -32,6 +32,8 @@ class FeatureView:
     description: str
     tags: Mapping[str, str] = field(default_factory=dict)
     allowed_lateness: timedelta | None = None
+    version: int = 1
+    serving: bool = False
 
     def __init__(
         self,
@@ -44,6 +46,8 @@ class FeatureView:
         description: str = "",
         tags: Mapping[str, str] | None = None,
         allowed_lateness: timedelta | None = None,
+        version: int = 1,
+        serving: bool = False,
     ) -> None:
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "entities", tuple(entities))
@@ -54,7 +58,9 @@ class FeatureView:
         object.__setattr__(self, "description", description)
         object.__setattr__(self, "tags", frozen_tags(tags))
         object.__setattr__(self, "allowed_lateness", allowed_lateness)
+        object.__setattr__(self, "version", version)
+        object.__setattr__(self, "serving", serving)
 
     def __hash__(self) -> int:
         return hash((self.name, self.entities, self.source, self.features, self.ttl, self.owner, self.description,
-                     tag_items(self.tags), self.allowed_lateness))
+                     tag_items(self.tags), self.allowed_lateness, self.version, self.serving))

@@ -36,7 +36,7 @@ from featurestore.collector import collector_paused
 from featurestore.errors import RegistryError
 from featurestore.faults import fault_point
 from featurestore.plan import Plan, ViewPlan
-from featurestore.plan.names import NAME_RULE, is_name
+from featurestore.plan.names import NAME_RULE, is_view_id
 from featurestore.records import ViewRows
 
 ARROW_TYPES: dict[str, pa.DataType] = {
@@ -70,7 +70,7 @@ def history_schema(view: ViewPlan) -> pa.Schema:
 def view_dir(root: Path, view: str) -> Path:
     """The folder of a view's history: `<root>/<view>`, for a valid view name only (so never
     outside `root`)."""
-    if not is_name(view):
+    if not is_view_id(view):
         raise RegistryError(f"invalid view name {view!r}: the plan was not validated ({NAME_RULE})")
     return Path(root) / view
 

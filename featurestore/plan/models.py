@@ -10,7 +10,7 @@ import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from featurestore.aggregations import FUNCTIONS
-from featurestore.plan.names import CodeRef, FeatureRef, Name, Topic
+from featurestore.plan.names import CodeRef, FeatureRef, Name, Topic, ViewId
 
 PLAN_FORMAT_VERSION = 1
 
@@ -92,7 +92,10 @@ class AggregationPlan(_Frozen):
 
 
 class ViewPlan(_Frozen):
-    name: Name
+    """One version of a feature view. `name` is its id: the view's name for version 1,
+    `name@N` for version N (its keys and history are its own)."""
+
+    name: ViewId
     entities: list[Name]
     join_keys: list[KeySpec]
     source: Name
@@ -107,6 +110,20 @@ class ViewPlan(_Frozen):
     @cached_property
     def feature_names(self) -> list[str]:
         return [f.name for f in self.row_features] + [a.name for a in self.aggregations]
+
+    @property
+    def base_name(self) -> str:
+        """The view's name without its version."""
+        return self.name.partition("@")[0]
+
+    @property
+    def version(self) -> int:
+        return int(self.name.partition("@")[2] or 1)
+
+    def values_fingerprint(self) -> dict[str, object]:
+        """What decides this version's values (all but owner, description and tags): a change
+        here needs a new version."""
+        return self.model_dump(mode="json", exclude={"owner", "description", "tags"})
 
     @property
     def history_columns(self) -> list[tuple[str, DType]]:
@@ -167,17 +184,39 @@ class RequestViewPlan(_Frozen):
 
 
 class ServicePlan(_Frozen):
-    """A named bundle of features: "view:feature" references."""
+    """A named bundle of features: "view:feature" references (`view@N:feature` pins a version).
+
+    A rollout service has `variants` (name -> references with the same feature names) and a
+    `split` (variant -> share of entities); the variant left out of `split` is the control,
+    whose references are also `features`. Which variant serves an entity is decided by
+    `featurestore.plan.rollout`."""
 
     name: Name
     features: list[FeatureRef]
     owner: str = ""
     description: str = ""
     tags: dict[str, str] = {}
+    variants: dict[Name, list[FeatureRef]] = {}
+    split: dict[Name, float] = {}
+
+    @property
+    def all_refs(self) -> list[str]:
+        """Every reference the service may read (of every variant)."""
+        refs = list(self.features)
+        for variant in self.variants.values():
+            refs += [r for r in variant if r not in refs]
+        return refs
 
     @property
     def view_names(self) -> list[str]:
-        return sorted({ref.partition(":")[0] for ref in self.features})
+        """Names (without versions) of the views the service reads, over all its variants."""
+        return sorted({ref.partition(":")[0].partition("@")[0] for ref in self.all_refs})
+
+    @property
+    def control(self) -> str | None:
+        """The variant that serves every entity no other variant's share takes (None: no variants)."""
+        rest = [v for v in self.variants if v not in self.split]
+        return rest[0] if rest else None
 
 
 class Plan(_Frozen):
@@ -190,6 +229,9 @@ class Plan(_Frozen):
     services: list[ServicePlan] = []
     request_sources: list[RequestSourcePlan] = []
     request_views: list[RequestViewPlan] = []
+    serving: dict[Name, int] = {}
+    """Per view with several live versions, the version an unpinned reference reads when it
+    is not the lowest one (declared with `FeatureView(..., serving=True)`)."""
     code: dict[CodeRef, str] = {}
     """Per import path the plan names, the content hash of the repository code behind it
     (its module and the repository modules it imports): a code change is a plan change."""
@@ -197,20 +239,52 @@ class Plan(_Frozen):
     def to_json(self) -> bytes:
         """Canonical JSON (sorted keys), the basis of the content hash."""
         data = self.model_dump(mode="json")
-        for key in ("request_sources", "request_views", "code"):  # absent when empty: older plans keep their hash
+        for key in ("request_sources", "request_views", "code", "serving"):  # absent when empty: older plans keep their hash
             if not data[key]:
                 del data[key]
+        for svc in data["services"]:
+            for key in ("variants", "split"):
+                if not svc[key]:
+                    del svc[key]
         return orjson.dumps(data, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
 
     @property
     def content_hash(self) -> str:
         return hashlib.sha256(self.to_json()).hexdigest()
 
+    @cached_property
+    def _views_by_id(self) -> dict[str, ViewPlan]:
+        return {v.name: v for v in self.views}
+
     def view(self, name: str) -> ViewPlan:
-        for v in self.views:
-            if v.name == name:
-                return v
-        raise KeyError(name)
+        """The view (version) with this id; KeyError if none."""
+        return self._views_by_id[name]
+
+    def versions(self, name: str) -> list[ViewPlan]:
+        """The live versions of view `name`, lowest first."""
+        return sorted((v for v in self.views if v.base_name == name), key=lambda v: v.version)
+
+    def serving_version(self, name: str) -> int | None:
+        """The version an unpinned reference to view `name` reads (None: no such view)."""
+        versions = self.versions(name)
+        if not versions:
+            return None
+        chosen = self.serving.get(name)
+        return chosen if chosen is not None and any(v.version == chosen for v in versions) else versions[0].version
+
+    @cached_property
+    def view_refs(self) -> dict[str, ViewPlan]:
+        """Every way a reference may name a stored view: `name@N` for each version (`@1` too)
+        and `name` for the serving version."""
+        refs = {f"{v.base_name}@{v.version}": v for v in self.views}
+        for name in {v.base_name for v in self.views}:
+            refs[name] = refs[f"{name}@{self.serving_version(name)}"]
+        return refs
+
+    def resolve_view(self, ref: str) -> ViewPlan:
+        """The view a reference's view part names: `name@N` that version, `name` the serving
+        one. KeyError if there is none."""
+        return self.view_refs[ref]
 
     def service(self, name: str) -> ServicePlan:
         for s in self.services:

@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterable, Mapping
 
 from featurestore.aggregations import FUNCTIONS
 from featurestore.errors import Problem
-from featurestore.plan.models import PLAN_FORMAT_VERSION, AggregationPlan, Plan, ViewPlan
+from featurestore.plan.models import PLAN_FORMAT_VERSION, AggregationPlan, Plan, ServicePlan, ViewPlan
+from featurestore.plan.rollout import rollout_problem
 from featurestore.plan.windows import LIFETIME_TILE_MS, choose_tile_ms
 
 NUMERIC_TYPES = frozenset({"int", "float", "bool"})
@@ -113,20 +114,36 @@ def validate_plan(plan: Plan) -> list[Problem]:
     stray = sorted(set(plan.code) - code_refs(plan))
     if stray:
         bad("plan", f"code hashes for import paths the plan does not name: {', '.join(stray)}")
-    features = {v.name: set(v.feature_names) for v in plan.views}
+    for name, version in plan.serving.items():
+        if len(plan.versions(name)) < 2 or not any(v.version == version for v in plan.versions(name)):
+            bad(f"FeatureView '{name}'", f"serving version {version} is not one of several live versions of the view")
+    for name in sorted({v.base_name for v in plan.views} & {v.name for v in plan.request_views}):
+        bad(f"FeatureView '{name}'", "a stored view and a request-time view share this name")
+    features = {part: set(v.feature_names) for part, v in plan.view_refs.items()}
     _check_request_views(plan, features, bad)
     features |= {v.name: set(v.feature_names) for v in plan.request_views}
     for svc in plan.services:
-        label = f"FeatureService '{svc.name}'"
-        if not svc.features:
-            bad(label, "no features")
-        for ref in svc.features:
+        _check_service(svc, features, bad)
+    return problems
+
+
+def _check_service(svc: ServicePlan, features: Mapping[str, set[str]], bad: _Reporter) -> None:
+    label = f"FeatureService '{svc.name}'"
+    for name, refs in [("", svc.features), *((f" variant '{v}'", r) for v, r in svc.variants.items())]:
+        if not refs:
+            bad(label + name, "no features")
+        for ref in refs:
             view_name, _, feature = ref.partition(":")
             if feature not in features.get(view_name, ()):
-                bad(label, f"feature reference '{ref}' names no feature of the plan")
-        for ref in _repeated(svc.features):
-            bad(label, f"feature '{ref}' listed twice")
-    return problems
+                bad(label + name, f"feature reference '{ref}' names no feature of the plan")
+        for ref in _repeated(refs):
+            bad(label + name, f"feature '{ref}' listed twice")
+    if svc.variants or svc.split:
+        problem = rollout_problem(svc.variants, svc.split)
+        if problem:
+            bad(label, problem[0], problem[1])
+        elif svc.features != svc.variants[svc.control or ""]:
+            bad(label, "features are not the control variant's")
 
 
 def _check_request_views(plan: Plan, stored: dict[str, set[str]], bad: _Reporter) -> None:

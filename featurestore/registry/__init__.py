@@ -1,5 +1,5 @@
 """Where applied plans live: every apply is a numbered, hashed, timestamped version."""
 
-from featurestore.registry.file_registry import FileRegistry, RegistryVersion
+from featurestore.registry.file_registry import FileRegistry, PlanWatch, RegistryVersion
 
-__all__ = ["FileRegistry", "RegistryVersion"]
+__all__ = ["FileRegistry", "PlanWatch", "RegistryVersion"]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from pathlib import Path
 
 import orjson
 from pydantic import BaseModel, ConfigDict
 
-from featurestore.compile.diff import diff_plans
-from featurestore.errors import RegistryError
+from featurestore.compile.diff import diff_plans, unversioned_changes
+from featurestore.errors import RegistryError, ValidationFailed
 from featurestore.plan import PLAN_FORMAT_VERSION, Plan
 
 
@@ -73,11 +74,17 @@ class FileRegistry:
             raise RegistryError(f"nothing applied yet in {self.path}: run `featurestore apply` first")
         return latest.plan
 
-    def apply(self, plan: Plan, note: str = "") -> RegistryVersion | None:
-        """Record `plan` as a new version; None if it equals the latest version (nothing to do)."""
+    def apply(self, plan: Plan, note: str = "", in_place: bool = False) -> RegistryVersion | None:
+        """Record `plan` as a new version; None if it equals the latest version (nothing to do).
+
+        A view version whose values `plan` computes differently is refused (ValidationFailed)
+        unless `in_place`: a change of values needs a new version."""
         latest = self.latest()
         if latest is not None and latest.content_hash == plan.content_hash:
             return None
+        problems = [] if in_place else unversioned_changes(latest.plan if latest else None, plan)
+        if problems:
+            raise ValidationFailed(problems)
         number = (latest.version + 1) if latest else 1
         version = RegistryVersion(
             version=number,
@@ -102,4 +109,46 @@ class FileRegistry:
     def restore(self, version: int) -> RegistryVersion | None:
         """Apply an earlier version's plan again, as a new version."""
         old = self.get(version)
-        return self.apply(old.plan, note=f"restored from version {version}")
+        return self.apply(old.plan, note=f"restored from version {version}", in_place=True)
+
+
+class PlanWatch:
+    """The registry's current plan, read again when a version is applied or restored: a
+    running server, SDK or processor follows `apply` and `registry restore` within
+    `every_s` seconds (the folder's modification time is checked at most that often)."""
+
+    def __init__(self, registry: FileRegistry, every_s: float = 2.0) -> None:
+        self.registry = registry
+        self.every_s = every_s
+        self._plan: Plan | None = None
+        self._stamp: int | None = None
+        self._checked = 0.0
+        self.version: int | None = None
+        """The registry version of the plan held."""
+
+    def _stamp_now(self) -> int | None:
+        try:
+            return self.registry.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def check_now(self) -> None:
+        """Look at the registry on the next `plan()` whatever the time since the last look."""
+        self._stamp = None
+        self._checked = float("-inf")
+
+    def plan(self) -> Plan:
+        """The current plan (raises RegistryError when nothing is applied)."""
+        now = time.monotonic()
+        if self._plan is None or (self.every_s >= 0 and now - self._checked >= self.every_s):
+            self._checked = now
+            stamp = self._stamp_now()
+            if self._plan is None or stamp != self._stamp:
+                latest = self.registry.latest()
+                if latest is None:
+                    raise RegistryError(f"nothing applied yet in {self.registry.path}: run `featurestore apply` first")
+                self._stamp, self.version = stamp, latest.version
+                if self._plan is None or latest.plan.content_hash != self._plan.content_hash:
+                    self._plan = latest.plan
+        assert self._plan is not None
+        return self._plan

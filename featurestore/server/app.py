@@ -33,6 +33,7 @@ from featurestore import metrics
 from featurestore.client.http import ONLINE_PATH
 from featurestore.client.online_query import OnlineQuery
 from featurestore.client.request_time import RequestFeatureRunner, request_closure
+from featurestore.client.rollout_query import RolloutQuery, build_online_query
 from featurestore.compile.diff import PlanDiff, diff_plans
 from featurestore.config import Settings, load_settings
 from featurestore.errors import ConfigError, FeatureRequestError, FeatureStoreError, RegistryError
@@ -40,7 +41,7 @@ from featurestore.online.connection import AsyncOnlineRedis
 from featurestore.online.reader import OnlineReader
 from featurestore.plan import Plan, RequestViewPlan, ViewPlan
 from featurestore.plan.validate import code_refs, validate_plan
-from featurestore.registry import FileRegistry
+from featurestore.registry import FileRegistry, PlanWatch
 from featurestore.server.audit import Audit, AuditLog, is_pii, logged_keys
 from featurestore.server.auth import ANONYMOUS, TokenStore, allowed
 from featurestore.server.edge import AUDIT_KEY, Edge, default_trusted_hosts, is_loopback
@@ -79,33 +80,24 @@ class FeatureServer:
         self.audit = AuditLog(settings.audit_log_file)
         self.redis = aioredis.Redis.from_url(settings.redis_url, **settings.redis_options())
         self.online_redis = AsyncOnlineRedis(self.redis)
+        self._watch = PlanWatch(self.registry, _PLAN_CHECK_S)
         self._plan: Plan | None = None
-        self._plan_stamp: int | None = None
-        self._plan_checked = 0.0
         self._reader: OnlineReader | None = None
         self._runner: RequestFeatureRunner | None = None
 
     # -- plan ---------------------------------------------------------------------------
     @property
     def plan(self) -> Plan:
-        """The applied plan, re-read when a new version is applied (checked every 2 s)."""
-        now = time.monotonic()
-        if self._plan is None or now - self._plan_checked > _PLAN_CHECK_S:
-            self._plan_checked = now
-            try:
-                stamp = self.registry.path.stat().st_mtime_ns
-            except FileNotFoundError:
-                stamp = None
-            if self._plan is None or stamp != self._plan_stamp:
-                try:
-                    self._plan = self.registry.current_plan()
-                except RegistryError as exc:
-                    raise Refused(503, "no_plan", str(exc)) from None
-                self._plan_stamp = stamp
-                self._reader = OnlineReader(None, self.settings.project, self._plan)
-                self._runner = None
-        assert self._plan is not None
-        return self._plan
+        """The applied plan, re-read when a version is applied or restored (checked every 2 s)."""
+        try:
+            plan = self._watch.plan()
+        except RegistryError as exc:
+            raise Refused(503, "no_plan", str(exc)) from None
+        if plan is not self._plan:
+            self._plan = plan
+            self._reader = OnlineReader(None, self.settings.project, plan)
+            self._runner = None
+        return plan
 
     @property
     def runner(self) -> RequestFeatureRunner | None:
@@ -147,7 +139,7 @@ class FeatureServer:
         "not yours"."""
         assert audit.token is not None
         audit.views = list(dict.fromkeys(view_names))
-        views: dict[str, ViewPlan | RequestViewPlan] = {v.name: v for v in self.plan.views}
+        views: dict[str, ViewPlan | RequestViewPlan] = dict(self.plan.view_refs)
         views |= {v.name: v for v in self.plan.request_views}
         denied = [n for n in audit.views if not allowed(audit.token, action, views.get(n), n)]
         if denied:
@@ -189,7 +181,7 @@ class FeatureServer:
         """View names a request touches, before validating it (so refusals reveal nothing)."""
         if service is not None:
             try:
-                refs = self.plan.service(service).features
+                refs = self.plan.service(service).all_refs
             except KeyError:
                 return [f"service:{service}"]
         else:
@@ -242,7 +234,7 @@ class FeatureServer:
             return False
         return any(is_pii(views[n]) for n in audit.views if n in views)
 
-    def note_entities(self, audit: Audit, query: OnlineQuery) -> None:
+    def note_entities(self, audit: Audit, query: OnlineQuery | RolloutQuery) -> None:
         for req in query.requests:
             audit.entities = max(audit.entities, len(req.keys))
             keys = logged_keys(req.view, list(req.keys))
@@ -259,8 +251,8 @@ class FeatureServer:
         self.authorize(audit, "read_online", self.requested_views(body.features, body.service))
         n = _check_rows(body.entities, self.settings.max_online_entities, "entities", "max_online_entities")
         audit.entities = n
-        query = OnlineQuery.build(self.plan, body.features, _rows(body.entities), body.service, body.full_feature_names,
-                                  body.request_data, lambda: self.runner)
+        query = build_online_query(self.plan, body.features, _rows(body.entities), body.service, body.full_feature_names,
+                                   body.request_data, lambda: self.runner)
         self.note_entities(audit, query)
         t_ms = body.at_ms if body.at_ms is not None else int(time.time() * 1000)
         results = await self.reader.aread_results(self.online_redis, query.requests, t_ms, body.max_staleness_ms)
@@ -278,7 +270,10 @@ class FeatureServer:
                 features[name]["details"] = response.status_detail(name)
         _count_values(query, results, t_ms)
         entities = {k: response.column(k) for k in response.column_names if k not in features}
-        return orjson.dumps({"read_at_ms": t_ms, "entities": entities, "features": features})
+        answer: dict[str, Any] = {"read_at_ms": t_ms, "entities": entities, "features": features}
+        if response.variants is not None:
+            answer["variants"] = response.variants
+        return orjson.dumps(answer)
 
     async def close(self) -> None:
         await self.online_redis.aclose()
@@ -373,14 +368,14 @@ def create_app(server: FeatureServer, trusted_hosts: Sequence[str] = ("*",)) -> 
         audit.views = [v.name for v in readable]
         if not readable:
             raise Refused(403, "forbidden", f"token '{token.name}' may read no feature view")
-        names = set(audit.views)
+        names = set(audit.views) | {v.base_name for v in readable}
         request_views = [v for v in server.plan.request_views
                          if allowed(token, "read_online", v, v.name) and server.views_read_by(v) <= names | {v.name}]
         names |= {v.name for v in request_views}
         services = [s for s in server.plan.services if set(s.view_names) <= names]
         body = {
             "project": server.settings.project,
-            "views": [_describe(v) for v in readable],
+            "views": [_describe(v, server.plan) for v in readable],
             "request_views": [v.model_dump(mode="json") for v in request_views],
             "services": [s.model_dump(mode="json") for s in services],
         }
@@ -400,7 +395,7 @@ def create_app(server: FeatureServer, trusted_hosts: Sequence[str] = ("*",)) -> 
             raise Refused(422, "new_code", f"the plan names code the applied plan does not ({', '.join(new_code[:5])}): code "
                           "arrives with the repository; deploy it and run `featurestore apply` there")
         diff = server.authorize_apply(audit, old, body.plan)
-        version = await run_in_threadpool(server.registry.apply, body.plan, body.note)
+        version = await run_in_threadpool(server.registry.apply, body.plan, body.note, body.in_place)
         answer = {"version": version.version if version else None, "changes": diff.lines()}
         return Response(orjson.dumps(answer), media_type=_JSON)
 
@@ -430,7 +425,7 @@ def _rows(entities: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [{k: col[i] for k, col in zip(names, cols)} for i in range(n)]
 
 
-def _count_values(query: OnlineQuery, results: Sequence[Any], t_ms: int) -> None:
+def _count_values(query: OnlineQuery | RolloutQuery, results: Sequence[Any], t_ms: int) -> None:
     for req, res in zip(query.requests, results):
         counts: dict[str, int] = {}
         for state in res.states:
@@ -452,12 +447,15 @@ def _entity_table(body: HistoricalRequest) -> pa.Table:
         raise FeatureRequestError(f"entity columns: {exc}") from None
 
 
-def _describe(view: ViewPlan) -> dict[str, Any]:
+def _describe(view: ViewPlan, plan: Plan) -> dict[str, Any]:
     features: list[dict[str, Any]] = [{"name": f.name, "kind": f.kind, "dtype": f.dtype} for f in view.row_features]
     features += [{"name": a.name, "kind": "aggregation", "function": a.function, "column": a.column, "window_ms": a.window_ms}
                  for a in view.aggregations]
     return {
         "name": view.name,
+        "view": view.base_name,
+        "version": view.version,
+        "serving": plan.serving_version(view.base_name) == view.version,
         "entities": view.entities,
         "join_keys": [k.model_dump() for k in view.join_keys],
         "features": features,

@@ -44,7 +44,7 @@ class Permission(BaseModel):
     def covers(self, action: str, view_name: str, view_tags: dict[str, str] | None) -> bool:
         if self.action != "admin" and self.action != action:
             return False
-        if self.action == "admin" or "*" in self.views or view_name in self.views:
+        if self.action == "admin" or "*" in self.views or view_name.partition("@")[0] in self.views:
             return True
         return bool(self.tags) and view_tags is not None and all(view_tags.get(k) == v for k, v in self.tags.items())
 

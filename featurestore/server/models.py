@@ -69,6 +69,8 @@ class HistoricalAnswer(BaseModel):
 class ApplyRequest(_Body):
     plan: Plan = Field(description="A compiled plan (`featurestore plan --json`); it may name only code the applied plan names.")
     note: str = Field("", max_length=2000)
+    in_place: bool = Field(False, description="Accept views that compute their values differently without a new "
+                                              "version (refused otherwise, like `featurestore apply`).")
 
 
 class ApplyAnswer(BaseModel):

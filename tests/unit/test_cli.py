@@ -45,7 +45,12 @@ def test_plan_apply_and_registry(tmp_path: Path) -> None:
     views.write_text(views.read_text().replace("ttl=timedelta(days=1)", "ttl=timedelta(days=2)"))
     res = cli("plan", "--repo", str(repo))
     assert "~ FeatureView merchant_payments" in res.stdout and "ttl_ms: 86400000 -> 172800000" in res.stdout
-    assert cli("apply", "--repo", str(repo)).returncode == 0
+    # a change of values at the same version is refused by plan and apply, saying what to do
+    assert res.returncode == 1 and "FeatureView 'merchant_payments' version 1" in res.stdout
+    assert "version=2" in res.stdout and "--in-place" in res.stdout
+    refused = cli("apply", "--repo", str(repo))
+    assert refused.returncode == 1 and "version=2" in refused.stderr and "Traceback" not in refused.stderr
+    assert cli("apply", "--in-place", "--repo", str(repo)).returncode == 0
     listing = cli("registry", "list", "--repo", str(repo))
     assert listing.returncode == 0 and "2" in listing.stdout
     shown = cli("registry", "show", "1", "--repo", str(repo))
