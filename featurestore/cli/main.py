@@ -7,6 +7,7 @@ import functools
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,10 +94,13 @@ def plan(
     if as_json:
         sys.stdout.write(new.to_json().decode() + "\n")
         return
-    registry = FileRegistry(_settings(repo).registry_root)
+    settings = _settings(repo)
+    registry = FileRegistry(settings.registry_root)
     latest = registry.latest()
     diff = diff_plans(latest.plan if latest else None, new)
     base = f"version {latest.version}" if latest else "an empty registry"
+    if latest is not None:
+        _print_live_versions(latest.plan, settings.offline_root)
     if diff.empty:
         console.print(f"No changes against {base}.")
         return
@@ -109,6 +113,19 @@ def plan(
         for p in refused:
             console.print(f"  - {p.obj}: {p.message}. Fix: {p.fix}", highlight=False, markup=False)
         raise typer.Exit(1)
+
+
+def _print_live_versions(applied: Any, offline_root: Path) -> None:
+    """The applied views' versions and their windows, when there is something to say: several
+    versions of a view, or windows still filling."""
+    from featurestore.offline.warming import live_versions
+
+    lines = live_versions(applied, offline_root, int(time.time() * 1000))
+    if any("@1" not in line.split(":")[0] for line in lines) or any("warming" in line for line in lines) \
+            or len({v.base_name for v in applied.views}) < len(applied.views):
+        console.print("Live view versions:")
+        for line in lines:
+            console.print(f"  {line}", highlight=False, markup=False)
 
 
 @app.command(rich_help_panel=_DEFINE, epilog="Example: featurestore apply --repo feature_defs")
@@ -219,8 +236,9 @@ def run(
     """Run the stream processors of the applied plan (Ctrl-C stops cleanly)."""
     from featurestore.cli.serving import serve_metrics
     from featurestore.compile.loader import ensure_importable
+    from featurestore.plan import Plan
     from featurestore.registry import FileRegistry
-    from featurestore.runtime import ProcessorStats, StreamProcessor
+    from featurestore.runtime import ProcessorStats, run_following
 
     if engine not in ("confluent", "faust"):
         raise ConfigError(f"--engine must be confluent or faust, got {engine!r}")
@@ -247,12 +265,21 @@ def run(
             stats = run_faust(plan_, settings, until_caught_up, on_batch=lambda s: live.update(status(s)))
             live.update(status(stats))
     else:
-        processor = StreamProcessor(plan_, settings)
-        previous = signal.signal(signal.SIGINT, lambda *_: processor.stop())
-        signal.signal(signal.SIGTERM, lambda *_: processor.stop())
+        stop = threading.Event()
+        previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+        def switched(new: Plan, error: str | None) -> None:
+            if error:
+                error_line(f"A newly applied plan was not taken up (the previous one runs on): {error}")
+            else:
+                console.print(f"Registry changed: now processing views {', '.join(v.name for v in new.views)}",
+                              highlight=False, markup=False)
+
         try:
-            with _live(status(processor.stats)) as live:
-                stats = processor.run(until_caught_up=until_caught_up, on_batch=lambda s: live.update(status(s)))
+            with _live(status(ProcessorStats())) as live:
+                stats = run_following(plan_, settings, stop, until_caught_up, on_batch=lambda s: live.update(status(s)),
+                                      on_switch=switched)
                 live.update(status(stats))
         finally:
             signal.signal(signal.SIGINT, previous)
@@ -285,16 +312,20 @@ def backfill(
     materialize: Annotated[bool, typer.Option("--materialize", help="Also write the online store (state as of --end).",
                                               metavar="")] = False,
     source: Annotated[str | None, typer.Option(help="Source the events belong to (needed if the repo has several).")] = None,
+    view: Annotated[str | None, typer.Option(help="Only this view version, e.g. user_payments@2 (others untouched).")] = None,
     repo: RepoOpt = Path("."),
 ) -> None:
     """Run the applied plan over historical events in files: same decoding, lateness, tiles and history as streaming."""
     from featurestore.compile.loader import ensure_importable
     from featurestore.registry import FileRegistry
-    from featurestore.runtime.backfill import Backfill, BackfillStats
+    from featurestore.runtime.backfill import Backfill, BackfillStats, only_view
 
     start_ms, end_ms = _parse_instant(start, "--start"), _parse_instant(end, "--end")
     settings = _settings(repo)
     plan_ = FileRegistry(settings.registry_root).current_plan()
+    if view is not None:
+        plan_ = only_view(plan_, view)
+        source = source or plan_.views[0].source
     ensure_importable(repo)
     job = Backfill(plan_, settings, source)
     if materialize:
@@ -306,7 +337,7 @@ def backfill(
     def status(stats: BackfillStats) -> Table:
         return _progress_table(stats.records, started, stats.dead_letters, "outside range", stats.outside_range)
 
-    console.print(f"Backfilling {job.source.name} from {from_path} -> {settings.offline_root}"
+    console.print(f"Backfilling {job.source.name}" + (f" into {plan_.views[0].name} only" if view else "") + f" from {from_path} -> {settings.offline_root}"
                   + (f" + {settings.redis_display}" if materialize else ""))
     with _live(status(BackfillStats())) as live:
         stats = job.run(from_path, start_ms, end_ms, materialize, on_progress=lambda s: live.update(status(s)))

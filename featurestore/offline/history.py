@@ -125,22 +125,39 @@ def max_event_time_before(root: Path, view: str, topic: str, partition: int, off
 
 
 def _max_from_statistics(path: Path) -> int | None:
+    return _bound_from_statistics(path, "max")
+
+
+def _bound_from_statistics(path: Path, bound: str) -> int | None:
+    """The oldest ("min") or newest ("max") event time (ms) of a history file, from its statistics."""
     meta = pq.ParquetFile(path).metadata
     col = meta.schema.to_arrow_schema().get_field_index("event_timestamp")
+    pick = max if bound == "max" else min
     best: int | None = None
     for g in range(meta.num_row_groups):
         stats = meta.row_group(g).column(col).statistics
         if stats is None or not stats.has_min_max:
             t = pq.read_table(path, columns=["event_timestamp"])
-            return pc.max(t["event_timestamp"].cast(pa.int64())).as_py()
-        hi = stats.max
-        if isinstance(hi, dt.datetime):
-            hi = hi if hi.tzinfo else hi.replace(tzinfo=dt.timezone.utc)
-            ms = (hi - _EPOCH) // dt.timedelta(milliseconds=1)
+            return (pc.max if bound == "max" else pc.min)(t["event_timestamp"].cast(pa.int64())).as_py()
+        value = stats.max if bound == "max" else stats.min
+        if isinstance(value, dt.datetime):
+            value = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+            ms = (value - _EPOCH) // dt.timedelta(milliseconds=1)
         else:
-            ms = int(hi)
-        best = ms if best is None else max(best, ms)
+            ms = int(value)
+        best = ms if best is None else pick(best, ms)
     return best
+
+
+def oldest_event_time(root: Path, view: str) -> int | None:
+    """The oldest event time (epoch ms) in a view's history, None if it has none: since when
+    the view (version) has seen every event (`featurestore plan` reports its windows warming)."""
+    folder = view_dir(root, view)
+    for day in sorted(folder.glob("date=*")) if folder.is_dir() else []:
+        times = [t for t in (_bound_from_statistics(p, "min") for p in day.glob("*.parquet")) if t is not None]
+        if times:
+            return min(times)
+    return None
 
 
 def _safe(name: str) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 from functools import cached_property
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Self
 
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -21,6 +22,13 @@ DType = Literal["int", "float", "str", "bool", "datetime"]
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy (with `update`), without the values cached from the original's fields."""
+        copied = super().model_copy(update=update, deep=deep)
+        for name in [n for n in vars(type(self)) if isinstance(getattr(type(self), n, None), cached_property)]:
+            copied.__dict__.pop(name, None)
+        return copied
 
 
 class KeySpec(_Frozen):

@@ -1,6 +1,6 @@
 """Run a plan: decode events, update the online and offline stores, checkpoint offsets."""
 
 from featurestore.runtime.decode import DeadLetter, Decoder
-from featurestore.runtime.processor import ProcessorStats, StreamProcessor
+from featurestore.runtime.processor import ProcessorStats, StreamProcessor, run_following
 
-__all__ = ["DeadLetter", "Decoder", "ProcessorStats", "StreamProcessor"]
+__all__ = ["DeadLetter", "Decoder", "ProcessorStats", "StreamProcessor", "run_following"]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from featurestore.config import Settings
+from featurestore.errors import FeatureRequestError, one_of
 from featurestore.offline.history import HistoryWriter
 from featurestore.online.writer import OnlineWriter
 from featurestore.plan import Plan
@@ -55,6 +56,17 @@ def backfill_partition(files: list[Path], start_ms: int | None, end_ms: int | No
         h.update(f"{f.resolve()}\0{f.stat().st_size}\0".encode())
     h.update(f"{start_ms}\0{end_ms}".encode())
     return -1 - int(h.hexdigest()[:7], 16)
+
+
+def only_view(plan: Plan, ref: str) -> Plan:
+    """The plan cut to one view version (`name@N`, or `name` for its serving version): a
+    backfill of it writes its keys and history and touches no other version."""
+    try:
+        view = plan.resolve_view(ref)
+    except KeyError:
+        raise FeatureRequestError(f"no view version {ref!r} in the applied plan: "
+                                  f"{one_of(ref, sorted(k for k in plan.view_refs if '@' in k))}") from None
+    return plan.model_copy(update={"views": [view], "services": [], "request_views": [], "request_sources": []})
 
 
 class Backfill:

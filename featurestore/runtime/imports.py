@@ -63,3 +63,13 @@ def import_object(ref: str, code_root: Path) -> Any:
 def _module_file(module: Any) -> Path | None:
     file = getattr(module, "__file__", None)
     return Path(file).resolve() if file else None
+
+
+def forget_repo_modules(code_root: Path) -> None:
+    """Drop the repository's modules from the import cache, so the next import reads their
+    current source (a newly applied plan's code)."""
+    root = code_root.resolve()
+    for name, module in list(sys.modules.items()):
+        file = _module_file(module)
+        if file is not None and file.is_relative_to(root):
+            del sys.modules[name]

@@ -26,31 +26,87 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import cast
 
+import orjson
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from featurestore import metrics
 from featurestore.config import Settings
-from featurestore.errors import StoreUnavailable
+from featurestore.errors import FeatureStoreError, StoreUnavailable
 from featurestore.faults import fault_point
 from featurestore.offline.history import HistoryWriter
 from featurestore.online.writer import OnlineWriter
 from featurestore.plan import Plan
 from featurestore.records import ViewRows
+from featurestore.registry import FileRegistry, PlanWatch
 from featurestore.runtime.applier import BatchApplier, ProcessorStats, Retryable, check_redis
 from featurestore.runtime.decode import DeadLetter, RawRecord
+from featurestore.runtime.imports import forget_repo_modules
 from featurestore.runtime.kafka import consumer_config
 
 log = logging.getLogger(__name__)
 
 
+def processing_key(plan: Plan) -> bytes:
+    """What a processor computes from a plan: its views, sources and code (not services,
+    serving versions or request-time features, which only readers use)."""
+    return orjson.dumps([[v.model_dump(mode="json") for v in plan.views], [s.model_dump(mode="json") for s in plan.sources],
+                         plan.code], option=orjson.OPT_SORT_KEYS)
+
+
+def run_following(
+    plan: Plan,
+    settings: Settings,
+    stop: threading.Event,
+    until_caught_up: bool = False,
+    on_batch: Callable[[ProcessorStats], None] | None = None,
+    on_switch: Callable[[Plan, str | None], None] | None = None,
+) -> ProcessorStats:
+    """Run the plan and follow the registry: when a version that changes what is computed is
+    applied (or restored), checkpoint, then go on with the new plan from the committed offsets
+    (a view version it adds starts from there; `backfill --view` fills its past). A plan
+    whose code fails to load is reported through `on_switch(plan, error)` and the old one runs on."""
+    watch = PlanWatch(FileRegistry(settings.registry_root))
+    watch.plan()
+    rejected: set[str] = set()
+    previous: Plan | None = None
+    while True:
+        try:
+            processor = StreamProcessor(plan, settings, stop)
+        except FeatureStoreError as exc:
+            if previous is None:
+                raise
+            rejected.add(plan.content_hash)
+            log.error("registry version %s not taken up, the previous plan runs on: %s", watch.version, exc)
+            if on_switch:
+                on_switch(plan, str(exc))
+            plan, previous = previous, None
+            forget_repo_modules(settings.repo_root)
+            continue
+        processor.ignored_plans = rejected
+        stats = processor.run(until_caught_up=until_caught_up, on_batch=on_batch, follow=watch)
+        new = processor.next_plan
+        if new is None or stop.is_set():
+            return stats
+        log.info("registry version %s applied: processing it from the committed offsets", watch.version)
+        if on_switch:
+            on_switch(new, None)
+        forget_repo_modules(settings.repo_root)  # the new plan's code, not the old one's
+        plan, previous = new, plan
+
+
 class StreamProcessor:
     """Executes a plan against Kafka, Redis and the Parquet history (confluent-kafka engine)."""
 
-    def __init__(self, plan: Plan, settings: Settings) -> None:
+    def __init__(self, plan: Plan, settings: Settings, stop: threading.Event | None = None) -> None:
         self.plan = plan
         self.settings = settings
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()
+        self.next_plan: Plan | None = None
+        """Set when run() returned to switch to a newly applied plan (see `run(follow=...)`)."""
+        self._seen_plan: Plan | None = None
+        self.ignored_plans: set[str] = set()
+        """Content hashes of plans not to switch to (their code failed to load)."""
         self.applier = BatchApplier(plan, settings, self._stop, background_online=True)
         self._offsets: dict[tuple[str, int], int] = {}
         self._eof: dict[tuple[str, int], int] = {}
@@ -80,9 +136,13 @@ class StreamProcessor:
         self,
         until_caught_up: bool = False,
         on_batch: Callable[[ProcessorStats], None] | None = None,
+        follow: PlanWatch | None = None,
     ) -> ProcessorStats:
         """Process until stop() (or, with until_caught_up, until every record that was in the
-        source topics at start has been processed). Always ends with a checkpoint."""
+        source topics at start has been processed). Always ends with a checkpoint.
+
+        With `follow`, also return when a registry version changes what the processor computes
+        (views, sources, code), with `next_plan` set: `run_following` starts it from there."""
         self.applier.open()
         consumer = self._consumer = Consumer(consumer_config(self.settings), logger=log)
         topics = self.applier.topics
@@ -100,6 +160,8 @@ class StreamProcessor:
                     self._finish_checkpoint()
                 if time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s:
                     self._checkpoint_in_background()
+                if follow is not None and self._plan_changed(follow):
+                    break
                 if until_caught_up and self._caught_up(targets):
                     self.checkpoint()
                     self.stats.caught_up_at = time.monotonic()
@@ -121,6 +183,19 @@ class StreamProcessor:
         return self.stats
 
     # -- helpers -----------------------------------------------------------------------
+    def _plan_changed(self, follow: PlanWatch) -> bool:
+        try:
+            plan = follow.plan()
+        except FeatureStoreError:
+            return False
+        if plan is self.plan or plan is self._seen_plan:
+            return False
+        self._seen_plan = plan
+        if plan.content_hash in self.ignored_plans or processing_key(plan) == processing_key(self.plan):
+            return False
+        self.next_plan = plan
+        return True
+
     @staticmethod
     def check_redis(settings: Settings, client: redis.Redis | None = None) -> None:
         """Raise StoreUnavailable with a one-line reason if Redis does not answer."""
