@@ -32,6 +32,7 @@ from featurestore.cli.common import (
 from featurestore.cli.producing import produce
 from featurestore.cli.serving import serve, status, tokens_app
 from featurestore.cli.starter import init
+from featurestore.cli.versions import compare, retire
 from featurestore.errors import ConfigError, unreachable
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Streaming feature store: definitions -> Kafka -> Redis + Parquet.")
@@ -337,7 +338,8 @@ def backfill(
     def status(stats: BackfillStats) -> Table:
         return _progress_table(stats.records, started, stats.dead_letters, "outside range", stats.outside_range)
 
-    console.print(f"Backfilling {job.source.name}" + (f" into {plan_.views[0].name} only" if view else "") + f" from {from_path} -> {settings.offline_root}"
+    only = f" into {plan_.views[0].name} only" if view else ""
+    console.print(f"Backfilling {job.source.name}{only} from {from_path} -> {settings.offline_root}"
                   + (f" + {settings.redis_display}" if materialize else ""))
     with _live(status(BackfillStats())) as live:
         stats = job.run(from_path, start_ms, end_ms, materialize, on_progress=lambda s: live.update(status(s)))
@@ -673,6 +675,8 @@ def dev_stop(repo: RepoOpt = Path(".")) -> None:
 
 app.command(rich_help_panel=_READ, epilog="Example: featurestore serve --port 6566")(serve)
 app.command(rich_help_panel=_CHECK, epilog="Example: featurestore status --metrics-url http://127.0.0.1:9464/metrics")(status)
+app.command(rich_help_panel=_CHECK, epilog="Example: featurestore compare user_payments@1 user_payments@2")(compare)
+app.command(rich_help_panel=_DEFINE, epilog="Example: featurestore retire user_payments@1")(retire)
 
 
 def main() -> None:

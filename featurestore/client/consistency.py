@@ -71,12 +71,12 @@ class ConsistencyReport:
         return self.to_arrow().to_pandas()
 
 
-def _diff(a: Any, b: Any, rel: float = REL_TOLERANCE) -> float | None:
+def value_difference(a: Any, b: Any, rel: float = REL_TOLERANCE) -> float | None:
     """None when equal (numbers within a relative tolerance), else the absolute difference (inf if not numeric)."""
     if a is None or b is None:
         return None if a is b else float("inf")
     if isinstance(a, list) and isinstance(b, list):
-        diffs = [_diff(x, y, rel) for x, y in zip(a, b)]
+        diffs = [value_difference(x, y, rel) for x, y in zip(a, b)]
         return None if len(a) == len(b) and all(d is None for d in diffs) else float("inf")
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         d = abs(float(a) - float(b))
@@ -129,7 +129,7 @@ def check_consistency(
             rel = DISTINCT_REL_TOLERANCE if functions.get(f) == "count_distinct" else REL_TOLERANCE
             for i, key in enumerate(chosen):
                 res.checked += 1
-                d = _diff(online[f][i], offline[f][i], rel)
+                d = value_difference(online[f][i], offline[f][i], rel)
                 if d is not None:
                     res.mismatches += 1
                     res.max_abs_diff = max(res.max_abs_diff, d)

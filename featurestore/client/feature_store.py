@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import redis
 
+from featurestore.client.compare import FeatureComparison, compare_versions
 from featurestore.client.consistency import ConsistencyReport, check_consistency
 from featurestore.client.http import FeatureServerClient
 from featurestore.client.online_query import resolve_features, resolve_query
@@ -272,6 +273,16 @@ class FeatureStore:
         t_ms = to_epoch_ms(at) if at is not None else int(time.time() * 1000)
         reader = self._online_reader()
         return check_consistency(reader, self.settings.offline_root, self.plan, t_ms, sample)
+
+    def compare_versions(self, a: str, b: str, sample: int = 1000, at: dt.datetime | None = None,
+                         online: bool = True) -> list[FeatureComparison]:
+        """Shadow comparison of two live versions of a view ("user_payments@1", "user_payments@2"):
+        per shared feature, over the same sampled entities online (as of `at`, default now) and
+        the same sampled (entity, time) rows of the history, the mismatch rate, null rates, and
+        means and quantiles of each version."""
+        t_ms = to_epoch_ms(at) if at is not None else int(time.time() * 1000)
+        reader = self._online_reader() if online else None
+        return compare_versions(self.plan, reader, self.settings.offline_root, a, b, t_ms, sample)
 
     def close(self) -> None:
         if self._http is not None:

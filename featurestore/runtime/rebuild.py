@@ -24,7 +24,15 @@ from featurestore.offline.history import has_history
 from featurestore.offline.sql import identifier, read_history
 from featurestore.online.connection import OnlineRedis
 from featurestore.online.fold import fold_states, group_rows, set_bounds
-from featurestore.online.keys import LAYOUT_FIELD, LAYOUT_VERSION, entity_keys, offset_field, state_field
+from featurestore.online.keys import (
+    LAYOUT_FIELD,
+    LAYOUT_VERSION,
+    entity_keys,
+    offset_field,
+    parse_newest_field,
+    project_key,
+    state_field,
+)
 from featurestore.online.layout import tile_sets
 from featurestore.online.state import StateCodec
 from featurestore.online.writer import project_marker
@@ -35,18 +43,28 @@ _BATCH_ROWS = 100_000
 _ENTITIES_PER_BATCH = 300
 
 
-def wipe_online(client: Any, project: str) -> int:
-    """Delete every online key of a project (what a rebuild starts from), on every node of a
-    cluster; returns how many."""
+def wipe_online(client: Any, project: str, view: str | None = None,
+                on_progress: Callable[[int], None] | None = None) -> int:
+    """Delete every online key of a project (what a rebuild starts from), or of one view
+    version (`retire`), on every node of a cluster; returns how many."""
     online = OnlineRedis(client)
     deleted = 0
     batch: list[bytes] = []
-    for key in online.scan(f"fs:{project}:*"):
+    for key in online.scan(f"fs:{project}:*" if view is None else f"fs:{project}:{view}:*"):
         batch.append(key)
         if len(batch) >= 1000:
             deleted += online.unlink(batch)
+            if on_progress:
+                on_progress(len(batch))
             batch.clear()
-    return deleted + online.unlink(batch)
+    deleted += online.unlink(batch)
+    if view is not None:
+        marker = project_key(project).encode()
+        fields = [f for f in online.run([(marker, ("HKEYS", marker))])[0]
+                  if (parse_newest_field(f.decode()) or ("", 0))[0] == view]
+        if fields:
+            online.run([(marker, ("HDEL", marker, *fields))])
+    return deleted
 
 
 def group_is_active(admin_conf: dict[str, Any], group: str, timeout: float = 5.0) -> str | None:
