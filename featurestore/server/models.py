@@ -49,6 +49,7 @@ class OnlineAnswer(BaseModel):
     read_at_ms: int
     entities: dict[str, list[Any]]
     features: dict[str, FeatureColumn]
+    variants: list[str] | None = Field(None, description="For a rollout service: the variant that served each row.")
 
 
 class HistoricalRequest(_Body):
