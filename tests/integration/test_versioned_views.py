@@ -22,8 +22,8 @@ import urllib3
 from featurestore import FeatureStore
 from featurestore.compile import compile_repo
 from featurestore.config import load_settings
-from featurestore.errors import ConfigError
 from featurestore.demo import payment_events, produce_records
+from featurestore.errors import ConfigError
 from featurestore.plan import Plan
 from featurestore.registry import FileRegistry
 from featurestore.runtime import run_following
