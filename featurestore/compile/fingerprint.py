@@ -3,7 +3,12 @@ module and every module of the repository that module imports (directly or not).
 
 A change to a transform's body, to a constant it reads or to a helper module it imports
 changes its hash, so the plan changes and `apply` records a new registry version. Whole
-module files are hashed: a change elsewhere in the same module counts too (the safe side).
+modules are hashed as code (their syntax tree: comments and layout do not count), less the
+module-level definitions (`x = FeatureView(...)`, `FeatureService`, `Entity`, ...), which
+the plan records as data: so a change elsewhere in the same module counts (the safe side),
+and editing a view's description beside its event model does not.
+
+Hashes start with `HASH_FORMAT`; plans applied before it hashed whole files.
 """
 
 from __future__ import annotations
@@ -13,6 +18,11 @@ import hashlib
 from pathlib import Path
 
 from featurestore.compile.loader import repo_modules
+
+HASH_FORMAT = "ast1:"
+"""Prefix of this module's hashes."""
+DEFINITIONS = frozenset({"Entity", "KafkaSource", "FeatureView", "FeatureService", "RequestSource", "RequestFeatureView"})
+"""Calls whose module-level results are definitions (data in the plan), not code."""
 
 
 def code_fingerprints(root: Path, refs: set[str]) -> dict[str, str]:
@@ -34,9 +44,30 @@ def _hash(module: str, files: dict[str, Path], graph: dict[str, set[str]], root:
     digest = hashlib.sha256()
     for name in sorted(seen):
         digest.update(f"{files[name].relative_to(root).as_posix()}\0".encode())
-        digest.update(files[name].read_bytes())
+        digest.update(_code_of(files[name]))
         digest.update(b"\0")
-    return digest.hexdigest()
+    return HASH_FORMAT + digest.hexdigest()
+
+
+def _code_of(path: Path) -> bytes:
+    """A module's code as its syntax tree without the module-level definitions (the file's
+    bytes when it does not parse)."""
+    data = path.read_bytes()
+    try:
+        tree = ast.parse(data)
+    except (SyntaxError, ValueError):
+        return data
+    tree.body = [node for node in tree.body if not _is_definition(node)]
+    return ast.dump(tree, annotate_fields=False, include_attributes=False).encode()
+
+
+def _is_definition(node: ast.stmt) -> bool:
+    value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+    if not isinstance(value, ast.Call):
+        return False
+    callee = value.func
+    name = callee.id if isinstance(callee, ast.Name) else callee.attr if isinstance(callee, ast.Attribute) else ""
+    return name in DEFINITIONS
 
 
 def _imports(module: str, files: dict[str, Path], graph: dict[str, set[str]]) -> set[str]:

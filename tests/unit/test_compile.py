@@ -156,4 +156,10 @@ def test_a_change_to_a_transforms_code_is_a_plan_change(tmp_path: Path) -> None:
     assert any(line.startswith("~ Code transforms:amount_eur\n    source changed (") for line in lines), lines
     assert not any("sources:Payment" in line for line in lines), "an unchanged module keeps its hash"
     (repo / "sources.py").write_text((repo / "sources.py").read_text() + "\n# a comment\n")
+    assert compile_repo(repo).code == after.code, "comments and layout are not code"
+    (repo / "sources.py").write_text((repo / "sources.py").read_text() + "\nLIMIT = 3\n")
     assert compile_repo(repo).code["transforms:amount_eur"] != after.code["transforms:amount_eur"], "an imported module counts"
+    before_edit = compile_repo(repo).code
+    views = repo / "views.py"
+    views.write_text(views.read_text().replace('description="Spending of each card holder."', 'description="Card holders."'))
+    assert compile_repo(repo).code == before_edit, "definitions are data in the plan, not code"
