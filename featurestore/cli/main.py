@@ -473,7 +473,8 @@ def training_set(
     timestamp_column: Annotated[str, typer.Option(help="Timestamp column of the entity rows.")] = "event_timestamp",
     mode: Annotated[str, typer.Option(help="corrected (every event by event time) or as_served (what the online store held).")]
     = "corrected",
-    manifest: Annotated[Path | None, typer.Option(help="Build again the training set this manifest describes (the "
+    manifest: Annotated[Path | None, typer.Option("--manifest", "--reproduce",
+                                                  help="Build again the training set this manifest describes (the "
                                                        "same --entities file).", show_default=False)] = None,
     repo: RepoOpt = Path("."),
 ) -> None:
