@@ -161,8 +161,13 @@ def setup(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> dict[str,
     peer_plan = compile_repo(peer_repo)
     events_file = tmp / "events.jsonl"
     events_file.write_bytes(b"\n".join(r.value for r in records) + b"\n")
+    # two live versions of user_payments (the second a copy with a longer TTL): the cost of dual-writing
+    v1 = plan.view("user_payments")
+    two_versions = plan.model_copy(update={"views": [*plan.views, v1.model_copy(update={"name": "user_payments@2",
+                                                                                        "ttl_ms": (v1.ttl_ms or 0) * 2})]})
     return {"repo": repo, "settings": settings, "plan": plan, "topic": topic, "records": records, "end": end,
-            "events_file": events_file, "peer_plan": peer_plan, "peer_repo": peer_repo, "tmp": tmp}
+            "events_file": events_file, "peer_plan": peer_plan, "peer_repo": peer_repo, "tmp": tmp,
+            "two_versions_plan": two_versions}
 
 
 def bench_ingest(b: Bench, ctx: dict[str, Any], rep: int) -> None:
@@ -195,6 +200,14 @@ def bench_ingest(b: Bench, ctx: dict[str, Any], rep: int) -> None:
     with measured(client) as usage:
         ctx.setdefault("peer_eps", []).append(_run_processor(b, ctx["peer_plan"], peer_settings, n))
     ctx.setdefault("peer_usage", []).append(usage.as_dict())
+    two_settings = run_settings.model_copy(update={
+        "project": f"{settings.project}-v{rep}", "consumer_group": f"{settings.project}-v{rep}",
+        "offline_path": Path(str(settings.offline_root) + f"-v{rep}"),
+    })
+    with measured(client) as usage:
+        ctx.setdefault("two_versions_eps", []).append(_run_processor(b, ctx["two_versions_plan"], two_settings, n))
+    ctx.setdefault("two_versions_usage", []).append(usage.as_dict())
+    ctx["two_versions_settings"] = two_settings
     # the Faust engine over the same plan and events
     faust_settings = run_settings.model_copy(update={
         "project": f"{settings.project}-f{rep}", "consumer_group": f"{settings.project}-f{rep}",
@@ -423,7 +436,21 @@ def bench_storage(b: Bench, ctx: dict[str, Any]) -> None:
         if keys:
             b.record(f"storage {view.name}", "Redis per entity", "fields", [statistics.mean(fields)], "fields")
             b.record(f"storage {view.name}", "Redis per entity", "bytes", [statistics.mean(size)], "bytes")
+    for who, plan, run in (("one version of each view", ctx["plan"], settings),
+                           ("user_payments in two live versions", ctx["two_versions_plan"], ctx["two_versions_settings"])):
+        b.record("storage, whole project", who, "MB", [_project_mb(client, run.project, plan)], "MB")
     client.close()
+
+
+def _project_mb(client: redis.Redis, project: str, plan: Any) -> float:
+    """Redis memory of a project's entity hashes: per view, its key count times the mean size of 200 of them."""
+    total = 0.0
+    for view in plan.views:
+        keys = list(client.scan_iter(f"fs:{project}:{view.name}:*", count=1000))
+        sample = keys[:200]
+        if sample:
+            total += len(keys) * statistics.mean(client.memory_usage(k, samples=0) or 0 for k in sample)
+    return total / 1e6
 
 
 def main() -> None:
@@ -463,6 +490,8 @@ def main() -> None:
         b.profiles = {"default engine": ctx.get("ingest_profile", []), "Faust engine": ctx.get("faust_profile", [])}
         b.record("ingest, peers' scenario (1 view: count/sum/last 1h)", "featurestore run (Redis + Parquet)", "events/s",
                  ctx["peer_eps"], "ev/s", ctx["peer_usage"])
+        b.record("ingest, user_payments in two live versions (dual-writing)", "featurestore run (Redis + Parquet)",
+                 "events/s", ctx["two_versions_eps"], "ev/s", ctx["two_versions_usage"])
         if ctx.get("quix_eps"):
             b.record("ingest, peers' scenario (1 view: count/sum/last 1h)",
                      "Quix Streams (own venv; RocksDB + changelog, Redis sink)", "events/s", ctx["quix_eps"], "ev/s",

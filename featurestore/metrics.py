@@ -85,6 +85,9 @@ VALUES = Counter("featurestore_server_values", "Online values served, per view a
 REQUEST_FEATURE_ERRORS = Counter(
     "featurestore_request_feature_errors", "Request-time feature values that failed (raised, wrong type, over the time "
     "budget), per view and feature (SDK and server).", ["view", "feature"])
+ROLLBACKS = Counter(
+    "featurestore_rollout_rollbacks", "Rollouts moved back to their control by a crossed guard, per service and guard "
+    "metric (feature server).", ["service", "metric"])
 STALENESS = BulkHistogram(
     "featurestore_server_staleness_seconds", "Age of the newest event behind each served entity, per view.", ["view"],
     buckets=_SECONDS,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from featurestore.client.consistency import value_difference
 from featurestore.client.online_query import OnlineQuery
 from featurestore.client.request_time import RequestFeatureRunner
 from featurestore.client.responses import OnlineResponse
@@ -13,15 +14,22 @@ from featurestore.online.reader import ViewRequest, ViewResult
 from featurestore.plan import Plan, ServicePlan
 from featurestore.plan.rollout import assign, rollout_join_keys
 
+SHADOW = "shadow of the control"
+"""The part that reads, for the rows of other variants, what the control would have served."""
 
-@dataclass(frozen=True)
+
+@dataclass
 class RolloutQuery:
     """Per variant, the rows it serves and the query over them; answers like an OnlineQuery."""
 
+    service: ServicePlan
     parts: list[tuple[str, list[int], OnlineQuery]]
     variants: list[str]
     """The variant of each row."""
     names: list[str]
+    mismatches: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """After response(), with a mismatch_rate guard: per feature (rows compared with the
+    control, rows that differ) over the rows of the other variants."""
 
     @classmethod
     def build(cls, plan: Plan, service: ServicePlan, entity_rows: Sequence[Mapping[str, Any]], full_feature_names: bool,
@@ -36,11 +44,16 @@ class RolloutQuery:
             names = names or query.names
             if rows:
                 parts.append((name, rows, query))
+        control = service.control or next(iter(service.variants))
         if not parts:  # no rows: still validate and name the control's features
-            control = service.control or next(iter(service.variants))
             parts.append((control, [], OnlineQuery.build(plan, service.variants[control], [], None, full_feature_names,
                                                          request_data, runner)))
-        return cls(parts, variants, names or parts[0][2].names)
+        others = [i for i, v in enumerate(variants) if v != control]
+        if others and any(g.metric == "mismatch_rate" for g in service.guards):
+            parts.append((SHADOW, others, OnlineQuery.build(plan, service.variants[control],
+                                                            [entity_rows[i] for i in others], None, full_feature_names,
+                                                            _rows_of(request_data, others), runner)))
+        return cls(service, parts, variants, names or parts[0][2].names)
 
     @property
     def requests(self) -> list[ViewRequest]:
@@ -54,9 +67,13 @@ class RolloutQuery:
         event_ms: dict[str, list[int | None]] = {}
         details: dict[str, list[str | None]] = {}
         start = 0
-        for _, rows, query in self.parts:
+        shadow: OnlineResponse | None = None
+        for variant, rows, query in self.parts:
             part = query.response(results[start:start + len(query.requests)], t_ms)
             start += len(query.requests)
+            if variant == SHADOW:
+                shadow = part
+                continue
             for name in part.column_names:
                 _scatter(columns.setdefault(name, [None] * n), rows, part.column(name))
             for name in part.feature_names:
@@ -64,6 +81,11 @@ class RolloutQuery:
                 _scatter(event_ms.setdefault(name, [None] * n), rows, part.event_time_ms(name))
                 if "error" in part.status(name):
                     _scatter(details.setdefault(name, [None] * n), rows, part.status_detail(name))
+        if shadow is not None:
+            rows = self.parts[-1][1]
+            self.mismatches = {name: (len(rows), sum(value_difference(columns[name][i], c) is not None
+                                                     for i, c in zip(rows, shadow.column(name))))
+                               for name in shadow.feature_names}
         return OnlineResponse(columns, statuses, event_ms, t_ms, details, variants=self.variants)
 
 

@@ -16,12 +16,14 @@ from featurestore.compile.fingerprint import code_fingerprints
 from featurestore.compile.loader import LoadedRepo, load_repo
 from featurestore.definitions import (
     AGGREGATION_FUNCTIONS,
+    GUARD_METRICS,
     LIFETIME,
     Aggregation,
     Entity,
     FeatureService,
     FeatureView,
     Field,
+    Guard,
     KafkaSource,
     RequestFeature,
     RequestFeatureView,
@@ -33,6 +35,7 @@ from featurestore.plan import (
     AggregationPlan,
     DType,
     EntityPlan,
+    GuardPlan,
     KeySpec,
     Plan,
     RequestFeaturePlan,
@@ -592,8 +595,8 @@ def _service_plan(b: _Builder, svc: FeatureService, known: dict[str, ViewPlan | 
     ok = b.check_name(svc, label, svc.name)
     declared = {o.obj.name for o in b.loaded.objects if isinstance(o.obj, (FeatureView, RequestFeatureView))}
     if not svc.variants:
-        if svc.split:
-            b.problem(svc, label, "split without variants", 'pass variants={"control": [...], "treatment": [...]}')
+        if svc.split or svc.guards:
+            b.problem(svc, label, "split or guards without variants", 'pass variants={"control": [...], "treatment": [...]}')
             return None
         refs = _service_refs(b, svc, label, svc.features, known, declared, versions)
         if not ok or refs is None:
@@ -617,8 +620,37 @@ def _service_plan(b: _Builder, svc: FeatureService, known: dict[str, ViewPlan | 
         b.problem(svc, label, *problem)
         return None
     control = next(v for v in variants if v not in svc.split)
+    guards = _guard_plans(b, svc, label, [r.partition(":")[2] for r in variants[control]])
+    window = svc.guard_window
+    if not isinstance(window, dt.timedelta) or window < dt.timedelta(seconds=1):
+        b.problem(svc, label, f"guard_window must be a timedelta of at least a second, got {window!r}",
+                  "e.g. guard_window=timedelta(minutes=5)")
+        return None
+    if guards is None:
+        return None
     return ServicePlan(name=svc.name, features=variants[control], owner=svc.owner, description=svc.description,
-                       tags=dict(svc.tags), variants=variants, split={k: float(v) for k, v in svc.split.items()})
+                       tags=dict(svc.tags), variants=variants, split={k: float(v) for k, v in svc.split.items()},
+                       guards=guards, guard_window_ms=int(window / dt.timedelta(milliseconds=1)))
+
+
+def _guard_plans(b: _Builder, svc: FeatureService, label: str, features: list[str]) -> list[GuardPlan] | None:
+    out: list[GuardPlan] = []
+    for guard in svc.guards:
+        if not isinstance(guard, Guard):
+            b.problem(svc, label, f"guards must be Guard objects, got {guard!r}", 'e.g. Guard("null_rate", max=0.05)')
+            return None
+        if guard.metric not in GUARD_METRICS:
+            b.problem(svc, label, f"unknown guard metric {guard.metric!r}", one_of(str(guard.metric), GUARD_METRICS, lead="use "))
+            return None
+        if not isinstance(guard.max, (int, float)) or isinstance(guard.max, bool) or guard.max < 0:
+            b.problem(svc, label, f"guard max must be a number >= 0, got {guard.max!r}", "e.g. max=0.05")
+            return None
+        if guard.feature is not None and guard.feature not in features:
+            b.problem(svc, label, f"guard names feature {guard.feature!r}, not one of the service's",
+                      one_of(str(guard.feature), features, lead="use "))
+            return None
+        out.append(GuardPlan(metric=guard.metric, max=float(guard.max), feature=guard.feature))  # type: ignore[arg-type]
+    return out
 
 
 def _serving(b: _Builder, views: list[FeatureView]) -> dict[str, int]:

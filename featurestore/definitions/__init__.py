@@ -8,18 +8,20 @@ and reports every problem at once.
 from featurestore.definitions.entity import Entity
 from featurestore.definitions.features import AGGREGATION_FUNCTIONS, LIFETIME, Aggregation, Feature, Field, Transform
 from featurestore.definitions.request import RequestFeature, RequestFeatureView, RequestSource
-from featurestore.definitions.service import FeatureService
+from featurestore.definitions.service import GUARD_METRICS, FeatureService, Guard
 from featurestore.definitions.source import KafkaSource
 from featurestore.definitions.view import FeatureView
 
 __all__ = [
     "AGGREGATION_FUNCTIONS",
+    "GUARD_METRICS",
     "Aggregation",
     "Entity",
     "Feature",
     "FeatureService",
     "FeatureView",
     "Field",
+    "Guard",
     "KafkaSource",
     "LIFETIME",
     "RequestFeature",

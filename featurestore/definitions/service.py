@@ -4,10 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from types import MappingProxyType
 from typing import Any
 
 from featurestore.definitions.tags import frozen_tags, tag_items
+
+GUARD_METRICS = ("null_rate", "mismatch_rate", "staleness_p99")
+"""What a rollout guard watches in the values a non-control variant serves."""
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A limit on what the non-control variants of a rollout serve, checked by the feature server.
+
+    `metric`: `null_rate` (share of values that are not present), `mismatch_rate` (share of
+    rows whose value differs from what the control would have served: the control is read
+    too for those rows) or `staleness_p99` (seconds since the newest event, 99th percentile).
+    `feature`: one feature name of the service (default: every feature). Crossed over a
+    whole `guard_window` of the service, the split goes back to the control."""
+
+    metric: str
+    max: float
+    feature: str | None = None
 
 
 @dataclass(frozen=True, init=False)
@@ -22,6 +41,9 @@ class FeatureService:
     every variant lists the same feature names) and `split={"treatment": 0.1}`: the share of
     entities each variant serves, the variant left out taking the rest. An entity keeps its
     variant (a hash of its join keys); responses say which variant served each row.
+    `guards=[Guard("null_rate", max=0.05)]`: crossed over a whole `guard_window` (default one
+    minute) of traffic, the feature server sets every share back to 0 (a new registry version
+    says why).
     """
 
     name: str
@@ -31,6 +53,8 @@ class FeatureService:
     tags: Mapping[str, str] = field(default_factory=dict)
     variants: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     split: Mapping[str, float] = field(default_factory=dict)
+    guards: tuple[Guard, ...] = ()
+    guard_window: timedelta = timedelta(minutes=1)
 
     def __init__(
         self,
@@ -41,15 +65,19 @@ class FeatureService:
         tags: Mapping[str, str] | None = None,
         variants: Mapping[str, Sequence[Any]] | None = None,
         split: Mapping[str, float] | None = None,
+        guards: Sequence[Guard] = (),
+        guard_window: timedelta = timedelta(minutes=1),
     ) -> None:
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "features", tuple(features))
         object.__setattr__(self, "variants", MappingProxyType({k: tuple(v) for k, v in (variants or {}).items()}))
         object.__setattr__(self, "split", MappingProxyType(dict(split or {})))
+        object.__setattr__(self, "guards", tuple(guards))
+        object.__setattr__(self, "guard_window", guard_window)
         object.__setattr__(self, "owner", owner)
         object.__setattr__(self, "description", description)
         object.__setattr__(self, "tags", frozen_tags(tags))
 
     def __hash__(self) -> int:
         return hash((self.name, self.features, self.owner, self.description, tag_items(self.tags),
-                     tuple(self.variants.items()), tuple(self.split.items())))
+                     tuple(self.variants.items()), tuple(self.split.items()), self.guards, self.guard_window))

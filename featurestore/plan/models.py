@@ -191,6 +191,14 @@ class RequestViewPlan(_Frozen):
         raise KeyError(name)
 
 
+class GuardPlan(_Frozen):
+    """A limit on what a rollout's non-control variants serve (see `featurestore.definitions.Guard`)."""
+
+    metric: Literal["null_rate", "mismatch_rate", "staleness_p99"]
+    max: float = Field(ge=0)
+    feature: Name | None = None
+
+
 class ServicePlan(_Frozen):
     """A named bundle of features: "view:feature" references (`view@N:feature` pins a version).
 
@@ -206,6 +214,8 @@ class ServicePlan(_Frozen):
     tags: dict[str, str] = {}
     variants: dict[Name, list[FeatureRef]] = {}
     split: dict[Name, float] = {}
+    guards: list[GuardPlan] = []
+    guard_window_ms: Annotated[int, Field(gt=0)] = 60_000
 
     @property
     def all_refs(self) -> list[str]:
@@ -251,9 +261,11 @@ class Plan(_Frozen):
             if not data[key]:
                 del data[key]
         for svc in data["services"]:
-            for key in ("variants", "split"):
+            for key in ("variants", "split", "guards"):
                 if not svc[key]:
                     del svc[key]
+            if svc["guard_window_ms"] == 60_000:
+                del svc["guard_window_ms"]
         return orjson.dumps(data, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
 
     @property

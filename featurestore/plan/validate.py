@@ -138,6 +138,12 @@ def _check_service(svc: ServicePlan, features: Mapping[str, set[str]], bad: _Rep
                 bad(label + name, f"feature reference '{ref}' names no feature of the plan")
         for ref in _repeated(refs):
             bad(label + name, f"feature '{ref}' listed twice")
+    names = [r.partition(":")[2] for r in svc.features]
+    for guard in svc.guards:
+        if not svc.variants:
+            bad(label, "guards without variants")
+        elif guard.feature is not None and guard.feature not in names:
+            bad(label, f"guard names feature '{guard.feature}', not one of the service's")
     if svc.variants or svc.split:
         problem = rollout_problem(svc.variants, svc.split)
         if problem:

@@ -30,9 +30,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from featurestore import metrics
+from featurestore.client.guards import GuardWatch
 from featurestore.client.http import ONLINE_PATH
 from featurestore.client.online_query import OnlineQuery
 from featurestore.client.request_time import RequestFeatureRunner, request_closure
+from featurestore.client.responses import OnlineResponse
 from featurestore.client.rollout_query import RolloutQuery, build_online_query
 from featurestore.compile.diff import PlanDiff, diff_plans
 from featurestore.config import Settings, load_settings
@@ -81,6 +83,7 @@ class FeatureServer:
         self.redis = aioredis.Redis.from_url(settings.redis_url, **settings.redis_options())
         self.online_redis = AsyncOnlineRedis(self.redis)
         self._watch = PlanWatch(self.registry, _PLAN_CHECK_S)
+        self.guards = GuardWatch()
         self._plan: Plan | None = None
         self._reader: OnlineReader | None = None
         self._runner: RequestFeatureRunner | None = None
@@ -257,6 +260,8 @@ class FeatureServer:
         t_ms = body.at_ms if body.at_ms is not None else int(time.time() * 1000)
         results = await self.reader.aread_results(self.online_redis, query.requests, t_ms, body.max_staleness_ms)
         response = query.response(results, t_ms)
+        if isinstance(query, RolloutQuery) and query.service.guards:
+            await self.check_guards(query, response)
         features: dict[str, Any] = {}
         for name in response.feature_names:
             events = response.event_time_ms(name)
@@ -274,6 +279,37 @@ class FeatureServer:
         if response.variants is not None:
             answer["variants"] = response.variants
         return orjson.dumps(answer)
+
+    async def check_guards(self, query: RolloutQuery, response: OnlineResponse) -> None:
+        """Count what the rollout served; a guard crossed over its window moves the split back."""
+        now = time.monotonic()
+        self.guards.observe(query.service, response, query.mismatches, now)
+        crossed = self.guards.crossed(query.service, now)
+        if crossed is not None:
+            await run_in_threadpool(self.roll_back, query.service.name, crossed[0].metric, crossed[1])
+
+    def roll_back(self, service: str, metric: str, reason: str) -> None:
+        """Record a registry version whose split sends every entity of `service` to its control."""
+        self.guards.reset(service)
+        latest = self.registry.latest()
+        if latest is None:
+            return
+        try:
+            svc = latest.plan.service(service)
+        except KeyError:
+            return
+        if not any(svc.split.values()):
+            return  # already rolled back (by another worker)
+        back = svc.model_copy(update={"split": {v: 0.0 for v in svc.split}})
+        plan = latest.plan.model_copy(update={"services": [back if s.name == service else s for s in latest.plan.services]})
+        try:
+            version = self.registry.apply(plan, note=f"automatic rollback of {service}: {reason}")
+        except RegistryError as exc:  # another worker applied meanwhile: its version stands
+            log.warning("automatic rollback of %s not recorded: %s", service, exc)
+            return
+        metrics.ROLLBACKS.labels(service, metric).inc()
+        log.warning("automatic rollback of %s (registry version %s): %s", service, version.version if version else "?", reason)
+        self._watch.check_now()
 
     async def close(self) -> None:
         await self.online_redis.aclose()

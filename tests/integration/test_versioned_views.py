@@ -26,7 +26,7 @@ from featurestore.demo import payment_events, produce_records
 from featurestore.errors import ConfigError
 from featurestore.plan import Plan
 from featurestore.registry import FileRegistry
-from featurestore.runtime import run_following
+from featurestore.runtime import StreamProcessor, run_following
 from featurestore.runtime.backfill import Backfill, only_view
 from featurestore.runtime.kafka import ensure_topics, producer_config
 from tests.integration.server_harness import free_port, server_answers, wait_for
@@ -239,3 +239,57 @@ def _admin_token(repo: Path, services: Any, settings: Any) -> str:
     res = cli("tokens", "create", "admin", "--grant", "admin", "--repo", str(repo), env=_env(services, settings))
     assert res.returncode == 0, res.stderr
     return res.stdout.strip().splitlines()[-1]
+
+
+def test_a_crossed_guard_rolls_the_split_back(example_repo: Path, services: Any, overrides: dict[str, Any]) -> None:
+    settings = load_settings(example_repo, **overrides)
+    registry = FileRegistry(settings.registry_root)
+    plan = compile_repo(example_repo)
+    registry.apply(plan)
+    topic = plan.source("payments").topic
+    ensure_topics(settings, [topic], partitions=2)
+    end = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=30)
+    produce_records(producer_config(settings), topic, payment_events(1000, end=end, span=dt.timedelta(minutes=20), seed=41,
+                                                                     late_fraction=0.0, malformed_fraction=0.0, users=200))
+    StreamProcessor(plan, settings).run(until_caught_up=True)
+    # version 2 is applied but nothing writes it: every value the treatment serves is missing
+    _write_v2(example_repo)
+    _write_rollout(example_repo, 0.5)
+    services_py = example_repo / "services.py"
+    services_py.write_text(services_py.read_text().replace('split={"treatment": 0.5},', 'split={"treatment": 0.5}, '
+                           'guards=[Guard("null_rate", max=0.2)], guard_window=timedelta(seconds=2),')
+                           .replace("from featurestore import ", "from datetime import timedelta\n\nfrom featurestore import Guard, "))
+    registry.apply(compile_repo(example_repo))
+    applied = registry.latest()
+    assert applied is not None and applied.plan.service("fraud_rollout").guards
+
+    token = _admin_token(example_repo, services, settings)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "featurestore", "serve", "--repo", str(example_repo), "--port", str(port)],
+                              env={**os.environ, **_env(services, settings)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    http = urllib3.PoolManager(retries=False)
+    url = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    body = json.dumps({"service": "fraud_rollout", "entities": {"user_id": list(range(1, 201))}}).encode()
+    seen: list[list[str]] = []
+    try:
+        wait_for(lambda: server_answers(server, http, url), 30, "the feature server")
+
+        def only_control() -> bool:
+            r = http.request("POST", url + "/v1/features/online", body=body, headers=auth)
+            assert r.status == 200, r.data  # no read fails while the rollout is rolled back
+            seen.append(json.loads(r.data)["variants"])
+            return set(seen[-1]) == {"control"}
+
+        wait_for(only_control, 30, "the guard to move the split back to the control")
+        assert "treatment" in seen[0], "the treatment served before the guard was crossed"
+        latest = registry.latest()
+        assert latest is not None and latest.version == applied.version + 1
+        assert latest.note.startswith("automatic rollback of fraud_rollout: null_rate 1 > 0.2")
+        assert latest.plan.service("fraud_rollout").split == {"treatment": 0.0}
+        scraped = http.request("GET", url + "/metrics", headers=auth).data.decode()
+        assert 'featurestore_rollout_rollbacks_total{metric="null_rate",service="fraud_rollout"} 1.0' in scraped
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(30)

@@ -18,7 +18,7 @@ from datetime import timedelta
 
 from pydantic import AwareDatetime, BaseModel
 
-from featurestore import Aggregation, Entity, FeatureService, FeatureView, Field, KafkaSource
+from featurestore import Aggregation, Entity, FeatureService, FeatureView, Field, Guard, KafkaSource
 
 
 class Ride(BaseModel):
@@ -161,3 +161,38 @@ def test_a_plan_watch_sees_apply_and_restore(tmp_path: Path) -> None:
     registry.restore(1)
     watch.check_now()
     assert watch.plan().content_hash == first.content_hash and watch.version == 3
+
+
+def test_guards_compile_and_a_crossed_guard_is_reported_after_a_whole_window(tmp_path: Path) -> None:
+    from featurestore.client.guards import GuardWatch
+    from featurestore.client.responses import OnlineResponse
+
+    v2 = V2.replace("{serving}", "")
+    guarded = ROLLOUT.format(treatment='"driver_stats@2:fare_sum_1h"', split='{"treatment": 0.5}').rstrip()[:-1] + \
+        ', guards=[Guard("null_rate", max=0.2), Guard("mismatch_rate", max=0.5, feature="fare_sum_1h")], ' \
+        'guard_window=timedelta(seconds=10))\n'
+    svc = compile_repo(_repo(tmp_path, v2, guarded)).service("svc")
+    assert [g.metric for g in svc.guards] == ["null_rate", "mismatch_rate"] and svc.guard_window_ms == 10_000
+    bad = guarded.replace('feature="fare_sum_1h"', 'feature="nope"')
+    assert "guard names feature 'nope'" in _problems(_repo(tmp_path, v2, bad))
+    assert "unknown guard metric" in _problems(_repo(tmp_path, v2, guarded.replace('"null_rate"', '"nulls"')))
+
+    def response(values: list[float | None]) -> OnlineResponse:
+        n = len(values)
+        return OnlineResponse({"fare_sum_1h": values}, {"fare_sum_1h": ["present"] * n}, {"fare_sum_1h": [1000] * n},
+                              2000, variants=["treatment"] * (n // 2) + ["control"] * (n - n // 2))
+
+    watch = GuardWatch()
+    healthy, broken = response([1.0] * 40), response([None] * 20 + [1.0] * 20)  # treatment rows all null
+    watch.observe(svc, healthy, {"fare_sum_1h": (20, 0)}, now=0.0)
+    assert watch.crossed(svc, now=0.0) is None
+    watch.observe(svc, broken, {"fare_sum_1h": (20, 0)}, now=5.0)
+    assert watch.crossed(svc, now=5.0) is None, "not before a whole window"
+    watch.observe(svc, broken, {"fare_sum_1h": (20, 0)}, now=12.0)  # the healthy response left the window
+    crossed = watch.crossed(svc, now=12.0)
+    assert crossed is not None and crossed[0].metric == "null_rate" and "null_rate 1 > 0.2" in crossed[1]
+    watch.reset("svc")
+    watch.observe(svc, healthy, {"fare_sum_1h": (20, 15)}, now=20.0)
+    watch.observe(svc, healthy, {"fare_sum_1h": (20, 15)}, now=31.0)
+    crossed = watch.crossed(svc, now=31.0)
+    assert crossed is not None and crossed[0].metric == "mismatch_rate"
