@@ -50,8 +50,9 @@ log = logging.getLogger(__name__)
 def processing_key(plan: Plan) -> bytes:
     """What a processor computes from a plan: its views, sources and code (not services,
     serving versions or request-time features, which only readers use)."""
+    refs = {s.schema_ref for s in plan.sources} | {f.udf_ref for v in plan.views for f in v.row_features if f.udf_ref}
     return orjson.dumps([[v.model_dump(mode="json") for v in plan.views], [s.model_dump(mode="json") for s in plan.sources],
-                         plan.code], option=orjson.OPT_SORT_KEYS)
+                         {r: h for r, h in plan.code.items() if r in refs}], option=orjson.OPT_SORT_KEYS)
 
 
 def run_following(
