@@ -134,6 +134,17 @@ def test_two_versions_side_by_side(example_repo: Path, services: Any, overrides:
         assert sum(store.get_online_features(["user_payments@2:amount_count_1h"], rows).column("amount_count_1h")) \
             == counts_1 + counts_2
 
+        # shadow comparison: the sums differ everywhere (x100), the counts nowhere, online and over the history
+        res = cli("compare", "user_payments@1", "user_payments@2", "--sample", "300", "--json", "--repo", str(example_repo),
+                  env=_env(services, settings))
+        assert res.returncode == 0, res.stderr
+        report = {(r["feature"], r["where"]): r for r in json.loads(res.stdout)}
+        assert set(report) == {(f, w) for f in ("amount_sum_1h", "amount_count_1h") for w in ("online", "history")}
+        assert report[("amount_count_1h", "online")]["mismatch_rate"] == 0.0
+        assert report[("amount_sum_1h", "online")]["mismatch_rate"] == 1.0
+        assert math.isclose(report[("amount_sum_1h", "online")]["mean_b"], 100 * report[("amount_sum_1h", "online")]["mean_a"])
+        assert report[("amount_count_1h", "history")]["rows"] == 300
+
         # a rollout: 10% of the entities read version 2, always the same ones
         _write_rollout(example_repo, 0.1)
         registry.apply(compile_repo(example_repo))
