@@ -85,6 +85,11 @@ VALUES = Counter("featurestore_server_values", "Online values served, per view a
 REQUEST_FEATURE_ERRORS = Counter(
     "featurestore_request_feature_errors", "Request-time feature values that failed (raised, wrong type, over the time "
     "budget), per view and feature (SDK and server).", ["view", "feature"])
+ONLINE_REPAIRS = Counter(
+    "featurestore_online_repairs", "Times a processor found Redis had lost applied events of a view and re-applied "
+    "them from the history.", ["view"])
+REPAIRED_ENTITIES = Counter(
+    "featurestore_online_repaired_entities", "Entity states folded again from the history by repairs, per view.", ["view"])
 ROLLBACKS = Counter(
     "featurestore_rollout_rollbacks", "Rollouts moved back to their control by a crossed guard, per service and guard "
     "metric (feature server).", ["service", "metric"])

@@ -397,6 +397,8 @@ def rebuild_online(
     totals = {v.name: count_history(settings.offline_root, v) for v in plan_.views}
     from rich.progress import Progress
 
+    from featurestore.runtime.repair import mark_history
+
     started = time.monotonic()
     with Progress(console=console) as progress:
         for view in plan_.views:
@@ -404,6 +406,7 @@ def rebuild_online(
             rebuild_view(client, settings.project, settings.offline_root, view, skew_ms,
                          functools.partial(progress.advance, task))
             progress.update(task, completed=totals[view.name] or 1)
+    mark_history(client, settings.project, settings.offline_root, plan_.views)
     console.print(f"Loaded {sum(totals.values()):,} history rows into {settings.redis_display} "
                   f"in {time.monotonic() - started:.1f} s.")
     if catch_up:

@@ -15,7 +15,11 @@ One more hash per project, `fs:{project}:_project`, says the store holds the pro
 (the SDK refuses to read a Redis without it: most likely the wrong URL) and what it holds:
 `layout` (the storage layout version) and, per view and source partition, `newest|<view>|<p>`:
 the event time (ms) of the newest event its writer stored (`featurestore status`).
-Every writer sets it with each batch it stores.
+Every writer sets it with each batch it stores. At each checkpoint a processor also sets, per
+view and Kafka partition it owns, `applied|<view>|<topic>|<p>`: the offset below which Redis
+holds every event it applied (the offset it commits), and `marks` = 1. A mark lower than
+the committed offset, or missing, means Redis lost data: the processor re-applies the
+history in between (`featurestore.runtime.repair`), counted in `repairs|<view>`.
 """
 
 from __future__ import annotations
@@ -43,6 +47,20 @@ def project_key(project: str) -> str:
 def newest_field(view: str, partition: int) -> str:
     """Field of `project_key` with the newest event time stored for a view from a partition."""
     return f"newest|{view}|{partition}"
+
+
+MARKS_FIELD = "marks"
+
+
+def applied_field(view: str, topic: str, partition: int) -> str:
+    """Field of `project_key`: the offset of a Kafka partition below which Redis holds every
+    event of it applied to a view."""
+    return f"applied|{view}|{topic}|{partition}"
+
+
+def repairs_field(view: str) -> str:
+    """Field of `project_key`: how many times a view's online data was repaired from the history."""
+    return f"repairs|{view}"
 
 
 def parse_newest_field(field: str) -> tuple[str, int] | None:

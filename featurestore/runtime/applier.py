@@ -50,6 +50,8 @@ class ProcessorStats:
     entity_writes: int = 0
     history_rows: int = 0
     checkpoints: int = 0
+    repairs: int = 0
+    """Times Redis was found to have lost applied events, repaired from the history."""
     retries: int = 0
     last_error: str = ""
     started_at: float = field(default_factory=time.monotonic)

@@ -43,6 +43,7 @@ from featurestore.runtime.applier import BatchApplier, ProcessorStats, Retryable
 from featurestore.runtime.decode import DeadLetter, RawRecord
 from featurestore.runtime.imports import forget_repo_modules
 from featurestore.runtime.kafka import consumer_config
+from featurestore.runtime.repair import Mark, count_repair, marks_command, read_marks, repair_partition
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,11 @@ class StreamProcessor:
         self._stop = stop or threading.Event()
         self.next_plan: Plan | None = None
         """Set when run() returned to switch to a newly applied plan (see `run(follow=...)`)."""
+        self._marks: dict[Mark, int] = {}
+        """Per (view, topic, partition) owned: the offset marked in Redis at the last checkpoint."""
+        self._unchecked: set[tuple[str, int]] = set()
+        """Partitions taken whose marks are not compared with the committed offsets yet."""
+        self._views_of = {s.topic: [v.name for v in plan.views if v.source == s.name] for s in plan.sources}
         self._seen_plan: Plan | None = None
         self.ignored_plans: set[str] = set()
         """Content hashes of plans not to switch to (their code failed to load)."""
@@ -226,6 +232,7 @@ class StreamProcessor:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+        self._unchecked.update((p.topic, p.partition) for p in partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("revoked %s", [(p.topic, p.partition) for p in partitions])
@@ -233,6 +240,9 @@ class StreamProcessor:
         for p in partitions:
             self._eof.pop((p.topic, p.partition), None)
             self.applier.forget(p.topic, p.partition)
+            self._unchecked.discard((p.topic, p.partition))
+            for mark in [m for m in self._marks if m[1:] == (p.topic, p.partition)]:
+                del self._marks[mark]
 
     def _take(self, consumer: Consumer) -> list[Message]:
         """What the consumer holds now, up to batch_size; when it holds nothing, wait up to
@@ -248,6 +258,8 @@ class StreamProcessor:
         return [first, *consumer.consume(size - 1, 0)] if size > 1 else [first]
 
     def _process(self, msgs: list[Message]) -> None:
+        if self._unchecked:
+            self.applier.with_retry("online repair check", self._check_taken)
         by_topic: dict[str, list[RawRecord]] = {}
         offsets: dict[tuple[str, int], int] = {}
         for m in msgs:
@@ -326,7 +338,62 @@ class StreamProcessor:
         offsets, self._offsets = self._offsets, {}
         return offsets
 
+    # -- online repair ------------------------------------------------------------------
+    def _check_taken(self) -> None:
+        """Partitions just taken: a mark in Redis below the group's committed offset (or no
+        marks at all) means Redis lost events applied before; re-apply them from the history."""
+        assert self._consumer is not None
+        taken = sorted(self._unchecked)
+        committed = {(tp.topic, tp.partition): tp.offset
+                     for tp in self._consumer.committed([TopicPartition(t, p) for t, p in taken], timeout=15) if tp.offset > 0}
+        marks = [(v, t, p) for t, p in taken for v in self._views_of.get(t, []) if (t, p) in committed]
+        has_marks, held = read_marks(self.online.redis, self.settings.project, marks)
+        for mark, value in zip(marks, held):
+            upto = committed[mark[1:]]
+            if has_marks and (value is None or value >= upto):
+                continue  # intact, or a view new to this partition (it starts here)
+            self._repair(mark, value or 0, upto)
+        fresh = {m: committed[m[1:]] for m in marks}
+        self.online.redis.run([marks_command(self.settings.project, fresh)])
+        self._marks.update(fresh)
+        self._unchecked.clear()
+
+    def _check_marks(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Before committing: marks in Redis lower than written mean Redis lost data; make
+        everything processed durable (into `offsets`), re-apply the lost range, and mark."""
+        mine = list(self._marks)
+        if mine:
+            has_marks, held = read_marks(self.online.redis, self.settings.project, mine)
+            lost = {m: (v or 0) if has_marks else 0 for m, v in zip(mine, held) if v is None or v < self._marks[m]}
+            if lost:
+                self.applier.settle_online()
+                self.applier.flush_taken(self.history.take())
+                offsets.update(self._take_offsets())
+                for mark, since in lost.items():
+                    self._repair(mark, since, offsets.get(mark[1:], self._marks[mark]))
+        fresh = {(v, t, p): o for (t, p), o in offsets.items() for v in self._views_of.get(t, [])}
+        if fresh:
+            self.online.redis.run([marks_command(self.settings.project, fresh)])
+            self._marks.update(fresh)
+
+    def _repair(self, mark: Mark, since: int, upto: int) -> None:
+        view, topic, partition = mark
+        started = time.monotonic()
+        entities, rows = repair_partition(self.applier.redis, self.settings.project, self.settings.offline_root,
+                                          self.plan.view(view), topic, partition, since, upto,
+                                          int(self.settings.max_future_skew_s * 1000))
+        self.online.forget(topic, partition)  # what is cached may rest on what Redis lost
+        count_repair(self.online.redis, self.settings.project, view)
+        metrics.ONLINE_REPAIRS.labels(view).inc()
+        metrics.REPAIRED_ENTITIES.labels(view).inc(entities)
+        self.stats.repairs += 1
+        log.warning("Redis lost online data of view %s, partition %s:%d (it held offsets below %d, %d were applied): "
+                    "re-applied %d history rows to %d entities in %.1f s", view, topic, partition, since, upto, rows,
+                    entities, time.monotonic() - started)
+
     def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        if self._consumer is not None and (offsets or self._marks):  # idle too: Redis may lose data any time
+            self.applier.with_retry("online repair check", lambda: self._check_marks(offsets))
         if offsets and self._consumer is not None:
             fault_point("before_offset_commit")
             self.applier.with_retry("offset commit", lambda: self._commit_offsets(offsets))

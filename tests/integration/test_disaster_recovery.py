@@ -1,0 +1,106 @@
+"""Redis losing writes while processors run: restarted from an older snapshot, or flushed; the
+running processor notices at its next checkpoint and repairs the online store from the
+history by itself, so online equals offline again, nothing counted twice."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from featurestore import FeatureStore
+from featurestore.compile import compile_repo
+from featurestore.config import load_settings
+from featurestore.demo import payment_events, produce_records
+from featurestore.embedded import start_redis
+from featurestore.embedded.services import free_port
+from featurestore.errors import FeatureStoreError
+from featurestore.online.keys import project_key, repairs_field
+from featurestore.registry import FileRegistry
+from featurestore.runtime import run_following
+from featurestore.runtime.kafka import ensure_topics, producer_config
+from tests.integration.server_harness import wait_for
+
+pytestmark = pytest.mark.integration
+
+USERS = 300
+
+
+def _counts(store: FeatureStore, rows: list[dict[str, Any]]) -> int:
+    """Events counted online over all users (the lifetime count: every event once), -1 before any write."""
+    try:
+        return sum(v or 0 for v in store.get_online_features(["user_payments:amount_count_lifetime"], rows)
+                   .column("amount_count_lifetime"))
+    except FeatureStoreError:  # nothing written yet, or Redis down
+        return -1
+
+
+def _marked(client: redis.Redis, project: str) -> int:
+    """Records of the topic marked as held by Redis for user_payments (over its partitions)."""
+    return sum(int(v) for k, v in client.hgetall(project_key(project)).items() if k.startswith(b"applied|user_payments|"))
+
+
+@pytest.mark.parametrize("loss", ["older_snapshot", "flushall"])
+def test_redis_data_loss_is_repaired_by_the_running_processor(example_repo: Path, services: Any, overrides: dict[str, Any],
+                                                                tmp_path: Path, loss: str) -> None:
+    port = free_port()
+    data_dir = tmp_path / "redis-data"
+    args = ("--dir", str(data_dir))
+    data_dir.mkdir()
+    server = start_redis(port, tmp_path, extra_args=args)
+    settings = load_settings(example_repo, **{**overrides, "redis_url": f"redis://127.0.0.1:{port}/0"})
+    plan = compile_repo(example_repo)
+    FileRegistry(settings.registry_root).apply(plan)
+    topic = plan.source("payments").topic
+    ensure_topics(settings, [topic], partitions=2)
+    end = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=30)
+    clean = {"late_fraction": 0.0, "malformed_fraction": 0.0, "users": USERS}
+    first = payment_events(1500, end=end - dt.timedelta(minutes=20), span=dt.timedelta(minutes=20), seed=51, **clean)
+    second = payment_events(1500, end=end, span=dt.timedelta(minutes=20), seed=52, **clean)
+    rows = [{"user_id": u} for u in range(1, USERS + 1)]
+    client = redis.Redis(port=port)
+    stop = threading.Event()
+    processor = threading.Thread(target=run_following, args=(plan, settings, stop), daemon=True)
+    processor.start()
+    store = FeatureStore(example_repo, settings=settings)
+    try:
+        produce_records(producer_config(settings), topic, first)
+        wait_for(lambda: _counts(store, rows) == len(first), 60, "the first events online")
+        wait_for(lambda: _marked(client, settings.project) == len(first), 30, "a checkpoint marking them")
+        client.save()  # the snapshot Redis will come back from
+
+        produce_records(producer_config(settings), topic, second)
+        total = len(first) + len(second)
+        wait_for(lambda: _counts(store, rows) == total, 60, "the second events online")
+        wait_for(lambda: _marked(client, settings.project) == total, 30, "a checkpoint marking them")
+
+        if loss == "older_snapshot":  # killed, and back from the snapshot: the second events are gone
+            os.kill(server.pid, signal.SIGKILL)
+            os.waitpid(server.pid, 0)
+            server = start_redis(port, tmp_path, extra_args=args)
+            client = redis.Redis(port=port)
+        else:
+            client.flushall()
+        # no command from anyone: the processor notices at its next checkpoint and repairs
+        wait_for(lambda: _counts(store, rows) == total, 60, "the online store repaired by the processor")
+        assert int(client.hget(project_key(settings.project), repairs_field("user_payments")) or 0) >= 1
+        report = store.check_consistency(sample=100)
+        assert report.mismatches == 0, report.rows()
+
+        # later events are applied on top, once
+        third = payment_events(500, end=end, span=dt.timedelta(minutes=5), seed=53, **clean)
+        produce_records(producer_config(settings), topic, third)
+        wait_for(lambda: _counts(store, rows) == total + len(third), 60, "later events online")
+    finally:
+        stop.set()
+        processor.join(60)
+        store.close()
+        client.close()
+        server.stop()
+    assert not processor.is_alive()
