@@ -44,7 +44,8 @@ def test_a_manifest_rebuilds_the_same_training_set(example_repo: Path, services,
     store = FeatureStore(example_repo, settings=settings)
     built = store.get_historical_features(entity, FEATURES)
     manifest = built.manifest
-    assert manifest["registry_version"] == 1 and manifest["features"] == FEATURES and manifest["history"]["user_payments"]
+    pinned = [f.replace("user_payments:", "user_payments@1:") for f in FEATURES]  # the manifest names the versions read
+    assert manifest["registry_version"] == 1 and manifest["features"] == pinned and manifest["history"]["user_payments"]
 
     # more events arrive, stamped inside the rows' windows: a new build sees them, the manifest's does not
     later = payment_events(400, end=end, span=dt.timedelta(hours=1), users=8, late_fraction=0.0, malformed_fraction=0.0,
