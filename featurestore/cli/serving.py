@@ -159,7 +159,8 @@ def status(
     topics = [s.topic for s in plan.sources if any(v.source == s.name for v in plan.views)]
     client = settings.redis_client()
     try:
-        newest = OnlineReader(client, settings.project, plan).newest_events()
+        reader = OnlineReader(client, settings.project, plan)
+        newest, repairs = reader.newest_events(), reader.repair_counts()
     except redis.RedisError as exc:
         raise unreachable("Redis", settings.redis_display, exc) from None
     finally:
@@ -179,17 +180,17 @@ def status(
             note = f"no processor metrics ({exc})"
     else:
         note = "no processor metrics: run processors with metrics_address (FEATURESTORE_METRICS_ADDRESS) for freshness and dead letters"
-    overview = Overview(newest, lag, metrics, note)
+    overview = Overview(newest, lag, metrics, note, repairs)
     now = time.time()
     views = [v.name for v in plan.views]
     if as_json:
         print_json(overview.to_json(views, now))
         return
-    table = cli_table("view", "newest event online", "events", "freshness p50", "freshness p99", title="Views")
+    table = cli_table("view", "newest event online", "events", "freshness p50", "freshness p99", "repairs", title="Views")
     for row in overview.rows(views, now):
         events = row["events"]
         table.add_row(str(row["view"]), str(row["newest_event"]), "-" if events is None else f"{events:,.0f}",
-                      str(row["freshness_p50"]), str(row["freshness_p99"]))
+                      str(row["freshness_p50"]), str(row["freshness_p99"]), str(row["repairs"]))
     console.print(table)
     lag_table = cli_table("topic", "partition", "committed", "end", "lag (records)",
                           title=f"Consumer group {settings.consumer_group}")

@@ -114,6 +114,8 @@ class Overview:
     lag: list[PartitionLag]
     metrics: Status | None
     metrics_note: str = ""
+    repairs: dict[str, int] = field(default_factory=dict)
+    """Per view, times a processor repaired its online data from the history (Redis lost writes)."""
 
     def rows(self, views: list[str], now_s: float) -> list[dict[str, Any]]:
         """One row per view: newest event, and the metrics' events and freshness when known."""
@@ -129,6 +131,7 @@ class Overview:
                 "events": m.events if m else None,
                 "freshness_p50": m.p50 if m else "-",
                 "freshness_p99": m.p99 if m else "-",
+                "repairs": self.repairs.get(view, 0),
             })
         return out
 

@@ -232,6 +232,15 @@ class OnlineReader:
                 newest[parsed[0]] = max(newest.get(parsed[0], 0), int(value))
         return newest
 
+    def repair_counts(self) -> dict[str, int]:
+        """Per view, how many times a processor repaired its online data from the history
+        (Redis had lost applied events)."""
+        assert self.redis is not None
+        key = project_key(self.project).encode()
+        fields = self.redis.run([(key, ("HGETALL", key))])[0] or {}
+        pairs = fields.items() if isinstance(fields, dict) else zip(fields[::2], fields[1::2])
+        return {f.decode().partition("|")[2]: int(v) for f, v in pairs if f.startswith(b"repairs|")}
+
     def _cached_layout(self, view: ViewPlan, features: Sequence[str], t_ms: int) -> _Layout:
         """The layout depends on t only through the tile holding t, per tile size: cache it."""
         aggs = {a.name: a for a in view.aggregations}

@@ -5,6 +5,7 @@ history by itself, so online equals offline again, nothing counted twice."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import threading
@@ -26,6 +27,7 @@ from featurestore.registry import FileRegistry
 from featurestore.runtime import run_following
 from featurestore.runtime.kafka import ensure_topics, producer_config
 from tests.integration.server_harness import wait_for
+from tests.unit.test_cli import cli
 
 pytestmark = pytest.mark.integration
 
@@ -92,6 +94,13 @@ def test_redis_data_loss_is_repaired_by_the_running_processor(example_repo: Path
         assert int(client.hget(project_key(settings.project), repairs_field("user_payments")) or 0) >= 1
         report = store.check_consistency(sample=100)
         assert report.mismatches == 0, report.rows()
+        env = {**services.env(), "FEATURESTORE_REDIS_URL": settings.redis_url, "FEATURESTORE_PROJECT": settings.project,
+               "FEATURESTORE_CONSUMER_GROUP": settings.consumer_group, "FEATURESTORE_REGISTRY_PATH": str(settings.registry_root),
+               "FEATURESTORE_OFFLINE_PATH": str(settings.offline_root)}
+        shown = cli("status", "--json", "--repo", str(example_repo), env=env)
+        assert shown.returncode == 0, shown.stderr
+        views = {v["view"]: v for v in json.loads(shown.stdout)["views"]}
+        assert views["user_payments"]["repairs"] >= 1 and views["merchant_payments"]["repairs"] >= 1
 
         # later events are applied on top, once
         third = payment_events(500, end=end, span=dt.timedelta(minutes=5), seed=53, **clean)
