@@ -10,6 +10,7 @@ Transport security has its own settings (`kafka_security_protocol`, `kafka_ssl_*
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -43,7 +44,9 @@ class Settings(BaseSettings):
                 raise ValueError(f"'{key}' is transport security: use the kafka_security_protocol, kafka_ssl_* and "
                                  "kafka_sasl_* settings, which kafka_options cannot override")
         return value
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Online store (redis:// or rediss://).")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description=(
+        "Online store: redis:// or rediss://, or redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB] for a primary "
+        "found (and followed through failovers) by Redis Sentinel."))
     offline_path: Path | None = Field(
         None, description="Parquet history root; default <repo>/.featurestore/offline (relative: to the repo)."
     )
@@ -143,10 +146,39 @@ class Settings(BaseSettings):
         return opts
 
     def redis_client(self, **kwargs: Any) -> Any:
-        """A redis-py client for the online store, with the ACL user, password and TLS settings applied."""
+        """A redis-py client for the online store, with the ACL user, password and TLS settings
+        applied; with a redis+sentinel:// URL, a client of the current primary that finds the
+        new one after a failover (on its next connection)."""
         import redis
 
-        return redis.Redis.from_url(self.redis_url, **self.redis_options(), **kwargs)
+        sentinel = parse_sentinel_url(self.redis_url)
+        if sentinel is None:
+            return redis.Redis.from_url(self.redis_url, **self.redis_options(), **kwargs)
+        from redis.sentinel import Sentinel
+
+        return Sentinel(sentinel.hosts, socket_timeout=5).master_for(
+            sentinel.service, db=sentinel.db, **self._sentinel_auth(sentinel), **self.redis_options(), **kwargs)
+
+    def async_redis_client(self) -> Any:
+        """The asyncio counterpart of `redis_client` (the feature server's)."""
+        import redis.asyncio as aioredis
+
+        sentinel = parse_sentinel_url(self.redis_url)
+        if sentinel is None:
+            return aioredis.Redis.from_url(self.redis_url, **self.redis_options())
+        from redis.asyncio.sentinel import Sentinel
+
+        return Sentinel(sentinel.hosts, socket_timeout=5).master_for(
+            sentinel.service, db=sentinel.db, **self._sentinel_auth(sentinel), **self.redis_options())
+
+    def _sentinel_auth(self, sentinel: SentinelUrl) -> dict[str, Any]:
+        """The user and password of a sentinel URL, unless the redis_username/redis_password settings give them."""
+        opts: dict[str, Any] = {}
+        if sentinel.username and not self.redis_username:
+            opts["username"] = sentinel.username
+        if sentinel.password and self.redis_password is None and self.redis_password_file is None:
+            opts["password"] = sentinel.password
+        return opts
 
     def redis_options(self) -> dict[str, Any]:
         """ACL user, password and CA as keyword arguments of redis-py's from_url (sync or asyncio)."""
@@ -208,11 +240,48 @@ class Settings(BaseSettings):
 
 def redact_url(url: str) -> str:
     """`scheme://user:***@host/...`: a URL safe to print."""
+    if parse_sentinel_url(url) is not None:
+        return re.sub(r"^(redis\+sentinel://[^:@/]*):[^@/]*@", r"\1:***@", url)
     parts = urlsplit(url)
     if parts.password is None:
         return url
     netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """A redis+sentinel:// URL: the sentinels, the monitored primary's name, the database."""
+
+    hosts: list[tuple[str, int]]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_sentinel_url(url: str) -> SentinelUrl | None:
+    """The parts of `redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB]`;
+    None for another scheme. Raises ConfigError for a malformed one."""
+    prefix = "redis+sentinel://"
+    if not url.startswith(prefix):
+        return None
+    rest = url[len(prefix):]
+    auth, at, rest = rest.rpartition("@") if "@" in rest.split("/", 1)[0] else ("", "", rest)
+    netloc, _, path = rest.partition("/")
+    parts = [p for p in path.split("/") if p]
+    hosts: list[tuple[str, int]] = []
+    for item in netloc.split(","):
+        host, colon, port = item.rpartition(":")
+        if not colon or not host or not port.isdigit():
+            raise ConfigError(f"redis_url {redact_url(prefix + rest)}: sentinel '{item}' is not HOST:PORT "
+                              "(expected redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB])")
+        hosts.append((host, int(port)))
+    if not parts or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise ConfigError("redis_url: a sentinel URL names the monitored primary and optionally a database: "
+                          "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]")
+    user, _, password = auth.partition(":") if at else ("", "", "")
+    return SentinelUrl(hosts, parts[0], int(parts[1]) if len(parts) == 2 else 0, user or None, password or None)
 
 
 def _secret(value: SecretStr | None, path: Path | None, name: str) -> str:

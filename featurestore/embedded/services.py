@@ -135,6 +135,21 @@ def start_redis(
     return _spawn("redis", argv, port, log_dir or Path(tempfile.gettempdir()) / "featurestore-dev", timeout)
 
 
+def start_sentinel(primary_port: int, service: str = "mymaster", port: int | None = None, log_dir: Path | None = None,
+                   down_after_ms: int = 1000, timeout: float = 30.0) -> Service:
+    """Start a Redis Sentinel on 127.0.0.1:`port` monitoring the primary at `primary_port` as
+    `service` (quorum 1: alone it declares the primary down and fails over to a replica)."""
+    port = port or free_port()
+    log_dir = log_dir or Path(tempfile.gettempdir()) / "featurestore-dev"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    config = log_dir / f"sentinel-{port}.conf"  # sentinel rewrites its config file: its own, writable
+    config.write_text(f"port {port}\nbind 127.0.0.1\ndir {log_dir}\n"
+                      f"sentinel monitor {service} 127.0.0.1 {primary_port} 1\n"
+                      f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+                      f"sentinel failover-timeout {service} {max(3 * down_after_ms, 3000)}\n")
+    return _spawn("sentinel", [redis_executable(), str(config), "--sentinel"], port, log_dir, timeout)
+
+
 def start_redis_cluster(masters: int = 3, log_dir: Path | None = None, timeout: float = 30.0) -> list[Service]:
     """A Redis Cluster of `masters` primaries on loopback ports (no replicas, in memory): the
     16384 slots split evenly, the nodes introduced with CLUSTER MEET; returns when every node

@@ -20,7 +20,6 @@ from typing import Any, cast
 import orjson
 import pyarrow as pa
 import redis
-import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -80,7 +79,7 @@ class FeatureServer:
         self.registry = FileRegistry(settings.registry_root)
         self.tokens = TokenStore(settings.tokens_file) if auth else None
         self.audit = AuditLog(settings.audit_log_file)
-        self.redis = aioredis.Redis.from_url(settings.redis_url, **settings.redis_options())
+        self.redis = settings.async_redis_client()
         self.online_redis = AsyncOnlineRedis(self.redis)
         self._watch = PlanWatch(self.registry, _PLAN_CHECK_S)
         self.guards = GuardWatch()
