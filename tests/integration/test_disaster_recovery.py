@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from featurestore import FeatureStore
 from featurestore.compile import compile_repo
 from featurestore.config import load_settings
 from featurestore.demo import payment_events, produce_records
-from featurestore.embedded import start_redis
+from featurestore.embedded import start_broker, start_redis
 from featurestore.embedded.services import free_port, start_sentinel
 from featurestore.errors import FeatureStoreError
 from featurestore.online.keys import project_key, repairs_field
@@ -27,11 +28,13 @@ from featurestore.registry import FileRegistry
 from featurestore.runtime import run_following
 from featurestore.runtime.kafka import ensure_topics, producer_config
 from tests.integration.server_harness import wait_for
+from tests.integration.tcp_proxy import TcpProxy
 from tests.unit.test_cli import cli
 
 pytestmark = pytest.mark.integration
 
 USERS = 300
+OUTAGE_S = 30
 
 
 def _counts(store: FeatureStore, rows: list[dict[str, Any]]) -> int:
@@ -156,3 +159,53 @@ def test_a_primary_killed_mid_stream_fails_over_through_sentinel(example_repo: P
         watcher.close()
         for service in (sentinel, replica, primary):
             service.stop()
+
+
+def test_the_processor_survives_a_broker_outage_and_reads_go_on(example_repo: Path, services: Any, overrides: dict[str, Any],
+                                                                tmp_path: Path) -> None:
+    broker_port, proxy_port = free_port(), free_port()
+    proxy = TcpProxy(proxy_port, broker_port)
+    broker = start_broker(broker_port, tmp_path, advertised_port=proxy_port)  # clients only ever reach it through the proxy
+    try:
+        settings = load_settings(example_repo, **{**overrides, "kafka_bootstrap_servers": f"127.0.0.1:{proxy_port}"})
+        plan = compile_repo(example_repo)
+        FileRegistry(settings.registry_root).apply(plan)
+        topic = plan.source("payments").topic
+        ensure_topics(settings, [topic], partitions=2)
+        end = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=30)
+        clean = {"late_fraction": 0.0, "malformed_fraction": 0.0, "users": USERS}
+        first = payment_events(1500, end=end - dt.timedelta(minutes=20), span=dt.timedelta(minutes=20), seed=71, **clean)
+        second = payment_events(20_000, end=end, span=dt.timedelta(minutes=20), seed=72, **clean)  # still applying at the cut
+        rows = [{"user_id": u} for u in range(1, USERS + 1)]
+        stop = threading.Event()
+        processor = threading.Thread(target=run_following, args=(plan, settings, stop), daemon=True)
+        processor.start()
+        store = FeatureStore(example_repo, settings=settings)
+        try:
+            produce_records(producer_config(settings), topic, first)
+            wait_for(lambda: _counts(store, rows) == len(first), 60, "the first events online")
+            produce_records(producer_config(settings), topic, second)
+            proxy.cut()  # the broker is unreachable for 30 s, mid-stream
+            outage = time.monotonic()
+            served = 0
+            while time.monotonic() - outage < OUTAGE_S:
+                answer = store.get_online_features(["user_payments:amount_count_lifetime"], rows,
+                                                   max_staleness=dt.timedelta(seconds=5))
+                assert len(answer.column("amount_count_lifetime")) == USERS  # reads go on, from Redis
+                served += 1
+                time.sleep(0.5)  # a client reading at 2 requests/s during the outage
+            assert served >= OUTAGE_S
+            statuses = set(answer.status("amount_count_lifetime"))
+            assert statuses <= {"stale", "not_found"}, statuses  # events are older than 5 s: stale, as documented
+            proxy.restore()
+            total = len(first) + len(second)
+            wait_for(lambda: _counts(store, rows) == total, 120, "every event online once after the outage")
+            wait_for(lambda: store.check_consistency(sample=100).mismatches == 0, 60, "online to equal offline")
+        finally:
+            stop.set()
+            processor.join(60)
+            store.close()
+        assert not processor.is_alive()
+    finally:
+        proxy.close()
+        broker.stop()
