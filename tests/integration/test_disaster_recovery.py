@@ -93,7 +93,9 @@ def test_redis_data_loss_is_repaired_by_the_running_processor(example_repo: Path
         else:
             client.flushall()
         # no command from anyone: the processor notices at its next checkpoint and repairs
+        lost_at = time.monotonic()
         wait_for(lambda: _counts(store, rows) == total, 60, "the online store repaired by the processor")
+        print(f"{loss}: repaired {time.monotonic() - lost_at:.1f} s after the loss")
         assert int(client.hget(project_key(settings.project), repairs_field("user_payments")) or 0) >= 1
         wait_for(lambda: store.check_consistency(sample=100).mismatches == 0, 60, "online to equal offline in every view")
         env = {**services.env(), "FEATURESTORE_REDIS_URL": settings.redis_url, "FEATURESTORE_PROJECT": settings.project,
@@ -147,7 +149,9 @@ def test_a_primary_killed_mid_stream_fails_over_through_sentinel(example_repo: P
             produce_records(producer_config(settings), topic, second)
             os.kill(primary.pid, signal.SIGKILL)  # mid-stream: the processor is applying the second events
             total = len(first) + len(second)
+            killed_at = time.monotonic()
             wait_for(lambda: _counts(store, rows) == total, 120, "every event online once, on the new primary")
+            print(f"failover: every event online {time.monotonic() - killed_at:.1f} s after the primary was killed")
             assert redis.Redis(port=replica.port).execute_command("ROLE")[0] == b"master"
             wait_for(lambda: store.check_consistency(sample=100).mismatches == 0, 60, "online to equal offline in every view")
         finally:
@@ -167,7 +171,9 @@ def test_the_processor_survives_a_broker_outage_and_reads_go_on(example_repo: Pa
     proxy = TcpProxy(proxy_port, broker_port)
     broker = start_broker(broker_port, tmp_path, advertised_port=proxy_port)  # clients only ever reach it through the proxy
     try:
-        settings = load_settings(example_repo, **{**overrides, "kafka_bootstrap_servers": f"127.0.0.1:{proxy_port}"})
+        # small batches: the processor is far from done when the broker goes
+        settings = load_settings(example_repo, **{**overrides, "kafka_bootstrap_servers": f"127.0.0.1:{proxy_port}",
+                                                  "batch_size": 200})
         plan = compile_repo(example_repo)
         FileRegistry(settings.registry_root).apply(plan)
         topic = plan.source("payments").topic
@@ -175,18 +181,23 @@ def test_the_processor_survives_a_broker_outage_and_reads_go_on(example_repo: Pa
         end = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=30)
         clean = {"late_fraction": 0.0, "malformed_fraction": 0.0, "users": USERS}
         first = payment_events(1500, end=end - dt.timedelta(minutes=20), span=dt.timedelta(minutes=20), seed=71, **clean)
-        second = payment_events(20_000, end=end, span=dt.timedelta(minutes=20), seed=72, **clean)  # still applying at the cut
+        second = payment_events(60_000, end=end, span=dt.timedelta(minutes=20), seed=72, **clean)
         rows = [{"user_id": u} for u in range(1, USERS + 1)]
+        produce_records(producer_config(settings), topic, first + second)  # all there before the processor starts
+        total = len(first) + len(second)
         stop = threading.Event()
         processor = threading.Thread(target=run_following, args=(plan, settings, stop), daemon=True)
         processor.start()
         store = FeatureStore(example_repo, settings=settings)
         try:
-            produce_records(producer_config(settings), topic, first)
-            wait_for(lambda: _counts(store, rows) == len(first), 60, "the first events online")
-            produce_records(producer_config(settings), topic, second)
+            wait_for(lambda: _counts(store, rows) >= len(first), 60, "the processor under way")
+            at_cut = _counts(store, rows)
             proxy.cut()  # the broker is unreachable for 30 s, mid-stream
             outage = time.monotonic()
+            # events produced meanwhile wait in the producer until the broker is back
+            third = payment_events(2000, end=end, span=dt.timedelta(minutes=5), seed=73, **clean)
+            late_producer = threading.Thread(target=produce_records, args=(producer_config(settings), topic, third))
+            late_producer.start()
             served = 0
             while time.monotonic() - outage < OUTAGE_S:
                 answer = store.get_online_features(["user_payments:amount_count_lifetime"], rows,
@@ -197,9 +208,14 @@ def test_the_processor_survives_a_broker_outage_and_reads_go_on(example_repo: Pa
             assert served >= OUTAGE_S
             statuses = set(answer.status("amount_count_lifetime"))
             assert statuses <= {"stale", "not_found"}, statuses  # events are older than 5 s: stale, as documented
+            assert at_cut < total, "the outage came mid-stream"
+            assert _counts(store, rows) <= total, "nothing produced during the outage reached the processor"
             proxy.restore()
-            total = len(first) + len(second)
+            back_at = time.monotonic()
+            late_producer.join(120)
+            total += len(third)
             wait_for(lambda: _counts(store, rows) == total, 120, "every event online once after the outage")
+            print(f"broker outage: every event online {time.monotonic() - back_at:.1f} s after the broker came back")
             wait_for(lambda: store.check_consistency(sample=100).mismatches == 0, 60, "online to equal offline")
         finally:
             stop.set()
