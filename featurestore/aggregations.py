@@ -16,7 +16,8 @@ reader across an entity's partitions):
 
 A window merges the statistics of its tiles (`featurestore.plan.windows`), then
 `Function.finish` (numeric statistics) or `Function.pick` (items) gives the value; training
-sets compute the same value over the raw events with `Function.sql` (DuckDB).
+sets compute the same value over the raw events with `Function.sql` (DuckDB; Spark's dialect
+where it differs in `Function.spark_sql`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ class Function:
     numeric_input: bool = False
     ordered: bool = False
     """It picks events by (event time, partition, offset)."""
+    spark_sql: Callable[[str, str, str, str, int], str] | None = None
+    """Its Spark SQL where it differs from `sql` (the order column is then a struct of
+    (event time, partition, offset))."""
+
+    def sql_for(self, engine: str) -> Callable[[str, str, str, str, int], str]:
+        """The SQL of this aggregate for "duckdb" or "spark"."""
+        return self.spark_sql or self.sql if engine == "spark" else self.sql
 
     @property
     def packed(self) -> bool:
@@ -100,6 +108,13 @@ def _extreme(stat: str) -> Callable[[Gathered, str], list[Any]]:
     return finish
 
 
+def _spark_newest(col: str, cond: str, seq: str, dtype: str, k: int) -> str:
+    """Spark's last_n: the k values of greatest order, newest first; NULL when none (as DuckDB's)."""
+    items = f"collect_list(named_struct('s', {seq}, 'v', {col})) {cond}"
+    return (f"CASE WHEN count({col}) {cond} = 0 THEN NULL "
+            f"ELSE slice(transform(sort_array({items}, false), x -> x.v), 1, {k}) END")
+
+
 def _newest(items: list[Item], k: int) -> list[Any]:
     return [v for _, v in sorted(items, key=lambda it: it[0], reverse=True)[:k]]
 
@@ -122,11 +137,13 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     Function("variance", ("c", "s", "q"), "float", lambda col, cond, seq, dtype, k: f"var_pop({col}::DOUBLE) {cond}",
              finish=lambda got, dtype: _spread(got, squared=True), numeric_input=True),
     Function("first", ("f",), "input", lambda col, cond, seq, dtype, k: f"arg_min({col}, {seq}) {cond}",
-             pick=lambda items, k: min(items, key=lambda it: it[0])[1], ordered=True),
+             pick=lambda items, k: min(items, key=lambda it: it[0])[1], ordered=True,
+             spark_sql=lambda col, cond, seq, dtype, k: f"min_by({col}, {seq}) {cond}"),
     Function("last", ("l",), "input", lambda col, cond, seq, dtype, k: f"arg_max({col}, {seq}) {cond}",
-             pick=lambda items, k: max(items, key=lambda it: it[0])[1], ordered=True),
+             pick=lambda items, k: max(items, key=lambda it: it[0])[1], ordered=True,
+             spark_sql=lambda col, cond, seq, dtype, k: f"max_by({col}, {seq}) {cond}"),
     Function("last_n", ("n",), "list", lambda col, cond, seq, dtype, k: f"(list({col} ORDER BY {seq} DESC) {cond})[1:{k}]",
-             pick=_newest, ordered=True),
+             pick=_newest, ordered=True, spark_sql=_spark_newest),
     Function("count_distinct", ("d",), "int", lambda col, cond, seq, dtype, k: f"count(DISTINCT {col}) {cond}"),
 )}
 #: The aggregation functions' names, in documentation order.

@@ -479,6 +479,10 @@ def training_set(
     manifest: Annotated[Path | None, typer.Option("--manifest", "--reproduce",
                                                   help="Build again the training set this manifest describes (the "
                                                        "same --entities file).", show_default=False)] = None,
+    engine: Annotated[str, typer.Option(help="duckdb (this machine) or spark (pip install 'featurestore[spark]', Java 17+).")]
+    = "duckdb",
+    spark_master: Annotated[str | None, typer.Option(help="Spark master URL for --engine spark (default local[*]).",
+                                                     show_default=False)] = None,
     repo: RepoOpt = Path("."),
 ) -> None:
     """Build a point-in-time correct training set from an entity file and write it as Parquet, with a manifest
@@ -512,14 +516,23 @@ def training_set(
         raise FeatureRequestError(f"{entities} has no column '{timestamp_column}': name the entity rows' time column "
                                   f"with --timestamp-column ({one_of(timestamp_column, table.column_names)})")
     what = f"service {service}" if service else f"{len(feature or (described or {}).get('features', []))} features"
-    with console.status(f"Joining {table.num_rows:,} entity rows with {what} in DuckDB..."):
+    if engine not in ("duckdb", "spark"):
+        raise FeatureRequestError(f"--engine must be duckdb or spark, got {engine!r}")
+    if described is not None:
+        engine = described.get("engine", "duckdb")
+    if engine == "spark":
+        from featurestore.offline.spark_engine import spark_session
+
+        with console.status(f"Starting Spark on {spark_master or 'local[*]'}..."):
+            spark_session(spark_master)
+    with console.status(f"Joining {table.num_rows:,} entity rows with {what} in {'Spark' if engine == 'spark' else 'DuckDB'}..."):
         started = time.monotonic()
         store = FeatureStore(repo)
         if described is not None:
             result = store.rebuild_training_set(described, table)
         else:
             result = store.get_historical_features(table, feature, timestamp_column=timestamp_column, mode=mode,
-                                                   service=service)
+                                                   service=service, engine=engine, spark_master=spark_master)
         result.to_parquet(output)
         manifest_out = output.with_suffix(".manifest.json")
         result.write_manifest(manifest_out)

@@ -41,6 +41,8 @@ def empty_store(settings: Settings) -> ConfigError:
         "(FEATURESTORE_ALLOW_EMPTY_ONLINE_STORE=1) to read it as empty")
 
 
+ENGINES = ("duckdb", "spark")
+"""Engines that build training sets."""
 _PLAN_CHECK_S = 2.0
 """How often a FeatureStore looks for a newly applied registry version."""
 _UNIT_MS = {"s": (1000, 1), "ms": (1, 1), "us": (1, 1000), "ns": (1, 1_000_000)}
@@ -182,6 +184,8 @@ class FeatureStore:
         mode: str = "corrected",
         service: str | None = None,
         snapshot: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+        engine: str = "duckdb",
+        spark_master: str | None = None,
     ) -> TrainingSet:
         """Point-in-time correct features for each entity row as of its timestamp.
 
@@ -190,9 +194,13 @@ class FeatureStore:
         after it, or dropped as later than the view's allowed lateness, are absent.
         `service=` names a feature service instead of `features`. The result's `manifest`
         records how it was built; `snapshot` (a manifest's) reads each view's history only as
-        far as it went then (see `rebuild_training_set`)."""
+        far as it went then (see `rebuild_training_set`).
+        `engine="spark"` computes the same set with Apache Spark (`pip install 'featurestore[spark]'`,
+        Java 17+): the active session, or one on `spark_master` (default `local[*]`)."""
         if mode not in MODES:
             raise FeatureRequestError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if engine not in ENGINES:
+            raise FeatureRequestError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
         query = resolve_query(self.plan, tuple(features) if features is not None else None, service, full_feature_names)
         resolved, names, grouped, views, computed = query.resolved, query.names, query.grouped, query.views, query.computed
         table = _as_table(entity_df)
@@ -213,8 +221,14 @@ class FeatureStore:
             if snapshot is not None and vn not in snapshot:
                 raise FeatureRequestError(f"the snapshot has no history position of view '{vn}'")
             taken[vn] = [dict(s) for s in snapshot[vn]] if snapshot is not None else history_snapshot(self.settings.offline_root, vn)
-            result = point_in_time_features(self.settings.offline_root, view, feats, keys, t_ms, mode=mode,
-                                            snapshot=taken[vn])
+            if engine == "spark":
+                from featurestore.offline.spark_engine import spark_point_in_time_features, spark_session
+
+                result = spark_point_in_time_features(spark_session(spark_master), self.settings.offline_root, view, feats,
+                                                      keys, t_ms, mode=mode, snapshot=taken[vn])
+            else:
+                result = point_in_time_features(self.settings.offline_root, view, feats, keys, t_ms, mode=mode,
+                                                snapshot=taken[vn])
             for f in feats:
                 values[(vn, f)] = result[f]
         if computed:
@@ -233,6 +247,7 @@ class FeatureStore:
             "features": [f"{v.base_name}@{v.version}:{n}" if isinstance(v, ViewPlan) else f"{v.name}:{n}" for v, n in resolved],
             "full_feature_names": full_feature_names,
             "mode": mode,
+            "engine": engine,
             "timestamp_column": timestamp_column,
             "entity_rows": table.num_rows,
             "entity_sha256": table_sha256(table),
@@ -259,7 +274,7 @@ class FeatureStore:
         try:
             rebuilt = self.get_historical_features(table, manifest["features"], manifest["timestamp_column"],
                                                    manifest["full_feature_names"], manifest["mode"],
-                                                   snapshot=manifest["history"])
+                                                   snapshot=manifest["history"], engine=manifest.get("engine", "duckdb"))
         finally:
             self._pinned, self._runner = None, None
         rebuilt.manifest["rebuilt_from"] = manifest.get("built_at")

@@ -35,28 +35,35 @@ from featurestore.plan import AggregationPlan, ViewPlan
 _SQL_TYPES = {"int": "BIGINT", "float": "DOUBLE", "str": "VARCHAR", "bool": "BOOLEAN", "datetime": "TIMESTAMPTZ"}
 
 
-def _window_start(agg: AggregationPlan, t: str = "e._t") -> str | None:
-    """SQL of the exclusive lower event-time bound of the window read at time `t` (None: lifetime)."""
+def window_start_sql(agg: AggregationPlan, t: str = "e._t", engine: str = "duckdb") -> str | None:
+    """SQL of the exclusive lower event-time bound of the window read at time `t`: the end of
+    the tile holding t, less the window (None: lifetime). `engine`: "duckdb" or "spark"."""
     if agg.window_ms is None:
         return None
     b, w = agg.tile_ms, agg.window_ms
+    if engine == "spark":
+        return f"((({t}) div {b} + CAST(({t}) % {b} > 0 AS BIGINT)) * {b} - {w})"
     return f"(({t} // {b} + ({t} % {b} > 0)::BIGINT) * {b} - {w})"
 
 
-def _agg_sql(agg: AggregationPlan, window: str | None = None) -> str:
+
+
+def agg_sql(agg: AggregationPlan, window: str | None = None, engine: str = "duckdb") -> str:
     """SQL of one aggregation: over the joined rows `h` (window None), or over the named
     window frame of the union `u` (probe rows carry NULL values, so no filter keeps them)."""
     ref: Callable[[str], str] = (lambda c: f"h.{_q(c)}") if window is None else _value
     col = ref(agg.column)
     conds = [f"{col} IS NOT NULL"]
-    start = _window_start(agg)
+    start = window_start_sql(agg, engine=engine)
     if start is not None and window is None:  # a frame bounds the window itself
         conds.insert(0, f"h._ts > {start}")
     if agg.where is not None:
         conds.append(f"{ref(agg.where)} IS TRUE")
     cond = f"FILTER (WHERE {' AND '.join(conds)})" + (f" OVER {window}" if window else "")
     seq = "h._seq" if window is None else "_seq"
-    return FUNCTIONS[agg.function].sql(col, cond, seq, agg.dtype, agg.k or 0)
+    return FUNCTIONS[agg.function].sql_for(engine)(col, cond, seq, agg.dtype, agg.k or 0)
+
+
 
 
 def _value(column: str) -> str:
@@ -67,7 +74,7 @@ def _value(column: str) -> str:
 def _frame(agg: AggregationPlan) -> str:
     """The window frame of `agg` over the union ordered by time: the events of the window read
     at the current row's time (peers at the same instant included: the upper edge is ts <= t)."""
-    start = _window_start(agg, "_ts")
+    start = window_start_sql(agg, "_ts")
     if start is None:
         return "RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
     # ts > start  <=>  ts >= start + 1 (integer ms)  <=>  ts >= _ts - (_ts - start - 1)
@@ -88,7 +95,7 @@ def _windowed_by_frames(view: ViewPlan, aggs: Sequence[AggregationPlan]) -> str:
     frames: dict[str, str] = {}
     for a in aggs:
         frames.setdefault(_frame(a), f"w{len(frames)}")
-    values = ", ".join(f"{_agg_sql(a, frames[_frame(a)])} AS {_q('a_' + a.name)}" for a in aggs)
+    values = ", ".join(f"{agg_sql(a, frames[_frame(a)])} AS {_q('a_' + a.name)}" for a in aggs)
     windows = ", ".join(f"{name} AS (PARTITION BY {keys} ORDER BY _ts {frame})" for frame, name in frames.items())
     return f""",
     u AS (
@@ -155,14 +162,14 @@ def _view_query(view: ViewPlan, features: Sequence[str], history: str, mode: str
     elif aggs:
         # as served at each row's time: which events count depends on the row (processed by
         # then), not only on time, so this one is a range join
-        starts = [_window_start(a) for a in aggs]
+        starts = [window_start_sql(a) for a in aggs]
         if any(x is None for x in starts):
             lower = ""  # a lifetime aggregation reads every event up to e._t
         else:
             lower = " AND h._ts > " + ("least(" + ", ".join(str(x) for x in starts) + ")" if len(starts) > 1 else str(starts[0]))
         sql += f""",
     windowed AS (
-        SELECT e._row{''.join(f', {_agg_sql(a)} AS {_q("a_" + a.name)}' for a in aggs)}
+        SELECT e._row{''.join(f', {agg_sql(a)} AS {_q("a_" + a.name)}' for a in aggs)}
         FROM e LEFT JOIN h ON {key_eq} AND h._ts <= e._t{lower}{processed}
         GROUP BY e._row
     )"""
@@ -202,7 +209,7 @@ def point_in_time_features(
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     types = {f.name: f.dtype for f in view.row_features} | {a.name: a.dtype for a in view.aggregations}
     if not has_history(offline_root, view.name):
-        return pa.table({n: pa.nulls(len(keys), _result_type(view, n, types[n])) for n in features})
+        return pa.table({n: pa.nulls(len(keys), result_type(view, n, types[n])) for n in features})
     con = con or duckdb.connect()
     e = keys.append_column("_t", t_ms).append_column("_row", pa.array(range(len(keys)), pa.int64()))
     casts = ", ".join(f"CAST({_q(k.name)} AS {_SQL_TYPES[k.dtype]}) AS {_q(k.name)}" for k in view.join_keys)
@@ -215,7 +222,7 @@ def point_in_time_features(
     return fetch()
 
 
-def _result_type(view: ViewPlan, name: str, dtype: str) -> pa.DataType:
+def result_type(view: ViewPlan, name: str, dtype: str) -> pa.DataType:
     for a in view.aggregations:
         if a.name == name:
             result = FUNCTIONS[a.function].result_dtype(dtype)
