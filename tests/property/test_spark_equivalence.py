@@ -23,7 +23,7 @@ from featurestore.offline.point_in_time import MODES, point_in_time_features
 from featurestore.plan import Plan
 from featurestore.runtime.backfill import Backfill
 from tests.property.reference import close
-from tests.property.test_windows_equivalence import BASE, _raw, plan, repo, streams  # noqa: F401 (fixtures)
+from tests.property.test_windows_equivalence import BASE, _raw, streams
 from tests.unit.test_cli import cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]

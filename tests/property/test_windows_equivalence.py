@@ -28,7 +28,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from featurestore.compile import compile_repo
-from featurestore.compile.loader import ensure_importable
 from featurestore.config import load_settings
 from featurestore.offline.point_in_time import point_in_time_features
 from featurestore.online.reader import OnlineReader, ViewRequest
@@ -94,19 +93,6 @@ lifetimes = FeatureView(
 ''' % LATENESS_MS
 
 BASE = int(dt.datetime(2026, 11, 20, 12, 0, 0, 250_000, tzinfo=dt.timezone.utc).timestamp() * 1000)
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("prop_repo")
-    (root / "prop_window_defs.py").write_text(DEFS)
-    ensure_importable(root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def plan(repo: Path) -> Plan:
-    return compile_repo(repo)
 
 
 def _with_topic(plan: Plan, topic: str) -> Plan:
