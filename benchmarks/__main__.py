@@ -360,6 +360,8 @@ def bench_training(b: Bench, ctx: dict[str, Any]) -> None:
         runs: dict[str, list[dict[str, Any]]] = {"ours": [], "raw": []}
         if size == b.args.entity_rows:
             runs["ours_rt"] = []
+        if b.args.spark:
+            runs["spark"] = []
         for _ in range(b.args.reps if size == b.args.entity_rows else 1):
             for who in runs:
                 result = _training_job(ctx, path, who)
@@ -371,11 +373,15 @@ def bench_training(b: Bench, ctx: dict[str, Any]) -> None:
             b.check(all(r["rows"] == size for r in results), f"training set ({who}) lost or added rows")
         # every row is at one of its own events, so the count in the 1h window is at least 1
         b.check(min(r["min_count_1h"] for r in runs["ours"]) >= 1, "a training row does not see its own event")
+        if "spark" in runs:
+            b.check(all(r["min_count_1h"] == runs["ours"][0]["min_count_1h"] for r in runs["spark"]),
+                    "the Spark engine's training set differs from DuckDB's")
         label = f"training set {size:,} rows"
         if "ours_rt" in runs:
             b.check(all(r["request_time_ok"] for r in runs["ours_rt"]), "training-set request-time values differ from the formula")
         for who, name in (("ours", "featurestore (10 features, 7 windowed)"), ("raw", "DuckDB ASOF JOIN (3 last-value columns)"),
-                          ("ours_rt", "featurestore (the 10 + 1 request-time feature)")):
+                          ("ours_rt", "featurestore (the 10 + 1 request-time feature)"),
+                          ("spark", "featurestore engine=spark, local[*] (the 10 features; start apart)")):
             if who in runs:
                 b.record(label, name, "seconds", [r["seconds"] for r in runs[who]], "s",
                          [{"cpu_s": r["cpu_s"], "peak_rss_mb": r["peak_rss_mb"]} for r in runs[who]])
@@ -461,6 +467,8 @@ def main() -> None:
     parser.add_argument("--entity-rows", type=int, default=None)
     parser.add_argument("--no-peers", dest="peers", action="store_false",
                         help="skip the peers run in their own venvs (benchmarks/.venvs, made once from PyPI)")
+    parser.add_argument("--no-spark", dest="spark", action="store_false",
+                        help="skip the training sets built with the Spark engine (needs Java 17+)")
     parser.add_argument("--freshness", default="", help="comma-separated produce rates (ev/s) of the freshness runs")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()

@@ -7,6 +7,7 @@ so each scenario reports its own peak, not the process's lifetime maximum.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import time
@@ -48,6 +49,23 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB; lifetime peak
+
+
+def children_peak_rss_mb() -> float:
+    """Peak RSS (MB) of this process's live child processes (e.g. Spark's JVM), from /proc."""
+    total = 0.0
+    me = str(os.getpid())
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[1] != me:
+                continue
+            for line in (stat.parent / "status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
 
 
 def _reset_peak() -> None:
