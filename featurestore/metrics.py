@@ -69,6 +69,11 @@ CONSUMER_LAG = Gauge("featurestore_consumer_lag", "Records behind the partition'
 FRESHNESS = BulkHistogram(
     "featurestore_freshness_seconds", "Event time -> value visible in Redis, per view.", ["view"], buckets=_SECONDS
 )
+FRESHNESS_SLO = Gauge("featurestore_freshness_slo_seconds", "A view's freshness objective (FeatureView freshness_slo).",
+                      ["view"])
+FRESHNESS_SLO_MISSED = Counter(
+    "featurestore_freshness_slo_missed_events", "Events made visible online later than their view's freshness objective.",
+    ["view"])
 NEWEST_EVENT = Gauge("featurestore_newest_event_time_seconds", "Newest event time applied online, per view.", ["view"])
 BATCH_SIZE = Histogram(
     "featurestore_batch_records", "Records per processed batch.", buckets=(1, 10, 100, 1000, 5000, 10_000, 20_000, 50_000, 100_000)
@@ -108,11 +113,25 @@ class BatchObservation:
     """Event times of the events applied online (late ones excluded)."""
 
 
+def set_freshness_objectives(objectives: dict[str, float]) -> None:
+    """Per view, its freshness objective in seconds (events later than it are counted)."""
+    _objectives.update(objectives)
+    for view, seconds in objectives.items():
+        FRESHNESS_SLO.labels(view).set(seconds)
+        FRESHNESS_SLO_MISSED.labels(view)
+
+
 def observe_online_batch(observations: Iterable[BatchObservation], visible_at_s: float) -> None:
     """Freshness of every event made visible by one online write, and the newest event time per view."""
     for obs in observations:
         ts = np.asarray(obs.event_ts_ms, dtype=np.int64)
-        FRESHNESS.observe_many((obs.view,), np.maximum(0.0, visible_at_s - ts / 1000))
+        ages = np.maximum(0.0, visible_at_s - ts / 1000)
+        FRESHNESS.observe_many((obs.view,), ages)
+        slo = _objectives.get(obs.view)
+        if slo is not None:
+            missed = int((ages > slo).sum())
+            if missed:
+                FRESHNESS_SLO_MISSED.labels(obs.view).inc(missed)
         EVENTS.labels(obs.view).inc(len(ts))
         newest = int(ts.max()) if len(ts) else 0
         if newest / 1000 > _newest.get(obs.view, 0.0):  # monotone: replays never move it back
@@ -121,3 +140,4 @@ def observe_online_batch(observations: Iterable[BatchObservation], visible_at_s:
 
 
 _newest: dict[str, float] = {}
+_objectives: dict[str, float] = {}

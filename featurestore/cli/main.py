@@ -32,7 +32,7 @@ from featurestore.cli.common import (
 from featurestore.cli.producing import produce
 from featurestore.cli.serving import serve, status, tokens_app
 from featurestore.cli.starter import init
-from featurestore.cli.versions import compare, retire
+from featurestore.cli.versions import alerts, compare, retire
 from featurestore.errors import ConfigError, unreachable
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Streaming feature store: definitions -> Kafka -> Redis + Parquet.")
@@ -694,6 +694,7 @@ app.command(rich_help_panel=_READ, epilog="Example: featurestore serve --port 65
 app.command(rich_help_panel=_CHECK, epilog="Example: featurestore status --metrics-url http://127.0.0.1:9464/metrics")(status)
 app.command(rich_help_panel=_CHECK, epilog="Example: featurestore compare user_payments@1 user_payments@2")(compare)
 app.command(rich_help_panel=_DEFINE, epilog="Example: featurestore retire user_payments@1")(retire)
+app.command(rich_help_panel=_CHECK, epilog="Example: featurestore alerts -o featurestore.rules.yml")(alerts)
 
 
 def main() -> None:

@@ -180,17 +180,20 @@ def status(
             note = f"no processor metrics ({exc})"
     else:
         note = "no processor metrics: run processors with metrics_address (FEATURESTORE_METRICS_ADDRESS) for freshness and dead letters"
-    overview = Overview(newest, lag, metrics, note, repairs)
+    overview = Overview(newest, lag, metrics, note, repairs,
+                        {v.name: v.freshness_slo_ms / 1000 for v in plan.views if v.freshness_slo_ms})
     now = time.time()
     views = [v.name for v in plan.views]
     if as_json:
         print_json(overview.to_json(views, now))
         return
-    table = cli_table("view", "newest event online", "events", "freshness p50", "freshness p99", "repairs", title="Views")
+    table = cli_table("view", "newest event online", "events", "freshness p50", "freshness p99", "objective", "repairs",
+                      title="Views")
     for row in overview.rows(views, now):
         events = row["events"]
         table.add_row(str(row["view"]), str(row["newest_event"]), "-" if events is None else f"{events:,.0f}",
-                      str(row["freshness_p50"]), str(row["freshness_p99"]), str(row["repairs"]))
+                      str(row["freshness_p50"]), str(row["freshness_p99"]), str(row["freshness_objective"]),
+                      str(row["repairs"]))
     console.print(table)
     lag_table = cli_table("topic", "partition", "committed", "end", "lag (records)",
                           title=f"Consumer group {settings.consumer_group}")

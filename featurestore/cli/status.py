@@ -22,6 +22,8 @@ class ViewStatus:
     newest_age: str
     p50: str
     p99: str
+    p99_s: float | None = None
+    """The p99 as a number (the upper bound of its histogram bucket), None without events."""
 
 
 @dataclass
@@ -101,6 +103,7 @@ def fetch_status(urls: list[str]) -> Status:
             _age(now - newest[view]) + " ago" if view in newest else "-",
             _bound(p50),
             _bound(p99),
+            p99,
         ))
     return out
 
@@ -116,6 +119,17 @@ class Overview:
     metrics_note: str = ""
     repairs: dict[str, int] = field(default_factory=dict)
     """Per view, times a processor repaired its online data from the history (Redis lost writes)."""
+    objectives_s: dict[str, float] = field(default_factory=dict)
+    """Per view, its freshness objective (seconds)."""
+
+    def objective(self, view: str, m: ViewStatus | None) -> str:
+        """The view's freshness objective and whether the p99 holds it (as far as the metrics tell)."""
+        slo = self.objectives_s.get(view)
+        if slo is None:
+            return "-"
+        if m is None or m.p99_s is None:
+            return f"{_age(slo)} (no metrics)"
+        return f"{_age(slo)}: " + ("holds" if m.p99_s <= slo else "missed")
 
     def rows(self, views: list[str], now_s: float) -> list[dict[str, Any]]:
         """One row per view: newest event, and the metrics' events and freshness when known."""
@@ -132,6 +146,7 @@ class Overview:
                 "freshness_p50": m.p50 if m else "-",
                 "freshness_p99": m.p99 if m else "-",
                 "repairs": self.repairs.get(view, 0),
+                "freshness_objective": self.objective(view, m),
             })
         return out
 

@@ -287,6 +287,14 @@ class _Builder:
                 ok = False
             else:
                 lateness_ms = int(view.allowed_lateness / dt.timedelta(milliseconds=1))
+        slo_ms: int | None = None
+        if view.freshness_slo is not None:
+            if not isinstance(view.freshness_slo, dt.timedelta) or view.freshness_slo <= dt.timedelta(0):
+                self.problem(view, label, f"freshness_slo must be a positive timedelta, got {view.freshness_slo!r}",
+                             "e.g. freshness_slo=timedelta(seconds=5), or None for no objective")
+                ok = False
+            else:
+                slo_ms = max(1, int(view.freshness_slo / dt.timedelta(milliseconds=1)))
         rows: list[RowFeaturePlan] = []
         aggs: list[AggregationPlan] = []
         if not view.features:
@@ -322,7 +330,7 @@ class _Builder:
         return ViewPlan(
             name=view_id(view.name, view.version), entities=[e.name for e in view.entities], join_keys=join_keys, source=src.name,
             ttl_ms=ttl_ms, row_features=rows, aggregations=aggs, owner=view.owner, description=view.description,
-            tags={str(k): str(v) for k, v in view.tags.items()}, allowed_lateness_ms=lateness_ms,
+            tags={str(k): str(v) for k, v in view.tags.items()}, allowed_lateness_ms=lateness_ms, freshness_slo_ms=slo_ms,
         )
 
     def field_plan(self, view: FeatureView, feat: Field, fields: dict[str, Any]) -> list[RowFeaturePlan]:

@@ -34,6 +34,7 @@ class FeatureView:
     allowed_lateness: timedelta | None = None
     version: int = 1
     serving: bool = False
+    freshness_slo: timedelta | None = None
 
     def __init__(
         self,
@@ -48,6 +49,7 @@ class FeatureView:
         allowed_lateness: timedelta | None = None,
         version: int = 1,
         serving: bool = False,
+        freshness_slo: timedelta | None = None,
     ) -> None:
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "entities", tuple(entities))
@@ -60,7 +62,9 @@ class FeatureView:
         object.__setattr__(self, "allowed_lateness", allowed_lateness)
         object.__setattr__(self, "version", version)
         object.__setattr__(self, "serving", serving)
+        object.__setattr__(self, "freshness_slo", freshness_slo)
 
     def __hash__(self) -> int:
         return hash((self.name, self.entities, self.source, self.features, self.ttl, self.owner, self.description,
-                     tag_items(self.tags), self.allowed_lateness, self.version, self.serving))
+                     tag_items(self.tags), self.allowed_lateness, self.version, self.serving,
+                     self.freshness_slo))

@@ -114,6 +114,8 @@ class ViewPlan(_Frozen):
     description: str = ""
     tags: dict[str, str] = {}
     allowed_lateness_ms: int | None = Field(None, ge=0)
+    freshness_slo_ms: int | None = Field(None, gt=0)
+    """How soon an event should be visible online (None: no objective)."""
 
     @cached_property
     def feature_names(self) -> list[str]:
@@ -129,9 +131,9 @@ class ViewPlan(_Frozen):
         return int(self.name.partition("@")[2] or 1)
 
     def values_fingerprint(self) -> dict[str, object]:
-        """What decides this version's values (all but owner, description and tags): a change
-        here needs a new version."""
-        return self.model_dump(mode="json", exclude={"owner", "description", "tags"})
+        """What decides this version's values (all but owner, description, tags and the
+        freshness objective): a change here needs a new version."""
+        return self.model_dump(mode="json", exclude={"owner", "description", "tags", "freshness_slo_ms"})
 
     @property
     def history_columns(self) -> list[tuple[str, DType]]:
@@ -260,6 +262,9 @@ class Plan(_Frozen):
         for key in ("request_sources", "request_views", "code", "serving"):  # absent when empty: older plans keep their hash
             if not data[key]:
                 del data[key]
+        for view in data["views"]:
+            if view["freshness_slo_ms"] is None:
+                del view["freshness_slo_ms"]
         for svc in data["services"]:
             for key in ("variants", "split", "guards"):
                 if not svc[key]:

@@ -86,6 +86,7 @@ class BatchApplier:
                                    cache_bytes=settings.online_cache_mb * 1024 * 1024, background=background_online)
         self.history = HistoryWriter(Path(settings.offline_root), plan)
         self.stats = ProcessorStats()
+        metrics.set_freshness_objectives({v.name: v.freshness_slo_ms / 1000 for v in plan.views if v.freshness_slo_ms})
         self.stop_requested = stop or threading.Event()
         self.dead_letters: DeadLetterSink | None = None
 
