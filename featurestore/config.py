@@ -111,6 +111,10 @@ class Settings(BaseSettings):
         256, gt=0, description="Feature server: connections and tasks served at once per worker (503 beyond)."
     )
     serve_backlog: int = Field(1024, gt=0, description="Feature server: pending TCP connections the socket queues.")
+    served_log_topic: str = Field("", description=(
+        "Kafka topic of the served-value log (services with a log_sample_rate); default <project>.served."))
+    served_log_pii_keys: bool = Field(False, description=(
+        "Log the entity keys of views tagged pii in the served-value log too (default: left out)."))
     repo_path: Path | None = Field(None, description="The feature repository (--repo); the only code a plan may run.")
 
     def kafka_security_options(self) -> dict[str, Any]:
@@ -206,6 +210,7 @@ class Settings(BaseSettings):
                 "offline_path": repo / (self.offline_path or state / "offline"),
                 "registry_path": repo / (self.registry_path or state / "registry"),
                 "consumer_group": self.consumer_group or f"featurestore-{project}",
+                "served_log_topic": self.served_log_topic or f"{project}.served",
                 "tokens_path": repo / (self.tokens_path or state / "tokens.json"),
                 "audit_log_path": repo / (self.audit_log_path or state / "audit.jsonl"),
                 "repo_path": repo.resolve(),

@@ -95,6 +95,11 @@ ONLINE_REPAIRS = Counter(
     "them from the history.", ["view"])
 REPAIRED_ENTITIES = Counter(
     "featurestore_online_repaired_entities", "Entity states folded again from the history by repairs, per view.", ["view"])
+SERVED_LOGGED = Counter("featurestore_served_log_records", "Requests logged to the served-value topic, per service.",
+                        ["service"])
+SERVED_LOG_DROPPED = Counter(
+    "featurestore_served_log_dropped", "Served-value records dropped (queue full, error), per service; reads go on.",
+    ["service", "reason"])
 ROLLBACKS = Counter(
     "featurestore_rollout_rollbacks", "Rollouts moved back to their control by a crossed guard, per service and guard "
     "metric (feature server).", ["service", "metric"])

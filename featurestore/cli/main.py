@@ -29,10 +29,11 @@ from featurestore.cli.common import (
     print_json,
     warning_line,
 )
+from featurestore.cli.monitoring import alerts, served_log_app
 from featurestore.cli.producing import produce
 from featurestore.cli.serving import serve, status, tokens_app
 from featurestore.cli.starter import init
-from featurestore.cli.versions import alerts, compare, retire
+from featurestore.cli.versions import compare, retire
 from featurestore.errors import ConfigError, unreachable
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Streaming feature store: definitions -> Kafka -> Redis + Parquet.")
@@ -695,6 +696,7 @@ app.command(rich_help_panel=_CHECK, epilog="Example: featurestore status --metri
 app.command(rich_help_panel=_CHECK, epilog="Example: featurestore compare user_payments@1 user_payments@2")(compare)
 app.command(rich_help_panel=_DEFINE, epilog="Example: featurestore retire user_payments@1")(retire)
 app.command(rich_help_panel=_CHECK, epilog="Example: featurestore alerts -o featurestore.rules.yml")(alerts)
+app.add_typer(served_log_app, name="served-log", rich_help_panel=_CHECK, epilog="Example: featurestore served-log land")
 
 
 def main() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -100,34 +99,3 @@ def retire(
     finally:
         client.close()
     console.print(f"Retired {version}: {deleted:,} online keys deleted; its history stays in {settings.offline_root}.")
-
-
-@friendly_errors
-def alerts(
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the rules here (default: print them).",
-                                                show_default=False)] = None,
-    max_lag: Annotated[int, typer.Option(help="Records behind per topic before FeatureProcessorLagging.", min=1)] = 100_000,
-    max_dead_letter_rate: Annotated[float, typer.Option(help="Share of records dead-lettered before an alert.", min=0)] = 0.01,
-    max_missing_rate: Annotated[float, typer.Option(help="Share of served values not present before an alert.", min=0)] = 0.2,
-    hold: Annotated[str, typer.Option("--for", help="How long a condition lasts before its alert fires (Prometheus duration).")]
-    = "5m",
-    repo: RepoOpt = Path("."),
-) -> None:
-    """Prometheus alerting rules for the applied plan: freshness objectives, lag, dead letters, missing values, repairs."""
-    import re
-
-    from featurestore.alerts import Thresholds, alert_rules_yaml
-    from featurestore.registry import FileRegistry
-
-    if not re.fullmatch(r"([0-9]+(ms|s|m|h|d|w|y))+", hold):
-        raise FeatureRequestError(f"--for takes a Prometheus duration such as 30s, 5m or 1h, got {hold!r}")
-    settings = _settings(repo)
-    plan = FileRegistry(settings.registry_root).current_plan()
-    text = alert_rules_yaml(plan, settings.project, Thresholds(max_lag, max_dead_letter_rate, max_missing_rate, hold=hold))
-    if output is None:
-        sys.stdout.write(text)
-        return
-    output.write_text(text)
-    objectives = sum(1 for v in plan.views if v.freshness_slo_ms)
-    console.print(f"Wrote {text.count('- alert:')} alerting rules ({objectives} freshness objective(s)) to {output}; "
-                  f"check them with `promtool check rules {output}`.")

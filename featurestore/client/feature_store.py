@@ -20,6 +20,7 @@ from featurestore.client.online_query import resolve_features, resolve_query
 from featurestore.client.request_time import RequestFeatureRunner
 from featurestore.client.responses import OnlineResponse, TrainingSet
 from featurestore.client.rollout_query import build_online_query
+from featurestore.client.served_log import ServedLog
 from featurestore.config import Settings, load_settings
 from featurestore.errors import ConfigError, FeatureRequestError, unreachable
 from featurestore.offline.history import history_snapshot
@@ -81,6 +82,7 @@ class FeatureStore:
         self._redis: redis.Redis | None = None
         self._reader: OnlineReader | None = None
         self._runner: RequestFeatureRunner | None = None
+        self._served_log: ServedLog | None = None
 
     # -- metadata -------------------------------------------------------------------
     @property
@@ -166,7 +168,17 @@ class FeatureStore:
             results = self._online_reader().read_results(query.requests, t_ms, max_ms)
         except redis.RedisError as exc:
             raise unreachable("Redis", self.settings.redis_display, exc) from None
-        return query.response(results, t_ms)
+        response = query.response(results, t_ms)
+        if service is not None:
+            self._log_served(service, response)
+        return response
+
+    def _log_served(self, service: str, response: OnlineResponse) -> None:
+        svc = next((s for s in self.plan.services if s.name == service), None)
+        if svc is not None and svc.log_sample_rate > 0:
+            if self._served_log is None:
+                self._served_log = ServedLog(self.settings)
+            self._served_log.log(self.plan, svc, response)
 
     def _server(self) -> FeatureServerClient:
         if self._http is None:
@@ -280,6 +292,24 @@ class FeatureStore:
         rebuilt.manifest["rebuilt_from"] = manifest.get("built_at")
         return rebuilt
 
+    def served_log(self, service: str) -> pa.Table:
+        """The landed served-value log of a service (`featurestore served-log land`): one row per
+        served entity row, with `served_at`, `request_id`, keys, values and statuses; join it to
+        training rows and labels on the keys and `served_at`."""
+        import duckdb
+
+        from featurestore.offline.served import read_served, served_root
+        from featurestore.plan.names import is_name
+
+        if not is_name(service):
+            raise FeatureRequestError(f"unknown feature service {service!r}")
+        if not (served_root(self.settings.offline_root) / f"service={service}").is_dir():
+            raise FeatureRequestError(f"no served-value log of service {service!r} landed in {self.settings.offline_root}: "
+                                      "give it a log_sample_rate, then run `featurestore served-log land`")
+        relation = duckdb.connect().sql(f"SELECT * FROM {read_served(self.settings.offline_root, service)} "
+                                        "ORDER BY served_at, request_id, \"row\"")
+        return (getattr(relation, "to_arrow_table", None) or relation.arrow)()
+
     def check_consistency(self, sample: int = 200, at: dt.datetime | None = None) -> ConsistencyReport:
         """Compare `sample` entities per view online vs an offline recomputation as of `at` (now).
 
@@ -300,6 +330,9 @@ class FeatureStore:
         return compare_versions(self.plan, reader, self.settings.offline_root, a, b, t_ms, sample)
 
     def close(self) -> None:
+        if self._served_log is not None:
+            self._served_log.close()
+            self._served_log = None
         if self._http is not None:
             self._http.close()
             self._http = None

@@ -601,6 +601,10 @@ def _service_plan(b: _Builder, svc: FeatureService, known: dict[str, ViewPlan | 
     """`known`: every view part a reference may use (`name`, `name@N`, request views)."""
     label = f"FeatureService '{svc.name}'"
     ok = b.check_name(svc, label, svc.name)
+    rate = svc.log_sample_rate
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate <= 1:
+        b.problem(svc, label, f"log_sample_rate must be a number from 0 to 1, got {rate!r}", "e.g. log_sample_rate=0.1")
+        return None
     declared = {o.obj.name for o in b.loaded.objects if isinstance(o.obj, (FeatureView, RequestFeatureView))}
     if not svc.variants:
         if svc.split or svc.guards:
@@ -609,7 +613,8 @@ def _service_plan(b: _Builder, svc: FeatureService, known: dict[str, ViewPlan | 
         refs = _service_refs(b, svc, label, svc.features, known, declared, versions)
         if not ok or refs is None:
             return None
-        return ServicePlan(name=svc.name, features=refs, owner=svc.owner, description=svc.description, tags=dict(svc.tags))
+        return ServicePlan(name=svc.name, features=refs, owner=svc.owner, description=svc.description, tags=dict(svc.tags),
+                           log_sample_rate=float(rate))
     if svc.features:
         b.problem(svc, label, "both features and variants", "list the features inside each variant")
         return None
@@ -638,7 +643,8 @@ def _service_plan(b: _Builder, svc: FeatureService, known: dict[str, ViewPlan | 
         return None
     return ServicePlan(name=svc.name, features=variants[control], owner=svc.owner, description=svc.description,
                        tags=dict(svc.tags), variants=variants, split={k: float(v) for k, v in svc.split.items()},
-                       guards=guards, guard_window_ms=int(window / dt.timedelta(milliseconds=1)))
+                       guards=guards, guard_window_ms=int(window / dt.timedelta(milliseconds=1)),
+                       log_sample_rate=float(rate))
 
 
 def _guard_plans(b: _Builder, svc: FeatureService, label: str, features: list[str]) -> list[GuardPlan] | None:

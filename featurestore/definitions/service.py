@@ -44,6 +44,8 @@ class FeatureService:
     `guards=[Guard("null_rate", max=0.05)]`: crossed over a whole `guard_window` (default one
     minute) of traffic, the feature server sets every share back to 0 (a new registry version
     says why).
+    `log_sample_rate=0.1`: the SDK and the server log that share of the reads of this service
+    (keys, values, statuses, variants) to the served-value topic (`featurestore served-log`).
     """
 
     name: str
@@ -55,6 +57,7 @@ class FeatureService:
     split: Mapping[str, float] = field(default_factory=dict)
     guards: tuple[Guard, ...] = ()
     guard_window: timedelta = timedelta(minutes=1)
+    log_sample_rate: float = 0.0
 
     def __init__(
         self,
@@ -67,6 +70,7 @@ class FeatureService:
         split: Mapping[str, float] | None = None,
         guards: Sequence[Guard] = (),
         guard_window: timedelta = timedelta(minutes=1),
+        log_sample_rate: float = 0.0,
     ) -> None:
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "features", tuple(features))
@@ -74,10 +78,12 @@ class FeatureService:
         object.__setattr__(self, "split", MappingProxyType(dict(split or {})))
         object.__setattr__(self, "guards", tuple(guards))
         object.__setattr__(self, "guard_window", guard_window)
+        object.__setattr__(self, "log_sample_rate", log_sample_rate)
         object.__setattr__(self, "owner", owner)
         object.__setattr__(self, "description", description)
         object.__setattr__(self, "tags", frozen_tags(tags))
 
     def __hash__(self) -> int:
         return hash((self.name, self.features, self.owner, self.description, tag_items(self.tags),
-                     tuple(self.variants.items()), tuple(self.split.items()), self.guards, self.guard_window))
+                     tuple(self.variants.items()), tuple(self.split.items()), self.guards, self.guard_window,
+                     self.log_sample_rate))

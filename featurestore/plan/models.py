@@ -14,6 +14,7 @@ from featurestore.aggregations import FUNCTIONS
 from featurestore.plan.names import CodeRef, FeatureRef, Name, Topic, ViewId
 
 PLAN_FORMAT_VERSION = 1
+_NOT_PII = {"", "false", "no", "0"}
 
 
 #: Value types of keys, columns and features.
@@ -122,6 +123,12 @@ class ViewPlan(_Frozen):
         return [f.name for f in self.row_features] + [a.name for a in self.aggregations]
 
     @property
+    def pii(self) -> bool:
+        """Tagged `pii` (any value but false/no/0): its entity key values are never logged (audit
+        log, served-value log) unless a setting says otherwise."""
+        return "pii" in self.tags and self.tags["pii"].strip().lower() not in _NOT_PII
+
+    @property
     def base_name(self) -> str:
         """The view's name without its version."""
         return self.name.partition("@")[0]
@@ -218,6 +225,8 @@ class ServicePlan(_Frozen):
     split: dict[Name, float] = {}
     guards: list[GuardPlan] = []
     guard_window_ms: Annotated[int, Field(gt=0)] = 60_000
+    log_sample_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """Share of the reads of this service logged to the served-value topic."""
 
     @property
     def all_refs(self) -> list[str]:
@@ -271,6 +280,8 @@ class Plan(_Frozen):
                     del svc[key]
             if svc["guard_window_ms"] == 60_000:
                 del svc["guard_window_ms"]
+            if not svc["log_sample_rate"]:
+                del svc["log_sample_rate"]
         return orjson.dumps(data, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
 
     @property

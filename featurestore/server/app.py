@@ -35,6 +35,7 @@ from featurestore.client.online_query import OnlineQuery
 from featurestore.client.request_time import RequestFeatureRunner, request_closure
 from featurestore.client.responses import OnlineResponse
 from featurestore.client.rollout_query import RolloutQuery, build_online_query
+from featurestore.client.served_log import ServedLog
 from featurestore.compile.diff import PlanDiff, diff_plans
 from featurestore.config import Settings, load_settings
 from featurestore.errors import ConfigError, FeatureRequestError, FeatureStoreError, RegistryError
@@ -83,6 +84,7 @@ class FeatureServer:
         self.online_redis = AsyncOnlineRedis(self.redis)
         self._watch = PlanWatch(self.registry, _PLAN_CHECK_S)
         self.guards = GuardWatch()
+        self.served_log = ServedLog(settings)
         self._plan: Plan | None = None
         self._reader: OnlineReader | None = None
         self._runner: RequestFeatureRunner | None = None
@@ -261,6 +263,10 @@ class FeatureServer:
         response = query.response(results, t_ms)
         if isinstance(query, RolloutQuery) and query.service.guards:
             await self.check_guards(query, response)
+        if body.service is not None:
+            svc = next((s for s in self.plan.services if s.name == body.service), None)
+            if svc is not None and svc.log_sample_rate > 0:
+                self.served_log.log(self.plan, svc, response)
         features: dict[str, Any] = {}
         for name in response.feature_names:
             events = response.event_time_ms(name)
@@ -311,6 +317,7 @@ class FeatureServer:
         self._watch.check_now()
 
     async def close(self) -> None:
+        await run_in_threadpool(self.served_log.close)
         await self.online_redis.aclose()
         await self.redis.aclose()  # type: ignore[attr-defined]
         self.audit.close()

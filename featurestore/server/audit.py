@@ -15,7 +15,6 @@ from featurestore.plan import ViewPlan
 
 #: Entity keys logged per view and request at most (the count is always logged).
 MAX_KEYS_LOGGED = 100
-_NOT_PII = {"", "false", "no", "0"}
 
 
 @dataclass
@@ -37,7 +36,7 @@ class Audit:
 
 def is_pii(view: ViewPlan) -> bool:
     """A view tagged `pii` (any value but false/no/0): its entity key values are never logged."""
-    return "pii" in view.tags and view.tags["pii"].strip().lower() not in _NOT_PII
+    return view.pii
 
 
 class AuditLog:
