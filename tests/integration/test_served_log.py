@@ -95,9 +95,12 @@ def test_served_values_are_logged_landed_and_joined_to_a_training_set(example_re
     entity = by_sdk[["user_id", "served_at"]].rename(columns={"served_at": "event_timestamp"}).astype({"user_id": "int64"})
     training = FeatureStore(example_repo, settings=settings).get_historical_features(
         entity.reset_index(drop=True), ["user_payments:amount_sum_1h", "user_payments:amount_count_1d"]).to_pandas()
-    joined = duckdb.sql("SELECT s.amount_sum_1h AS served, t.amount_sum_1h AS trained, s.amount_count_1d AS served_n, "
-                        "t.amount_count_1d AS trained_n FROM by_sdk s JOIN training t "
-                        "ON s.user_id = t.user_id AND s.served_at = t.event_timestamp").df()
+    con = duckdb.connect()
+    con.register("served", by_sdk)
+    con.register("training", training)
+    joined = con.sql("SELECT s.amount_sum_1h AS served, t.amount_sum_1h AS trained, s.amount_count_1d AS served_n, "
+                     "t.amount_count_1d AS trained_n FROM served s JOIN training t "
+                     "ON s.user_id = t.user_id AND s.served_at = t.event_timestamp").df()
     assert len(joined) == 40
     assert (joined["served_n"].fillna(0) == joined["trained_n"].fillna(0)).all()
     assert ((joined["served"].fillna(0) - joined["trained"].fillna(0)).abs() < 1e-6).all()
