@@ -314,6 +314,39 @@ def bench_online(b: Bench, ctx: dict[str, Any]) -> None:
         b.record_latency(f"online {n_ent}x10", raw_name, runs["raw"])
     _bench_request_time(b, store, users[0], iters)
     store.close()
+    _bench_served_log(b, ctx, users[0], iters)
+
+
+def _bench_served_log(b: Bench, ctx: dict[str, Any], user: int, iters: int) -> None:
+    """A 1x10 read of a service with and without its served-value log (every read logged),
+    alternating in one loop: the log's cost on a read."""
+    settings = ctx["ingest_settings"]
+    plan = ctx["plan"]
+    logged = plan.model_copy(update={"services": [s.model_copy(update={"log_sample_rate": 1.0}) for s in plan.services]})
+    registry = Path(str(settings.registry_root) + "-logged")
+    FileRegistry(registry).apply(logged)
+    plain = FeatureStore(ctx["repo"], settings=settings)
+    logging_store = FeatureStore(ctx["repo"], settings=settings.model_copy(update={"registry_path": registry,
+                                                                                   "served_log_pii_keys": True}))
+    rows = [{"user_id": user}]
+    runs: dict[str, list[list[float]]] = {"with": [], "without": []}
+    for _ in range(b.args.reps):
+        with_log, without = [], []
+        for i in range(iters + 100):
+            t0 = time.perf_counter()
+            logging_store.get_online_features(service="fraud_model_v1", entity_rows=rows)
+            t1 = time.perf_counter()
+            plain.get_online_features(service="fraud_model_v1", entity_rows=rows)
+            t2 = time.perf_counter()
+            if i >= 100:
+                with_log.append((t1 - t0) * 1000)
+                without.append((t2 - t1) * 1000)
+        runs["with"].append(with_log)
+        runs["without"].append(without)
+    logging_store.close()
+    plain.close()
+    b.record_latency("online 1x10 service read, served-value log", "featurestore SDK, every read logged to Kafka", runs["with"])
+    b.record_latency("online 1x10 service read, served-value log", "featurestore SDK, not logged", runs["without"])
 
 
 def _bench_request_time(b: Bench, store: FeatureStore, user: int, iters: int) -> None:
