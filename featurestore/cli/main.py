@@ -29,7 +29,7 @@ from featurestore.cli.common import (
     print_json,
     warning_line,
 )
-from featurestore.cli.monitoring import alerts, served_log_app
+from featurestore.cli.monitoring import alerts, monitor, served_log_app
 from featurestore.cli.producing import produce
 from featurestore.cli.serving import serve, status, tokens_app
 from featurestore.cli.starter import init
@@ -696,6 +696,8 @@ app.command(rich_help_panel=_CHECK, epilog="Example: featurestore status --metri
 app.command(rich_help_panel=_CHECK, epilog="Example: featurestore compare user_payments@1 user_payments@2")(compare)
 app.command(rich_help_panel=_DEFINE, epilog="Example: featurestore retire user_payments@1")(retire)
 app.command(rich_help_panel=_CHECK, epilog="Example: featurestore alerts -o featurestore.rules.yml")(alerts)
+app.command(rich_help_panel=_CHECK, epilog="Example: featurestore monitor --reference train.parquet --service fraud_model_v1")(
+    monitor)
 app.add_typer(served_log_app, name="served-log", rich_help_panel=_CHECK, epilog="Example: featurestore served-log land")
 
 

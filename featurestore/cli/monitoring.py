@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from featurestore.cli.common import RepoOpt, _settings, friendly_errors
-from featurestore.errors import FeatureRequestError
+from featurestore.cli.common import JsonOpt, RepoOpt, _settings, cli_table, error_line, friendly_errors, print_json
+from featurestore.errors import FeatureRequestError, FeatureStoreError
 
 console = Console(highlight=False)
 served_log_app = typer.Typer(no_args_is_help=True, help="The served-value log: what services answered, landed as Parquet.")
@@ -71,3 +71,113 @@ def served_log_land(
     console.print(f"Landed {stats.records:,} logged requests as {stats.rows:,} rows in {len(stats.files)} file(s)"
                   + (f"; {stats.skipped:,} already landed" if stats.skipped else "")
                   + (f"; {stats.malformed:,} unreadable records skipped" if stats.malformed else "") + ".")
+
+
+def _since(text: str) -> float:
+    """Seconds of a span like 30m, 6h, 2d."""
+    import re
+
+    m = re.fullmatch(r"(\d+)([smhd])", text.strip())
+    if not m:
+        raise FeatureRequestError(f"--since takes a span such as 30m, 6h or 2d, got {text!r}")
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+@friendly_errors
+def monitor(
+    reference: Annotated[Path, typer.Option(help="A training set (Parquet) the current values are compared with; its "
+                                                 "manifest beside it names the views.")],
+    service: Annotated[str | None, typer.Option(help="Compare what this service served (its landed served-value log).",
+                                                show_default=False)] = None,
+    since: Annotated[str, typer.Option(help="With --service: the served values of this last span (30m, 6h, 2d).")] = "1d",
+    current: Annotated[Path | None, typer.Option(help="Or compare this Parquet file's columns.", show_default=False)] = None,
+    feature: Annotated[list[str] | None, typer.Option("--feature", "-f", help="Only these features (default: every shared column).",
+                                                      show_default=False)] = None,
+    max_psi: Annotated[float, typer.Option(help="Exit 1 when a feature's PSI is above this.", min=0)] = 0.25,
+    max_null_delta: Annotated[float, typer.Option(help="Exit 1 when a null rate moved more than this.", min=0)] = 0.1,
+    prometheus_file: Annotated[Path | None, typer.Option(help="Also write the figures as Prometheus metrics (the "
+                                                               "node exporter's textfile format).", show_default=False)] = None,
+    repo: RepoOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Drift of feature values against a training set: PSI, KS, null rates and means per feature; exit 1 over thresholds."""
+    import datetime as dt
+    import json
+
+    import pyarrow.parquet as pq
+
+    from featurestore.client import FeatureStore
+    from featurestore.offline.drift import feature_drift
+
+    if (service is None) == (current is None):
+        raise FeatureRequestError("compare with either --service NAME (its served values) or --current FILE")
+    try:
+        ref = pq.read_table(reference)
+    except Exception as exc:
+        raise FeatureRequestError(f"cannot read the reference training set {reference}: {exc}") from None
+    manifest_path = reference.with_suffix(".manifest.json")
+    views: dict[str, str] = {}
+    if manifest_path.exists():
+        for ref_name in json.loads(manifest_path.read_text()).get("features", []):
+            view, _, name = ref_name.partition(":")
+            views[name] = view
+    if service is not None:
+        store = FeatureStore(repo)
+        cur = store.served_log(service)
+        edge = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=_since(since))
+        import pyarrow.compute as pc
+
+        cur = cur.filter(pc.greater_equal(cur["served_at"], edge))
+        label = f"service {service}, last {since}"
+    else:
+        assert current is not None
+        try:
+            cur = pq.read_table(current)
+        except Exception as exc:
+            raise FeatureRequestError(f"cannot read {current}: {exc}") from None
+        label = str(current)
+    skip = {"event_timestamp", "served_at", "request_id", "row", "variant", "_partition", "_offset"}
+    try:  # join keys are not features
+        from featurestore.registry import FileRegistry
+
+        latest = FileRegistry(_settings(repo).registry_root).latest()
+        skip |= {k.name for v in (latest.plan.views if latest else []) for k in v.join_keys}
+    except FeatureStoreError:
+        pass
+    shared = [c for c in ref.column_names if c in cur.column_names and c not in skip and not c.endswith("__status")]
+    names = list(feature) if feature else [c for c in shared if c in views or not views]
+    missing = [n for n in names if n not in shared]
+    if missing:
+        raise FeatureRequestError(f"feature(s) {', '.join(missing)} are not columns of both tables (shared: {', '.join(shared)})")
+    if not names:
+        raise FeatureRequestError(f"{reference} and {label} share no feature column")
+    if cur.num_rows == 0:
+        raise FeatureRequestError(f"no current values in {label}")
+    results = [feature_drift(n, ref[n].to_pylist(), cur[n].to_pylist()) for n in names]
+    over = [r for r in results if (r.psi is not None and r.psi > max_psi)
+            or abs(r.null_rate_current - r.null_rate_reference) > max_null_delta]
+    if prometheus_file is not None:
+        lines = ["# HELP featurestore_feature_drift Drift of a feature against a reference training set (psi, ks, "
+                 "null_rate_delta).", "# TYPE featurestore_feature_drift gauge"]
+        for r in results:
+            for measure, value in (("psi", r.psi), ("ks", r.ks), ("null_rate_delta", r.null_rate_current - r.null_rate_reference)):
+                if value is not None:
+                    lines.append(f'featurestore_feature_drift{{view="{views.get(r.feature, "")}",feature="{r.feature}",'
+                                 f'reference="{reference.name}",measure="{measure}"}} {value:.6g}')
+        prometheus_file.write_text("\n".join(lines) + "\n")
+    if as_json:
+        print_json({"reference": str(reference), "current": label, "features": [r.row() for r in results],
+                    "over_thresholds": [r.feature for r in over]})
+    else:
+        table = cli_table("feature", "kind", "rows ref / now", "null ref / now", "mean ref / now", "PSI", "KS / TV",
+                          title=f"{label} vs {reference.name}")
+        num = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+        for r in results:
+            table.add_row(r.feature + (" !" if r in over else ""), r.kind, f"{r.reference_rows:,} / {r.current_rows:,}",
+                          f"{r.null_rate_reference:.1%} / {r.null_rate_current:.1%}", f"{num(r.mean_reference)} / {num(r.mean_current)}",
+                          num(r.psi), num(r.ks))
+        console.print(table)
+    if over:
+        error_line(f"{len(over)} feature(s) drifted past the thresholds (PSI > {max_psi:g} or null rate moved by more than "
+                   f"{max_null_delta:g}): {', '.join(r.feature for r in over)}")
+        raise typer.Exit(1)

@@ -104,3 +104,13 @@ def test_served_values_are_logged_landed_and_joined_to_a_training_set(example_re
     assert len(joined) == 40
     assert (joined["served_n"].fillna(0) == joined["trained_n"].fillna(0)).all()
     assert ((joined["served"].fillna(0) - joined["trained"].fillna(0)).abs() < 1e-6).all()
+
+    # drift of what was served against that training set: none (the same values)
+    reference = example_repo.parent / "train.parquet"
+    training.to_parquet(reference)
+    watched = cli("monitor", "--reference", str(reference), "--service", "fraud_model_v1", "--since", "1d", "--json",
+                  "--repo", str(example_repo), env=env)
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    report = json.loads(watched.stdout)
+    assert {f["feature"] for f in report["features"]} == {"amount_sum_1h", "amount_count_1d"}
+    assert all(f["psi"] is None or f["psi"] < 0.05 for f in report["features"]) and report["over_thresholds"] == []
