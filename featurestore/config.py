@@ -115,6 +115,8 @@ class Settings(BaseSettings):
         "Kafka topic of the served-value log (services with a log_sample_rate); default <project>.served."))
     served_log_pii_keys: bool = Field(False, description=(
         "Log the entity keys of views tagged pii in the served-value log too (default: left out)."))
+    console_reference: Path | None = Field(None, description=(
+        "A training set (Parquet) the web console plots feature distributions against (relative: to the repo)."))
     repo_path: Path | None = Field(None, description="The feature repository (--repo); the only code a plan may run.")
 
     def kafka_security_options(self) -> dict[str, Any]:
@@ -211,6 +213,7 @@ class Settings(BaseSettings):
                 "registry_path": repo / (self.registry_path or state / "registry"),
                 "consumer_group": self.consumer_group or f"featurestore-{project}",
                 "served_log_topic": self.served_log_topic or f"{project}.served",
+                "console_reference": repo / self.console_reference if self.console_reference is not None else None,
                 "tokens_path": repo / (self.tokens_path or state / "tokens.json"),
                 "audit_log_path": repo / (self.audit_log_path or state / "audit.jsonl"),
                 "repo_path": repo.resolve(),

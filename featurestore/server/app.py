@@ -46,6 +46,7 @@ from featurestore.plan.validate import code_refs, validate_plan
 from featurestore.registry import FileRegistry, PlanWatch
 from featurestore.server.audit import Audit, AuditLog, is_pii, logged_keys
 from featurestore.server.auth import ANONYMOUS, TokenStore, allowed
+from featurestore.server.console import add_console, console_error
 from featurestore.server.edge import AUDIT_KEY, Edge, default_trusted_hosts, is_loopback
 from featurestore.server.errors import Refused, answer_of, error_body
 from featurestore.server.models import (
@@ -357,10 +358,15 @@ def create_app(server: FeatureServer, trusted_hosts: Sequence[str] = ("*",)) -> 
         answer = server.refusal(request.scope.get(AUDIT_KEY), exc)
         if answer is None:
             raise exc
+        if request.url.path.startswith("/ui/") and request.method == "GET":  # a page: said as a page
+            message = orjson.loads(answer[1])["error"]["message"]
+            return console_error(answer[0], message)
         return Response(answer[1], answer[0], media_type=_JSON)
 
     for kind in (FeatureStoreError, RequestValidationError, StarletteHTTPException, redis.RedisError):
         app.add_exception_handler(kind, _refused)
+
+    add_console(app, server, guard)
 
     @app.get("/v1/health", summary="Liveness (no token needed; says nothing but ok)")
     async def health() -> dict[str, str]:

@@ -33,8 +33,11 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-#: Paths answered without a token (they reveal nothing but "ok").
-PUBLIC_PATHS = frozenset({"/v1/health", "/v1/ready", "/openapi.json"})
+#: Paths answered without a token (they reveal nothing but "ok", or the console's sign-in page).
+PUBLIC_PATHS = frozenset({"/v1/health", "/v1/ready", "/openapi.json", "/ui/login", "/ui/login.js"})
+#: The web console: a browser's token comes in a cookie (`featurestore.server.console`).
+CONSOLE_PREFIX = "/ui"
+CONSOLE_COOKIE = "fs_token"
 #: The audit's endpoint label of each path (others: "other").
 ENDPOINTS = {
     ONLINE_PATH: "online", "/v1/features/historical": "historical", "/v1/registry": "registry", "/v1/apply": "apply",
@@ -97,8 +100,18 @@ class Edge:
         try:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
             self._check_host(headers.get("host", ""))
+            console = path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/")
+            if console:
+                audit.endpoint = "console"
             if path not in PUBLIC_PATHS:
-                self.server.authenticate(headers.get("authorization", ""), audit)
+                authorization = headers.get("authorization", "")
+                if console and not authorization:
+                    cookie = _cookie(headers.get("cookie", ""), CONSOLE_COOKIE)
+                    if cookie is None and method == "GET":  # a browser not signed in yet
+                        await _redirect(tracked, "/ui/login")
+                        return
+                    authorization = f"Bearer {cookie}" if cookie else ""
+                self.server.authenticate(authorization, audit)
             if method in _BODY_METHODS:
                 receive = self._limited_body(headers, receive, body_read)
             if path == ONLINE_PATH and method == "POST":
@@ -147,6 +160,21 @@ class Edge:
             return message
 
         return limited
+
+
+def _cookie(header: str, name: str) -> str | None:
+    """The value of cookie `name` in a Cookie header."""
+    for part in header.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name:
+            return value
+    return None
+
+
+async def _redirect(send: Send, location: str) -> None:
+    await send({"type": "http.response.start", "status": 303,
+                "headers": [(b"location", location.encode()), (b"content-length", b"0")]})
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def read_body(receive: Receive) -> bytes:
