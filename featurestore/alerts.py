@@ -1,5 +1,6 @@
 """Prometheus alerting rules for a plan: freshness objectives, consumer lag, dead-letter rate,
-values served missing, repairs of the online store and rolled-back rollouts.
+values served missing, drift (`featurestore monitor`'s metrics), repairs of the online store
+and rolled-back rollouts.
 
 `featurestore alerts` writes them as a rules file (`promtool check rules` accepts it); load it
 into Prometheus next to the scrape jobs of the processors (`metrics_address`) and servers.
@@ -27,6 +28,8 @@ class Thresholds:
     """Share of a topic's records dead-lettered."""
     max_missing_rate: float = 0.2
     """Share of values served that are not present (not_found, null, expired, stale)."""
+    max_psi: float = 0.25
+    """Population stability index of a feature against its reference (`featurestore monitor`)."""
     window: str = "5m"
     """Range of rates and quantiles."""
     hold: str = "5m"
@@ -87,6 +90,16 @@ def alert_rules(plan: Plan, project: str, t: Thresholds = Thresholds()) -> dict[
             "labels": {"severity": "warning", "project": project},
             "annotations": {"summary": "{{ $labels.view }}: {{ $value | humanizePercentage }} of values served are missing",
                             "description": "Entities without events, expired or stale values: is the view fed and fresh?"},
+        },
+        {
+            "alert": "FeatureDrifted",
+            "expr": f'featurestore_feature_drift{{measure="psi"}} > {t.max_psi:g}',
+            "for": t.hold,
+            "labels": {"severity": "warning", "project": project},
+            "annotations": {"summary": "{{ $labels.view }}:{{ $labels.feature }} drifted from {{ $labels.reference }} "
+                                       "(PSI {{ $value }})",
+                            "description": "From `featurestore monitor --prometheus-file`: compare the distributions in the "
+                                           "console (/ui) and retrain or fix the producer."},
         },
         {
             "alert": "FeatureOnlineStoreRepaired",

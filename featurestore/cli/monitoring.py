@@ -23,6 +23,8 @@ def alerts(
     max_lag: Annotated[int, typer.Option(help="Records behind per topic before FeatureProcessorLagging.", min=1)] = 100_000,
     max_dead_letter_rate: Annotated[float, typer.Option(help="Share of records dead-lettered before an alert.", min=0)] = 0.01,
     max_missing_rate: Annotated[float, typer.Option(help="Share of served values not present before an alert.", min=0)] = 0.2,
+    max_psi: Annotated[float, typer.Option(help="PSI of a feature against its reference (featurestore monitor) before an alert.",
+                                           min=0)] = 0.25,
     hold: Annotated[str, typer.Option("--for", help="How long a condition lasts before its alert fires (Prometheus duration).")]
     = "5m",
     repo: RepoOpt = Path("."),
@@ -37,7 +39,7 @@ def alerts(
         raise FeatureRequestError(f"--for takes a Prometheus duration such as 30s, 5m or 1h, got {hold!r}")
     settings = _settings(repo)
     plan = FileRegistry(settings.registry_root).current_plan()
-    text = alert_rules_yaml(plan, settings.project, Thresholds(max_lag, max_dead_letter_rate, max_missing_rate, hold=hold))
+    text = alert_rules_yaml(plan, settings.project, Thresholds(max_lag, max_dead_letter_rate, max_missing_rate, max_psi, hold=hold))
     if output is None:
         sys.stdout.write(text)
         return

@@ -240,6 +240,11 @@ def add_console(app: FastAPI, server: FeatureServer, guard: Any) -> None:
                 parts.append([str(parsed[1]), _ago(int(value))])
             if text == f"repairs|{v.name}":
                 repairs = int(value)
+        source = plan.source(v.source)
+        lag = await run_in_threadpool(_lag, server, [source.topic, source.dead_letter_topic])
+        lag_rows = [[f"<code>{_e(p.topic)}</code>", str(p.partition), "none" if p.committed is None else f"{p.committed:,}",
+                     f"{p.high:,}", f"{p.lag:,}"] for p in lag if p.topic == source.topic]
+        dead = sum(p.high - p.low for p in lag if p.topic == source.dead_letter_topic)
         versions = [[f'<a href="/ui/views/{_e(o.name)}">{_e(o.name)}</a>',
                      "serving" if plan.serving_version(o.base_name) == o.version else "live"]
                     for o in plan.versions(v.base_name)]
@@ -250,7 +255,10 @@ def add_console(app: FastAPI, server: FeatureServer, guard: Any) -> None:
                 f'<a href="/ui/views/{_e(v.name)}/consistency">Check online against offline</a> (50 entities).</p>'
                 + "<h2>Features</h2>" + _table(["feature", "kind", "of", "window", "type"], feats)
                 + "<h2>Versions</h2>" + _table(["version", "state"], versions)
-                + "<h2>Newest event online, per source partition</h2>" + _table(["partition", "newest event"], parts))
+                + "<h2>Newest event online, per source partition</h2>" + _table(["partition", "newest event"], parts)
+                + "<h2>Processing</h2>" + (_table(["topic", "partition", "committed", "end", "lag (records)"], lag_rows)
+                                             if lag_rows else '<p class="muted">the broker did not answer</p>')
+                + f"<p>Dead letters kept in <code>{_e(source.dead_letter_topic)}</code>: {dead:,}.</p>")
         return _page(f"View {v.name}", body, audit.token.name if audit.token else "")
 
     @app.get("/ui/views/{name}/consistency", include_in_schema=False)
@@ -326,6 +334,16 @@ def _reference_column(server: FeatureServer, feature: str) -> list[Any] | None:
 
     table = pq.read_table(path)
     return table[feature].to_pylist() if feature in table.column_names else None
+
+
+def _lag(server: FeatureServer, topics: list[str]) -> list[Any]:
+    """Lag per partition of the topics (empty when the broker does not answer within seconds)."""
+    from featurestore.runtime.kafka import group_lag
+
+    try:
+        return group_lag(server.settings, topics, timeout_s=3.0)
+    except Exception:  # the page shows what it can
+        return []
 
 
 def _consistency(server: FeatureServer, view: ViewPlan) -> list[dict[str, Any]]:

@@ -87,7 +87,8 @@ def test_the_console_in_a_browser(example_repo: Path, services: Any, overrides: 
             page.screenshot(path=str(shots / "console-registry.png"), full_page=True)
 
             page.click("text=user_payments")
-            assert "amount_sum_1d" in page.inner_text("main")
+            view_text = page.inner_text("main")
+            assert "amount_sum_1d" in view_text and "lag (records)" in view_text and "Dead letters" in view_text
             page.click("text=amount_sum_1d")
             bars = page.locator("svg.histogram rect")
             assert bars.count() >= 20, "the distribution plot renders (online and reference bars)"

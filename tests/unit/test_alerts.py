@@ -34,7 +34,8 @@ def test_rules_cover_objectives_and_operations(tmp_path: Path) -> None:
     assert fresh["labels"]["view"] == "user_payments" and fresh["for"] == "2m"
     assert 'featurestore_freshness_seconds_bucket{view="user_payments"}' in fresh["expr"] and fresh["expr"].endswith("> 5")
     assert by_name["FeatureProcessorLagging"]["expr"].endswith("> 500")
-    assert {"FeatureDeadLetterRateHigh", "FeatureValuesMissing", "FeatureOnlineStoreRepaired", "FeatureRolloutRolledBack"} <= set(by_name)
+    assert {"FeatureDeadLetterRateHigh", "FeatureValuesMissing", "FeatureDrifted", "FeatureOnlineStoreRepaired",
+            "FeatureRolloutRolledBack"} <= set(by_name)
     # an objective is not a value: changing it needs no new version
     assert compile_repo(ROOT / "feature_defs").view("user_payments").values_fingerprint() == plan.view("user_payments").values_fingerprint()
 
@@ -50,6 +51,6 @@ def test_promtool_accepts_the_rules_written_by_the_cli(tmp_path: Path) -> None:
     assert res.returncode == 0 and "alerting rules (1 freshness objective(s))" in res.stdout, res.stdout + res.stderr
     checked = subprocess.run([promtool, "check", "rules", str(out)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 6 rules found" in checked.stdout
+    assert "SUCCESS: 7 rules found" in checked.stdout
     bad = cli("alerts", "--for", "five minutes", "--repo", str(repo))
     assert bad.returncode == 1 and "Prometheus duration" in bad.stderr and "Traceback" not in bad.stderr
