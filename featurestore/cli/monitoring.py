@@ -93,6 +93,9 @@ def monitor(
                                                 show_default=False)] = None,
     since: Annotated[str, typer.Option(help="With --service: the served values of this last span (30m, 6h, 2d).")] = "1d",
     current: Annotated[Path | None, typer.Option(help="Or compare this Parquet file's columns.", show_default=False)] = None,
+    online: Annotated[str | None, typer.Option(help="Or compare the values online now of a sample of this view's entities "
+                                                    "(what is written).", show_default=False)] = None,
+    sample: Annotated[int, typer.Option(help="With --online: entities sampled.", min=1)] = 1000,
     feature: Annotated[list[str] | None, typer.Option("--feature", "-f", help="Only these features (default: every shared column).",
                                                       show_default=False)] = None,
     max_psi: Annotated[float, typer.Option(help="Exit 1 when a feature's PSI is above this.", min=0)] = 0.25,
@@ -111,8 +114,9 @@ def monitor(
     from featurestore.client import FeatureStore
     from featurestore.offline.drift import feature_drift
 
-    if (service is None) == (current is None):
-        raise FeatureRequestError("compare with either --service NAME (its served values) or --current FILE")
+    if sum(x is not None for x in (service, current, online)) != 1:
+        raise FeatureRequestError("compare with one of --service NAME (its served values), --online VIEW (its values "
+                                  "online now) or --current FILE")
     try:
         ref = pq.read_table(reference)
     except Exception as exc:
@@ -131,6 +135,13 @@ def monitor(
 
         cur = cur.filter(pc.greater_equal(cur["served_at"], edge))
         label = f"service {service}, last {since}"
+    elif online is not None:
+        store = FeatureStore(repo)
+        try:
+            cur = store.sample_online(online, sample=sample)
+        finally:
+            store.close()
+        label = f"{online} online now ({cur.num_rows:,} entities)"
     else:
         assert current is not None
         try:

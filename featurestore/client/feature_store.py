@@ -22,7 +22,7 @@ from featurestore.client.responses import OnlineResponse, TrainingSet
 from featurestore.client.rollout_query import build_online_query
 from featurestore.client.served_log import ServedLog
 from featurestore.config import Settings, load_settings
-from featurestore.errors import ConfigError, FeatureRequestError, unreachable
+from featurestore.errors import ConfigError, FeatureRequestError, one_of, unreachable
 from featurestore.offline.history import history_snapshot
 from featurestore.offline.point_in_time import MODES, point_in_time_features
 from featurestore.online.reader import OnlineReader
@@ -291,6 +291,37 @@ class FeatureStore:
             self._pinned, self._runner = None, None
         rebuilt.manifest["rebuilt_from"] = manifest.get("built_at")
         return rebuilt
+
+    def sample_online(self, view: str, features: Sequence[str] | None = None, sample: int = 1000, seed: int = 0) -> pa.Table:
+        """The current online values of up to `sample` entities of a view (drawn from its
+        history): what the processors write, e.g. to compare with a training set
+        (`featurestore monitor --online VIEW`)."""
+        import random
+
+        import duckdb
+
+        from featurestore.offline.history import has_history
+        from featurestore.offline.sql import identifier, read_history
+        from featurestore.online.reader import ViewRequest
+
+        try:
+            plan_view = self.plan.resolve_view(view)
+        except KeyError:
+            raise FeatureRequestError(f"unknown view {view!r}: {one_of(view, sorted(self.plan.view_refs))}") from None
+        names = list(features) if features else plan_view.feature_names
+        unknown = [n for n in names if n not in plan_view.feature_names]
+        if unknown:
+            raise FeatureRequestError(f"view '{plan_view.name}' has no feature(s) {', '.join(unknown)}")
+        keys: list[tuple[Any, ...]] = []
+        if has_history(self.settings.offline_root, plan_view.name):
+            cols = ", ".join(identifier(k.name) for k in plan_view.join_keys)
+            rows = duckdb.connect().execute(
+                f"SELECT DISTINCT {cols} FROM {read_history(self.settings.offline_root, plan_view.name)}").fetchall()
+            keys = [tuple(r) for r in random.Random(seed).sample(rows, min(sample, len(rows)))]
+        got = self._online_reader().read_results([ViewRequest(plan_view, names, keys)], int(time.time() * 1000))[0]
+        columns: dict[str, Any] = {k.name: [key[i] for key in keys] for i, k in enumerate(plan_view.join_keys)}
+        columns |= {n: got.values[n] for n in names}
+        return pa.table(columns)
 
     def served_log(self, service: str) -> pa.Table:
         """The landed served-value log of a service (`featurestore served-log land`): one row per

@@ -114,3 +114,9 @@ def test_served_values_are_logged_landed_and_joined_to_a_training_set(example_re
     report = json.loads(watched.stdout)
     assert {f["feature"] for f in report["features"]} == {"amount_sum_1h", "amount_count_1d"}
     assert all(f["psi"] is None or f["psi"] < 0.05 for f in report["features"]) and report["over_thresholds"] == []
+    # and of what is written: the values online now of the view's entities
+    written = cli("monitor", "--reference", str(reference), "--online", "user_payments", "--json", "--repo", str(example_repo),
+                  env=env)
+    assert written.returncode in (0, 1), written.stderr  # 1: drifted past a threshold, said on stderr
+    now = {f["feature"]: f for f in json.loads(written.stdout)["features"]}
+    assert set(now) == {"amount_sum_1h", "amount_count_1d"} and now["amount_count_1d"]["current_rows"] == 40
