@@ -38,6 +38,15 @@ if TYPE_CHECKING:
 _SPARK_TYPES = {"int": "BIGINT", "float": "DOUBLE", "str": "STRING", "bool": "BOOLEAN", "datetime": "TIMESTAMP"}
 
 
+def _driver_memory() -> str:
+    """Local mode's heap (the driver runs the tasks): half of this machine's memory, 1 to 16 GiB."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return "2g"
+    return f"{max(1, min(16, total // 2**31))}g"
+
+
 def spark_session(master: str | None = None) -> SparkSession:
     """The active Spark session, or a new one on `master` (default `local[*]`: this machine's
     cores) set up as the SQL here expects (UTC, double-quoted identifiers)."""
@@ -58,7 +67,8 @@ def spark_session(master: str | None = None) -> SparkSession:
                    .config("spark.sql.execution.arrow.pyspark.enabled", "true")
                    .config("spark.ui.enabled", "false")
                    .config("spark.ui.showConsoleProgress", "false")
-                   .config("spark.sql.shuffle.partitions", str(max(2, 2 * (os.cpu_count() or 1))))
+                   .config("spark.sql.shuffle.partitions", str(max(16, 4 * (os.cpu_count() or 1))))
+                   .config("spark.driver.memory", os.environ.get("FEATURESTORE_SPARK_DRIVER_MEMORY", _driver_memory()))
                    .getOrCreate())
         session.sparkContext.setLogLevel("ERROR")
         return session
