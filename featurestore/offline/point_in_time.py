@@ -162,27 +162,38 @@ def _view_query(view: ViewPlan, features: Sequence[str], history: str, mode: str
     elif aggs:
         # as served at each row's time: which events count depends on the row (processed by
         # then), not only on time, so this one is a range join
-        starts = [window_start_sql(a) for a in aggs]
-        if any(x is None for x in starts):
-            lower = ""  # a lifetime aggregation reads every event up to e._t
-        else:
-            lower = " AND h._ts > " + ("least(" + ", ".join(str(x) for x in starts) + ")" if len(starts) > 1 else str(starts[0]))
-        sql += f""",
+        sql += windowed_by_join(aggs, key_eq, processed)
+    return sql + select_features(features, set(rows), ttl, bool(aggs))
+
+
+def windowed_by_join(aggs: Sequence[AggregationPlan], key_eq: str, processed: str, engine: str = "duckdb") -> str:
+    """The `windowed` CTE as a range join: each entity row `e` with its entity's events `h` up
+    to its time (from the earliest window start), aggregated per row."""
+    starts = [window_start_sql(a, engine=engine) for a in aggs]
+    if any(x is None for x in starts):
+        lower = ""  # a lifetime aggregation reads every event up to e._t
+    else:
+        lower = " AND h._ts > " + ("least(" + ", ".join(str(x) for x in starts) + ")" if len(starts) > 1 else str(starts[0]))
+    return f""",
     windowed AS (
-        SELECT e._row{''.join(f', {agg_sql(a)} AS {_q("a_" + a.name)}' for a in aggs)}
+        SELECT e._row{''.join(f', {agg_sql(a, engine=engine)} AS {_q("a_" + a.name)}' for a in aggs)}
         FROM e LEFT JOIN h ON {key_eq} AND h._ts <= e._t{lower}{processed}
         GROUP BY e._row
     )"""
+
+
+def select_features(features: Sequence[str], row_features: set[str], ttl: str, windowed: bool) -> str:
+    """The final SELECT: each feature from `latest` (row features) or `windowed`, NULL when the
+    entity has no event yet or its newest is older than the TTL (`ttl`: the SQL condition)."""
     select = []
     for name in features:
-        src = f'l.{_q("r_" + name)}' if name in rows else f'w.{_q("a_" + name)}'
+        src = f'l.{_q("r_" + name)}' if name in row_features else f'w.{_q("a_" + name)}'
         select.append(f"CASE WHEN l._latest IS NOT NULL AND {ttl} THEN {src} END AS {_q(name)}")
-    sql += f"""
+    return f"""
     SELECT {', '.join(select)}
-    FROM latest l {'JOIN windowed w USING (_row)' if aggs else ''}
+    FROM latest l {'JOIN windowed w ON l._row = w._row' if windowed else ''}
     ORDER BY l._row
     """
-    return sql
 
 
 def point_in_time_features(

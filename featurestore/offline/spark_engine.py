@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from featurestore.errors import ConfigError
 from featurestore.offline.history import has_history, view_dir
-from featurestore.offline.point_in_time import MODES, agg_sql, result_type, window_start_sql
+from featurestore.offline.point_in_time import MODES, result_type, select_features, windowed_by_join
 from featurestore.offline.sql import identifier as _q
 from featurestore.offline.sql import literal
 from featurestore.plan import ViewPlan
@@ -146,22 +146,5 @@ def spark_view_query(view: ViewPlan, features: Sequence[str], mode: str) -> str:
         GROUP BY e._row
     )"""
     if aggs:
-        starts = [window_start_sql(a, engine="spark") for a in aggs]
-        lower = "" if any(x is None for x in starts) else (
-            " AND h._ts > " + ("least(" + ", ".join(str(x) for x in starts) + ")" if len(starts) > 1 else str(starts[0])))
-        sql += f""",
-    windowed AS (
-        SELECT e._row{''.join(f', {agg_sql(a, engine="spark")} AS {_q("a_" + a.name)}' for a in aggs)}
-        FROM e LEFT JOIN h ON {key_eq} AND h._ts <= e._t{lower}{processed}
-        GROUP BY e._row
-    )"""
-    select = []
-    for name in features:
-        src = f'l.{_q("r_" + name)}' if name in rows else f'w.{_q("a_" + name)}'
-        select.append(f"CASE WHEN l._latest IS NOT NULL AND {ttl} THEN {src} END AS {_q(name)}")
-    sql += f"""
-    SELECT {', '.join(select)}
-    FROM latest l {'JOIN windowed w ON l._row = w._row' if aggs else ''}
-    ORDER BY l._row
-    """
-    return sql
+        sql += windowed_by_join(aggs, key_eq, processed, engine="spark")
+    return sql + select_features(features, set(rows), ttl, bool(aggs))
