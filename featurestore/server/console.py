@@ -166,12 +166,8 @@ def add_console(app: FastAPI, server: FeatureServer, guard: Any) -> None:
         views = readable_views(server, audit)
         audit.views = [v.name for v in views]
         names = {v.name for v in views} | {v.base_name for v in views}
-        marker = await server.redis.hgetall(project_key(server.settings.project))
-        newest: dict[str, int] = {}
-        for field, value in marker.items():
-            parsed = parse_newest_field(field.decode())
-            if parsed is not None:
-                newest[parsed[0]] = max(newest.get(parsed[0], 0), int(value))
+        per_partition, _ = await _project_marker(server)
+        newest = {view: max(parts.values()) for view, parts in per_partition.items()}
         rows = []
         for v in views:
             serving = plan.serving_version(v.base_name) == v.version
@@ -230,16 +226,9 @@ def add_console(app: FastAPI, server: FeatureServer, guard: Any) -> None:
         feats += [[f'<a href="/ui/views/{_e(v.name)}/features/{_e(a.name)}">{_e(a.name)}</a>', _e(a.function),
                    _e(a.column + (f" where {a.where}" if a.where else "")),
                    "lifetime" if a.window_ms is None else f"{a.window_ms / 1000:g} s", _e(a.dtype)] for a in v.aggregations]
-        marker = await server.redis.hgetall(project_key(server.settings.project))
-        parts = []
-        repairs = 0
-        for field, value in marker.items():
-            text = field.decode()
-            parsed = parse_newest_field(text)
-            if parsed is not None and parsed[0] == v.name:
-                parts.append([str(parsed[1]), _ago(int(value))])
-            if text == f"repairs|{v.name}":
-                repairs = int(value)
+        per_partition, repaired = await _project_marker(server)
+        parts = [[str(p), _ago(ms)] for p, ms in sorted(per_partition.get(v.name, {}).items())]
+        repairs = repaired.get(v.name, 0)
         source = plan.source(v.source)
         lag = await run_in_threadpool(_lag, server, [source.topic, source.dead_letter_topic])
         lag_rows = [[f"<code>{_e(p.topic)}</code>", str(p.partition), "none" if p.committed is None else f"{p.committed:,}",
@@ -303,6 +292,22 @@ def add_console(app: FastAPI, server: FeatureServer, guard: Any) -> None:
                 + (histogram_svg(series) if any(series.values()) else _table(
                     ["value", "entities"], [[_e(k), str(c)] for k, c in _top(current)])))
         return _page(f"{v.name}:{feature}", body, audit.token.name if audit.token else "")
+
+
+async def _project_marker(server: FeatureServer) -> tuple[dict[str, dict[int, int]], dict[str, int]]:
+    """From the project's hash in Redis: per view, the newest event time stored per source
+    partition, and how many times its online data was repaired."""
+    marker = await server.redis.hgetall(project_key(server.settings.project))
+    newest: dict[str, dict[int, int]] = {}
+    repairs: dict[str, int] = {}
+    for field, value in marker.items():
+        text = field.decode()
+        parsed = parse_newest_field(text)
+        if parsed is not None:
+            newest.setdefault(parsed[0], {})[parsed[1]] = int(value)
+        elif text.startswith("repairs|"):
+            repairs[text.partition("|")[2]] = int(value)
+    return newest, repairs
 
 
 def _top(values: list[Any], n: int = 20) -> list[tuple[Any, int]]:
