@@ -248,7 +248,7 @@ class Settings(BaseSettings):
 
 def redact_url(url: str) -> str:
     """`scheme://user:***@host/...`: a URL safe to print."""
-    if parse_sentinel_url(url) is not None:
+    if url.startswith("redis+sentinel://"):  # (not parsed: a malformed one is still redacted)
         return re.sub(r"^(redis\+sentinel://[^:@/]*):[^@/]*@", r"\1:***@", url)
     parts = urlsplit(url)
     if parts.password is None:
@@ -282,7 +282,7 @@ def parse_sentinel_url(url: str) -> SentinelUrl | None:
     for item in netloc.split(","):
         host, colon, port = item.rpartition(":")
         if not colon or not host or not port.isdigit():
-            raise ConfigError(f"redis_url {redact_url(prefix + rest)}: sentinel '{item}' is not HOST:PORT "
+            raise ConfigError(f"redis_url: sentinel '{item}' is not HOST:PORT "
                               "(expected redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB])")
         hosts.append((host, int(port)))
     if not parts or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):

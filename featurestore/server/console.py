@@ -145,7 +145,10 @@ def add_console(app: FastAPI, server: FeatureServer, guard: Any) -> None:
 
     @app.post("/ui/login", include_in_schema=False)
     async def login(request: Request) -> Response:
-        body = await request.json()
+        try:
+            body = await request.json()
+        except ValueError:
+            raise Refused(400, "bad_request", 'send {"token": "..."} as JSON') from None
         token = body.get("token") if isinstance(body, dict) else None
         if server.tokens is not None and (not isinstance(token, str) or server.tokens.authenticate(token) is None):
             raise Refused(401, "unauthenticated", "invalid, unknown or revoked token")

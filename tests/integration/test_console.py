@@ -68,7 +68,18 @@ def test_the_console_in_a_browser(example_repo: Path, services: Any, overrides: 
     shots = Path(os.environ.get("FEATURESTORE_SCREENSHOTS", str(tmp_path)))
     shots.mkdir(parents=True, exist_ok=True)
     try:
-        wait_for(lambda: server_answers(server, urllib3.PoolManager(retries=False), url), 30, "the feature server")
+        http = urllib3.PoolManager(retries=False)
+        wait_for(lambda: server_answers(server, http, url), 30, "the feature server")
+        # hostile or lost visitors: refused clearly, no page without a token
+        json_type = {"Content-Type": "application/json"}
+        assert http.request("POST", url + "/ui/login", body=b"{not json", headers=json_type).status == 400
+        assert http.request("POST", url + "/ui/login", body=b'{"token": "fst_x_y"}', headers=json_type).status == 401
+        assert http.request("POST", url + "/ui/login", body=b"token=x",
+                            headers={"Content-Type": "application/x-www-form-urlencoded"}).status == 415
+        lost = http.request("GET", url + "/ui/views/user_payments", redirect=False)
+        assert lost.status == 303 and lost.headers["Location"] == "/ui/login"
+        forged = http.request("GET", url + "/ui", headers={"Cookie": "fs_token=fst_forged_token"}, redirect=False)
+        assert forged.status == 401
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
