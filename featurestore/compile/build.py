@@ -66,9 +66,14 @@ MAX_VERSION = 999_999
 """Highest view version."""
 
 
+def _version(view: FeatureView) -> int:
+    """A view's version as declared, 1 when it is not a whole number (that problem is reported)."""
+    return view.version if isinstance(view.version, int) and not isinstance(view.version, bool) else 1
+
+
 def _versioned(view: FeatureView) -> str:
     """A view's name for messages: with its version when it is not 1."""
-    version = view.version if isinstance(view.version, int) else 1
+    version = _version(view)
     return view_id(view.name, version) if isinstance(view.name, str) and version >= 1 else str(view.name)
 
 
@@ -231,6 +236,18 @@ class _Builder:
         )
 
     # -- views -------------------------------------------------------------------
+    def duration_ms(self, view: FeatureView, label: str, name: str, value: Any, example: str,
+                    zero_ok: bool = False) -> tuple[bool, int | None]:
+        """(valid, a view's optional duration in whole ms, at least 1 when positive); a problem is reported."""
+        if value is None:
+            return True, None
+        if not isinstance(value, dt.timedelta) or value < dt.timedelta(0) or (not zero_ok and value == dt.timedelta(0)):
+            self.problem(view, label, f"{name} must be a {'timedelta >= 0' if zero_ok else 'positive timedelta'}, got {value!r}",
+                         f"e.g. {example}")
+            return False, None
+        ms = int(value / dt.timedelta(milliseconds=1))
+        return True, ms if zero_ok else max(1, ms)
+
     def view_plan(self, view: FeatureView, key_types: dict[tuple[str, str], str]) -> ViewPlan | None:
         label = f"FeatureView '{_versioned(view)}'"
         ok = self.check_name(view, label, view.name)
@@ -271,30 +288,12 @@ class _Builder:
                                      "give the key the same type in every event schema")
                         ok = False
                     join_keys.append(KeySpec(name=key, dtype=dtype))
-        ttl_ms: int | None = None
-        if view.ttl is not None:
-            if not isinstance(view.ttl, dt.timedelta) or view.ttl <= dt.timedelta(0):
-                self.problem(view, label, f"ttl must be a positive timedelta, got {view.ttl!r}",
-                             "e.g. ttl=timedelta(days=7), or ttl=None for no expiry")
-                ok = False
-            else:
-                ttl_ms = int(view.ttl / dt.timedelta(milliseconds=1))
-        lateness_ms: int | None = None
-        if view.allowed_lateness is not None:
-            if not isinstance(view.allowed_lateness, dt.timedelta) or view.allowed_lateness < dt.timedelta(0):
-                self.problem(view, label, f"allowed_lateness must be a timedelta >= 0, got {view.allowed_lateness!r}",
-                             "e.g. allowed_lateness=timedelta(minutes=5), or None for no limit")
-                ok = False
-            else:
-                lateness_ms = int(view.allowed_lateness / dt.timedelta(milliseconds=1))
-        slo_ms: int | None = None
-        if view.freshness_slo is not None:
-            if not isinstance(view.freshness_slo, dt.timedelta) or view.freshness_slo <= dt.timedelta(0):
-                self.problem(view, label, f"freshness_slo must be a positive timedelta, got {view.freshness_slo!r}",
-                             "e.g. freshness_slo=timedelta(seconds=5), or None for no objective")
-                ok = False
-            else:
-                slo_ms = max(1, int(view.freshness_slo / dt.timedelta(milliseconds=1)))
+        ttl_ok, ttl_ms = self.duration_ms(view, label, "ttl", view.ttl, "ttl=timedelta(days=7), or ttl=None for no expiry")
+        lateness_ok, lateness_ms = self.duration_ms(view, label, "allowed_lateness", view.allowed_lateness,
+                                                    "allowed_lateness=timedelta(minutes=5), or None for no limit", zero_ok=True)
+        slo_ok, slo_ms = self.duration_ms(view, label, "freshness_slo", view.freshness_slo,
+                                          "freshness_slo=timedelta(seconds=5), or None for no objective")
+        ok = ok and ttl_ok and lateness_ok and slo_ok
         rows: list[RowFeaturePlan] = []
         aggs: list[AggregationPlan] = []
         if not view.features:
@@ -703,7 +702,7 @@ def build_plan(loaded: LoadedRepo) -> tuple[Plan | None, list[Problem]]:
     b.check_unique("RequestSource", list(request_sources.values()))
     b.check_unique("FeatureView", views, key=_versioned)
     stored_names = {v.name for v in views}
-    b.check_unique("FeatureView", [*(v for v in views if v.version == min(w.version for w in views if w.name == v.name)),
+    b.check_unique("FeatureView", [*(v for v in views if _version(v) == min(_version(w) for w in views if w.name == v.name)),
                                    *request_views])
     serving = _serving(b, views)
     dedup = lambda items: sorted({i.name: i for i in items}.values(), key=lambda i: i.name)  # noqa: E731
