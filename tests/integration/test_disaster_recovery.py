@@ -34,6 +34,8 @@ from tests.unit.test_cli import cli
 pytestmark = pytest.mark.integration
 
 USERS = 300
+CLEAN = {"late_fraction": 0.0, "malformed_fraction": 0.0, "users": USERS}
+"""Payments without late or malformed ones, of USERS users."""
 OUTAGE_S = 30
 
 
@@ -51,6 +53,21 @@ def _marked(client: redis.Redis, project: str) -> int:
     return sum(int(v) for k, v in client.hgetall(project_key(project)).items() if k.startswith(b"applied|user_payments|"))
 
 
+def _setup(example_repo: Path, overrides: dict[str, Any], seed: int, sizes: tuple[int, int],
+           **settings_overrides: Any) -> tuple[Any, Any, str, dt.datetime, list[Any], list[Any]]:
+    """Settings, the applied example plan, its topic (2 partitions), and two clean batches of
+    payments of USERS users: the first 20 to 40 minutes ago, the second in the last 20."""
+    settings = load_settings(example_repo, **{**overrides, **settings_overrides})
+    plan = compile_repo(example_repo)
+    FileRegistry(settings.registry_root).apply(plan)
+    topic = plan.source("payments").topic
+    ensure_topics(settings, [topic], partitions=2)
+    end = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=30)
+    first = payment_events(sizes[0], end=end - dt.timedelta(minutes=20), span=dt.timedelta(minutes=20), seed=seed, **CLEAN)
+    second = payment_events(sizes[1], end=end, span=dt.timedelta(minutes=20), seed=seed + 1, **CLEAN)
+    return settings, plan, topic, end, first, second
+
+
 @pytest.mark.parametrize("loss", ["older_snapshot", "flushall"])
 def test_redis_data_loss_is_repaired_by_the_running_processor(example_repo: Path, services: Any, overrides: dict[str, Any],
                                                                 tmp_path: Path, loss: str) -> None:
@@ -59,15 +76,8 @@ def test_redis_data_loss_is_repaired_by_the_running_processor(example_repo: Path
     args = ("--dir", str(data_dir))
     data_dir.mkdir()
     server = start_redis(port, tmp_path, extra_args=args)
-    settings = load_settings(example_repo, **{**overrides, "redis_url": f"redis://127.0.0.1:{port}/0"})
-    plan = compile_repo(example_repo)
-    FileRegistry(settings.registry_root).apply(plan)
-    topic = plan.source("payments").topic
-    ensure_topics(settings, [topic], partitions=2)
-    end = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=30)
-    clean = {"late_fraction": 0.0, "malformed_fraction": 0.0, "users": USERS}
-    first = payment_events(1500, end=end - dt.timedelta(minutes=20), span=dt.timedelta(minutes=20), seed=51, **clean)
-    second = payment_events(1500, end=end, span=dt.timedelta(minutes=20), seed=52, **clean)
+    settings, plan, topic, end, first, second = _setup(example_repo, overrides, 51, (1500, 1500),
+                                                       redis_url=f"redis://127.0.0.1:{port}/0")
     rows = [{"user_id": u} for u in range(1, USERS + 1)]
     client = redis.Redis(port=port)
     stop = threading.Event()
@@ -107,7 +117,7 @@ def test_redis_data_loss_is_repaired_by_the_running_processor(example_repo: Path
         assert views["user_payments"]["repairs"] >= 1 and views["merchant_payments"]["repairs"] >= 1
 
         # later events are applied on top, once
-        third = payment_events(500, end=end, span=dt.timedelta(minutes=5), seed=53, **clean)
+        third = payment_events(500, end=end, span=dt.timedelta(minutes=5), seed=53, **CLEAN)
         produce_records(producer_config(settings), topic, third)
         wait_for(lambda: _counts(store, rows) == total + len(third), 60, "later events online")
     finally:
@@ -129,15 +139,8 @@ def test_a_primary_killed_mid_stream_fails_over_through_sentinel(example_repo: P
         wait_for(lambda: redis.Redis(port=replica.port).info("replication").get("master_link_status") == "up", 30,
                  "the replica to follow the primary")
         wait_for(lambda: watcher.execute_command("SENTINEL", "REPLICAS", "mymaster"), 30, "the sentinel to see the replica")
-        settings = load_settings(example_repo, **{**overrides, "redis_url": f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster"})
-        plan = compile_repo(example_repo)
-        FileRegistry(settings.registry_root).apply(plan)
-        topic = plan.source("payments").topic
-        ensure_topics(settings, [topic], partitions=2)
-        end = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=30)
-        clean = {"late_fraction": 0.0, "malformed_fraction": 0.0, "users": USERS}
-        first = payment_events(1500, end=end - dt.timedelta(minutes=20), span=dt.timedelta(minutes=20), seed=61, **clean)
-        second = payment_events(3000, end=end, span=dt.timedelta(minutes=20), seed=62, **clean)
+        settings, plan, topic, end, first, second = _setup(
+            example_repo, overrides, 61, (1500, 3000), redis_url=f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster")
         rows = [{"user_id": u} for u in range(1, USERS + 1)]
         stop = threading.Event()
         processor = threading.Thread(target=run_following, args=(plan, settings, stop), daemon=True)
@@ -172,16 +175,8 @@ def test_the_processor_survives_a_broker_outage_and_reads_go_on(example_repo: Pa
     broker = start_broker(broker_port, tmp_path, advertised_port=proxy_port)  # clients only ever reach it through the proxy
     try:
         # small batches: the processor is far from done when the broker goes
-        settings = load_settings(example_repo, **{**overrides, "kafka_bootstrap_servers": f"127.0.0.1:{proxy_port}",
-                                                  "batch_size": 200})
-        plan = compile_repo(example_repo)
-        FileRegistry(settings.registry_root).apply(plan)
-        topic = plan.source("payments").topic
-        ensure_topics(settings, [topic], partitions=2)
-        end = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=30)
-        clean = {"late_fraction": 0.0, "malformed_fraction": 0.0, "users": USERS}
-        first = payment_events(1500, end=end - dt.timedelta(minutes=20), span=dt.timedelta(minutes=20), seed=71, **clean)
-        second = payment_events(60_000, end=end, span=dt.timedelta(minutes=20), seed=72, **clean)
+        settings, plan, topic, end, first, second = _setup(
+            example_repo, overrides, 71, (1500, 60_000), kafka_bootstrap_servers=f"127.0.0.1:{proxy_port}", batch_size=200)
         rows = [{"user_id": u} for u in range(1, USERS + 1)]
         produce_records(producer_config(settings), topic, first + second)  # all there before the processor starts
         total = len(first) + len(second)
@@ -195,7 +190,7 @@ def test_the_processor_survives_a_broker_outage_and_reads_go_on(example_repo: Pa
             proxy.cut()  # the broker is unreachable for 30 s, mid-stream
             outage = time.monotonic()
             # events produced meanwhile wait in the producer until the broker is back
-            third = payment_events(2000, end=end, span=dt.timedelta(minutes=5), seed=73, **clean)
+            third = payment_events(2000, end=end, span=dt.timedelta(minutes=5), seed=73, **CLEAN)
             late_producer = threading.Thread(target=produce_records, args=(producer_config(settings), topic, third))
             late_producer.start()
             served = 0
