@@ -1,6 +1,6 @@
 """What every stream engine does with a batch of records: decode, write Redis, buffer the
-history, dead-letter the bad ones; and what it does at a checkpoint: make the history and
-the dead letters durable. Engines (confluent-kafka, Faust) only consume and commit.
+history, dead-letter the bad ones; and the checkpoint of those parts (`checkpointer`).
+Engines (confluent-kafka, Faust) only consume and commit.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from featurestore.offline.history import HistoryWriter
 from featurestore.online.writer import OnlineWriter
 from featurestore.plan import Plan
 from featurestore.records import ViewRows
+from featurestore.runtime.checkpoint import Checkpointer
 from featurestore.runtime.dead_letters import DeadLetterSink, LocalDeadLetters
 from featurestore.runtime.decode import DeadLetter, Decoder, RawRecord
 from featurestore.runtime.kafka import ensure_topics, producer_config
@@ -32,6 +33,7 @@ from featurestore.runtime.watermarks import Watermarks
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+P = TypeVar("P")
 
 
 class Retryable(Exception):
@@ -70,8 +72,8 @@ class BatchApplier:
 
     def __init__(self, plan: Plan, settings: Settings, stop: threading.Event | None = None,
                  background_online: bool = False) -> None:
-        """`background_online`: states are sent to Redis while the next batch is decoded; call
-        `settle_online` before committing offsets."""
+        """`background_online`: states are sent to Redis while the next batch is decoded (a
+        checkpoint waits for them)."""
         self.plan = plan
         self.settings = settings
         skew_ms = int(settings.max_future_skew_s * 1000)
@@ -151,21 +153,12 @@ class BatchApplier:
             self.dead_letters.send(d)
         self.stats.batches += 1
 
-    def settle_online(self) -> None:
-        """Wait until the states of every batch written so far are in Redis (retrying)."""
-        self.with_retry(f"Redis write to {self.settings.redis_display}", self.online.settle)
-
-    def flush(self) -> None:
-        """Make the history and the dead letters of everything applied so far durable."""
-        self.flush_taken(self.history.take())
-
-    def flush_taken(self, buffer: dict[str, list[ViewRows]]) -> None:
-        """Make history rows handed over by `history.take()` durable, and every dead letter produced so far."""
-        before = self.history.rows_written
-        self.with_retry(f"history flush to {self.settings.offline_root}", lambda: self.history.flush_taken(buffer))
-        self.stats.history_rows += self.history.rows_written - before
-        if self.dead_letters is not None:
-            self.with_retry("dead-letter delivery", self._flush_dead_letters)
+    def checkpointer(self, commit: Callable[[P], None], interval_s: float) -> Checkpointer[P]:
+        """The checkpoint of this applier's online states, history and dead letters, every
+        write retried; `commit` moves the engine's position (offsets, acknowledgements)."""
+        return Checkpointer(self.history, commit, self.stats, online=self.online, dead_letters=self._flush_dead_letters,
+                            retry=self.with_retry, interval_s=interval_s, history_place=str(self.settings.offline_root),
+                            redis_place=self.settings.redis_display)
 
     def forget(self, topic: str, partition: int) -> None:
         """A partition moved away: its watermark is recovered again if it comes back, and its
@@ -194,7 +187,8 @@ class BatchApplier:
                 delay = min(delay * 2, self.settings.max_retry_backoff_s)
 
     def _flush_dead_letters(self) -> None:
-        assert self.dead_letters is not None
+        if self.dead_letters is None:  # not opened: nothing produced
+            return
         remaining = self.dead_letters.flush(30)
         if remaining:
             raise Retryable(f"{remaining} dead letters not yet acknowledged by the broker")

@@ -25,6 +25,7 @@ from featurestore.offline.history import HistoryWriter
 from featurestore.online.writer import OnlineWriter
 from featurestore.plan import Plan
 from featurestore.records import ViewRows
+from featurestore.runtime.checkpoint import Checkpointer
 from featurestore.runtime.decode import DeadLetter, Decoder, RawRecord
 from featurestore.runtime.event_files import input_files, read_records
 from featurestore.runtime.sources import pick_source
@@ -43,6 +44,8 @@ class BackfillStats:
     outside_range: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)
     history_rows: int = 0
+    checkpoints: int = 0
+    """History commits (every ~250,000 rows and at the end): a rerun resumes after the last."""
     entity_writes: int = 0
     partition: int = 0
     dead_letter_file: Path | None = None
@@ -99,6 +102,8 @@ class Backfill:
             online = OnlineWriter(client, self.settings.project, self.plan, self.skew_ms)
         marks = Watermarks(self.plan, self.source, Path(self.settings.offline_root))
         dl_path = Path(self.settings.offline_root) / "_dead_letters" / f"backfill-p{stats.partition}.jsonl"
+        # the position is the history's own per-partition commit: nothing else to commit
+        checkpoints: Checkpointer[None] = Checkpointer(self.history, lambda _: None, stats, online=online)
         where: dict[int, tuple[Path, int]] = {}
         batch: list[RawRecord] = []
         since_flush = 0
@@ -110,14 +115,13 @@ class Backfill:
                     since_flush += self._batch(batch, where, marks, online, start_ms, end_ms, stats, dead_out)
                     batch, where = [], {}
                     if since_flush >= _FLUSH_EVERY:
-                        stats.history_rows += len(self.history.flush())
+                        checkpoints.run(None)
                         since_flush = 0
                     if on_progress:
                         on_progress(stats)
             if batch:
                 self._batch(batch, where, marks, online, start_ms, end_ms, stats, dead_out)
-            self.history.flush()
-            stats.history_rows = self.history.rows_written
+            checkpoints.run(None)
         stats.dead_letter_file = dl_path if dl_path.exists() else None
         stats.seconds = time.monotonic() - started
         if on_progress:

@@ -29,9 +29,9 @@ from confluent_kafka import Consumer, TopicPartition
 from featurestore import metrics
 from featurestore.config import Settings
 from featurestore.errors import ConfigError, StoreUnavailable
-from featurestore.faults import fault_point
 from featurestore.plan import Plan
 from featurestore.runtime.applier import BatchApplier, ProcessorStats
+from featurestore.runtime.checkpoint import Checkpointer
 from featurestore.runtime.decode import RawRecord
 from featurestore.runtime.kafka import consumer_config
 
@@ -66,7 +66,8 @@ class FaustEngine:
         self.on_batch = on_batch
         self._pending: list[Any] = []
         self._lock: asyncio.Lock | None = None
-        self._last_checkpoint = time.monotonic()
+        self._checkpoints: Checkpointer[list[Any]] = self.applier.checkpointer(self._acknowledge,
+                                                                                settings.checkpoint_interval_s)
         self._last_batch_at = time.monotonic()
         self._next: dict[tuple[str, int], int] = {}
         self._targets: dict[tuple[str, int], int] = {}
@@ -135,21 +136,23 @@ class FaustEngine:
 
     # -- checkpoints -----------------------------------------------------------------------
     async def checkpoint(self) -> None:
-        """Make the history and dead letters durable, then acknowledge the events they cover."""
+        """Make the history and dead letters durable, then acknowledge the events they cover
+        (acknowledged events are what Faust commits)."""
         async with self._guard():
             events, self._pending = self._pending, []
-            await asyncio.get_running_loop().run_in_executor(None, self.applier.flush)
-            fault_point("before_offset_commit")  # acknowledged events are what Faust commits
-            for event in events:
-                event.ack()
-            self._last_checkpoint = time.monotonic()
-            self.stats.checkpoints += 1
-            metrics.CHECKPOINTS.inc()
+            handover = self._checkpoints.hand_over(events)
+            await asyncio.get_running_loop().run_in_executor(None, self._checkpoints.make_durable, handover)
+            self._checkpoints.commit(handover)
+
+    @staticmethod
+    def _acknowledge(events: list[Any]) -> None:
+        for event in events:
+            event.ack()
 
     async def _tick(self) -> None:
         """Every 0.1 s: start a checkpoint when one is due (or a rebalance waits for acks); stop when caught up."""
         assert self.app is not None
-        due = time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s
+        due = self._checkpoints.due()
         if self._pending and (due or self.app.rebalancing) and self._checkpointing is None:
             self._checkpointing = asyncio.ensure_future(self._background_checkpoint())
         if self.until_caught_up and not self._finished and self._caught_up():

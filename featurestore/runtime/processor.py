@@ -1,16 +1,16 @@
 """The stream processor: consume a batch, decode, write Redis, buffer Parquet, checkpoint.
 
-Checkpoint order (one place): Parquet history committed per partition -> dead letters
-flushed to Kafka -> consumer offsets committed. Online writes happen per batch, before
-the checkpoint that covers them (a worker thread sends a batch's states to Redis while the
-next batch is consumed and decoded; a checkpoint first waits for them). A periodic checkpoint makes what was processed when it
-started durable in a worker thread while the next batches are applied (one at a time); the
-consumer's own thread commits its offsets once that is done (a commit from the worker while
-a rebalance callback waited for that worker stalled the whole group). Rebalances, the end
-of a run and stops checkpoint synchronously. A crash anywhere replays the uncommitted records, and
-both stores ignore what they already hold (per-entity applied offsets in Redis, per-
-partition committed offsets in the history), so every event takes effect exactly once.
-Dead letters are produced at least once (their headers identify the source record).
+The checkpoint's order is `runtime/checkpoint.py`'s; here its position is the consumer
+offsets. Online writes happen per batch, before the checkpoint that covers them (a worker
+thread sends a batch's states to Redis while the next batch is consumed and decoded). A
+periodic checkpoint makes what was processed when it started durable in a worker thread
+while the next batches are applied; the consumer's own thread commits its offsets once that
+is done (a commit from the worker while a rebalance callback waited for that worker stalled
+the whole group). Rebalances, the end of a run and stops checkpoint synchronously. A crash
+anywhere replays the uncommitted records, and both stores ignore what they already hold
+(per-entity applied offsets in Redis, per-partition committed offsets in the history), so
+every event takes effect exactly once. Dead letters are produced at least once (their
+headers identify the source record).
 
 When Redis or the offline folder fails, the processor retries the same work with
 exponential backoff, reports it (log + `stats.retries`), and never commits offsets past
@@ -23,7 +23,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import cast
 
 import orjson
@@ -33,13 +32,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from featurestore import metrics
 from featurestore.config import Settings
 from featurestore.errors import FeatureStoreError, StoreUnavailable
-from featurestore.faults import fault_point
 from featurestore.offline.history import HistoryWriter
 from featurestore.online.writer import OnlineWriter
 from featurestore.plan import Plan
 from featurestore.records import ViewRows
 from featurestore.registry import FileRegistry, PlanWatch
 from featurestore.runtime.applier import BatchApplier, ProcessorStats, Retryable, check_redis
+from featurestore.runtime.checkpoint import Checkpointer
 from featurestore.runtime.decode import DeadLetter, RawRecord
 from featurestore.runtime.imports import forget_repo_modules
 from featurestore.runtime.kafka import consumer_config
@@ -117,10 +116,9 @@ class StreamProcessor:
         self.applier = BatchApplier(plan, settings, self._stop, background_online=True)
         self._offsets: dict[tuple[str, int], int] = {}
         self._eof: dict[tuple[str, int], int] = {}
-        self._last_checkpoint = time.monotonic()
         self._consumer: Consumer | None = None
-        self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
-        self._pending_checkpoint: tuple[Future[None], dict[tuple[str, int], int]] | None = None
+        self._checkpoints: Checkpointer[dict[tuple[str, int], int]] = self.applier.checkpointer(
+            self._commit, settings.checkpoint_interval_s)
 
     @property
     def stats(self) -> ProcessorStats:
@@ -163,9 +161,9 @@ class StreamProcessor:
                     self._process(msgs)
                     if on_batch:
                         on_batch(self.stats)
-                if self._pending_checkpoint is not None and self._pending_checkpoint[0].done():
-                    self._finish_checkpoint()
-                if time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s:
+                if self._checkpoints.started_done:
+                    self._checkpoints.finish()
+                if self._checkpoints.due():
                     self._checkpoint_in_background()
                 if follow is not None and self._plan_changed(follow):
                     break
@@ -184,7 +182,7 @@ class StreamProcessor:
                     raise
                 log.exception("final checkpoint failed; uncommitted records will be reprocessed")
             finally:
-                self._checkpointer.shutdown(wait=True)
+                self._checkpoints.close()
                 consumer.close()
                 self.applier.close()
         return self.stats
@@ -309,30 +307,14 @@ class StreamProcessor:
 
     def checkpoint(self) -> None:
         """Make everything processed durable, then commit the offsets that cover it (waits)."""
-        self._finish_checkpoint()
-        self.applier.settle_online()  # the offsets taken below are of events whose states are in Redis
-        history, offsets = self.history.take(), self._take_offsets()
-        self.applier.flush_taken(history)
-        self._commit(offsets)
+        self._checkpoints.finish()
+        self._checkpoints.run(self._take_offsets())
 
     def _checkpoint_in_background(self) -> None:
-        """The periodic checkpoint: what is processed so far is handed to a worker thread and
-        made durable there while the next batches are applied (one checkpoint at a time);
-        `_finish_checkpoint` commits its offsets on this thread."""
-        self._finish_checkpoint()
-        self.applier.settle_online()
-        history, offsets = self.history.take(), self._take_offsets()
-        self._pending_checkpoint = (self._checkpointer.submit(self.applier.flush_taken, history), offsets)
-        self._last_checkpoint = time.monotonic()
-
-    def _finish_checkpoint(self) -> None:
-        """Wait for the background checkpoint, if one runs (its failure is raised here), and
-        commit the offsets it covers."""
-        pending, self._pending_checkpoint = self._pending_checkpoint, None
-        if pending is not None:
-            future, offsets = pending
-            future.result()
-            self._commit(offsets)
+        """The periodic checkpoint: made durable on a worker thread while the next batches are
+        applied; its offsets are committed on this thread once that is done."""
+        self._checkpoints.finish()
+        self._checkpoints.start(self._take_offsets())
 
     def _take_offsets(self) -> dict[tuple[str, int], int]:
         offsets, self._offsets = self._offsets, {}
@@ -366,9 +348,9 @@ class StreamProcessor:
             has_marks, held = read_marks(self.online.redis, self.settings.project, mine)
             lost = {m: (v or 0) if has_marks else 0 for m, v in zip(mine, held) if v is None or v < self._marks[m]}
             if lost:
-                self.applier.settle_online()
-                self.applier.flush_taken(self.history.take())
-                offsets.update(self._take_offsets())
+                handover = self._checkpoints.hand_over(self._take_offsets())
+                self._checkpoints.make_durable(handover)
+                offsets.update(handover.position)
                 for mark, since in lost.items():
                     self._repair(mark, since, offsets.get(mark[1:], self._marks[mark]))
         fresh = {(v, t, p): o for (t, p), o in offsets.items() for v in self._views_of.get(t, [])}
@@ -392,11 +374,8 @@ class StreamProcessor:
                     entities, time.monotonic() - started)
 
     def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        """The checkpoint's last step: check the marks of lost online data, commit the offsets."""
         if self._consumer is not None and (offsets or self._marks):  # idle too: Redis may lose data any time
             self.applier.with_retry("online repair check", lambda: self._check_marks(offsets))
         if offsets and self._consumer is not None:
-            fault_point("before_offset_commit")
             self.applier.with_retry("offset commit", lambda: self._commit_offsets(offsets))
-        self._last_checkpoint = time.monotonic()
-        self.stats.checkpoints += 1
-        metrics.CHECKPOINTS.inc()
