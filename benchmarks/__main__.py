@@ -481,7 +481,7 @@ def bench_storage(b: Bench, ctx: dict[str, Any]) -> None:
     client.close()
 
 
-def _project_mb(client: redis.Redis, project: str, plan: Any) -> float:
+def _project_mb(client: redis.Redis[bytes], project: str, plan: Any) -> float:
     """Redis memory of a project's entity hashes: per view, its key count times the mean size of 200 of them."""
     total = 0.0
     for view in plan.views:
@@ -578,7 +578,10 @@ def report(b: Bench) -> None:
              "| scenario | who | metric | median | min–max | runs | CPU s | peak RSS MB | Redis CPU s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in b.rows:
-        fmt = (lambda v: f"{v:,.0f}") if r["unit"] in ("ev/s", "bytes", "fields") else (lambda v: f"{v:.3f}")
+        whole = r["unit"] in ("ev/s", "bytes", "fields")
+
+        def fmt(v: float, whole: bool = whole) -> str:
+            return f"{v:,.0f}" if whole else f"{v:.3f}"
         extra = " | ".join(f"{r[k]:,.1f}" if k in r else "" for k in ("cpu_s", "peak_rss_mb", "redis_cpu_s"))
         lines.append(f"| {r['scenario']} | {r['who']} | {r['metric']} ({r['unit']}) | {fmt(r['median'])} | "
                      f"{fmt(r['min'])}–{fmt(r['max'])} | {r['runs']} | {extra} |")

@@ -34,11 +34,11 @@ from featurestore.config import load_settings  # noqa: E402
 from featurestore.demo import produce_records  # noqa: E402
 from featurestore.demo.sequenced import sequenced_events, write_sequenced_repo  # noqa: E402
 from featurestore.embedded.services import services_from_env_or_start  # noqa: E402
-from featurestore.faults import crash_loop  # noqa: E402
 from featurestore.offline.history import history_glob  # noqa: E402
 from featurestore.online.reader import OnlineReader, ViewRequest  # noqa: E402
 from featurestore.registry import FileRegistry  # noqa: E402
 from featurestore.runtime.kafka import ensure_topics, producer_config  # noqa: E402
+from tests.crash_loop import crash_loop  # noqa: E402
 
 FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
 

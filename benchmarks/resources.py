@@ -32,7 +32,7 @@ class Usage:
         return {"cpu_s": round(self.cpu_s, 2), "peak_rss_mb": round(self.peak_rss_mb, 1), "redis_cpu_s": round(self.redis_cpu_s, 2)}
 
 
-def _redis_cpu(client: redis.Redis | None) -> float:
+def _redis_cpu(client: redis.Redis[bytes] | None) -> float:
     if client is None:
         return 0.0
     info = client.info("cpu")
@@ -76,7 +76,7 @@ def _reset_peak() -> None:
 
 
 @contextmanager
-def measured(redis_client: redis.Redis | None = None) -> Iterator[Usage]:
+def measured(redis_client: redis.Redis[bytes] | None = None) -> Iterator[Usage]:
     """Fill a Usage with what the `with` body used."""
     usage = Usage()
     _reset_peak()

@@ -18,6 +18,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -37,7 +38,7 @@ def write_repo() -> None:
     )
 
 
-def definitions() -> list:
+def definitions() -> list[Any]:
     from feast import Entity, FeatureView, Field, FileSource, ValueType
     from feast.types import Bool, Float64, String
 
@@ -73,7 +74,7 @@ def main() -> None:
     if PHASE == "materialize":
         write_repo()
     store = FeatureStore(repo_path=str(REPO))
-    out: dict = {}
+    out: dict[str, Any] = {}
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     if PHASE == "materialize":

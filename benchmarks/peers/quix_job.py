@@ -45,7 +45,7 @@ def _inspect_with_defaults(self, topic_names, timeout=30):  # type: ignore[no-un
 quix_admin.TopicAdmin.inspect_topics = _inspect_with_defaults
 
 
-class RedisHashSink(BatchingSink):
+class RedisHashSink(BatchingSink):  # type: ignore[misc]  # quixstreams ships no type information
     def setup(self) -> None:
         self.client = redis.Redis.from_url(redis_url)
         self.client.ping()

@@ -39,6 +39,11 @@ def cli_table(*headers: str, title: str | None = None) -> Any:
     return Table(*(Column(h, overflow="fold") for h in headers), title=title)
 
 
+def short_number(value: float | None) -> str:
+    """A statistic in a table cell: 4 significant digits, `-` when there is none."""
+    return "-" if value is None else f"{value:.4g}"
+
+
 def print_json(value: Any) -> None:
     """`value` as one line of JSON on stdout (datetimes as ISO 8601)."""
     import sys
@@ -83,7 +88,7 @@ def _where(service: str, repo: Path | None) -> str:
         settings = _settings(repo or Path("."))
     except Exception:  # the settings themselves are broken: that error was not this one
         return "the configured address"
-    return settings.kafka_bootstrap_servers if service == "kafka" else settings.redis_display
+    return str(settings.kafka_bootstrap_servers if service == "kafka" else settings.redis_display)
 
 
 def _settings(repo: Path) -> Any:

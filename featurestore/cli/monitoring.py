@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from featurestore.cli.common import JsonOpt, RepoOpt, _settings, cli_table, error_line, friendly_errors, print_json
+from featurestore.cli.common import JsonOpt, RepoOpt, _settings, cli_table, error_line, friendly_errors, print_json, short_number
 from featurestore.errors import FeatureRequestError, FeatureStoreError
 
 console = Console(highlight=False)
@@ -184,11 +184,11 @@ def monitor(
     else:
         table = cli_table("feature", "kind", "rows ref / now", "null ref / now", "mean ref / now", "PSI", "KS / TV",
                           title=f"{label} vs {reference.name}")
-        num = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
         for r in results:
             table.add_row(r.feature + (" !" if r in over else ""), r.kind, f"{r.reference_rows:,} / {r.current_rows:,}",
-                          f"{r.null_rate_reference:.1%} / {r.null_rate_current:.1%}", f"{num(r.mean_reference)} / {num(r.mean_current)}",
-                          num(r.psi), num(r.ks))
+                          f"{r.null_rate_reference:.1%} / {r.null_rate_current:.1%}",
+                          f"{short_number(r.mean_reference)} / {short_number(r.mean_current)}",
+                          short_number(r.psi), short_number(r.ks))
         console.print(table)
     if over:
         error_line(f"{len(over)} feature(s) drifted past the thresholds (PSI > {max_psi:g} or null rate moved by more than "

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from featurestore.cli.common import JsonOpt, RepoOpt, _settings, cli_table, friendly_errors, print_json, warning_line
+from featurestore.cli.common import JsonOpt, RepoOpt, _settings, cli_table, friendly_errors, print_json, short_number, warning_line
 from featurestore.errors import FeatureRequestError
 
 console = Console(highlight=False)
@@ -37,11 +37,11 @@ def compare(
         return
     table = cli_table("feature", "where", "rows", "differ", "null a", "null b", "mean a", "mean b", "p50 a", "p50 b",
                       "p90 a", "p90 b", title=f"{a} vs {b}")
-    num = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
     for r in results:
         table.add_row(r.feature, r.where, f"{r.rows:,}", f"{r.mismatch_rate:.1%}", f"{r.null_rate_a:.1%}",
-                      f"{r.null_rate_b:.1%}", num(r.mean_a), num(r.mean_b), num(r.p50_a), num(r.p50_b), num(r.p90_a),
-                      num(r.p90_b))
+                      f"{r.null_rate_b:.1%}", short_number(r.mean_a), short_number(r.mean_b), short_number(r.p50_a),
+                      short_number(r.p50_b), short_number(r.p90_a),
+                      short_number(r.p90_b))
     console.print(table)
 
 

@@ -68,7 +68,8 @@ class ConsistencyReport:
         return pa.Table.from_pylist(self.rows())
 
     def to_pandas(self) -> pd.DataFrame:
-        return self.to_arrow().to_pandas()
+        frame: pd.DataFrame = self.to_arrow().to_pandas()
+        return frame
 
 
 def value_difference(a: Any, b: Any, rel: float = REL_TOLERANCE) -> float | None:
@@ -150,4 +151,4 @@ def _staleness(view: Any, chosen: list[Any], online_ts: list[int | None], offlin
         ).fetchall()
     }
     gaps = [newest[tuple(k)] - (o or 0) for k, o in zip(chosen, online_ts) if tuple(k) in newest]
-    return max([0] + gaps)
+    return int(max([0] + gaps))

@@ -79,7 +79,7 @@ class FeatureStore:
         self._watch = PlanWatch(self.registry, _PLAN_CHECK_S)
         self._plan: Plan | None = None
         self._pinned: Plan | None = None
-        self._redis: redis.Redis | None = None
+        self._redis: redis.Redis[bytes] | None = None
         self._reader: OnlineReader | None = None
         self._runner: RequestFeatureRunner | None = None
         self._served_log: ServedLog | None = None
@@ -128,7 +128,7 @@ class FeatureStore:
 
     # -- online ----------------------------------------------------------------------
     @property
-    def redis(self) -> redis.Redis:
+    def redis(self) -> redis.Redis[bytes]:
         if self._redis is None:
             self._redis = self.settings.redis_client()
         return self._redis

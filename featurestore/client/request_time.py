@@ -292,8 +292,8 @@ def _column_adapter(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
     hit = _adapters.get(key)
     if hit is None:
         info = model.model_fields[name]
-        field_type = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation  # type: ignore[name-defined]
-        hit = _adapters[key] = TypeAdapter(list[field_type])  # type: ignore[valid-type]
+        field_type = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+        hit = _adapters[key] = TypeAdapter(list[field_type])  # type: ignore[valid-type]  # a type built at run time from the model's field
     return hit
 
 

@@ -114,10 +114,11 @@ class TrainingSet:
         return self._table
 
     def to_pandas(self) -> pd.DataFrame:
-        return self._table.to_pandas()
+        frame: pd.DataFrame = self._table.to_pandas()
+        return frame
 
     def to_parquet(self, path: Path | str) -> None:
         pq.write_table(self._table, str(path))
 
     def __len__(self) -> int:
-        return self._table.num_rows
+        return int(self._table.num_rows)

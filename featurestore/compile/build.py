@@ -6,9 +6,9 @@ import datetime as dt
 import inspect
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, FutureDatetime, NaiveDatetime, PastDatetime
 
@@ -417,8 +417,8 @@ class _Builder:
                 seen.add(0)
                 if ok and dtype not in ("missing", None):
                     plans.append(AggregationPlan(
-                        name=name, column=agg.column, function=agg.function,  # type: ignore[arg-type]
-                        window_ms=None, tile_ms=LIFETIME_TILE_MS, dtype=dtype,  # type: ignore[arg-type]
+                        name=name, column=agg.column, function=agg.function,
+                        window_ms=None, tile_ms=LIFETIME_TILE_MS, dtype=dtype,
                         where=agg.where, k=agg.k,
                     ))
                 continue
@@ -439,8 +439,8 @@ class _Builder:
             seen.add(ms)
             if ok and dtype not in ("missing", None):
                 plans.append(AggregationPlan(
-                    name=name, column=agg.column, function=agg.function,  # type: ignore[arg-type]
-                    window_ms=ms, tile_ms=choose_tile_ms(ms), dtype=dtype,  # type: ignore[arg-type]
+                    name=name, column=agg.column, function=agg.function,
+                    window_ms=ms, tile_ms=choose_tile_ms(ms), dtype=dtype,
                     where=agg.where, k=agg.k,
                 ))
         return plans if ok else []
@@ -666,6 +666,19 @@ def _guard_plans(b: _Builder, svc: FeatureService, label: str, features: list[st
     return out
 
 
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+N = TypeVar("N", bound=_Named)
+
+
+def _by_name(items: Iterable[N]) -> list[N]:
+    """One item per name (the last given), sorted by name."""
+    return sorted({i.name: i for i in items}.values(), key=lambda i: i.name)
+
+
 def _serving(b: _Builder, views: list[FeatureView]) -> dict[str, int]:
     """Per view with several versions, the serving version when it is not the lowest."""
     out: dict[str, int] = {}
@@ -705,8 +718,7 @@ def build_plan(loaded: LoadedRepo) -> tuple[Plan | None, list[Problem]]:
     b.check_unique("FeatureView", [*(v for v in views if _version(v) == min(_version(w) for w in views if w.name == v.name)),
                                    *request_views])
     serving = _serving(b, views)
-    dedup = lambda items: sorted({i.name: i for i in items}.values(), key=lambda i: i.name)  # noqa: E731
-    stored = Plan(entities=[], sources=[], views=dedup(view_plans), serving=serving)
+    stored = Plan(entities=[], sources=[], views=_by_name(view_plans), serving=serving)
     req_src_plans = [p for p in (_request_source_plan(b, s) for s in request_sources.values()) if p]
     names = {part: v.feature_names for part, v in stored.view_refs.items()}
     names |= {v.name: [f.name for f in v.features if isinstance(f, RequestFeature)] for v in request_views
@@ -720,8 +732,8 @@ def build_plan(loaded: LoadedRepo) -> tuple[Plan | None, list[Problem]]:
     service_plans = [p for p in (_service_plan(b, s, known, versions) for s in services) if p]
     if b.problems:
         return None, b.problems
-    plan = Plan(entities=dedup(ent_plans), sources=dedup(src_plans), views=dedup(view_plans), services=dedup(service_plans),
-                request_sources=dedup(req_src_plans), request_views=dedup(req_view_plans), serving=serving)
+    plan = Plan(entities=_by_name(ent_plans), sources=_by_name(src_plans), views=_by_name(view_plans), services=_by_name(service_plans),
+                request_sources=_by_name(req_src_plans), request_views=_by_name(req_view_plans), serving=serving)
     plan = plan.model_copy(update={"code": code_fingerprints(loaded.root, code_refs(plan))})
     if request_feature_order(plan) is None:
         cycle = [f"{v.name}:{f.name}" for v in plan.request_views for f in v.features]

@@ -5,8 +5,9 @@ raises for semantic problems: `featurestore.compile` validates a whole repositor
 and reports every problem at once.
 """
 
+from featurestore.aggregations import AGGREGATION_FUNCTIONS
 from featurestore.definitions.entity import Entity
-from featurestore.definitions.features import AGGREGATION_FUNCTIONS, LIFETIME, Aggregation, Feature, Field, Transform
+from featurestore.definitions.features import LIFETIME, Aggregation, Feature, Field, Transform
 from featurestore.definitions.request import RequestFeature, RequestFeatureView, RequestSource
 from featurestore.definitions.service import GUARD_METRICS, FeatureService, Guard
 from featurestore.definitions.source import KafkaSource

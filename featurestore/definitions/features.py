@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from featurestore.aggregations import AGGREGATION_FUNCTIONS  # noqa: F401  (exported: the functions available)
-
 #: Put in `Aggregation(windows=[...])` for an aggregation over all events ever seen.
 LIFETIME = "lifetime"
 

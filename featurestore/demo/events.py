@@ -21,7 +21,7 @@ class DemoEvent:
 
     key: bytes
     value: bytes
-    event: dict | None
+    event: dict[str, Any] | None
 
 
 def payment_events(
@@ -76,7 +76,7 @@ def json_bytes(value: Any) -> bytes:
     return orjson.dumps(value).decode().encode()
 
 
-def _break(event: dict, rnd: random.Random) -> bytes:
+def _break(event: dict[str, Any], rnd: random.Random) -> bytes:
     kind = rnd.randrange(4)
     if kind == 0:
         return json_bytes(event)[:-7]  # truncated JSON

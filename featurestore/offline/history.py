@@ -138,7 +138,8 @@ def _bound_from_statistics(path: Path, bound: str) -> int | None:
         stats = meta.row_group(g).column(col).statistics
         if stats is None or not stats.has_min_max:
             t = pq.read_table(path, columns=["event_timestamp"])
-            return (pc.max if bound == "max" else pc.min)(t["event_timestamp"].cast(pa.int64())).as_py()
+            found: int | None = (pc.max if bound == "max" else pc.min)(t["event_timestamp"].cast(pa.int64())).as_py()
+            return found
         value = stats.max if bound == "max" else stats.min
         if isinstance(value, dt.datetime):
             value = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
@@ -335,7 +336,7 @@ class HistoryWriter:
 
     def _table(self, view: str, batches: list[ViewRows]) -> pa.Table:
         plan = self.views[view]
-        cols: dict[str, list] = {k.name: [] for k in plan.join_keys}
+        cols: dict[str, list[Any]] = {k.name: [] for k in plan.join_keys}
         cols.update({"event_timestamp": [], "_topic": [], "_partition": [], "_offset": [], "_processed_at": [], "_late": []})
         for name, _ in plan.history_columns:
             cols[name] = []

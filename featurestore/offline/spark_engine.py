@@ -61,7 +61,7 @@ def spark_session(master: str | None = None) -> SparkSession:
         return active
     try:
         builder: Any = SparkSession.builder
-        session = (builder.master(master or "local[*]").appName("featurestore")
+        session: SparkSession = (builder.master(master or "local[*]").appName("featurestore")
                    .config("spark.sql.session.timeZone", "UTC")
                    .config("spark.sql.ansi.doubleQuotedIdentifiers", "true")
                    .config("spark.sql.execution.arrow.pyspark.enabled", "true")

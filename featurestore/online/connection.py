@@ -103,7 +103,7 @@ def _moved(reply: Any) -> bool:
 class OnlineRedis:
     """Runs batches of single-key commands on one Redis or across a cluster's nodes."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis[bytes]) -> None:
         self.client = client
         self._routes: _Routes | None = None
         self._checked = False
@@ -165,7 +165,7 @@ class OnlineRedis:
             pending = moved
         return replies
 
-    def clients(self) -> list[redis.Redis]:
+    def clients(self) -> list[redis.Redis[bytes]]:
         """A client of every primary (one client on a single server)."""
         routes = self.routes
         return [self.client] if routes is None else [routes.client(n) for n in routes.primaries()]
@@ -199,7 +199,7 @@ class OnlineRedis:
 class AsyncOnlineRedis:
     """As OnlineRedis, reads only, over redis.asyncio clients (the HTTP server)."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis[bytes]) -> None:
         self.client = client
         self._routes: _Routes | None = None
         self._checked = False

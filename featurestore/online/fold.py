@@ -288,15 +288,15 @@ def _fold_packed(block: StateBlock, k: int, n_sets: int, tset: TileSet, bound: B
     if len(at):  # the batch's rows: one per event (a tile's count 1, its value as sum, square, min, max)
         new = np.zeros((len(at), width), dtype="<f8")
         new[:, 0] = -((-groups.ts[at]) // tset.tile_ms) - 1
-        x = batch.floats(tset.column)[groups.row[at]] if set(stats) - {"c"} else None
+        x = batch.floats(tset.column)[groups.row[at]] if set(stats) - {"c"} else np.zeros(0)
         for st, c in cols.items():
             if st == "c":
                 new[:, c] = 1
             elif st == "q":
                 with np.errstate(over="ignore"):  # the square of a value over ~1e154 is inf, as the sum of squares is
-                    new[:, c] = x * x  # type: ignore[operator]
+                    new[:, c] = x * x
             else:
-                new[:, c] = x  # type: ignore[index]
+                new[:, c] = x
         parts.append(new)
         owners.append(_owner(groups, at))
     rows = np.concatenate(parts)

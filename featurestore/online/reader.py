@@ -54,10 +54,10 @@ def decode_value(raw: bytes | None, dtype: str) -> Any:
 
 def decode_values(raws: list[bytes | None], dtype: str) -> list[Any]:
     """Many JSON-encoded row feature values at once (one JSON parse)."""
-    values = orjson.loads(b"[" + b",".join(b"null" if raw is None else raw for raw in raws) + b"]")
+    values: list[Any] = orjson.loads(b"[" + b",".join(b"null" if raw is None else raw for raw in raws) + b"]")
     if dtype == "datetime":
         return [dt.datetime.fromisoformat(v) if isinstance(v, str) else v for v in values]
-    return values  # type: ignore[no-any-return]
+    return values
 
 
 def _scatter(col: list[Any], rows: list[int], values: list[Any]) -> None:
@@ -206,7 +206,7 @@ class _Layout:
 class OnlineReader:
     """Reads feature values as of a given instant."""
 
-    def __init__(self, client: redis.Redis | None, project: str, plan: Plan) -> None:
+    def __init__(self, client: redis.Redis[bytes] | None, project: str, plan: Plan) -> None:
         self.client = client
         self.redis = OnlineRedis(client) if client is not None else None
         self.project = project
@@ -266,10 +266,9 @@ class OnlineReader:
                 layout.rows.append((pos, *rows[name]))
                 continue
             agg = aggs[name]
-            lifetime = agg.window_ms is None
-            k = set_of[(agg.tiles_key, agg.tile_ms, lifetime)]
+            k = set_of[(agg.tiles_key, agg.tile_ms, agg.window_ms is None)]
             last = tile_index(t_ms, agg.tile_ms)
-            first = -(2**62) if lifetime else last - agg.window_ms // agg.tile_ms + 1  # type: ignore[operator]
+            first = -(2**62) if agg.window_ms is None else last - agg.window_ms // agg.tile_ms + 1
             function = FUNCTIONS[agg.function]
             if function.packed:
                 if k not in packed:
@@ -295,7 +294,8 @@ class OnlineReader:
             while True:
                 commands = steps.send(self.redis.run(commands))
         except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+            results: list[ViewResult] = done.value
+            return results
 
     async def aread_results(
         self, client: AsyncOnlineRedis, requests: Sequence[ViewRequest], t_ms: int, max_staleness_ms: int | None = None
@@ -307,7 +307,8 @@ class OnlineReader:
             while True:
                 commands = steps.send(await client.run(commands))
         except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+            results: list[ViewResult] = done.value
+            return results
 
     def steps(
         self, requests: Sequence[ViewRequest], t_ms: int, max_staleness_ms: int | None = None

@@ -15,14 +15,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import hiredis
 import redis
-from hiredis import pack_command
 from redis.exceptions import ResponseError
 
 T = TypeVar("T")
 
 
-def stream_commands(client: redis.Redis, batches: Iterable[Sequence[bytes]]) -> list[Any]:
+def stream_commands(client: redis.Redis[bytes], batches: Iterable[Sequence[bytes]]) -> list[Any]:
     """Send each batch of RESP-encoded commands in one write and read its replies only after
     the next batch is built and sent, so Redis runs one batch while Python builds the next (at
     most two in flight: replies never fill the socket). Replies that are Redis errors are
@@ -39,7 +39,7 @@ def stream_commands(client: redis.Redis, batches: Iterable[Sequence[bytes]]) -> 
     return replies
 
 
-def run_commands(client: redis.Redis, commands: Sequence[tuple[Any, ...] | bytes], raise_errors: bool = True) -> list[Any]:
+def run_commands(client: redis.Redis[bytes], commands: Sequence[tuple[Any, ...] | bytes], raise_errors: bool = True) -> list[Any]:
     """Send commands (argument tuples, or already RESP-encoded) in one write on one
     connection and return their raw replies (no redis-py response callbacks: HGETALL gives
     a flat [field, value, ...] list). A reply that is a Redis error is raised (returned as
@@ -89,8 +89,15 @@ async def arun_commands(client: Any, commands: Sequence[tuple[Any, ...] | bytes]
     raise AssertionError("unreachable")
 
 
+def pack_command(args: Sequence[Any]) -> bytes:
+    """One command in the Redis protocol (hiredis's encoder)."""
+    command: Any = tuple(args)  # hiredis's annotation admits only 1-tuples; it packs any length
+    packed: bytes = hiredis.pack_command(command)
+    return packed
+
+
 def _packed(commands: Sequence[tuple[Any, ...] | bytes]) -> bytes:
-    return b"".join([c if isinstance(c, bytes) else pack_command(c) for c in commands])  # type: ignore[arg-type]
+    return b"".join([c if isinstance(c, bytes) else pack_command(c) for c in commands])
 
 
 async def _aread_one(conn: Any) -> Any:
@@ -101,7 +108,7 @@ async def _aread_one(conn: Any) -> Any:
 
 
 @contextmanager
-def _borrowed(client: redis.Redis) -> Iterator[Any]:
+def _borrowed(client: redis.Redis[bytes]) -> Iterator[Any]:
     """A connection of the client's pool, disconnected if the body fails: unread replies
     would answer the next user's commands."""
     pool = client.connection_pool

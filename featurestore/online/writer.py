@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import redis
-from hiredis import pack_command
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
@@ -42,6 +41,7 @@ from featurestore.online.keys import (
 )
 from featurestore.online.layout import TileSet, tile_sets
 from featurestore.online.state import StateCodec
+from featurestore.online.streaming import pack_command
 from featurestore.plan import Plan, ViewPlan
 from featurestore.records import ViewRows
 
@@ -63,7 +63,7 @@ def project_marker(project: str, newest: _Newest) -> tuple[bytes, bytes]:
     args: list[Any] = [b"HSET", key, PROJECT_LAYOUT_FIELD, LAYOUT_VERSION]
     for (view, partition), ms in newest.items():
         args += (newest_field(view, partition), ms)
-    return key, pack_command(tuple(args))  # type: ignore[arg-type]
+    return key, pack_command(args)
 
 
 class _View:
@@ -81,7 +81,7 @@ class _View:
 class OnlineWriter:
     """Applies ViewRows to the online store. Safe to call from one thread at a time."""
 
-    def __init__(self, client: redis.Redis, project: str, plan: Plan, max_future_skew_ms: int = 0,
+    def __init__(self, client: redis.Redis[bytes], project: str, plan: Plan, max_future_skew_ms: int = 0,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, background: bool = False) -> None:
         self.client = client
         self.redis = OnlineRedis(client)
@@ -246,5 +246,5 @@ class OnlineWriter:
             args: list[Any] = [b"EVALSHA", self._sha, len(chunk), *(w[0] for w in chunk)]
             for _, p, applied, blob in chunk:
                 args += (p, applied, blob)
-            calls.append((chunk[0][0], pack_command(tuple(args))))  # type: ignore[arg-type]
+            calls.append((chunk[0][0], pack_command(args)))
         return calls

@@ -107,7 +107,8 @@ class FakeEvents:
     def _resolve(self, node: dict[str, Any]) -> dict[str, Any]:
         ref = node.get("$ref")
         if ref and ref.startswith("#/$defs/"):
-            return self._defs.get(ref.removeprefix("#/$defs/"), {})
+            found: dict[str, Any] = self._defs.get(ref.removeprefix("#/$defs/"), {})
+            return found
         return node
 
     def _number(self, name: str, node: dict[str, Any]) -> float:
@@ -133,7 +134,7 @@ class FakeEvents:
         if fmt == "uuid":
             return "%08x-%04x-4%03x-8%03x-%012x" % tuple(self.rnd.getrandbits(b) for b in (32, 16, 12, 12, 48))
         if name.endswith("_id"):
-            return self._pooled(name, node, 10 * self.entities)
+            return str(self._pooled(name, node, 10 * self.entities))
         low, high = node.get("minLength", 0), node.get("maxLength")
         if high is not None and high <= 4:  # a code: currency, country, status letter
             return self.rnd.choice(self._codes(name, max(low, 1), high))

@@ -7,7 +7,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 from confluent_kafka import Producer
@@ -114,7 +114,7 @@ class EventChecker:
 
 
 def produce_records(
-    producer_conf: dict,
+    producer_conf: dict[str, Any],
     topic: str,
     records: Iterable[_HasKeyValue],
     on_progress: Callable[[int], None] | None = None,

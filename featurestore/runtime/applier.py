@@ -194,7 +194,7 @@ class BatchApplier:
             raise Retryable(f"{remaining} dead letters not yet acknowledged by the broker")
 
 
-def check_redis(settings: Settings, client: redis.Redis | None = None) -> None:
+def check_redis(settings: Settings, client: redis.Redis[bytes] | None = None) -> None:
     """Raise StoreUnavailable with a one-line reason if Redis does not answer."""
     try:
         (client or settings.redis_client(socket_connect_timeout=5)).ping()

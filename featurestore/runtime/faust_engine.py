@@ -202,9 +202,9 @@ def start_positions(settings: Settings, topics: list[str]) -> tuple[dict[tuple[s
 
 def build_app(settings: Settings) -> faust.App:
     """A Faust app for the plan: consumer group, broker, credentials and batching from the settings."""
-    faust = _faust_module()
+    module = _faust_module()
     opts = settings.kafka_options
-    return faust.App(
+    app: faust.App = module.App(
         settings.consumer_group,
         broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap_servers.split(",")],
         broker_credentials=faust_credentials(settings),
@@ -216,6 +216,7 @@ def build_app(settings: Settings) -> faust.App:
         consumer_max_fetch_size=8 * 1024 * 1024,
         stream_buffer_maxsize=max(4096, faust_batch_size(settings)),
     )
+    return app
 
 
 #: Faust takes batches of at most this many events (the size its engine was tested with; a

@@ -202,7 +202,7 @@ class StreamProcessor:
         return True
 
     @staticmethod
-    def check_redis(settings: Settings, client: redis.Redis | None = None) -> None:
+    def check_redis(settings: Settings, client: redis.Redis[bytes] | None = None) -> None:
         """Raise StoreUnavailable with a one-line reason if Redis does not answer."""
         check_redis(settings, client)
 

@@ -17,7 +17,6 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from hiredis import pack_command
 
 from featurestore.offline.chunks import chunks_of_whole_entities
 from featurestore.offline.history import has_history
@@ -35,6 +34,7 @@ from featurestore.online.keys import (
 )
 from featurestore.online.layout import tile_sets
 from featurestore.online.state import StateCodec
+from featurestore.online.streaming import pack_command
 from featurestore.online.writer import project_marker
 from featurestore.plan import ViewPlan
 
@@ -165,7 +165,7 @@ def write_states(online: OnlineRedis, project: str, view: ViewPlan, table: pa.Ta
     folded = fold_states(view, sets, set_bounds(view, sets, max_future_skew_ms), codec, groups,
                          [None] * len(groups.keys), values)
     hashes = entity_keys(project, view.name, [groups.keys[g] for g in folded.groups])
-    commands = [(key, pack_command(("HSET", key, LAYOUT_FIELD, LAYOUT_VERSION, offset_field(groups.partitions[g]),  # type: ignore[arg-type]
+    commands = [(key, pack_command(("HSET", key, LAYOUT_FIELD, LAYOUT_VERSION, offset_field(groups.partitions[g]),
                                     applied, state_field(groups.partitions[g]), state)))
                 for key, g, applied, state in zip(hashes, folded.groups, folded.applied, folded.states)]
     newest = {} if newest is None else newest

@@ -19,13 +19,13 @@ from typing import Any
 
 import duckdb
 import pyarrow.compute as pc
-from hiredis import pack_command
 
 from featurestore.offline.chunks import chunks_of_whole_entities
 from featurestore.offline.history import has_history
 from featurestore.offline.sql import identifier, literal, read_history
 from featurestore.online.connection import OnlineRedis
 from featurestore.online.keys import MARKS_FIELD, applied_field, project_key, repairs_field
+from featurestore.online.streaming import pack_command
 from featurestore.plan import ViewPlan
 from featurestore.runtime.rebuild import write_states
 
@@ -49,7 +49,7 @@ def marks_command(project: str, marks: dict[Mark, int]) -> tuple[bytes, bytes]:
     args: list[Any] = [b"HSET", key, MARKS_FIELD, 1]
     for mark, offset in marks.items():
         args += (applied_field(*mark), offset)
-    return key, pack_command(tuple(args))  # type: ignore[arg-type]
+    return key, pack_command(args)
 
 
 def count_repair(online: OnlineRedis, project: str, view: str) -> None:

@@ -320,7 +320,7 @@ class FeatureServer:
     async def close(self) -> None:
         await run_in_threadpool(self.served_log.close)
         await self.online_redis.aclose()
-        await self.redis.aclose()  # type: ignore[attr-defined]
+        await self.redis.aclose()
         self.audit.close()
 
 

@@ -19,7 +19,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -62,14 +62,15 @@ class Permission(BaseModel):
             if scope:
                 raise ConfigError(f"grant {text!r}: admin covers everything and takes no scope")
             return cls(action="admin")
+        act = cast(Action, action)  # one of ACTIONS, checked above
         if scope == "*":
-            return cls(action=action, views=["*"])  # type: ignore[arg-type]
+            return cls(action=act, views=["*"])
         kind, _, rest = scope.partition("=")
         if kind == "view" and rest:
-            return cls(action=action, views=[rest])  # type: ignore[arg-type]
+            return cls(action=act, views=[rest])
         key, eq, value = rest.partition("=")
         if kind == "tag" and key and eq:
-            return cls(action=action, tags={key: value})  # type: ignore[arg-type]
+            return cls(action=act, tags={key: value})
         raise ConfigError(f"grant {text!r}: expected {action}:*, {action}:view=NAME or {action}:tag=KEY=VALUE")
 
 

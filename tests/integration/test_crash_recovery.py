@@ -20,10 +20,10 @@ from featurestore.compile import compile_repo
 from featurestore.config import load_settings
 from featurestore.demo.events import DemoEvent, produce_records
 from featurestore.demo.sequenced import sequenced_events, write_sequenced_repo
-from featurestore.faults import crash_loop
 from featurestore.registry import FileRegistry
 from featurestore.runtime import StreamProcessor
 from featurestore.runtime.kafka import ensure_topics, producer_config
+from tests.crash_loop import crash_loop
 
 from .test_failures import assert_same_state, committed, history_rows, online_state
 

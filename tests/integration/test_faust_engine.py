@@ -23,10 +23,10 @@ from featurestore.config import load_settings
 from featurestore.demo import payment_events, produce_records
 from featurestore.demo.events import DemoEvent
 from featurestore.demo.sequenced import sequenced_events, write_sequenced_repo
-from featurestore.faults import crash_loop
 from featurestore.runtime.dead_letters import ERROR, SOURCE_OFFSET, SOURCE_PARTITION
 from featurestore.runtime.kafka import ensure_topics, producer_config
 from tests.conftest import FAST_GROUP, read_dead_letters
+from tests.crash_loop import crash_loop
 from tests.integration.test_failures import assert_same_state, history_rows, online_state
 from tests.unit.test_cli import cli
 
