@@ -113,7 +113,7 @@ def run_feast(b: Any, ctx: dict[str, Any], entity_df: Any) -> None:
     glob = history_glob(settings.offline_root, "user_payments")
     duckdb.sql(f"COPY (SELECT user_id, event_timestamp, {', '.join(FEAST_FEATURES)} FROM read_parquet('{glob}', "
                f"hive_partitioning = true)) TO '{source}' (FORMAT parquet)")
-    rows = int(duckdb.sql(f"SELECT count(*) FROM '{source}'").fetchall()[0][0])  # type: ignore[union-attr]
+    rows = int(duckdb.sql(f"SELECT count(*) FROM '{source}'").fetchall()[0][0])  # type: ignore[union-attr]  # duckdb types sql() as maybe None
     entity_path = work / "entity_df.parquet"
     entity_df.assign(row_id=range(len(entity_df))).to_parquet(entity_path)
     users = sorted({r.event["user_id"] for r in ctx["records"] if r.event})[:200]

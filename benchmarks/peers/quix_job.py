@@ -33,7 +33,7 @@ IDLE_S = 3.0
 _inspect = quix_admin.TopicAdmin.inspect_topics
 
 
-def _inspect_with_defaults(self, topic_names, timeout=30):  # type: ignore[no-untyped-def]
+def _inspect_with_defaults(self, topic_names, timeout=30):  # type: ignore[no-untyped-def]  # a Quix Streams callback
     found = _inspect(self, topic_names, timeout=timeout)
     for config in found.values():
         if config is not None:
@@ -62,11 +62,11 @@ class RedisHashSink(BatchingSink):  # type: ignore[misc]  # quixstreams ships no
         marks["last_write_s"] = time.perf_counter() - started
 
 
-def event_time(value, headers, timestamp, timestamp_type) -> int:  # type: ignore[no-untyped-def]
+def event_time(value, headers, timestamp, timestamp_type) -> int:  # type: ignore[no-untyped-def]  # a Quix Streams callback
     return int(dt.datetime.fromisoformat(value["ts"]).timestamp() * 1000)
 
 
-def seen(value):  # type: ignore[no-untyped-def]
+def seen(value):  # type: ignore[no-untyped-def]  # a Quix Streams callback
     now = time.perf_counter()
     marks.setdefault("first", now)
     marks["last"] = now

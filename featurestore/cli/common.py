@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -16,7 +16,8 @@ from featurestore.errors import FeatureStoreError, ValidationFailed, unreachable
 # no markup: messages carry user data (`pip install 'featurestore[faust]'`, JSON, keys), printed as is
 console = Console(markup=False)
 err_console = Console(stderr=True, markup=False)
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 RepoOpt = Annotated[Path, typer.Option("--repo", "-r", envvar="FEATURESTORE_REPO", help="Feature repository folder.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for programs) instead of a table.", metavar="")]
@@ -53,11 +54,11 @@ def print_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
 
 
-def friendly_errors(fn: F) -> F:
+def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn expected failures into one clear line on stderr and exit code 1."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         from confluent_kafka import KafkaException
         from redis import RedisError
 
@@ -79,13 +80,13 @@ def friendly_errors(fn: F) -> F:
             error_line(unreachable('Redis', _where('redis', kwargs.get('repo')), exc))
             raise typer.Exit(1) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
-def _where(service: str, repo: Path | None) -> str:
-    """The address the command used for a service (credentials hidden)."""
+def _where(service: str, repo: object) -> str:
+    """The address the command used for a service (credentials hidden); `repo`: the command's --repo."""
     try:
-        settings = _settings(repo or Path("."))
+        settings = _settings(Path(repo) if isinstance(repo, (str, Path)) else Path("."))
     except Exception:  # the settings themselves are broken: that error was not this one
         return "the configured address"
     return str(settings.kafka_bootstrap_servers if service == "kafka" else settings.redis_display)

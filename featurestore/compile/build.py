@@ -8,7 +8,7 @@ import types
 import typing
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from pydantic import AwareDatetime, BaseModel, FutureDatetime, NaiveDatetime, PastDatetime
 
@@ -48,6 +48,7 @@ from featurestore.plan import (
     ViewPlan,
     choose_tile_ms,
 )
+from featurestore.plan.models import GuardMetric
 from featurestore.plan.names import NAME_RULE, is_code_ref, is_name, is_topic, parse_view_ref, view_id
 from featurestore.plan.rollout import rollout_problem
 from featurestore.plan.validate import (
@@ -662,7 +663,7 @@ def _guard_plans(b: _Builder, svc: FeatureService, label: str, features: list[st
             b.problem(svc, label, f"guard names feature {guard.feature!r}, not one of the service's",
                       one_of(str(guard.feature), features, lead="use "))
             return None
-        out.append(GuardPlan(metric=guard.metric, max=float(guard.max), feature=guard.feature))  # type: ignore[arg-type]
+        out.append(GuardPlan(metric=cast(GuardMetric, guard.metric), max=float(guard.max), feature=guard.feature))  # checked above
     return out
 
 

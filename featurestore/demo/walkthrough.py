@@ -20,7 +20,7 @@ from rich.text import Text
 from featurestore.client import FeatureStore
 from featurestore.compile import compile_repo
 from featurestore.compile.loader import ensure_importable
-from featurestore.config import load_settings
+from featurestore.config import Settings, load_settings
 from featurestore.demo.events import payment_events, produce_records
 from featurestore.embedded import DevEnvironment
 from featurestore.registry import FileRegistry
@@ -163,7 +163,7 @@ def _walk(repo: Path, n_events: int, console: Console) -> None:
     store.close()
 
 
-def _show_dead_letters(settings, topic: str, console: Console, limit: int = 5) -> None:  # type: ignore[no-untyped-def]
+def _show_dead_letters(settings: Settings, topic: str, console: Console, limit: int = 5) -> None:
     conf = consumer_config(settings) | {"group.id": f"demo-dlq-{uuid.uuid4().hex[:6]}"}
     consumer = Consumer(conf)
     consumer.subscribe([topic])

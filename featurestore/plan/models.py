@@ -200,10 +200,13 @@ class RequestViewPlan(_Frozen):
         raise KeyError(name)
 
 
+GuardMetric = Literal["null_rate", "mismatch_rate", "staleness_p99"]
+
+
 class GuardPlan(_Frozen):
     """A limit on what a rollout's non-control variants serve (see `featurestore.definitions.Guard`)."""
 
-    metric: Literal["null_rate", "mismatch_rate", "staleness_p99"]
+    metric: GuardMetric
     max: float = Field(ge=0)
     feature: Name | None = None
 

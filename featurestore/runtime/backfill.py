@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from featurestore.config import Settings
 from featurestore.errors import FeatureRequestError, one_of
@@ -168,7 +169,7 @@ class _DeadLetterFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._handle = None
+        self._handle: TextIO | None = None
 
     def __enter__(self) -> _DeadLetterFile:
         return self
@@ -180,7 +181,7 @@ class _DeadLetterFile:
     def write(self, d: DeadLetter, file: Path, row: int) -> None:
         if self._handle is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = open(self.path, "a", encoding="utf-8")  # type: ignore[assignment]
+            self._handle = open(self.path, "a", encoding="utf-8")
         line = {"reason": d.reason, "detail": d.detail, "file": str(file), "row": row,
                 "record": (d.value or b"").decode("utf-8", "replace")}
-        self._handle.write(json.dumps(line) + "\n")  # type: ignore[attr-defined]
+        self._handle.write(json.dumps(line) + "\n")
