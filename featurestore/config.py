@@ -10,13 +10,14 @@ Transport security has its own settings (`kafka_security_protocol`, `kafka_ssl_*
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from featurestore.errors import ConfigError
@@ -119,131 +120,289 @@ class Settings(BaseSettings):
         "A training set (Parquet) the web console plots feature distributions against (relative: to the repo)."))
     repo_path: Path | None = Field(None, description="The feature repository (--repo); the only code a plan may run.")
 
+    _groups: _Groups = PrivateAttr()
+
+    def model_post_init(self, context: Any, /) -> None:
+        """The groups are built once, when the settings are made (a model never changes)."""
+        self._groups = _Groups.of(self)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Settings:
+        """A copy with some settings changed (validated again, its groups rebuilt from them)."""
+        return Settings.model_validate({**dict(super().model_copy(deep=deep)), **(update or {})})
+
+    # -- the settings by concern: what a component that needs one concern takes ------------
+    @property
+    def kafka(self) -> KafkaSettings:
+        """Brokers, client options, consumer group and transport security."""
+        return self._groups.kafka
+
+    @property
+    def redis(self) -> RedisSettings:
+        """The online store: URL, credentials, TLS, and its clients."""
+        return self._groups.redis
+
+    @property
+    def processor(self) -> ProcessorSettings:
+        """How a stream processor batches, checkpoints, bounds its input and memory."""
+        return self._groups.processor
+
+    @property
+    def server(self) -> ServerSettings:
+        """The feature server's limits and the online read's."""
+        return self._groups.server
+
+    @property
+    def paths(self) -> PathSettings:
+        """Where the repository's state lives; only settings loaded for a repository have them."""
+        if self._groups.paths is None:
+            raise ConfigError("these settings were not loaded for a feature repository: use load_settings(repo)")
+        return self._groups.paths
+
+    # -- shorthands of the groups' most used parts ------------------------------------------
     def kafka_security_options(self) -> dict[str, Any]:
-        """librdkafka options for TLS and SASL (secrets read from the environment or files here)."""
-        opts: dict[str, Any] = {"security.protocol": self.kafka_security_protocol}
-        if self.kafka_ssl_ca_location:
-            opts["ssl.ca.location"] = str(self.kafka_ssl_ca_location)
-        if self.kafka_ssl_certificate_location:
-            opts["ssl.certificate.location"] = str(self.kafka_ssl_certificate_location)
-        if self.kafka_ssl_key_location:
-            opts["ssl.key.location"] = str(self.kafka_ssl_key_location)
-        if self.kafka_security_protocol.startswith("SASL"):
-            if self.kafka_sasl_mechanism is None:
-                raise ConfigError(f"kafka_security_protocol {self.kafka_security_protocol} needs kafka_sasl_mechanism")
-            opts["sasl.mechanism"] = self.kafka_sasl_mechanism
-            if self.kafka_sasl_mechanism == "OAUTHBEARER":
-                if self.kafka_oauth_token_endpoint_url:
-                    opts.update({
-                        "sasl.oauthbearer.method": "oidc",
-                        "sasl.oauthbearer.token.endpoint.url": self.kafka_oauth_token_endpoint_url,
-                        "sasl.oauthbearer.client.id": self.kafka_oauth_client_id,
-                        "sasl.oauthbearer.client.secret": _secret(
-                            self.kafka_oauth_client_secret, self.kafka_oauth_client_secret_file, "kafka_oauth_client_secret"
-                        ),
-                    })
-                    if self.kafka_oauth_scope:
-                        opts["sasl.oauthbearer.scope"] = self.kafka_oauth_scope
-            else:
-                opts["sasl.username"] = self.kafka_sasl_username
-                opts["sasl.password"] = _secret(self.kafka_sasl_password, self.kafka_sasl_password_file, "kafka_sasl_password")
-        elif self.kafka_sasl_mechanism is not None:
-            raise ConfigError(f"kafka_sasl_mechanism {self.kafka_sasl_mechanism} needs kafka_security_protocol SASL_SSL or SASL_PLAINTEXT")
-        return opts
+        """`self.kafka.security_options()`."""
+        return self.kafka.security_options()
 
     def redis_client(self, **kwargs: Any) -> Any:
+        """`self.redis.client(**kwargs)`."""
+        return self.redis.client(**kwargs)
+
+    @property
+    def redis_display(self) -> str:
+        """The Redis URL without its password, for messages and logs."""
+        return self.redis.display
+
+    def resolved(self, repo: Path) -> Settings:
+        """The settings with the defaults that depend on the repository path filled in."""
+        project = self.project or re.sub(r"[^A-Za-z0-9_.-]", "_", repo.resolve().name)
+        state = Path(STATE_DIR)
+        update = {
+            "project": project,
+            "offline_path": repo / (self.offline_path or state / "offline"),
+            "registry_path": repo / (self.registry_path or state / "registry"),
+            "consumer_group": self.consumer_group or f"featurestore-{project}",
+            "served_log_topic": self.served_log_topic or f"{project}.served",
+            "console_reference": repo / self.console_reference if self.console_reference is not None else None,
+            "tokens_path": repo / (self.tokens_path or state / "tokens.json"),
+            "audit_log_path": repo / (self.audit_log_path or state / "audit.jsonl"),
+            "repo_path": repo.resolve(),
+        }
+        return Settings.model_validate({**dict(self), **update})  # validated again: the groups are rebuilt
+
+    @property
+    def offline_root(self) -> Path:
+        """`self.paths.offline`."""
+        return self.paths.offline
+
+    @property
+    def registry_root(self) -> Path:
+        """`self.paths.registry`."""
+        return self.paths.registry
+
+    @property
+    def repo_root(self) -> Path:
+        """`self.paths.repo`."""
+        return self.paths.repo
+
+    @property
+    def tokens_file(self) -> Path:
+        """`self.paths.tokens`."""
+        return self.paths.tokens
+
+    @property
+    def audit_log_file(self) -> Path:
+        """`self.paths.audit_log`."""
+        return self.paths.audit_log
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class KafkaSettings(_Group):
+    """Brokers, client options, consumer group and transport security (the `kafka_*` settings)."""
+
+    bootstrap_servers: str
+    options: dict[str, str | int | float | bool]
+    consumer_group: str
+    security_protocol: str
+    sasl_mechanism: str | None
+    sasl_username: str
+    sasl_password: SecretStr | None
+    sasl_password_file: Path | None
+    ssl_ca_location: Path | None
+    ssl_certificate_location: Path | None
+    ssl_key_location: Path | None
+    oauth_token_endpoint_url: str
+    oauth_client_id: str
+    oauth_client_secret: SecretStr | None
+    oauth_client_secret_file: Path | None
+    oauth_scope: str
+
+    def security_options(self) -> dict[str, Any]:
+        """librdkafka options for TLS and SASL (secrets read from the environment or files here)."""
+        opts: dict[str, Any] = {"security.protocol": self.security_protocol}
+        if self.ssl_ca_location:
+            opts["ssl.ca.location"] = str(self.ssl_ca_location)
+        if self.ssl_certificate_location:
+            opts["ssl.certificate.location"] = str(self.ssl_certificate_location)
+        if self.ssl_key_location:
+            opts["ssl.key.location"] = str(self.ssl_key_location)
+        if self.security_protocol.startswith("SASL"):
+            if self.sasl_mechanism is None:
+                raise ConfigError(f"kafka_security_protocol {self.security_protocol} needs kafka_sasl_mechanism")
+            opts["sasl.mechanism"] = self.sasl_mechanism
+            if self.sasl_mechanism == "OAUTHBEARER":
+                if self.oauth_token_endpoint_url:
+                    opts.update({
+                        "sasl.oauthbearer.method": "oidc",
+                        "sasl.oauthbearer.token.endpoint.url": self.oauth_token_endpoint_url,
+                        "sasl.oauthbearer.client.id": self.oauth_client_id,
+                        "sasl.oauthbearer.client.secret": _secret(
+                            self.oauth_client_secret, self.oauth_client_secret_file, "kafka_oauth_client_secret"
+                        ),
+                    })
+                    if self.oauth_scope:
+                        opts["sasl.oauthbearer.scope"] = self.oauth_scope
+            else:
+                opts["sasl.username"] = self.sasl_username
+                opts["sasl.password"] = _secret(self.sasl_password, self.sasl_password_file, "kafka_sasl_password")
+        elif self.sasl_mechanism is not None:
+            raise ConfigError(f"kafka_sasl_mechanism {self.sasl_mechanism} needs kafka_security_protocol SASL_SSL or SASL_PLAINTEXT")
+        return opts
+
+
+class RedisSettings(_Group):
+    """The online store (the `redis_*` settings) and its clients."""
+
+    url: str
+    username: str
+    password: SecretStr | None
+    password_file: Path | None
+    ssl_ca_certs: Path | None
+
+    @property
+    def display(self) -> str:
+        """The URL without its password, for messages and logs."""
+        return redact_url(self.url)
+
+    def client(self, **kwargs: Any) -> Any:
         """A redis-py client for the online store, with the ACL user, password and TLS settings
         applied; with a redis+sentinel:// URL, a client of the current primary that finds the
         new one after a failover (on its next connection)."""
         import redis
 
-        sentinel = parse_sentinel_url(self.redis_url)
+        sentinel = parse_sentinel_url(self.url)
         if sentinel is None:
-            return redis.Redis.from_url(self.redis_url, **self.redis_options(), **kwargs)
+            return redis.Redis.from_url(self.url, **self.options(), **kwargs)
         from redis.sentinel import Sentinel
 
         return Sentinel(sentinel.hosts, socket_timeout=5).master_for(
-            sentinel.service, db=sentinel.db, **self._sentinel_auth(sentinel), **self.redis_options(), **kwargs)
+            sentinel.service, db=sentinel.db, **self._sentinel_auth(sentinel), **self.options(), **kwargs)
 
-    def async_redis_client(self) -> Any:
-        """The asyncio counterpart of `redis_client` (the feature server's)."""
+    def async_client(self) -> Any:
+        """The asyncio counterpart of `client` (the feature server's)."""
         import redis.asyncio as aioredis
 
-        sentinel = parse_sentinel_url(self.redis_url)
+        sentinel = parse_sentinel_url(self.url)
         if sentinel is None:
-            return aioredis.Redis.from_url(self.redis_url, **self.redis_options())
+            return aioredis.Redis.from_url(self.url, **self.options())
         from redis.asyncio.sentinel import Sentinel
 
         return Sentinel(sentinel.hosts, socket_timeout=5).master_for(
-            sentinel.service, db=sentinel.db, **self._sentinel_auth(sentinel), **self.redis_options())
+            sentinel.service, db=sentinel.db, **self._sentinel_auth(sentinel), **self.options())
 
     def _sentinel_auth(self, sentinel: SentinelUrl) -> dict[str, Any]:
         """The user and password of a sentinel URL, unless the redis_username/redis_password settings give them."""
         opts: dict[str, Any] = {}
-        if sentinel.username and not self.redis_username:
+        if sentinel.username and not self.username:
             opts["username"] = sentinel.username
-        if sentinel.password and self.redis_password is None and self.redis_password_file is None:
+        if sentinel.password and self.password is None and self.password_file is None:
             opts["password"] = sentinel.password
         return opts
 
-    def redis_options(self) -> dict[str, Any]:
+    def options(self) -> dict[str, Any]:
         """ACL user, password and CA as keyword arguments of redis-py's from_url (sync or asyncio)."""
         opts: dict[str, Any] = {}
-        if self.redis_username:
-            opts["username"] = self.redis_username
-        if self.redis_password is not None or self.redis_password_file is not None:
-            opts["password"] = _secret(self.redis_password, self.redis_password_file, "redis_password")
-        if self.redis_ssl_ca_certs is not None:
-            opts["ssl_ca_certs"] = str(self.redis_ssl_ca_certs)
+        if self.username:
+            opts["username"] = self.username
+        if self.password is not None or self.password_file is not None:
+            opts["password"] = _secret(self.password, self.password_file, "redis_password")
+        if self.ssl_ca_certs is not None:
+            opts["ssl_ca_certs"] = str(self.ssl_ca_certs)
         return opts
 
-    @property
-    def redis_display(self) -> str:
-        """The Redis URL without its password, for messages and logs."""
-        return redact_url(self.redis_url)
 
-    def resolved(self, repo: Path) -> Settings:
-        """Fill the defaults that depend on the repository path."""
-        project = self.project or re.sub(r"[^A-Za-z0-9_.-]", "_", repo.resolve().name)
-        state = Path(STATE_DIR)
-        return self.model_copy(
-            update={
-                "project": project,
-                "offline_path": repo / (self.offline_path or state / "offline"),
-                "registry_path": repo / (self.registry_path or state / "registry"),
-                "consumer_group": self.consumer_group or f"featurestore-{project}",
-                "served_log_topic": self.served_log_topic or f"{project}.served",
-                "console_reference": repo / self.console_reference if self.console_reference is not None else None,
-                "tokens_path": repo / (self.tokens_path or state / "tokens.json"),
-                "audit_log_path": repo / (self.audit_log_path or state / "audit.jsonl"),
-                "repo_path": repo.resolve(),
-            }
+class ProcessorSettings(_Group):
+    """How a stream processor batches, checkpoints and bounds its input and memory."""
+
+    batch_size: int
+    batch_timeout_s: float
+    checkpoint_interval_s: float
+    max_record_bytes: int
+    max_dead_letter_bytes: int
+    max_retry_backoff_s: float
+    online_cache_mb: int
+    max_future_skew_s: float
+    metrics_address: str
+
+    @property
+    def max_future_skew_ms(self) -> int:
+        return int(self.max_future_skew_s * 1000)
+
+
+class ServerSettings(_Group):
+    """The feature server's limits, and what online reads allow."""
+
+    max_request_bytes: int
+    max_online_entities: int
+    max_historical_rows: int
+    limit_concurrency: int
+    backlog: int
+    request_feature_budget_ms: float
+    allow_empty_online_store: bool
+    served_log_topic: str
+    served_log_pii_keys: bool
+
+
+class PathSettings(_Group):
+    """Where a repository's state lives, every path absolute or relative to the working folder."""
+
+    repo: Path
+    offline: Path
+    registry: Path
+    tokens: Path
+    audit_log: Path
+    console_reference: Path | None
+
+
+@dataclass(frozen=True)
+class _Groups:
+    kafka: KafkaSettings
+    redis: RedisSettings
+    processor: ProcessorSettings
+    server: ServerSettings
+    paths: PathSettings | None
+
+    @classmethod
+    def of(cls, s: Settings) -> _Groups:
+        def prefixed(group: type[_Group], prefix: str, renames: dict[str, str] | None = None) -> dict[str, Any]:
+            renames = renames or {}
+            return {name: getattr(s, renames.get(name, prefix + name)) for name in group.model_fields}
+
+        paths = None
+        if s.repo_path is not None and s.offline_path is not None and s.registry_path is not None \
+                and s.tokens_path is not None and s.audit_log_path is not None:
+            paths = PathSettings(repo=s.repo_path, offline=s.offline_path, registry=s.registry_path, tokens=s.tokens_path,
+                                 audit_log=s.audit_log_path, console_reference=s.console_reference)
+        return cls(
+            kafka=KafkaSettings(**prefixed(KafkaSettings, "kafka_", {"consumer_group": "consumer_group"})),
+            redis=RedisSettings(**prefixed(RedisSettings, "redis_")),
+            processor=ProcessorSettings(**prefixed(ProcessorSettings, "")),
+            server=ServerSettings(**prefixed(ServerSettings, "", {"limit_concurrency": "serve_limit_concurrency",
+                                                                   "backlog": "serve_backlog"})),
+            paths=paths,
         )
-
-    @property
-    def offline_root(self) -> Path:
-        assert self.offline_path is not None, "call resolved() first"
-        return self.offline_path
-
-    @property
-    def tokens_file(self) -> Path:
-        assert self.tokens_path is not None, "call resolved() first"
-        return self.tokens_path
-
-    @property
-    def audit_log_file(self) -> Path:
-        assert self.audit_log_path is not None, "call resolved() first"
-        return self.audit_log_path
-
-    @property
-    def repo_root(self) -> Path:
-        assert self.repo_path is not None, "call resolved() first"
-        return self.repo_path
-
-    @property
-    def registry_root(self) -> Path:
-        assert self.registry_path is not None, "call resolved() first"
-        return self.registry_path
 
 
 def redact_url(url: str) -> str:

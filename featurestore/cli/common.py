@@ -5,13 +5,16 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
 from featurestore.errors import FeatureStoreError, ValidationFailed, unreachable
+
+if TYPE_CHECKING:
+    from featurestore.config import Settings
 
 # no markup: messages carry user data (`pip install 'featurestore[faust]'`, JSON, keys), printed as is
 console = Console(markup=False)
@@ -89,10 +92,10 @@ def _where(service: str, repo: object) -> str:
         settings = _settings(Path(repo) if isinstance(repo, (str, Path)) else Path("."))
     except Exception:  # the settings themselves are broken: that error was not this one
         return "the configured address"
-    return str(settings.kafka_bootstrap_servers if service == "kafka" else settings.redis_display)
+    return str(settings.kafka.bootstrap_servers if service == "kafka" else settings.redis.display)
 
 
-def _settings(repo: Path) -> Any:
+def _settings(repo: Path) -> Settings:
     from featurestore.config import load_settings
 
     return load_settings(repo)

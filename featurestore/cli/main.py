@@ -97,12 +97,12 @@ def plan(
         sys.stdout.write(new.to_json().decode() + "\n")
         return
     settings = _settings(repo)
-    registry = FileRegistry(settings.registry_root)
+    registry = FileRegistry(settings.paths.registry)
     latest = registry.latest()
     diff = diff_plans(latest.plan if latest else None, new)
     base = f"version {latest.version}" if latest else "an empty registry"
     if latest is not None:
-        _print_live_versions(latest.plan, settings.offline_root)
+        _print_live_versions(latest.plan, settings.paths.offline)
     if diff.empty:
         console.print(f"No changes against {base}.")
         return
@@ -142,7 +142,7 @@ def apply(
     from featurestore.registry import FileRegistry
 
     new = compile_repo(repo)
-    registry = FileRegistry(_settings(repo).registry_root)
+    registry = FileRegistry(_settings(repo).paths.registry)
     version = registry.apply(new, in_place=in_place)
     if version is None:
         latest = registry.latest()
@@ -160,7 +160,7 @@ def registry_list(repo: RepoOpt = Path("."), as_json: JsonOpt = False) -> None:
     """List applied versions."""
     from featurestore.registry import FileRegistry
 
-    versions = FileRegistry(_settings(repo).registry_root).versions()
+    versions = FileRegistry(_settings(repo).paths.registry).versions()
     if as_json:
         print_json([{"version": v.version, "applied_at": v.applied_at, "hash": v.content_hash,
                      "views": [view.name for view in v.plan.views], "changes": list(v.diff), "note": v.note}
@@ -182,7 +182,7 @@ def registry_show(version: int, repo: RepoOpt = Path(".")) -> None:
     """Print the plan recorded as VERSION (JSON)."""
     from featurestore.registry import FileRegistry
 
-    v = FileRegistry(_settings(repo).registry_root).get(version)
+    v = FileRegistry(_settings(repo).paths.registry).get(version)
     sys.stdout.write(v.plan.to_json().decode() + "\n")
 
 
@@ -192,7 +192,7 @@ def registry_restore(version: int, repo: RepoOpt = Path(".")) -> None:
     """Make VERSION's plan current again (recorded as a new version)."""
     from featurestore.registry import FileRegistry
 
-    v = FileRegistry(_settings(repo).registry_root).restore(version)
+    v = FileRegistry(_settings(repo).paths.registry).restore(version)
     console.print(f"Version {version} is already current." if v is None else f"Restored version {version} as version {v.version}.")
 
 
@@ -237,7 +237,6 @@ def run(
 ) -> None:
     """Run the stream processors of the applied plan (Ctrl-C stops cleanly)."""
     from featurestore.cli.serving import serve_metrics
-    from featurestore.compile.loader import ensure_importable
     from featurestore.plan import Plan
     from featurestore.registry import FileRegistry
     from featurestore.runtime import ProcessorStats, run_following
@@ -245,10 +244,9 @@ def run(
     if engine not in ("confluent", "faust"):
         raise ConfigError(f"--engine must be confluent or faust, got {engine!r}")
     settings = _settings(repo)
-    plan_ = FileRegistry(settings.registry_root).current_plan()
-    ensure_importable(repo)
-    if settings.metrics_address:
-        serve_metrics(settings.metrics_address)
+    plan_ = FileRegistry(settings.paths.registry).current_plan()
+    if settings.processor.metrics_address:
+        serve_metrics(settings.processor.metrics_address)
     started = time.monotonic()
 
     def status(stats: ProcessorStats) -> Table:
@@ -257,8 +255,8 @@ def run(
             t.add_row("retries", f"{stats.retries:,}", "last error", stats.last_error[:80])
         return t
 
-    console.print(f"Processing {', '.join(s.topic for s in plan_.sources)} as group {settings.consumer_group} "
-                  f"with the {engine} engine -> {settings.redis_display} + {settings.offline_root}"
+    console.print(f"Processing {', '.join(s.topic for s in plan_.sources)} as group {settings.kafka.consumer_group} "
+                  f"with the {engine} engine -> {settings.redis.display} + {settings.paths.offline}"
                   + (" (until caught up)" if until_caught_up else " (Ctrl-C to stop)"))
     if engine == "faust":
         from featurestore.runtime.faust_engine import run_faust
@@ -318,17 +316,15 @@ def backfill(
     repo: RepoOpt = Path("."),
 ) -> None:
     """Run the applied plan over historical events in files: same decoding, lateness, tiles and history as streaming."""
-    from featurestore.compile.loader import ensure_importable
     from featurestore.registry import FileRegistry
     from featurestore.runtime.backfill import Backfill, BackfillStats, only_view
 
     start_ms, end_ms = _parse_instant(start, "--start"), _parse_instant(end, "--end")
     settings = _settings(repo)
-    plan_ = FileRegistry(settings.registry_root).current_plan()
+    plan_ = FileRegistry(settings.paths.registry).current_plan()
     if view is not None:
         plan_ = only_view(plan_, view)
         source = source or plan_.views[0].source
-    ensure_importable(repo)
     job = Backfill(plan_, settings, source)
     if materialize:
         from featurestore.runtime.processor import StreamProcessor
@@ -340,8 +336,8 @@ def backfill(
         return _progress_table(stats.records, started, stats.dead_letters, "outside range", stats.outside_range)
 
     only = f" into {plan_.views[0].name} only" if view else ""
-    console.print(f"Backfilling {job.source.name}{only} from {from_path} -> {settings.offline_root}"
-                  + (f" + {settings.redis_display}" if materialize else ""))
+    console.print(f"Backfilling {job.source.name}{only} from {from_path} -> {settings.paths.offline}"
+                  + (f" + {settings.redis.display}" if materialize else ""))
     with _live(status(BackfillStats())) as live:
         stats = job.run(from_path, start_ms, end_ms, materialize, on_progress=lambda s: live.update(status(s)))
     console.print(f"Done in {stats.seconds:.1f} s: {stats.events:,} events from {stats.files} file(s), "
@@ -368,7 +364,6 @@ def rebuild_online(
     """
     import redis as redis_lib
 
-    from featurestore.compile.loader import ensure_importable
     from featurestore.errors import StoreUnavailable
     from featurestore.online import OnlineReader
     from featurestore.registry import FileRegistry
@@ -377,25 +372,24 @@ def rebuild_online(
     from featurestore.runtime.rebuild import count_history, group_is_active, rebuild_view, wipe_online
 
     settings = _settings(repo)
-    plan_ = FileRegistry(settings.registry_root).current_plan()
-    ensure_importable(repo)
-    client = settings.redis_client()
+    plan_ = FileRegistry(settings.paths.registry).current_plan()
+    client = settings.redis.client()
     try:
         client.ping()
     except redis_lib.RedisError as exc:
-        raise unreachable("Redis", settings.redis_display, exc) from None
-    active = None if force else group_is_active(admin_config(settings), settings.consumer_group)
+        raise unreachable("Redis", settings.redis.display, exc) from None
+    active = None if force else group_is_active(admin_config(settings), settings.kafka.consumer_group)
     if active == "unknown":
-        warning_line(f"the broker did not say whether group {settings.consumer_group} is active; make sure its "
+        warning_line(f"the broker did not say whether group {settings.kafka.consumer_group} is active; make sure its "
                      "processors are stopped")
     elif active:
         raise StoreUnavailable(
-            f"consumer group {settings.consumer_group} is {active}: stop the processors before rebuilding (or pass --force)"
+            f"consumer group {settings.kafka.consumer_group} is {active}: stop the processors before rebuilding (or pass --force)"
         )
     wiped = wipe_online(client, settings.project)
     console.print(f"Removed {wiped:,} online keys of project {settings.project}.")
-    skew_ms = int(settings.max_future_skew_s * 1000)
-    totals = {v.name: count_history(settings.offline_root, v) for v in plan_.views}
+    skew_ms = settings.processor.max_future_skew_ms
+    totals = {v.name: count_history(settings.paths.offline, v) for v in plan_.views}
     from rich.progress import Progress
 
     from featurestore.runtime.repair import mark_history
@@ -404,11 +398,11 @@ def rebuild_online(
     with Progress(console=console) as progress:
         for view in plan_.views:
             task = progress.add_task(f"Loading {view.name} history", total=totals[view.name] or 1)
-            rebuild_view(client, settings.project, settings.offline_root, view, skew_ms,
+            rebuild_view(client, settings.project, settings.paths.offline, view, skew_ms,
                          functools.partial(progress.advance, task))
             progress.update(task, completed=totals[view.name] or 1)
-    mark_history(client, settings.project, settings.offline_root, plan_.views)
-    console.print(f"Loaded {sum(totals.values()):,} history rows into {settings.redis_display} "
+    mark_history(client, settings.project, settings.paths.offline, plan_.views)
+    console.print(f"Loaded {sum(totals.values()):,} history rows into {settings.redis.display} "
                   f"in {time.monotonic() - started:.1f} s.")
     if catch_up:
         with console.status("Applying the Kafka tail after the history..."):
@@ -418,7 +412,7 @@ def rebuild_online(
     if check_sample:
         from featurestore.client.consistency import check_consistency
 
-        report = check_consistency(OnlineReader(client, settings.project, plan_), settings.offline_root, plan_,
+        report = check_consistency(OnlineReader(client, settings.project, plan_), settings.paths.offline, plan_,
                                    int(time.time() * 1000), check_sample)
         checked = max((f.checked for f in report.features), default=0)
         if report.mismatches:
@@ -641,7 +635,7 @@ def _set_aside_previous_history(repo: Path) -> None:
     take new events for ones it already wrote. It is moved aside, not deleted."""
     from featurestore.config import STATE_DIR
 
-    root = Path(_settings(repo).offline_root).resolve()
+    root = Path(_settings(repo).paths.offline).resolve()
     if not root.is_relative_to((repo / STATE_DIR).resolve()) or not any(root.glob("*/_commits")):
         return
     kept = root.with_name(f"{root.name}.before-{time.strftime('%Y%m%d-%H%M%S')}")

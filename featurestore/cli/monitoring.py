@@ -38,7 +38,7 @@ def alerts(
     if not re.fullmatch(r"([0-9]+(ms|s|m|h|d|w|y))+", hold):
         raise FeatureRequestError(f"--for takes a Prometheus duration such as 30s, 5m or 1h, got {hold!r}")
     settings = _settings(repo)
-    plan = FileRegistry(settings.registry_root).current_plan()
+    plan = FileRegistry(settings.paths.registry).current_plan()
     text = alert_rules_yaml(plan, settings.project, Thresholds(max_lag, max_dead_letter_rate, max_missing_rate, max_psi, hold=hold))
     if output is None:
         sys.stdout.write(text)
@@ -66,7 +66,7 @@ def served_log_land(
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        with console.status(f"Landing {settings.served_log_topic} into {settings.offline_root}/_served ..."):
+        with console.status(f"Landing {settings.server.served_log_topic} into {settings.paths.offline}/_served ..."):
             stats = land_served(settings, until_caught_up=not follow, stop=stop.is_set)
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -153,7 +153,7 @@ def monitor(
     try:  # join keys are not features
         from featurestore.registry import FileRegistry
 
-        latest = FileRegistry(_settings(repo).registry_root).latest()
+        latest = FileRegistry(_settings(repo).paths.registry).latest()
         skip |= {k.name for v in (latest.plan.views if latest else []) for k in v.join_keys}
     except FeatureStoreError:
         pass

@@ -111,14 +111,14 @@ def produce(
 
     created = ensure_topics(settings, [src.topic], partitions=partitions)
     if created:
-        console.print(f"Created topic '{src.topic}' with {partitions} partitions on {settings.kafka_bootstrap_servers}.")
+        console.print(f"Created topic '{src.topic}' with {partitions} partitions on {settings.kafka.bootstrap_servers}.")
     started = time.monotonic()
     stream = paced(records, rate) if rate is not None else records
     with Progress(console=err_console, transient=True) as progress:
         task = progress.add_task(f"Sending to '{src.topic}'", total=total)
         sent = produce_records(producer_config(settings), src.topic, stream, lambda k: progress.advance(task, k))
     keyed = f"keyed by {', '.join(key_fields)}" if key_fields else "without keys (no view reads this source)"
-    console.print(f"Sent {what} to '{src.topic}' on {settings.kafka_bootstrap_servers} ({keyed}) "
+    console.print(f"Sent {what} to '{src.topic}' on {settings.kafka.bootstrap_servers} ({keyed}) "
                   f"in {time.monotonic() - started:.1f} s.", highlight=False)
     if sent != total:
         raise FeatureRequestError(f"sent {sent:,} of {total:,} events")

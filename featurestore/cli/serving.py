@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -57,7 +57,7 @@ def serve(
     import uvicorn
 
     from featurestore.registry import FileRegistry
-    from featurestore.server.app import SERVE_OPTIONS_ENV, ServeOptions
+    from featurestore.server.app import SERVE_OPTIONS_ENV, ServeOptions, build_app
     from featurestore.server.auth import TokenStore
     from featurestore.server.edge import default_trusted_hosts
 
@@ -67,20 +67,22 @@ def serve(
     options.check()
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
-    plan_ = FileRegistry(settings.registry_root).current_plan()
-    if not no_auth and not any(t.active for t in TokenStore(settings.tokens_file).records()):
-        warning_line(f"no active token in {settings.tokens_file}: every request will get 401 "
+    plan_ = FileRegistry(settings.paths.registry).current_plan()
+    if not no_auth and not any(t.active for t in TokenStore(settings.paths.tokens).records()):
+        warning_line(f"no active token in {settings.paths.tokens}: every request will get 401 "
                      "(create one with `featurestore tokens create`)", to=console)
-    os.environ[SERVE_OPTIONS_ENV] = options.model_dump_json()
     scheme = "https" if tls_cert else "http"
     console.print(f"Serving {len(plan_.views)} views of project {settings.project} on {scheme}://{host}:{port} "
-                  f"({'NO AUTH' if no_auth else 'tokens: ' + str(settings.tokens_file)}; audit: {settings.audit_log_file}; "
-                  f"Redis {settings.redis_display}; trusted hosts: {', '.join(options.trusted_hosts)})")
+                  f"({'NO AUTH' if no_auth else 'tokens: ' + str(settings.paths.tokens)}; audit: {settings.paths.audit_log}; "
+                  f"Redis {settings.redis.display}; trusted hosts: {', '.join(options.trusted_hosts)})")
+    if workers > 1:  # uvicorn's workers import the app by name: the options go through their environment
+        os.environ[SERVE_OPTIONS_ENV] = options.model_dump_json()
+    app: Any = build_app(options) if workers == 1 else "featurestore.server.app:app_from_environment"
     uvicorn.run(
-        "featurestore.server.app:app_from_environment", factory=True, host=host, port=port, workers=workers,
+        app, factory=workers > 1, host=host, port=port, workers=workers,
         log_level="warning", access_log=False, ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None, timeout_keep_alive=30, timeout_graceful_shutdown=10,
-        limit_concurrency=settings.serve_limit_concurrency, backlog=settings.serve_backlog,
+        limit_concurrency=settings.server.limit_concurrency, backlog=settings.server.backlog,
         h11_max_incomplete_event_size=64 * 1024,
     )
 
@@ -100,7 +102,7 @@ def tokens_create(
     from featurestore.server.auth import Permission, TokenStore
 
     permissions = [Permission.parse(g) for g in grant]
-    token, record = TokenStore(_settings(repo).tokens_file).create(name, permissions)
+    token, record = TokenStore(_settings(repo).paths.tokens).create(name, permissions)
     console.print(f"Created token {record.id} ({name}): {', '.join(str(p) for p in permissions)}")
     console.print("Store it now; it cannot be shown again:", highlight=False)
     typer.echo(token)
@@ -112,7 +114,7 @@ def tokens_list(repo: RepoOpt = Path(".")) -> None:
     """List tokens: id, name, permissions, state (never the token)."""
     from featurestore.server.auth import TokenStore
 
-    store = TokenStore(_settings(repo).tokens_file)
+    store = TokenStore(_settings(repo).paths.tokens)
     records = store.records()
     if not records:
         console.print(f"No tokens in {store.path}.")
@@ -130,7 +132,7 @@ def tokens_revoke(token_id: Annotated[str, typer.Argument(help="The token's id (
     """Revoke a token; running servers refuse it from their next request."""
     from featurestore.server.auth import TokenStore
 
-    record = TokenStore(_settings(repo).tokens_file).revoke(token_id)
+    record = TokenStore(_settings(repo).paths.tokens).revoke(token_id)
     console.print(f"Revoked token {record.id} ({record.name}).")
 
 
@@ -155,20 +157,20 @@ def status(
     from featurestore.runtime.kafka import group_lag
 
     settings = _settings(repo)
-    plan = FileRegistry(settings.registry_root).current_plan()
+    plan = FileRegistry(settings.paths.registry).current_plan()
     topics = [s.topic for s in plan.sources if any(v.source == s.name for v in plan.views)]
-    client = settings.redis_client()
+    client = settings.redis.client()
     try:
         reader = OnlineReader(client, settings.project, plan)
         newest, repairs = reader.newest_events(), reader.repair_counts()
     except redis.RedisError as exc:
-        raise unreachable("Redis", settings.redis_display, exc) from None
+        raise unreachable("Redis", settings.redis.display, exc) from None
     finally:
         client.close()
     lag = group_lag(settings, topics)
     urls = list(metrics_url or [])
-    if not urls and settings.metrics_address:
-        host, port = _split_address(settings.metrics_address, "metrics_address")
+    if not urls and settings.processor.metrics_address:
+        host, port = _split_address(settings.processor.metrics_address, "metrics_address")
         urls = [f"http://{host}:{port}/metrics"]
     metrics, note = None, ""
     if urls:
@@ -196,7 +198,7 @@ def status(
                       str(row["repairs"]))
     console.print(table)
     lag_table = cli_table("topic", "partition", "committed", "end", "lag (records)",
-                          title=f"Consumer group {settings.consumer_group}")
+                          title=f"Consumer group {settings.kafka.consumer_group}")
     for p in lag:
         lag_table.add_row(p.topic, str(p.partition), "none" if p.committed is None else f"{p.committed:,}", f"{p.high:,}",
                           f"{p.lag:,}")

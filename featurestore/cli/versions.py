@@ -70,14 +70,14 @@ def retire(
         raise FeatureRequestError(f"name the version to retire as view@N (e.g. user_payments@1), got {version!r}")
     ident = view_id(parsed[0], parsed[1])
     settings = _settings(repo)
-    registry = FileRegistry(settings.registry_root)
+    registry = FileRegistry(settings.paths.registry)
     latest = registry.latest()
     applied = latest.plan if latest else None
     repo_plan = compile_repo(repo)
     if any(v.name == ident for v in repo_plan.views):
         raise FeatureRequestError(f"the repository still defines {version}: delete that FeatureView(..., version="
                                   f"{parsed[1]}) from it (mark another version serving=True if this one serves), then retire")
-    if not yes and not typer.confirm(f"Stop writing {version} and delete its online keys in {settings.redis_display}?"):
+    if not yes and not typer.confirm(f"Stop writing {version} and delete its online keys in {settings.redis.display}?"):
         raise typer.Exit(1)
     if applied is not None and any(v.name == ident for v in applied.views):
         applied_version = registry.apply(repo_plan, note=f"retired {version}")
@@ -90,7 +90,7 @@ def retire(
                 time.sleep(grace)  # processors check the registry every 2 s and switch at their next batch
     else:
         warning_line(f"{version} is not in the applied plan: only its online keys are deleted")
-    client = settings.redis_client()
+    client = settings.redis.client()
     try:
         with Progress(console=console) as progress:
             task = progress.add_task(f"Deleting the online keys of {version}", total=None)
@@ -98,4 +98,4 @@ def retire(
             progress.update(task, total=deleted, completed=deleted)
     finally:
         client.close()
-    console.print(f"Retired {version}: {deleted:,} online keys deleted; its history stays in {settings.offline_root}.")
+    console.print(f"Retired {version}: {deleted:,} online keys deleted; its history stays in {settings.paths.offline}.")

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 def empty_store(settings: Settings) -> ConfigError:
     """The error for a Redis without the project's data: most likely the wrong URL."""
     return ConfigError(
-        f"Redis at {settings.redis_display} holds no online data of project '{settings.project}'. If that is the "
+        f"Redis at {settings.redis.display} holds no online data of project '{settings.project}'. If that is the "
         "wrong Redis, set FEATURESTORE_REDIS_URL (`featurestore dev env` prints the dev services' one); if no "
         "processor has written it yet, run `featurestore run` first, or set allow_empty_online_store "
         "(FEATURESTORE_ALLOW_EMPTY_ONLINE_STORE=1) to read it as empty")
@@ -75,7 +75,7 @@ class FeatureStore:
         """CA bundle for an https:// server_url signed by a private CA (default: the system's)."""
         self._http: FeatureServerClient | None = None
         self.settings = settings.resolved(self.repo_path) if settings else load_settings(self.repo_path, **overrides)
-        self.registry = FileRegistry(self.settings.registry_root)
+        self.registry = FileRegistry(self.settings.paths.registry)
         self._watch = PlanWatch(self.registry, _PLAN_CHECK_S)
         self._plan: Plan | None = None
         self._pinned: Plan | None = None
@@ -103,13 +103,13 @@ class FeatureStore:
     def _request_runner(self) -> RequestFeatureRunner | None:
         """Computes the plan's request-time features (imported from the repository once)."""
         if self._runner is None and self.plan.request_views:
-            self._runner = RequestFeatureRunner(self.plan, self.settings.repo_root, self.settings.request_feature_budget_ms)
+            self._runner = RequestFeatureRunner(self.plan, self.settings.paths.repo, self.settings.server.request_feature_budget_ms)
         return self._runner
 
     def _online_reader(self) -> OnlineReader:
         if self._reader is None:
             reader = OnlineReader(self.redis, self.settings.project, self.plan)
-            if not self.settings.allow_empty_online_store and not reader.holds_project():
+            if not self.settings.server.allow_empty_online_store and not reader.holds_project():
                 raise empty_store(self.settings)
             self._reader = reader
         return self._reader
@@ -130,7 +130,7 @@ class FeatureStore:
     @property
     def redis(self) -> redis.Redis[bytes]:
         if self._redis is None:
-            self._redis = self.settings.redis_client()
+            self._redis = self.settings.redis.client()
         return self._redis
 
     def get_online_features(
@@ -167,7 +167,7 @@ class FeatureStore:
         try:
             results = self._online_reader().read_results(query.requests, t_ms, max_ms)
         except redis.RedisError as exc:
-            raise unreachable("Redis", self.settings.redis_display, exc) from None
+            raise unreachable("Redis", self.settings.redis.display, exc) from None
         response = query.response(results, t_ms)
         if service is not None:
             self._log_served(service, response)
@@ -232,14 +232,14 @@ class FeatureStore:
             keys = table.select([k.name for k in view.join_keys])
             if snapshot is not None and vn not in snapshot:
                 raise FeatureRequestError(f"the snapshot has no history position of view '{vn}'")
-            taken[vn] = [dict(s) for s in snapshot[vn]] if snapshot is not None else history_snapshot(self.settings.offline_root, vn)
+            taken[vn] = [dict(s) for s in snapshot[vn]] if snapshot is not None else history_snapshot(self.settings.paths.offline, vn)
             if engine == "spark":
                 from featurestore.offline.spark_engine import spark_point_in_time_features, spark_session
 
-                result = spark_point_in_time_features(spark_session(spark_master), self.settings.offline_root, view, feats,
+                result = spark_point_in_time_features(spark_session(spark_master), self.settings.paths.offline, view, feats,
                                                       keys, t_ms, mode=mode, snapshot=taken[vn])
             else:
-                result = point_in_time_features(self.settings.offline_root, view, feats, keys, t_ms, mode=mode,
+                result = point_in_time_features(self.settings.paths.offline, view, feats, keys, t_ms, mode=mode,
                                                 snapshot=taken[vn])
             for f in feats:
                 values[(vn, f)] = result[f]
@@ -313,10 +313,10 @@ class FeatureStore:
         if unknown:
             raise FeatureRequestError(f"view '{plan_view.name}' has no feature(s) {', '.join(unknown)}")
         keys: list[tuple[Any, ...]] = []
-        if has_history(self.settings.offline_root, plan_view.name):
+        if has_history(self.settings.paths.offline, plan_view.name):
             cols = ", ".join(identifier(k.name) for k in plan_view.join_keys)
             rows = duckdb.connect().execute(
-                f"SELECT DISTINCT {cols} FROM {read_history(self.settings.offline_root, plan_view.name)}").fetchall()
+                f"SELECT DISTINCT {cols} FROM {read_history(self.settings.paths.offline, plan_view.name)}").fetchall()
             keys = [tuple(r) for r in random.Random(seed).sample(rows, min(sample, len(rows)))]
         got = self._online_reader().read_results([ViewRequest(plan_view, names, keys)], int(time.time() * 1000))[0]
         columns: dict[str, Any] = {k.name: [key[i] for key in keys] for i, k in enumerate(plan_view.join_keys)}
@@ -334,10 +334,10 @@ class FeatureStore:
 
         if not is_name(service):
             raise FeatureRequestError(f"unknown feature service {service!r}")
-        if not (served_root(self.settings.offline_root) / f"service={service}").is_dir():
-            raise FeatureRequestError(f"no served-value log of service {service!r} landed in {self.settings.offline_root}: "
+        if not (served_root(self.settings.paths.offline) / f"service={service}").is_dir():
+            raise FeatureRequestError(f"no served-value log of service {service!r} landed in {self.settings.paths.offline}: "
                                       "give it a log_sample_rate, then run `featurestore served-log land`")
-        relation = duckdb.connect().sql(f"SELECT * FROM {read_served(self.settings.offline_root, service)} "
+        relation = duckdb.connect().sql(f"SELECT * FROM {read_served(self.settings.paths.offline, service)} "
                                         "ORDER BY served_at, request_id, \"row\"")
         return (getattr(relation, "to_arrow_table", None) or relation.arrow)()
 
@@ -348,7 +348,7 @@ class FeatureStore:
         differ because the history is flushed at checkpoints."""
         t_ms = to_epoch_ms(at) if at is not None else int(time.time() * 1000)
         reader = self._online_reader()
-        return check_consistency(reader, self.settings.offline_root, self.plan, t_ms, sample)
+        return check_consistency(reader, self.settings.paths.offline, self.plan, t_ms, sample)
 
     def compare_versions(self, a: str, b: str, sample: int = 1000, at: dt.datetime | None = None,
                          online: bool = True) -> list[FeatureComparison]:
@@ -358,7 +358,7 @@ class FeatureStore:
         means and quantiles of each version."""
         t_ms = to_epoch_ms(at) if at is not None else int(time.time() * 1000)
         reader = self._online_reader() if online else None
-        return compare_versions(self.plan, reader, self.settings.offline_root, a, b, t_ms, sample)
+        return compare_versions(self.plan, reader, self.settings.paths.offline, a, b, t_ms, sample)
 
     def close(self) -> None:
         if self._served_log is not None:

@@ -36,7 +36,7 @@ class ServedLog:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.topic = settings.served_log_topic
+        self.topic = settings.server.served_log_topic
         self._producer: Any = None
         self._lock = threading.Lock()
         self._random = random.Random()
@@ -60,7 +60,7 @@ class ServedLog:
         if service.log_sample_rate <= 0 or self._random.random() >= service.log_sample_rate:
             return
         try:
-            record = served_record(plan, service, response, request_id or uuid.uuid4().hex, self.settings.served_log_pii_keys)
+            record = served_record(plan, service, response, request_id or uuid.uuid4().hex, self.settings.server.served_log_pii_keys)
             producer = self._started()
             producer.produce(self.topic, value=record)
             producer.poll(0)

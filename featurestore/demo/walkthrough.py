@@ -19,7 +19,6 @@ from rich.text import Text
 
 from featurestore.client import FeatureStore
 from featurestore.compile import compile_repo
-from featurestore.compile.loader import ensure_importable
 from featurestore.config import Settings, load_settings
 from featurestore.demo.events import payment_events, produce_records
 from featurestore.embedded import DevEnvironment
@@ -92,7 +91,7 @@ def _walk(repo: Path, n_events: int, console: Console) -> None:
     settings = load_settings(repo, **overrides)
 
     plan = compile_repo(repo)
-    version = FileRegistry(settings.registry_root).apply(plan)
+    version = FileRegistry(settings.paths.registry).apply(plan)
     assert version is not None
     _step(console, 2, f"Applied {repo}: registry version {version.version} "
                   f"({len(plan.views)} views, {sum(len(v.feature_names) for v in plan.views)} features) in {state}")
@@ -108,7 +107,6 @@ def _walk(repo: Path, n_events: int, console: Console) -> None:
     _step(console, 3, f"Produced {len(records):,} payments over the last 3 hours "
                   f"({bad} malformed, ~3% arriving late) to '{topic}'")
 
-    ensure_importable(repo)
     processor = StreamProcessor(plan, settings)
     started = time.monotonic()
     with console.status("Processing (waiting for the consumer group to form)...") as status:

@@ -73,8 +73,8 @@ class EventChecker:
 
     def __init__(self, plan: Plan, source: SourcePlan, settings: Settings, key_fields: list[str]) -> None:
         self.source = source
-        self.decoder = Decoder(plan, source, settings.repo_root, int(settings.max_future_skew_s * 1000),
-                               settings.max_record_bytes)
+        self.decoder = Decoder(plan, source, settings.paths.repo, settings.processor.max_future_skew_ms,
+                               settings.processor.max_record_bytes)
         unknown = [f for f in key_fields if f not in source.fields]
         if unknown:
             raise FeatureRequestError(f"--key {unknown[0]}: not a field of {source.name}'s events: "

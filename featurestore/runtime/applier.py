@@ -76,17 +76,17 @@ class BatchApplier:
         checkpoint waits for them)."""
         self.plan = plan
         self.settings = settings
-        skew_ms = int(settings.max_future_skew_s * 1000)
+        skew_ms = settings.processor.max_future_skew_ms
         self.decoders = {
-            s.topic: Decoder(plan, s, settings.repo_root, skew_ms, settings.max_record_bytes)
+            s.topic: Decoder(plan, s, settings.paths.repo, skew_ms, settings.processor.max_record_bytes)
             for s in plan.sources if _has_views(plan, s.name)
         }
         self.dead_letter_topics = {s.topic: s.dead_letter_topic for s in plan.sources}
-        self.watermarks = {s.topic: Watermarks(plan, s, Path(settings.offline_root)) for s in plan.sources}
-        self.redis = settings.redis_client(socket_timeout=30, socket_connect_timeout=10)
+        self.watermarks = {s.topic: Watermarks(plan, s, Path(settings.paths.offline)) for s in plan.sources}
+        self.redis = settings.redis.client(socket_timeout=30, socket_connect_timeout=10)
         self.online = OnlineWriter(self.redis, settings.project, plan, skew_ms,
-                                   cache_bytes=settings.online_cache_mb * 1024 * 1024, background=background_online)
-        self.history = HistoryWriter(Path(settings.offline_root), plan)
+                                   cache_bytes=settings.processor.online_cache_mb * 1024 * 1024, background=background_online)
+        self.history = HistoryWriter(Path(settings.paths.offline), plan)
         self.stats = ProcessorStats()
         metrics.set_freshness_objectives({v.name: v.freshness_slo_ms / 1000 for v in plan.views if v.freshness_slo_ms})
         self.stop_requested = stop or threading.Event()
@@ -102,8 +102,8 @@ class BatchApplier:
         check_redis(self.settings, self.redis)
         ensure_topics(self.settings, self.dead_letter_topics.values())
         producer = Producer(producer_config(self.settings), logger=log)
-        local = LocalDeadLetters(Path(self.settings.offline_root))
-        self.dead_letters = DeadLetterSink(producer, self.dead_letter_topics, local, self.settings.max_dead_letter_bytes)
+        local = LocalDeadLetters(Path(self.settings.paths.offline))
+        self.dead_letters = DeadLetterSink(producer, self.dead_letter_topics, local, self.settings.processor.max_dead_letter_bytes)
 
     def close(self) -> None:
         try:
@@ -141,7 +141,7 @@ class BatchApplier:
             def visible() -> None:
                 metrics.observe_online_batch(applied, time.time())
 
-            self.stats.entity_writes += self.with_retry(f"Redis write to {self.settings.redis_display}",
+            self.stats.entity_writes += self.with_retry(f"Redis write to {self.settings.redis.display}",
                                                         lambda: self.online.write(batches, visible))
             fault_point("after_online_write")
             for rows in batches:
@@ -157,8 +157,8 @@ class BatchApplier:
         """The checkpoint of this applier's online states, history and dead letters, every
         write retried; `commit` moves the engine's position (offsets, acknowledgements)."""
         return Checkpointer(self.history, commit, self.stats, online=self.online, dead_letters=self._flush_dead_letters,
-                            retry=self.with_retry, interval_s=interval_s, history_place=str(self.settings.offline_root),
-                            redis_place=self.settings.redis_display)
+                            retry=self.with_retry, interval_s=interval_s, history_place=str(self.settings.paths.offline),
+                            redis_place=self.settings.redis.display)
 
     def forget(self, topic: str, partition: int) -> None:
         """A partition moved away: its watermark is recovered again if it comes back, and its
@@ -184,7 +184,7 @@ class BatchApplier:
                     ) from None
                 log.warning("%s failed (%s); retrying in %.1f s, offsets not advanced", what, exc, delay)
                 self.stop_requested.wait(delay)  # backoff; a stop request ends the wait early
-                delay = min(delay * 2, self.settings.max_retry_backoff_s)
+                delay = min(delay * 2, self.settings.processor.max_retry_backoff_s)
 
     def _flush_dead_letters(self) -> None:
         if self.dead_letters is None:  # not opened: nothing produced
@@ -197,9 +197,9 @@ class BatchApplier:
 def check_redis(settings: Settings, client: redis.Redis[bytes] | None = None) -> None:
     """Raise StoreUnavailable with a one-line reason if Redis does not answer."""
     try:
-        (client or settings.redis_client(socket_connect_timeout=5)).ping()
+        (client or settings.redis.client(socket_connect_timeout=5)).ping()
     except redis.RedisError as exc:
-        raise unreachable("Redis", settings.redis_display, exc) from None
+        raise unreachable("Redis", settings.redis.display, exc) from None
 
 
 def _on_time(rows: ViewRows) -> list[int]:

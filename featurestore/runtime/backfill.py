@@ -80,9 +80,9 @@ class Backfill:
         self.plan = plan
         self.settings = settings
         self.source = pick_source(plan, source)
-        skew_ms = int(settings.max_future_skew_s * 1000)
-        self.decoder = Decoder(plan, self.source, settings.repo_root, skew_ms, settings.max_record_bytes)
-        self.history = HistoryWriter(Path(settings.offline_root), plan)
+        skew_ms = settings.processor.max_future_skew_ms
+        self.decoder = Decoder(plan, self.source, settings.paths.repo, skew_ms, settings.processor.max_record_bytes)
+        self.history = HistoryWriter(Path(settings.paths.offline), plan)
         self.skew_ms = skew_ms
 
     def run(
@@ -99,10 +99,10 @@ class Backfill:
         stats = BackfillStats(files=len(files), partition=backfill_partition(files, start_ms, end_ms))
         online: OnlineWriter | None = None
         if materialize:
-            client = self.settings.redis_client(socket_timeout=30, socket_connect_timeout=10)
+            client = self.settings.redis.client(socket_timeout=30, socket_connect_timeout=10)
             online = OnlineWriter(client, self.settings.project, self.plan, self.skew_ms)
-        marks = Watermarks(self.plan, self.source, Path(self.settings.offline_root))
-        dl_path = Path(self.settings.offline_root) / "_dead_letters" / f"backfill-p{stats.partition}.jsonl"
+        marks = Watermarks(self.plan, self.source, Path(self.settings.paths.offline))
+        dl_path = Path(self.settings.paths.offline) / "_dead_letters" / f"backfill-p{stats.partition}.jsonl"
         # the position is the history's own per-partition commit: nothing else to commit
         checkpoints: Checkpointer[None] = Checkpointer(self.history, lambda _: None, stats, online=online)
         where: dict[int, tuple[Path, int]] = {}
@@ -112,7 +112,7 @@ class Backfill:
             for offset, rec in enumerate(read_records(files)):
                 batch.append(RawRecord(stats.partition, offset, None, rec.value))
                 where[offset] = (rec.file, rec.row)
-                if len(batch) >= self.settings.batch_size:
+                if len(batch) >= self.settings.processor.batch_size:
                     since_flush += self._batch(batch, where, marks, online, start_ms, end_ms, stats, dead_out)
                     batch, where = [], {}
                     if since_flush >= _FLUSH_EVERY:

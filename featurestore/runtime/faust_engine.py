@@ -67,7 +67,7 @@ class FaustEngine:
         self._pending: list[Any] = []
         self._lock: asyncio.Lock | None = None
         self._checkpoints: Checkpointer[list[Any]] = self.applier.checkpointer(self._acknowledge,
-                                                                                settings.checkpoint_interval_s)
+                                                                                settings.processor.checkpoint_interval_s)
         self._last_batch_at = time.monotonic()
         self._next: dict[tuple[str, int], int] = {}
         self._targets: dict[tuple[str, int], int] = {}
@@ -96,7 +96,7 @@ class FaustEngine:
         app.on_before_shutdown.connect(self._on_shutdown)
 
     def _agent(self, topic: str) -> Callable[[Any], Any]:
-        batch_size, within = faust_batch_size(self.settings), self.settings.batch_timeout_s
+        batch_size, within = faust_batch_size(self.settings), self.settings.processor.batch_timeout_s
 
         async def process(stream: Any) -> None:
             try:
@@ -189,7 +189,7 @@ def start_positions(settings: Settings, topics: list[str]) -> tuple[dict[tuple[s
 
     Watermarks are a lower bound on some brokers, hence also IDLE_S; committed offsets say
     where the group resumes, so a group already at the end is caught up at once."""
-    consumer = Consumer({**consumer_config(settings), "group.id": settings.consumer_group})
+    consumer = Consumer({**consumer_config(settings), "group.id": settings.kafka.consumer_group})
     try:
         meta = consumer.list_topics(timeout=15)
         tps = [TopicPartition(topic, p) for topic in topics for p in meta.topics[topic].partitions]
@@ -203,10 +203,10 @@ def start_positions(settings: Settings, topics: list[str]) -> tuple[dict[tuple[s
 def build_app(settings: Settings) -> faust.App:
     """A Faust app for the plan: consumer group, broker, credentials and batching from the settings."""
     module = _faust_module()
-    opts = settings.kafka_options
+    opts = settings.kafka.options
     app: faust.App = module.App(
-        settings.consumer_group,
-        broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap_servers.split(",")],
+        settings.kafka.consumer_group,
+        broker=[f"kafka://{h.strip()}" for h in settings.kafka.bootstrap_servers.split(",")],
         broker_credentials=faust_credentials(settings),
         store="memory://",
         web_enabled=False,
@@ -226,13 +226,13 @@ FAUST_MAX_BATCH = 20_000
 
 def faust_batch_size(settings: Settings) -> int:
     """The records the Faust engine takes per batch: batch_size, at most FAUST_MAX_BATCH."""
-    return min(settings.batch_size, FAUST_MAX_BATCH)
+    return min(settings.processor.batch_size, FAUST_MAX_BATCH)
 
 
 def faust_credentials(settings: Settings) -> Any:
     """The TLS/SASL settings as Faust (aiokafka) credentials; None for PLAINTEXT."""
     faust = _faust_module()
-    opts = settings.kafka_security_options()
+    opts = settings.kafka.security_options()
     protocol = opts["security.protocol"]
     if protocol == "PLAINTEXT":
         return None

@@ -30,7 +30,7 @@ _CONSUMER_ONLY = (
 
 def _client_options(settings: Settings, consumer: bool) -> dict[str, Any]:
     # the security settings come last: kafka_options can tune a client, never weaken its transport
-    opts = {**settings.kafka_options, **settings.kafka_security_options()}
+    opts = {**settings.kafka.options, **settings.kafka.security_options()}
     if not consumer:
         opts = {k: v for k, v in opts.items() if not k.startswith(_CONSUMER_ONLY)}
     return opts
@@ -38,8 +38,8 @@ def _client_options(settings: Settings, consumer: bool) -> dict[str, Any]:
 
 def consumer_config(settings: Settings) -> dict[str, Any]:
     return {
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
-        "group.id": settings.consumer_group,
+        "bootstrap.servers": settings.kafka.bootstrap_servers,
+        "group.id": settings.kafka.consumer_group,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "enable.partition.eof": True,
@@ -52,7 +52,7 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
 
 def producer_config(settings: Settings) -> dict[str, Any]:
     return {
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "bootstrap.servers": settings.kafka.bootstrap_servers,
         "linger.ms": 5,
         "acks": "all",
         **_client_options(settings, consumer=False),
@@ -60,7 +60,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
 
 
 def admin_config(settings: Settings) -> dict[str, Any]:
-    return {"bootstrap.servers": settings.kafka_bootstrap_servers, **_client_options(settings, consumer=False)}
+    return {"bootstrap.servers": settings.kafka.bootstrap_servers, **_client_options(settings, consumer=False)}
 
 
 def ensure_topics(settings: Settings, topics: Iterable[str], partitions: int = 1) -> list[str]:

@@ -67,7 +67,7 @@ def run_following(
     applied (or restored), checkpoint, then go on with the new plan from the committed offsets
     (a view version it adds starts from there; `backfill --view` fills its past). A plan
     whose code fails to load is reported through `on_switch(plan, error)` and the old one runs on."""
-    watch = PlanWatch(FileRegistry(settings.registry_root))
+    watch = PlanWatch(FileRegistry(settings.paths.registry))
     watch.plan()
     rejected: set[str] = set()
     previous: Plan | None = None
@@ -82,7 +82,7 @@ def run_following(
             if on_switch:
                 on_switch(plan, str(exc))
             plan, previous = previous, None
-            forget_repo_modules(settings.repo_root)
+            forget_repo_modules(settings.paths.repo)
             continue
         processor.ignored_plans = rejected
         stats = processor.run(until_caught_up=until_caught_up, on_batch=on_batch, follow=watch)
@@ -92,7 +92,7 @@ def run_following(
         log.info("registry version %s applied: processing it from the committed offsets", watch.version)
         if on_switch:
             on_switch(new, None)
-        forget_repo_modules(settings.repo_root)  # the new plan's code, not the old one's
+        forget_repo_modules(settings.paths.repo)  # the new plan's code, not the old one's
         plan, previous = new, plan
 
 
@@ -118,7 +118,7 @@ class StreamProcessor:
         self._eof: dict[tuple[str, int], int] = {}
         self._consumer: Consumer | None = None
         self._checkpoints: Checkpointer[dict[tuple[str, int], int]] = self.applier.checkpointer(
-            self._commit, settings.checkpoint_interval_s)
+            self._commit, settings.processor.checkpoint_interval_s)
 
     @property
     def stats(self) -> ProcessorStats:
@@ -214,7 +214,7 @@ class StreamProcessor:
             tmeta = meta.topics.get(topic)
             if tmeta is None or tmeta.error is not None:
                 raise StoreUnavailable(
-                    f"topic '{topic}' does not exist on {self.settings.kafka_bootstrap_servers}; create it or produce to it first"
+                    f"topic '{topic}' does not exist on {self.settings.kafka.bootstrap_servers}; create it or produce to it first"
                 )
             for p in tmeta.partitions:
                 _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)
@@ -246,11 +246,11 @@ class StreamProcessor:
         """What the consumer holds now, up to batch_size; when it holds nothing, wait up to
         batch_timeout_s for the first record. Under load the batches are large (records queue
         while the previous batch is applied); when idle a record waits for nothing."""
-        size = self.settings.batch_size
+        size = self.settings.processor.batch_size
         msgs = consumer.consume(size, 0)
         if msgs:
             return msgs
-        first = consumer.poll(self.settings.batch_timeout_s)
+        first = consumer.poll(self.settings.processor.batch_timeout_s)
         if first is None:
             return []
         return [first, *consumer.consume(size - 1, 0)] if size > 1 else [first]
@@ -361,9 +361,9 @@ class StreamProcessor:
     def _repair(self, mark: Mark, since: int, upto: int) -> None:
         view, topic, partition = mark
         started = time.monotonic()
-        entities, rows = repair_partition(self.applier.redis, self.settings.project, self.settings.offline_root,
+        entities, rows = repair_partition(self.applier.redis, self.settings.project, self.settings.paths.offline,
                                           self.plan.view(view), topic, partition, since, upto,
-                                          int(self.settings.max_future_skew_s * 1000))
+                                          self.settings.processor.max_future_skew_ms)
         self.online.forget(topic, partition)  # what is cached may rest on what Redis lost
         count_repair(self.online.redis, self.settings.project, view)
         metrics.ONLINE_REPAIRS.labels(view).inc()

@@ -19,10 +19,10 @@ def land_served(settings: Settings, until_caught_up: bool = True, stop: Callable
 
     from featurestore.runtime.kafka import consumer_config, ensure_topics
 
-    topic = settings.served_log_topic
+    topic = settings.server.served_log_topic
     ensure_topics(settings, [topic])
-    landed = landed_offsets(settings.offline_root)
-    conf = {**consumer_config(settings), "group.id": f"{settings.consumer_group}.served-log", "enable.partition.eof": True}
+    landed = landed_offsets(settings.paths.offline)
+    conf = {**consumer_config(settings), "group.id": f"{settings.kafka.consumer_group}.served-log", "enable.partition.eof": True}
     consumer = Consumer(conf, logger=log)
     stats = LandStats()
     try:
@@ -45,7 +45,7 @@ def land_served(settings: Settings, until_caught_up: bool = True, stop: Callable
                     continue
                 batch.setdefault(p, []).append((offset, m.value() or b""))
             for p, items in batch.items():
-                stats.files += write_served(settings.offline_root, p, items, stats)
+                stats.files += write_served(settings.paths.offline, p, items, stats)
                 landed[p] = items[-1][0]
             if batch:
                 consumer.commit(asynchronous=False)

@@ -78,10 +78,10 @@ class FeatureServer:
 
     def __init__(self, settings: Settings, auth: bool = True) -> None:
         self.settings = settings
-        self.registry = FileRegistry(settings.registry_root)
-        self.tokens = TokenStore(settings.tokens_file) if auth else None
-        self.audit = AuditLog(settings.audit_log_file)
-        self.redis = settings.async_redis_client()
+        self.registry = FileRegistry(settings.paths.registry)
+        self.tokens = TokenStore(settings.paths.tokens) if auth else None
+        self.audit = AuditLog(settings.paths.audit_log)
+        self.redis = settings.redis.async_client()
         self.online_redis = AsyncOnlineRedis(self.redis)
         self._watch = PlanWatch(self.registry, _PLAN_CHECK_S)
         self.guards = GuardWatch()
@@ -109,7 +109,7 @@ class FeatureServer:
         """Computes the plan's request-time features (None when it has none; imported once per plan)."""
         plan = self.plan
         if self._runner is None and plan.request_views:
-            self._runner = RequestFeatureRunner(plan, self.settings.repo_root, self.settings.request_feature_budget_ms)
+            self._runner = RequestFeatureRunner(plan, self.settings.paths.repo, self.settings.server.request_feature_budget_ms)
         return self._runner
 
     def views_read_by(self, view: RequestViewPlan) -> set[str]:
@@ -221,7 +221,7 @@ class FeatureServer:
 
     def refusal(self, audit: Audit | None, exc: BaseException) -> tuple[int, bytes] | None:
         """The error answer for an expected failure, its reason noted for the audit; None for a bug."""
-        answer = answer_of(exc, self.settings.redis_display)
+        answer = answer_of(exc, self.settings.redis.display)
         if answer is None:
             return None
         status, code, message = answer
@@ -254,7 +254,7 @@ class FeatureServer:
     async def online(self, audit: Audit, body: OnlineRequest) -> bytes:
         """Answer an authenticated online request (authorize, read, encode)."""
         self.authorize(audit, "read_online", self.requested_views(body.features, body.service))
-        n = _check_rows(body.entities, self.settings.max_online_entities, "entities", "max_online_entities")
+        n = _check_rows(body.entities, self.settings.server.max_online_entities, "entities", "max_online_entities")
         audit.entities = n
         query = build_online_query(self.plan, body.features, _rows(body.entities), body.service, body.full_feature_names,
                                    body.request_data, lambda: self.runner)
@@ -394,9 +394,9 @@ def create_app(server: FeatureServer, trusted_hosts: Sequence[str] = ("*",)) -> 
         from featurestore.client import FeatureStore
 
         server.authorize(audit, "read_offline", server.requested_views(body.features, body.service))
-        audit.entities = _check_rows(body.entities, server.settings.max_historical_rows, "entity rows", "max_historical_rows")
+        audit.entities = _check_rows(body.entities, server.settings.server.max_historical_rows, "entity rows", "max_historical_rows")
         table = _entity_table(body)
-        store = FeatureStore(server.settings.repo_root, settings=server.settings)
+        store = FeatureStore(server.settings.paths.repo, settings=server.settings)
         result = await run_in_threadpool(
             store.get_historical_features, table, body.features, body.timestamp_column, body.full_feature_names, body.mode,
             body.service,
@@ -534,15 +534,21 @@ class ServeOptions(BaseModel):
             )
 
 
-#: The environment variable through which `serve` hands its options to worker processes.
+def build_app(options: ServeOptions) -> Edge:
+    """The feature server's ASGI app for a repository, configured by `options` (checked again here)."""
+    options.check()
+    server = FeatureServer(load_settings(options.repo), auth=options.auth)
+    return create_app(server, options.trusted_hosts or default_trusted_hosts(options.host))
+
+
+#: How `serve --workers N` (N > 1) hands its options to uvicorn's worker processes, which can
+#: only import the app by name: the one place the app's configuration crosses the environment.
 SERVE_OPTIONS_ENV = "FEATURESTORE_SERVE_OPTIONS"
 
 
 def app_from_environment() -> Edge:
-    """App factory for `uvicorn --factory` (what `featurestore serve` runs, with any number of
-    workers): options from `serve`, checked again here."""
+    """App factory for `uvicorn --factory` in worker processes: `build_app` with the options
+    `serve` serialised into FEATURESTORE_SERVE_OPTIONS (or the repository FEATURESTORE_REPO names)."""
     raw = os.environ.get(SERVE_OPTIONS_ENV)
     options = ServeOptions.model_validate_json(raw) if raw else ServeOptions(repo=Path(os.environ.get("FEATURESTORE_REPO", ".")))
-    options.check()
-    server = FeatureServer(load_settings(options.repo), auth=options.auth)
-    return create_app(server, options.trusted_hosts or default_trusted_hosts(options.host))
+    return build_app(options)

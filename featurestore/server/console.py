@@ -286,7 +286,7 @@ def add_console(app: FastAPI, server: FeatureServer, guard: Any) -> None:
             d = feature_drift(feature, reference, current)
             psi = "-" if d.psi is None else f"{d.psi:.3f}"
             ks = "-" if d.ks is None else f"{d.ks:.3f}"
-            name = server.settings.console_reference.name if server.settings.console_reference else ""
+            name = server.settings.paths.console_reference.name if server.settings.paths.console_reference else ""
             drift = (f"<p>Against the reference <code>{_e(name)}</code>: PSI "
                      f"<strong class=\"{'bad' if d.psi and d.psi > 0.25 else 'ok'}\">{psi}</strong>, KS {ks}, null rate "
                      f"{d.null_rate_reference:.1%} → {d.null_rate_current:.1%}.</p>")
@@ -326,16 +326,16 @@ def _sample_keys(server: FeatureServer, view: ViewPlan) -> list[tuple[Any, ...]]
     from featurestore.offline.history import has_history
     from featurestore.offline.sql import identifier, read_history
 
-    if not has_history(server.settings.offline_root, view.name):
+    if not has_history(server.settings.paths.offline, view.name):
         return []
     cols = ", ".join(identifier(k.name) for k in view.join_keys)
-    rows = duckdb.connect().execute(f"SELECT DISTINCT {cols} FROM {read_history(server.settings.offline_root, view.name)}").fetchall()
+    rows = duckdb.connect().execute(f"SELECT DISTINCT {cols} FROM {read_history(server.settings.paths.offline, view.name)}").fetchall()
     return [tuple(r) for r in random.Random(0).sample(rows, min(SAMPLE, len(rows)))]
 
 
 def _reference_column(server: FeatureServer, feature: str) -> list[Any] | None:
     """The feature's column of the configured reference training set, if it has one."""
-    path = server.settings.console_reference
+    path = server.settings.paths.console_reference
     if path is None or not path.is_file():
         return None
     import pyarrow.parquet as pq
@@ -358,10 +358,10 @@ def _consistency(server: FeatureServer, view: ViewPlan) -> list[dict[str, Any]]:
     from featurestore.client.consistency import check_consistency
     from featurestore.online.reader import OnlineReader
 
-    client = server.settings.redis_client()
+    client = server.settings.redis.client()
     try:
         plan = server.plan.model_copy(update={"views": [view]})
-        report = check_consistency(OnlineReader(client, server.settings.project, plan), server.settings.offline_root, plan,
+        report = check_consistency(OnlineReader(client, server.settings.project, plan), server.settings.paths.offline, plan,
                                    int(time.time() * 1000), 50)
         return report.rows()
     finally:

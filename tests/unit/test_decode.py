@@ -58,3 +58,29 @@ def test_every_bad_record_is_dead_lettered_with_a_reason() -> None:
     assert "amount" in next(d.detail for d in dead if d.offset == 3)
     assert "user_id" in next(d.detail for d in dead if d.offset == 4)
     assert all(len(r) == 1 and r.offset == [9] for r in rows), "the valid record is kept"
+
+
+def test_a_decoder_sets_up_its_own_imports_in_a_fresh_process(tmp_path: Path) -> None:
+    """No hidden call order: a plan read from JSON decodes in a process that never compiled
+    the repository nor put it on sys.path (the runtime imports the repo's code itself)."""
+    import subprocess
+    import sys
+
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(compile_repo(ROOT / "feature_defs").model_dump_json())
+    script = (
+        "import sys, orjson\n"
+        "from pathlib import Path\n"
+        "from featurestore.plan import Plan\n"
+        "from featurestore.runtime.decode import Decoder, RawRecord\n"
+        f"repo = Path({str(ROOT / 'feature_defs')!r})\n"
+        "assert not any(Path(p or '.').resolve() == repo for p in sys.path)\n"
+        f"plan = Plan.model_validate_json(Path({str(plan_file)!r}).read_text())\n"
+        "decoder = Decoder(plan, plan.source('payments'), repo, max_future_skew_ms=300_000)\n"
+        f"rows, dead = decoder.decode([RawRecord(0, 1, None, {_event()!r})], {NOW})\n"
+        "assert dead == [] and {r.view: r.values['amount_eur'] for r in rows if 'amount_eur' in r.values} \\\n"
+        "    == {'user_payments': [round(1200.0 * 0.92, 2)]}, (rows, dead)\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
