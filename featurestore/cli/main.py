@@ -292,7 +292,7 @@ def _parse_instant(value: str | None, option: str) -> int | None:
     import datetime as dt
 
     from featurestore.errors import FeatureRequestError
-    from featurestore.runtime.decode import to_epoch_ms
+    from featurestore.plan.windows import to_epoch_ms
 
     if value is None:
         return None

@@ -27,8 +27,8 @@ from featurestore.offline.history import history_snapshot
 from featurestore.offline.point_in_time import MODES, point_in_time_features
 from featurestore.online.reader import OnlineReader
 from featurestore.plan import Plan, ViewPlan
+from featurestore.plan.windows import to_epoch_ms
 from featurestore.registry import FileRegistry, PlanWatch
-from featurestore.runtime.decode import to_epoch_ms
 
 if TYPE_CHECKING:
     import pandas as pd

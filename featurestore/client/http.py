@@ -11,7 +11,7 @@ import urllib3
 
 from featurestore.client.responses import OnlineResponse
 from featurestore.errors import StoreUnavailable, error_of_status
-from featurestore.runtime.decode import to_epoch_ms
+from featurestore.plan.windows import to_epoch_ms
 
 ONLINE_PATH = "/v1/features/online"
 

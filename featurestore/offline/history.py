@@ -37,6 +37,7 @@ from featurestore.errors import RegistryError
 from featurestore.faults import fault_point
 from featurestore.plan import Plan, ViewPlan
 from featurestore.plan.names import NAME_RULE, is_view_id
+from featurestore.plan.windows import to_epoch_ms
 from featurestore.records import ViewRows
 
 ARROW_TYPES: dict[str, pa.DataType] = {
@@ -47,7 +48,6 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "datetime": pa.timestamp("us", tz="UTC"),
 }
 _DAY_MS = 86_400_000
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _STAGED = re.compile(r"^\.part-(?P<topic>.+)-p(?P<partition>-?\d+)-\d{12}-\d{12}-\w+\.parquet\.staged$")
 COMMITS_DIR = "_commits"
 
@@ -141,11 +141,7 @@ def _bound_from_statistics(path: Path, bound: str) -> int | None:
             found: int | None = (pc.max if bound == "max" else pc.min)(t["event_timestamp"].cast(pa.int64())).as_py()
             return found
         value = stats.max if bound == "max" else stats.min
-        if isinstance(value, dt.datetime):
-            value = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-            ms = (value - _EPOCH) // dt.timedelta(milliseconds=1)
-        else:
-            ms = int(value)
+        ms = to_epoch_ms(value) if isinstance(value, dt.datetime) else int(value)
         best = ms if best is None else pick(best, ms)
     return best
 

@@ -10,6 +10,9 @@ out; when t falls on a tile boundary the window is exactly (t - W, t]).
 
 from __future__ import annotations
 
+import datetime as dt
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 SECOND_MS = 1000
 #: Tile sizes a window may use, smallest first.
 NICE_TILE_MS: tuple[int, ...] = tuple(
@@ -52,3 +55,9 @@ def window_tiles(t_ms: int, window_ms: int, tile_ms: int) -> range:
     last = tile_index(t_ms, tile_ms)
     return range(last - window_ms // tile_ms + 1, last + 1)
 
+
+def to_epoch_ms(value: dt.datetime) -> int:
+    """An instant in integer ms since the epoch (floor), naive datetimes taken as UTC."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return (value - EPOCH) // dt.timedelta(milliseconds=1)

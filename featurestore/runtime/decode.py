@@ -24,10 +24,10 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from featurestore.plan import Plan, SourcePlan, ViewPlan
+from featurestore.plan.windows import EPOCH, to_epoch_ms
 from featurestore.records import ViewRows
 from featurestore.runtime.imports import import_object
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _MS = dt.timedelta(milliseconds=1)
 
 
@@ -56,17 +56,10 @@ class RawRecord(NamedTuple):
     value: bytes | None
 
 
-def to_epoch_ms(value: dt.datetime) -> int:
-    """Event time in integer ms (floor), naive datetimes taken as UTC."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
-    return (value - _EPOCH) // _MS
-
-
 def _epoch_ms(values: list[dt.datetime]) -> list[int]:
     """`to_epoch_ms` of each value (one expression per value while all are aware)."""
     try:
-        return [(v - _EPOCH) // _MS for v in values]
+        return [(v - EPOCH) // _MS for v in values]
     except TypeError:  # a naive datetime among them
         return [to_epoch_ms(v) for v in values]
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-import os
 import signal as signals
 import time
 from collections.abc import Callable
@@ -74,6 +73,9 @@ class FaustEngine:
         self._finished = False
         self._checkpointing: asyncio.Future[None] | None = None
         self.failure: BaseException | None = None
+        self.stop_worker: Callable[[], None] = self._stop_app
+        """Ends the worker gracefully (its shutdown checkpoints): `run_faust` sets it to the
+        worker's own stop; an app run by other means is stopped."""
         self.app: faust.App | None = None
 
     @property
@@ -105,7 +107,7 @@ class FaustEngine:
             except Exception as exc:
                 self.failure = exc
                 log.exception("batch of %s failed; stopping the worker (nothing past it is acknowledged)", topic)
-                os.kill(os.getpid(), signals.SIGTERM)
+                self.stop_worker()
                 raise
 
         process.__name__ = process.__qualname__ = f"featurestore_{topic.replace('-', '_').replace('.', '_')}"
@@ -162,7 +164,11 @@ class FaustEngine:
             await self.app.consumer.commit()
             # the end of the work: the last batch plus the final checkpoint, not the idle wait that detects it
             self.stats.caught_up_at = self._last_batch_at + (time.monotonic() - started)
-            os.kill(os.getpid(), signals.SIGTERM)  # the worker's own graceful stop, as on Ctrl-C
+            self.stop_worker()
+
+    def _stop_app(self) -> None:
+        assert self.app is not None, "mount() first"
+        asyncio.ensure_future(self.app.stop())
 
     async def _background_checkpoint(self) -> None:
         try:
@@ -260,6 +266,8 @@ def run_faust(plan: Plan, settings: Settings, until_caught_up: bool = False,
     engine = FaustEngine(plan, settings, until_caught_up, on_batch)
     engine.mount(app)
     worker = faust.Worker(app, loglevel="WARNING", quiet=True, override_logging=False)
+    # the graceful stop the worker makes on SIGTERM (mode names it private), without a signal to the process
+    engine.stop_worker = lambda: worker._schedule_shutdown(signals.SIGTERM)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
