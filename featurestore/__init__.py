@@ -26,7 +26,6 @@ from featurestore.definitions import (
 from featurestore.errors import (
     AuthError,
     ConfigError,
-    DefinitionError,
     FeatureRequestError,
     FeatureStoreError,
     OnlineLayoutError,
@@ -47,7 +46,6 @@ __all__ = [
     "Aggregation",
     "AuthError",
     "ConfigError",
-    "DefinitionError",
     "Entity",
     "FeatureRequestError",
     "FeatureStore",

@@ -3,7 +3,6 @@
 Every error the library raises on purpose derives from one root::
 
     FeatureStoreError
-    ├── DefinitionError          a definition object was built with bad arguments
     ├── ValidationFailed         compiling a repo found problems (all of them, in .problems)
     ├── RegistryError            nothing applied yet, unknown version, corrupt registry
     ├── ConfigError              invalid settings (file, environment or arguments)
@@ -13,7 +12,8 @@ Every error the library raises on purpose derives from one root::
     ├── OnlineLayoutError        Redis holds online state of another storage layout (rebuild it)
     └── AuthError                the feature server refused the token (401) or the permission (403)
 
-Errors carry their context on attributes so callers and the CLI can print one clear
+Definitions themselves never raise: `compile` reports every problem of a repository at once
+(`ValidationFailed`). Errors carry their context on attributes so callers and the CLI can print one clear
 line without a traceback. Each class says which HTTP status the feature server answers it
 with (`http_status`), and `error_of_status` turns a status back into the class: the one
 mapping the server and the SDK's HTTP client share.
@@ -31,10 +31,6 @@ class FeatureStoreError(Exception):
 
     http_status = 503
     """The feature server's answer to it (a failure of something it depends on, by default)."""
-
-
-class DefinitionError(FeatureStoreError, ValueError):
-    """A definition (Entity, KafkaSource, FeatureView, feature) got invalid arguments."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +79,13 @@ class ServiceError(FeatureStoreError):
 class StoreUnavailable(FeatureStoreError):
     """Kafka, Redis or the offline store could not be reached."""
 
+    def __init__(self, message: str, *, service: str | None = None, address: str | None = None) -> None:
+        super().__init__(message)
+        self.service = service
+        """"Kafka" or "Redis" when the error is that one of them does not answer."""
+        self.address = address
+        """Where it was looked for (credentials hidden)."""
+
 
 _SETTING_OF = {"Kafka": "FEATURESTORE_KAFKA_BOOTSTRAP_SERVERS", "Redis": "FEATURESTORE_REDIS_URL"}
 
@@ -91,7 +94,8 @@ def unreachable(service: str, address: str, reason: object) -> StoreUnavailable:
     """The error for Kafka or Redis not answering at `address`: where, why, and what changes it."""
     return StoreUnavailable(
         f"{service} at {address} is unreachable: {str(reason).rstrip('.')}. Set {_SETTING_OF[service]} (or featurestore.yaml) to "
-        f"where it runs, or start local services with `eval \"$(featurestore dev --detach)\"`"
+        f"where it runs, or start local services with `eval \"$(featurestore dev --detach)\"`",
+        service=service, address=address,
     )
 
 

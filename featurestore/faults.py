@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import signal
 
+from featurestore.errors import ConfigError
+
 POINTS = ("after_online_write", "after_history_staged", "after_history_commit", "before_offset_commit")
 
 
@@ -20,7 +22,7 @@ def _parse(spec: str) -> tuple[str, int] | None:
         return None
     point, _, count = spec.partition(":")
     if point not in POINTS or not count.isdigit():
-        raise ValueError(f"FEATURESTORE_FAULT={spec!r}: expected <point>:<n> with point one of {', '.join(POINTS)}")
+        raise ConfigError(f"FEATURESTORE_FAULT={spec!r}: expected <point>:<n> with point one of {', '.join(POINTS)}")
     return point, int(count)
 
 

@@ -27,6 +27,7 @@ import duckdb
 import pyarrow as pa
 
 from featurestore.aggregations import FUNCTIONS
+from featurestore.errors import FeatureRequestError
 from featurestore.offline.history import ARROW_TYPES, has_history
 from featurestore.offline.sql import identifier as _q
 from featurestore.offline.sql import read_history
@@ -217,7 +218,7 @@ def point_in_time_features(
     Returns a table with one column per feature, rows in the input order.
     """
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise FeatureRequestError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     types = {f.name: f.dtype for f in view.row_features} | {a.name: a.dtype for a in view.aggregations}
     if not has_history(offline_root, view.name):
         return pa.table({n: pa.nulls(len(keys), result_type(view, n, types[n])) for n in features})

@@ -25,6 +25,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from featurestore.errors import FeatureRequestError
 from featurestore.offline.sql import literal
 from featurestore.plan.names import is_name
 
@@ -113,6 +114,6 @@ def write_served(offline_root: Path, partition: int, items: list[tuple[int, byte
 def read_served(offline_root: Path, service: str) -> str:
     """DuckDB's table function over a service's landed rows."""
     if not is_name(service):
-        raise ValueError(f"invalid service name {service!r}")
+        raise FeatureRequestError(f"invalid service name {service!r}")
     glob = served_root(offline_root) / f"service={service}" / "**" / "*.parquet"
     return f"read_parquet({literal(str(glob))}, hive_partitioning = true, union_by_name = true)"

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from featurestore.errors import ConfigError
+from featurestore.errors import ConfigError, FeatureRequestError
 from featurestore.offline.history import has_history, view_dir
 from featurestore.offline.point_in_time import MODES, result_type, select_features, windowed_by_join
 from featurestore.offline.sql import identifier as _q
@@ -100,7 +100,7 @@ def spark_point_in_time_features(
     """Feature values of `view` for each row of `keys` at times `t_ms` (int64 ms), computed by
     Spark; the same values as `point_in_time_features` (DuckDB). Rows in the input order."""
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise FeatureRequestError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     types = {f.name: f.dtype for f in view.row_features} | {a.name: a.dtype for a in view.aggregations}
     if not has_history(offline_root, view.name) or len(keys) == 0:
         return pa.table({n: pa.nulls(len(keys), result_type(view, n, types[n])) for n in features})

@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 
+from featurestore.errors import OnlineLayoutError
 from featurestore.online.layout import TileSet
 from featurestore.online.packed import row_width
 
@@ -101,6 +102,10 @@ class StateCodec:
         return 4 * (len(self.widths) + len(self.tables))
 
 
+_DAMAGED = ("an online state in Redis is not one of layout 5 (damaged, or written by something else): rewrite the "
+            "online store from the history with `featurestore rebuild-online`")
+
+
 def empty_state(codec: StateCodec) -> PartState:
     return PartState(packed=[b""] * len(codec.widths), overflow=[[] for _ in codec.widths],
                      items=[[(b"", []) for _ in stats] for stats in codec.stats])
@@ -133,7 +138,7 @@ def _parts(blob: bytes, codec: StateCodec) -> tuple[tuple[int, int, int], bytes,
     count of each item table."""
     magic, row_size, overflow_size, items_size, applied, ts, offset = FIXED.unpack_from(blob)
     if magic != MAGIC:
-        raise ValueError("not an online state of layout 5")
+        raise OnlineLayoutError(_DAMAGED)
     n_sets = len(codec.widths)
     counts = struct.unpack_from(f"<{n_sets + len(codec.tables)}I", blob, FIXED.size)
     at = FIXED.size + codec.counts_size
@@ -184,7 +189,7 @@ class StateBlock:
         u32 = np.frombuffer(self.buf, "<u4")
         at4 = start // 4
         if (u32[at4] != _MAGIC_WORD).any():
-            raise ValueError("not an online state of layout 5")
+            raise OnlineLayoutError(_DAMAGED)
         fixed = [u32[at4 + i].astype(np.int64) for i in (1, 2, 3)]
         self.row_size, self.overflow_size, self.items_size = fixed
         at8 = start // 8

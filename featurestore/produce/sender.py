@@ -13,7 +13,7 @@ import orjson
 from confluent_kafka import Producer
 
 from featurestore.config import Settings
-from featurestore.errors import FeatureRequestError, one_of
+from featurestore.errors import FeatureRequestError, StoreUnavailable, one_of
 from featurestore.plan import Plan, SourcePlan
 from featurestore.runtime.decode import Decoder, RawRecord
 
@@ -144,7 +144,7 @@ def produce_records(
     if on_progress:
         on_progress(sent % _PROGRESS_EVERY)
     if left or errors:
-        raise RuntimeError(f"{left} records not delivered; errors: {errors[:3]}")
+        raise StoreUnavailable(f"{left} records not delivered; errors: {errors[:3]}")
     return sent
 
 

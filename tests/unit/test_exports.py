@@ -40,3 +40,26 @@ def test_one_mapping_between_errors_and_http_statuses() -> None:
         err = error_of_status(status, "m")
         assert type(err) is cls and err.http_status == status
     assert featurestore.ValidationFailed([]).http_status == 422 and featurestore.RegistryError().http_status == 503
+
+
+def test_unreachable_services_carry_where_they_were_looked_for() -> None:
+    from featurestore.errors import StoreUnavailable, unreachable
+
+    err = unreachable("Redis", "redis://:***@db:6379/0", "Connection refused.")
+    assert isinstance(err, StoreUnavailable) and (err.service, err.address) == ("Redis", "redis://:***@db:6379/0")
+    assert "FEATURESTORE_REDIS_URL" in str(err) and "Connection refused" in str(err)
+
+
+def test_a_damaged_online_state_names_the_fix() -> None:
+    import pytest
+
+    from featurestore.compile import compile_repo
+    from featurestore.online.layout import tile_sets
+    from featurestore.online.state import StateBlock, StateCodec
+    from tests.unit.test_decode import ROOT
+
+    plan = compile_repo(ROOT / "feature_defs")
+    view = plan.views[0]
+    codec = StateCodec.of(tile_sets(view))
+    with pytest.raises(featurestore.OnlineLayoutError, match="rebuild-online"):
+        StateBlock([b"\x00" * 64], codec)
