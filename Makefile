@@ -11,7 +11,7 @@ test: venv
 	.venv/bin/python -m pytest
 
 typecheck: venv
-	.venv/bin/python -m mypy featurestore benchmarks
+	.venv/bin/python -m mypy featurestore benchmarks tests
 
 bench: venv
 	.venv/bin/python -m benchmarks --quick

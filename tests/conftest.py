@@ -105,11 +105,12 @@ def read_dead_letters(bootstrap_servers: str, topic: str, expected: int) -> list
         while True:
             msg = consumer.poll(30)
             assert msg is not None, f"only {len(got)} of {expected} dead letters arrived"
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF and len(got) >= expected:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF and len(got) >= expected:
                     break
                 continue
-            got.append((read_headers(msg.headers()), msg.value()))
+            got.append((read_headers(msg.headers()), msg.value() or b""))
     finally:
         consumer.close()
     return got

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -73,7 +74,7 @@ def test_cli_run_until_caught_up_then_read(example_repo: Path, services, overrid
     assert f"{valid:,} events applied" in res.stdout
     assert any(line.startswith("Done:") for line in res.stdout.splitlines()), "piped: the summary has a line of its own"
 
-    user = records[-1].event["user_id"] if records[-1].event else records[-2].event["user_id"]
+    user = next(r.event["user_id"] for r in reversed(records) if r.event)
     expected_count = sum(1 for r in records if r.event and r.event["user_id"] == user)
     out = cli("online", "-f", "user_payments:amount_count_1d", "-e", f"user_id={user}", "--repo", str(example_repo), env=env)
     assert out.returncode == 0, out.stderr
@@ -158,6 +159,7 @@ def test_ctrl_c_stops_cleanly_with_everything_flushed(example_repo: Path, servic
     client = redis.Redis.from_url(services.redis_url)
     newest: dict[int, int] = {}
     for r in records:
+        assert r.event is not None
         ts = int(dt.datetime.fromisoformat(r.event["ts"]).timestamp() * 1000)
         newest[r.event["user_id"]] = max(ts, newest.get(r.event["user_id"], 0))
     reader = OnlineReader(client, str(overrides["project"]), plan)
@@ -278,12 +280,12 @@ def test_produce_checks_a_file_first_then_sends_it_keyed_by_entity(example_repo:
     consumer = Consumer({"bootstrap.servers": services.bootstrap_servers, "group.id": f"check-{uuid.uuid4().hex[:6]}",
                          "auto.offset.reset": "earliest"})
     consumer.subscribe([topic])
-    got: list[tuple[bytes, dict]] = []
+    got: list[tuple[bytes | None, dict[str, Any]]] = []
     deadline = dt.datetime.now() + dt.timedelta(seconds=30)
     while len(got) < 3 and dt.datetime.now() < deadline:
         msg = consumer.poll(0.5)
         if msg is not None and not msg.error():
-            got.append((msg.key(), json.loads(msg.value())))
+            got.append((msg.key(), json.loads(msg.value() or b"null")))
     consumer.close()
     by_id = {v["payment_id"]: (k, v) for k, v in got}
     assert sorted(by_id) == ["p1", "p3"] and len(got) == 3, "p1 twice (7 and 8), p3 once; p2 never"

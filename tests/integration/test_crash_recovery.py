@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 
 N_EVENTS = 100_000
 PARTITIONS = 3
-def check_exactly_once(client: redis.Redis, settings, records: list[DemoEvent], plan, view: str):  # type: ignore[no-untyped-def]
+def check_exactly_once(client: redis.Redis, settings, records: list[DemoEvent], plan, view: str):
     """Each user's events counted once and in order, and each record once in the history
     (the entity's states decoded: the count and exact sum of its `seq` tiles, its newest row)."""
     from featurestore.online.layout import tile_sets
@@ -40,6 +40,7 @@ def check_exactly_once(client: redis.Redis, settings, records: list[DemoEvent], 
 
     expected: dict[int, int] = {}
     for r in records:
+        assert r.event is not None
         expected[r.event["user_id"]] = r.event["seq"]
     state = online_state(client, settings.project)
     assert len(state) == len(expected)
@@ -49,9 +50,9 @@ def check_exactly_once(client: redis.Redis, settings, records: list[DemoEvent], 
     for user, n in expected.items():
         parts = [decode_state(v, StateCodec.of(sets)) for f, v in state[f"{view}:{user}".encode()].items() if f.startswith(b"s")]
         assert len(parts) == 1, "a user's events come from one partition"
-        rows = decode_rows(parts[0].packed[k], sets[k].packed)
-        counts = int(rows[:, cols["c"]].sum())
-        sums = math.fsum(rows[:, cols["s"] : cols["s"] + 2].ravel().tolist())
+        tiles = decode_rows(parts[0].packed[k], sets[k].packed)
+        counts = int(tiles[:, cols["c"]].sum())
+        sums = math.fsum(tiles[:, cols["s"] : cols["s"] + 2].ravel().tolist())
         assert counts == n and sums == n * (n + 1) / 2, f"user {user}: count {counts}, sum {sums}, expected n={n}"
         assert parts[0].row == [n]
     rows = history_rows(Path(settings.offline_root), view)

@@ -34,7 +34,7 @@ from tests.unit.test_cli import cli
 pytestmark = pytest.mark.integration
 
 USERS = 300
-CLEAN = {"late_fraction": 0.0, "malformed_fraction": 0.0, "users": USERS}
+CLEAN: dict[str, Any] = {"late_fraction": 0.0, "malformed_fraction": 0.0, "users": USERS}
 """Payments without late or malformed ones, of USERS users."""
 OUTAGE_S = 30
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 import redis
 from confluent_kafka import Consumer, TopicPartition
@@ -189,10 +190,9 @@ def test_redis_restarted_empty_then_rebuild_online(example_repo: Path, overrides
         restarted.stop()
 
 
-def test_disk_full_during_a_history_flush_is_retried(example_repo: Path, overrides: dict, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_disk_full_during_a_history_flush_is_retried(example_repo: Path, overrides: dict, monkeypatch) -> None:
     import errno
 
-    from featurestore.offline import history as history_module
 
     settings = load_settings(example_repo, **dict(overrides, max_retry_backoff_s=0.2))
     plan = compile_repo(example_repo)
@@ -202,7 +202,7 @@ def test_disk_full_during_a_history_flush_is_retried(example_repo: Path, overrid
     records = payment_events(1200, end=dt.datetime.now(dt.timezone.utc), malformed_fraction=0.0, seed=12)
     produce_records(producer_config(settings), topic, records)
 
-    real_write = history_module.pq.write_table
+    real_write = pq.write_table
     failures = {"left": 3}
 
     def full_disk(table: Any, where: Any, **kwargs: Any) -> None:
@@ -212,7 +212,7 @@ def test_disk_full_during_a_history_flush_is_retried(example_repo: Path, overrid
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(table, where, **kwargs)
 
-    monkeypatch.setattr(history_module.pq, "write_table", full_disk)
+    monkeypatch.setattr(pq, "write_table", full_disk)
     processor = StreamProcessor(plan, settings)
     stats = processor.run(until_caught_up=True)
     assert stats.retries >= 3 and "No space left" in stats.last_error

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HOUR, DAY = 3_600_000, 86_400_000
 
 
-def _rows(view, events: list[tuple[int, int, dict[str, Any]]], first_offset: int = 0) -> ViewRows:  # type: ignore[no-untyped-def]
+def _rows(view, events: list[tuple[Any, int, dict[str, Any]]], first_offset: int = 0) -> ViewRows:
     rows = ViewRows(view=view.name, topic="t")
     cols = [n for n, _ in view.history_columns]
     rows.values = {c: [] for c in cols}
@@ -39,7 +39,7 @@ def _rows(view, events: list[tuple[int, int, dict[str, Any]]], first_offset: int
 
 
 @pytest.fixture
-def store(services, run_id):  # type: ignore[no-untyped-def]
+def store(services, run_id):
     plan = compile_repo(ROOT / "feature_defs")
     client = redis.Redis.from_url(services.redis_url)
     project = f"online-{run_id}"
@@ -52,7 +52,7 @@ def _event(amount: float, merchant: str) -> dict[str, Any]:
     return {"amount": amount, "amount_eur": amount, "last_merchant": merchant, "last_country": "FR", "is_large": False}
 
 
-def test_out_of_order_event_never_overwrites_a_newer_one(store) -> None:  # type: ignore[no-untyped-def]
+def test_out_of_order_event_never_overwrites_a_newer_one(store) -> None:
     plan, _client, writer, reader, _ = store
     view = plan.view("user_payments")
     t0 = 1_700_000_000_000
@@ -70,7 +70,7 @@ def test_out_of_order_event_never_overwrites_a_newer_one(store) -> None:  # type
     assert earlier["amount_count_1h"] == [0]
 
 
-def test_storage_per_entity_stays_bounded(store) -> None:  # type: ignore[no-untyped-def]
+def test_storage_per_entity_stays_bounded(store) -> None:
     plan, client, writer, _reader, project = store
     view = plan.view("user_payments")
     t0 = 1_700_000_000_000
@@ -93,7 +93,7 @@ def test_storage_per_entity_stays_bounded(store) -> None:  # type: ignore[no-unt
     assert sizes[-1] <= sizes[1] * 1.1
 
 
-def test_replayed_and_overlapping_batches_take_effect_once(store) -> None:  # type: ignore[no-untyped-def]
+def test_replayed_and_overlapping_batches_take_effect_once(store) -> None:
     """A batch delivered twice, a zombie re-sending an old batch, and a replay whose batch
     boundaries differ from the first delivery all leave the same state as one delivery."""
     plan, client, writer, reader, project = store
@@ -120,7 +120,7 @@ def test_replayed_and_overlapping_batches_take_effect_once(store) -> None:  # ty
     assert sum(got["amount_count_1h"]) == sum(1 for e in events if lo < e[1] <= t) > 0
 
 
-def test_reads_survive_a_dropped_connection_and_report_a_wrong_type(store) -> None:  # type: ignore[no-untyped-def]
+def test_reads_survive_a_dropped_connection_and_report_a_wrong_type(store) -> None:
     """Reads send raw pipelined commands on a pooled connection: a pooled connection the
     server closed does not fail the next read, and a Redis error reply is raised, not
     returned as a value."""
@@ -147,7 +147,7 @@ def test_reads_survive_a_dropped_connection_and_report_a_wrong_type(store) -> No
     admin.close()
 
 
-def test_async_reads_survive_a_dropped_connection_and_report_a_wrong_type(store) -> None:  # type: ignore[no-untyped-def]
+def test_async_reads_survive_a_dropped_connection_and_report_a_wrong_type(store) -> None:
     """The feature server's reads (asyncio client): the same answers as the synchronous
     reader, a pooled connection the server closed is replaced, a Redis error is raised."""
     import asyncio
@@ -179,7 +179,7 @@ def test_async_reads_survive_a_dropped_connection_and_report_a_wrong_type(store)
             with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
                 await reader.aread_results(online, [ViewRequest(view, ["last_merchant"], [(3,)])], t0 + 1000)
         finally:
-            await aclient.aclose()
+            await aclient.aclose()  # type: ignore[attr-defined]  # the client is redis.asyncio's, typed as the sync one
 
     try:
         asyncio.run(scenario())
@@ -187,7 +187,7 @@ def test_async_reads_survive_a_dropped_connection_and_report_a_wrong_type(store)
         admin.close()
 
 
-def test_state_of_another_layout_is_refused_not_misread(store) -> None:  # type: ignore[no-untyped-def]
+def test_state_of_another_layout_is_refused_not_misread(store) -> None:
     """An entity hash without this layout's version (written before the packed layout) is
     neither read as empty windows nor written over: both raise OnlineLayoutError naming the
     fix, and the hash is left as it was."""
@@ -214,7 +214,7 @@ def test_state_of_another_layout_is_refused_not_misread(store) -> None:  # type:
     ("3", {"_ts": "1700000000000", "amount|60000|P": b"\0" * 24}),  # tiles merged inside Redis by a script
     ("4", {"o0": "7", "s0": b"F4\0\0" + b"\0" * 60}),  # states with their item counts in JSON
 ])
-def test_state_of_an_older_layout_is_refused_not_misread(store, layout: str, fields: dict) -> None:  # type: ignore[no-untyped-def]
+def test_state_of_an_older_layout_is_refused_not_misread(store, layout: str, fields: dict) -> None:
     """A hash of an older layout is neither read nor written over: both name the fix
     (`rebuild-online`), and the hash is left as it was."""
     from featurestore.errors import OnlineLayoutError
@@ -234,7 +234,7 @@ def test_state_of_an_older_layout_is_refused_not_misread(store, layout: str, fie
     assert client.hgetall(key) == before
 
 
-def test_a_read_of_many_entities_equals_reading_each_alone(store) -> None:  # type: ignore[no-untyped-def]
+def test_a_read_of_many_entities_equals_reading_each_alone(store) -> None:
     """Requests of more than a few entities parse all their states side by side; every
     value, status and event time must be what reading each entity alone gives — entities
     fed by several partitions, with sums that need further exact terms, missing, expired."""
@@ -246,7 +246,7 @@ def test_a_read_of_many_entities_equals_reading_each_alone(store) -> None:  # ty
     for view_name, key_of in (("user_payments", lambda u: u), ("merchant_payments", lambda u: f"m{u % 7}")):
         view = plan.view(view_name)
         for partition in range(3):
-            events = []
+            events: list[tuple[Any, int, dict[str, Any]]] = []
             for i in range(400):
                 user = rnd.choice([*range(1, 29), 30])
                 amount = rnd.choice([1e300, 1e-300, 3.3e16, 1.0, 12.5, 999.99])
@@ -284,7 +284,7 @@ def test_a_read_of_many_entities_equals_reading_each_alone(store) -> None:  # ty
 
 
 @pytest.mark.parametrize("cache_bytes", [0, 5_000])
-def test_states_evicted_from_memory_are_read_back(store, cache_bytes: int) -> None:  # type: ignore[no-untyped-def]
+def test_states_evicted_from_memory_are_read_back(store, cache_bytes: int) -> None:
     """A writer whose memory holds few states (or none) reads the others back from Redis:
     the stored states are those of a writer that kept them all, and the memory it keeps
     stays within its budget."""

@@ -66,8 +66,8 @@ def test_a_dead_letter_the_producer_refuses_is_kept_locally(example_repo: Path, 
     assert stats.dead_letters == {"schema_violation": 1}
     assert _history_rows(settings, "merchant_payments") == len(valid)
     topic = compile_repo(example_repo).source("payments").topic
-    [line] = [orjson.loads(x) for x in (Path(settings.offline_root) / "_dead_letters" / topic).glob("p*.jsonl")
-              for x in x.read_bytes().splitlines()]
+    [line] = [orjson.loads(text) for f in (Path(settings.offline_root) / "_dead_letters" / topic).glob("p*.jsonl")
+              for text in f.read_bytes().splitlines()]
     assert line["reason"] == "schema_violation" and line["size"] == len(value) and "MSG_SIZE_TOO_LARGE" in line["delivery_error"]
     assert (Path(settings.offline_root) / line["payload_path"]).read_bytes() == value
 

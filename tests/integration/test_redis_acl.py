@@ -25,7 +25,7 @@ from featurestore.compile import compile_repo
 from featurestore.config import load_settings
 from featurestore.demo import payment_events, produce_records
 from featurestore.runtime.kafka import ensure_topics, producer_config
-from tests.integration.test_server import free_port, server_answers, wait_for
+from tests.integration.server_harness import free_port, server_answers, wait_for
 from tests.unit.test_cli import cli
 
 pytestmark = pytest.mark.integration
@@ -109,9 +109,10 @@ def test_processor_and_server_under_least_privilege_users(example_repo: Path, se
         as_server = redis.Redis.from_url(services.redis_url, username=srv_user, password=srv_pw)
         key = f"fs:{project}:user_payments:{users[0]}"
         assert as_server.exists(key)
-        for command in (("HSET", key, "x", "1"), ("DEL", key), ("FLUSHALL",), ("EVAL", "return 1", "0")):
+        forbidden: list[tuple[str, ...]] = [("HSET", key, "x", "1"), ("DEL", key), ("FLUSHALL",), ("EVAL", "return 1", "0")]
+        for refused in forbidden:
             with pytest.raises(redis.exceptions.NoPermissionError):
-                as_server.execute_command(*command)
+                as_server.execute_command(*refused)
     finally:
         admin.execute_command("ACL", "DELUSER", proc_user, srv_user)
         admin.close()

@@ -91,7 +91,7 @@ def test_two_versions_side_by_side(example_repo: Path, services: Any, overrides:
     ensure_topics(settings, [topic], partitions=2)
     producer = producer_config(settings)
     end = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=30)
-    clean = {"late_fraction": 0.0, "malformed_fraction": 0.0, "users": USERS}
+    clean: dict[str, Any] = {"late_fraction": 0.0, "malformed_fraction": 0.0, "users": USERS}
     first = payment_events(2000, end=end - dt.timedelta(minutes=20), span=dt.timedelta(minutes=20), seed=31, **clean)
     second = payment_events(2000, end=end, span=dt.timedelta(minutes=20), seed=32, **clean)
     archive = tmp_path / "first.jsonl"

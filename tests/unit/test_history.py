@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,6 @@ import pytest
 
 from featurestore.compile import compile_repo
 from featurestore.offline import HistoryWriter
-from featurestore.offline import history as history_module
 from featurestore.records import ViewRows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,11 +41,11 @@ def _history(root: Path) -> list[tuple[int, int]]:
 
 
 @pytest.fixture
-def plan():  # type: ignore[no-untyped-def]
+def plan():
     return compile_repo(ROOT / "feature_defs")
 
 
-def test_replays_with_other_batch_boundaries_write_each_row_once(tmp_path: Path, plan) -> None:  # type: ignore[no-untyped-def]
+def test_replays_with_other_batch_boundaries_write_each_row_once(tmp_path: Path, plan) -> None:
     w = HistoryWriter(tmp_path, plan)
     w.append(_rows(list(range(0, 40))))
     w.append(_rows(list(range(0, 25)), partition=1))
@@ -59,8 +59,8 @@ def test_replays_with_other_batch_boundaries_write_each_row_once(tmp_path: Path,
     assert _history(tmp_path) == [(0, o) for o in range(60)] + [(1, o) for o in range(25)]
 
 
-def test_crash_after_the_commit_point_rolls_forward(tmp_path: Path, plan, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    real_replace = history_module.os.replace
+def test_crash_after_the_commit_point_rolls_forward(tmp_path: Path, plan, monkeypatch) -> None:
+    real_replace = os.replace
     calls: list[str] = []
 
     def crash_on_first_parquet_rename(src: Any, dst: Any) -> None:
@@ -71,10 +71,10 @@ def test_crash_after_the_commit_point_rolls_forward(tmp_path: Path, plan, monkey
 
     w = HistoryWriter(tmp_path, plan)
     w.append(_rows(list(range(20))))
-    monkeypatch.setattr(history_module.os, "replace", crash_on_first_parquet_rename)
+    monkeypatch.setattr(os, "replace", crash_on_first_parquet_rename)
     with pytest.raises(KeyboardInterrupt):
         w.flush()
-    monkeypatch.setattr(history_module.os, "replace", real_replace)
+    monkeypatch.setattr(os, "replace", real_replace)
     assert calls and not list((tmp_path / "user_payments").rglob("*.parquet")), "readers see nothing half-done"
     recovered = HistoryWriter(tmp_path, plan)
     assert _history(tmp_path) == [(0, o) for o in range(20)], "the committed flush is completed on start"
@@ -83,8 +83,8 @@ def test_crash_after_the_commit_point_rolls_forward(tmp_path: Path, plan, monkey
     assert _history(tmp_path) == [(0, o) for o in range(20)]
 
 
-def test_crash_before_the_commit_point_rolls_back(tmp_path: Path, plan, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    def crash_on_commit(self, *args: Any) -> None:  # type: ignore[no-untyped-def]
+def test_crash_before_the_commit_point_rolls_back(tmp_path: Path, plan, monkeypatch) -> None:
+    def crash_on_commit(self, *args: Any) -> None:
         raise KeyboardInterrupt("simulated crash before the commit file")
 
     w = HistoryWriter(tmp_path, plan)

@@ -30,7 +30,7 @@ def _blob(rng: random.Random, stats: str, tiles: int) -> bytes:
 
 
 def _plans() -> list[AggregationPlan]:
-    return [AggregationPlan(name=f"{f}_{w}", column="x", function=f, window_ms=w * 1000, tile_ms=1000, dtype="float")  # type: ignore[arg-type]
+    return [AggregationPlan(name=f"{f}_{w}", column="x", function=f, window_ms=w * 1000, tile_ms=1000, dtype="float", k=None)
             for f in ("count", "sum", "mean", "min", "max", "variance", "stddev") for w in (5, 20)]
 
 
@@ -38,7 +38,7 @@ def _plans() -> list[AggregationPlan]:
 def test_small_and_vectorised_merges_agree(seed: int) -> None:
     rng = random.Random(seed)
     stats = packed_stats("csqmM")
-    pset = _PackedSet(0, stats, [(i, p, 30 - p.window_ms // 1000 + 1, 30) for i, p in enumerate(_plans())])
+    pset = _PackedSet(0, stats, [(i, p, 30 - (p.window_ms or 0) // 1000 + 1, 30) for i, p in enumerate(_plans())])
     blobs = [_blob(rng, stats, rng.randint(0, 12)) for _ in range(6)]
     overflows = {2: {(12, "s"): [1e-300, 1e-310], (3, "q"): [-2e-290]}}
     small = pset.values(blobs, overflows)  # 6 entities: the plain-Python path

@@ -15,7 +15,8 @@ from featurestore.server.auth import Permission, TokenStore, allowed
 
 def _view(name: str, tags: dict[str, str]) -> ViewPlan:
     return ViewPlan(name=name, entities=["user"], join_keys=[KeySpec(name="user_id", dtype="int")], source="s",
-                    ttl_ms=None, row_features=[], aggregations=[], tags=tags)
+                    ttl_ms=None, allowed_lateness_ms=None, freshness_slo_ms=None, row_features=[],
+                    aggregations=[], tags=tags)
 
 
 def test_permissions_cover_by_name_tag_or_star_and_nothing_else() -> None:
