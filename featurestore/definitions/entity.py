@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from featurestore.definitions.tags import normalised
 
-@dataclass(frozen=True, init=False)
+
+@dataclass(frozen=True)
 class Entity:
     """A thing features describe, identified by one or more join keys.
 
@@ -14,11 +16,9 @@ class Entity:
     """
 
     name: str
-    join_keys: tuple[str, ...]
-    description: str
+    join_keys: Sequence[str] = ()
+    """Stored as a tuple (a single name too)."""
+    description: str = ""
 
-    def __init__(self, name: str, join_keys: Sequence[str] = (), description: str = "") -> None:
-        object.__setattr__(self, "name", name)
-        keys = (join_keys,) if isinstance(join_keys, str) else tuple(join_keys)
-        object.__setattr__(self, "join_keys", keys)
-        object.__setattr__(self, "description", description)
+    def __post_init__(self) -> None:
+        normalised(self, join_keys=(self.join_keys,) if isinstance(self.join_keys, str) else tuple(self.join_keys))

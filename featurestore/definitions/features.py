@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from featurestore.definitions.tags import normalised
+
 #: Put in `Aggregation(windows=[...])` for an aggregation over all events ever seen.
 LIFETIME = "lifetime"
 
@@ -23,23 +25,22 @@ def window_label(window: timedelta | str) -> str:
     return f"{seconds}s"
 
 
-@dataclass(frozen=True, init=False)
+@dataclass(frozen=True)
 class Field:
-    """The latest value (by event time) of an event field, served as feature `name`."""
+    """The latest value (by event time) of an event field, served as feature `name` (default: the column's name)."""
 
     column: str
-    name: str
+    name: str = ""
 
-    def __init__(self, column: str, name: str | None = None) -> None:
-        object.__setattr__(self, "column", column)
-        object.__setattr__(self, "name", name if name is not None else column)
+    def __post_init__(self) -> None:
+        normalised(self, name=self.name if self.name else self.column)
 
     @property
     def output_names(self) -> tuple[str, ...]:
         return (self.name,)
 
 
-@dataclass(frozen=True, init=False)
+@dataclass(frozen=True)
 class Transform:
     """The latest value of `udf(event)`, a pure function referenced by its import path.
 
@@ -49,10 +50,6 @@ class Transform:
 
     name: str
     udf: Callable[[Any], Any]
-
-    def __init__(self, name: str, udf: Callable[[Any], Any]) -> None:
-        object.__setattr__(self, "name", name)
-        object.__setattr__(self, "udf", udf)
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -78,6 +75,7 @@ class Aggregation:
     where: str | None
     k: int | None
 
+    # written out (not generated): it accepts one window or several, and stores a tuple
     def __init__(
         self,
         column: str,
@@ -87,13 +85,9 @@ class Aggregation:
         where: str | None = None,
         k: int | None = None,
     ) -> None:
-        object.__setattr__(self, "column", column)
-        object.__setattr__(self, "function", function)
         wins = (windows,) if isinstance(windows, (timedelta, str)) else tuple(windows)
-        object.__setattr__(self, "windows", wins)
-        object.__setattr__(self, "name", name if name is not None else f"{column}_{function}")
-        object.__setattr__(self, "where", where)
-        object.__setattr__(self, "k", k)
+        normalised(self, column=column, function=function, windows=wins,
+                   name=name if name is not None else f"{column}_{function}", where=where, k=k)
 
     @property
     def output_names(self) -> tuple[str, ...]:

@@ -7,10 +7,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from featurestore.definitions.tags import frozen_tags, tag_items
+from featurestore.definitions.tags import frozen_tags, hash_of_fields, normalised
 
 
-@dataclass(frozen=True, init=False)
+@dataclass(frozen=True)
 class RequestSource:
     """The fields a caller sends with each read (a pydantic model): online in
     `get_online_features(..., request_data=...)` or the entity rows, offline as columns of
@@ -18,12 +18,7 @@ class RequestSource:
 
     name: str
     schema: Any
-    description: str
-
-    def __init__(self, name: str, schema: Any, description: str = "") -> None:
-        object.__setattr__(self, "name", name)
-        object.__setattr__(self, "schema", schema)
-        object.__setattr__(self, "description", description)
+    description: str = ""
 
 
 @dataclass(frozen=True, init=False)
@@ -39,43 +34,28 @@ class RequestFeature:
     inputs: tuple[tuple[str, str], ...]
     """(parameter, "view:feature") pairs."""
 
+    # written out (not generated): it accepts references or a mapping, and stores pairs
     def __init__(self, name: str, function: Callable[..., Any], inputs: Sequence[str] | Mapping[str, str] = ()) -> None:
-        object.__setattr__(self, "name", name)
-        object.__setattr__(self, "function", function)
         if isinstance(inputs, Mapping):
             pairs = tuple((str(p), r) for p, r in inputs.items())
         else:
             pairs = tuple((r.partition(":")[2] if isinstance(r, str) else "", r) for r in inputs)
-        object.__setattr__(self, "inputs", pairs)
+        normalised(self, name=name, function=function, inputs=pairs)
 
 
-@dataclass(frozen=True, init=False)
+@dataclass(frozen=True)
 class RequestFeatureView:
     """Request-time features over one RequestSource, read like a FeatureView's:
     "<view>:<feature>" references, in feature services too."""
 
     name: str
     request: RequestSource
-    features: tuple[RequestFeature, ...]
-    owner: str
-    description: str
+    features: Sequence[RequestFeature]
+    owner: str = ""
+    description: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
 
-    def __init__(
-        self,
-        name: str,
-        request: RequestSource,
-        features: Sequence[RequestFeature],
-        owner: str = "",
-        description: str = "",
-        tags: Mapping[str, str] | None = None,
-    ) -> None:
-        object.__setattr__(self, "name", name)
-        object.__setattr__(self, "request", request)
-        object.__setattr__(self, "features", tuple(features))
-        object.__setattr__(self, "owner", owner)
-        object.__setattr__(self, "description", description)
-        object.__setattr__(self, "tags", frozen_tags(tags))
+    def __post_init__(self) -> None:
+        normalised(self, features=tuple(self.features), tags=frozen_tags(self.tags))
 
-    def __hash__(self) -> int:
-        return hash((self.name, self.request, self.features, self.owner, self.description, tag_items(self.tags)))
+    __hash__ = hash_of_fields

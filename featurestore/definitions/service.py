@@ -8,7 +8,7 @@ from datetime import timedelta
 from types import MappingProxyType
 from typing import Any
 
-from featurestore.definitions.tags import frozen_tags, tag_items
+from featurestore.definitions.tags import frozen_tags, hash_of_fields, normalised
 
 GUARD_METRICS = ("null_rate", "mismatch_rate", "staleness_p99")
 """What a rollout guard watches in the values a non-control variant serves."""
@@ -29,7 +29,7 @@ class Guard:
     feature: str | None = None
 
 
-@dataclass(frozen=True, init=False)
+@dataclass(frozen=True)
 class FeatureService:
     """The features one model reads, by name, so clients ask for `service=...` instead of a list.
 
@@ -49,41 +49,19 @@ class FeatureService:
     """
 
     name: str
-    features: tuple[Any, ...]
-    owner: str
-    description: str
+    features: Sequence[Any] = ()
+    owner: str = ""
+    description: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
-    variants: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    variants: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     split: Mapping[str, float] = field(default_factory=dict)
-    guards: tuple[Guard, ...] = ()
+    guards: Sequence[Guard] = ()
     guard_window: timedelta = timedelta(minutes=1)
     log_sample_rate: float = 0.0
 
-    def __init__(
-        self,
-        name: str,
-        features: Sequence[Any] = (),
-        owner: str = "",
-        description: str = "",
-        tags: Mapping[str, str] | None = None,
-        variants: Mapping[str, Sequence[Any]] | None = None,
-        split: Mapping[str, float] | None = None,
-        guards: Sequence[Guard] = (),
-        guard_window: timedelta = timedelta(minutes=1),
-        log_sample_rate: float = 0.0,
-    ) -> None:
-        object.__setattr__(self, "name", name)
-        object.__setattr__(self, "features", tuple(features))
-        object.__setattr__(self, "variants", MappingProxyType({k: tuple(v) for k, v in (variants or {}).items()}))
-        object.__setattr__(self, "split", MappingProxyType(dict(split or {})))
-        object.__setattr__(self, "guards", tuple(guards))
-        object.__setattr__(self, "guard_window", guard_window)
-        object.__setattr__(self, "log_sample_rate", log_sample_rate)
-        object.__setattr__(self, "owner", owner)
-        object.__setattr__(self, "description", description)
-        object.__setattr__(self, "tags", frozen_tags(tags))
+    def __post_init__(self) -> None:
+        normalised(self, features=tuple(self.features), tags=frozen_tags(self.tags),
+                   variants=MappingProxyType({k: tuple(v) for k, v in (self.variants or {}).items()}),
+                   split=MappingProxyType(dict(self.split or {})), guards=tuple(self.guards))
 
-    def __hash__(self) -> int:
-        return hash((self.name, self.features, self.owner, self.description, tag_items(self.tags),
-                     tuple(self.variants.items()), tuple(self.split.items()), self.guards, self.guard_window,
-                     self.log_sample_rate))
+    __hash__ = hash_of_fields

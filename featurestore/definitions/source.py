@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from featurestore.definitions.tags import normalised
 
-@dataclass(frozen=True, init=False)
+
+@dataclass(frozen=True)
 class KafkaSource:
     """A Kafka topic whose JSON events follow `schema` (a pydantic model).
 
@@ -18,22 +20,8 @@ class KafkaSource:
     topic: str
     schema: Any
     timestamp_field: str
-    dead_letter_topic: str
-    description: str
+    dead_letter_topic: str = ""
+    description: str = ""
 
-    def __init__(
-        self,
-        name: str,
-        topic: str,
-        schema: Any,
-        timestamp_field: str,
-        dead_letter_topic: str | None = None,
-        description: str = "",
-    ) -> None:
-        object.__setattr__(self, "name", name)
-        object.__setattr__(self, "topic", topic)
-        object.__setattr__(self, "schema", schema)
-        object.__setattr__(self, "timestamp_field", timestamp_field)
-        dlq = dead_letter_topic if dead_letter_topic is not None else f"{topic}.dlq"
-        object.__setattr__(self, "dead_letter_topic", dlq)
-        object.__setattr__(self, "description", description)
+    def __post_init__(self) -> None:
+        normalised(self, dead_letter_topic=self.dead_letter_topic or f"{self.topic}.dlq")

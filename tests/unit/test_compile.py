@@ -139,6 +139,12 @@ def test_definitions_are_immutable_and_hash_by_every_field() -> None:
     assert make() == view and hash(make()) == hash(view)
     other = make(description="changed")
     assert other != view and {view, other} == {view, other} and len({view, other}) == 2
+    assert hash(dataclasses.replace(view, tags={"pii": "false"})) != hash(view)
+    for changed in (dict(version=2), dict(freshness_slo=timedelta(seconds=5))):
+        assert hash(make(**changed)) != hash(view), changed
+    assert dataclasses.replace(view, version=2) == make(version=2), "a copy normalises like the original"
+    assert Entity("e", "k").join_keys == ("k",) and KafkaSource("s", "t", object, "ts").dead_letter_topic == "t.dlq"
+    assert Field("x").name == "x" and Field("x", "y").name == "y"
 
 
 def test_a_change_to_a_transforms_code_is_a_plan_change(tmp_path: Path) -> None:
