@@ -147,14 +147,14 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, services: Any) -> Itera
 def post(deployment: Deployment, path: str, body: Any, token: str | None, raw_token: str | None = None) -> Any:
     headers = {"Content-Type": "application/json"}
     if token is not None or raw_token is not None:
-        headers["Authorization"] = f"Bearer {raw_token if raw_token is not None else deployment.tokens[token]}"  # type: ignore[index]
+        headers["Authorization"] = f"Bearer {raw_token if raw_token is not None else deployment.tokens[str(token)]}"
     return urllib3.request("POST", deployment.url + path, body=json.dumps(body).encode(), headers=headers, retries=False)
 
 
 def get(deployment: Deployment, path: str, token: str | None, raw_token: str | None = None) -> Any:
-    headers = {}
+    headers: dict[str, str] = {}
     if token is not None or raw_token is not None:
-        headers["Authorization"] = f"Bearer {raw_token if raw_token is not None else deployment.tokens[token]}"  # type: ignore[index]
+        headers["Authorization"] = f"Bearer {raw_token if raw_token is not None else deployment.tokens[str(token)]}"
     return urllib3.request("GET", deployment.url + path, headers=headers, retries=False)
 
 

@@ -72,7 +72,7 @@ class TcpProxy:
         try:
             while True:
                 for key, _ in sel.select(timeout=1):
-                    data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                    data = key.fileobj.recv(65536)  # type: ignore[union-attr]  # registered objects are sockets
                     if not data:
                         return
                     key.data.sendall(data)

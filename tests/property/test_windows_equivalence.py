@@ -261,13 +261,13 @@ def test_lifetime_tiles_fold_exactly_and_stay_bounded(events: list[dict[str, Any
     from featurestore.online.state import StateCodec, decode_state, tile_indices
     from featurestore.plan.windows import LIFETIME_BASE_INDEX
 
-    ref = _reference_events(events)  # type: ignore[arg-type]
+    ref = _reference_events(events)  # type: ignore[arg-type]  # hypothesis gives dicts of the same shape
     aggs = _aggs(plan, "lifetimes")
     view = plan.view("lifetimes")
     project = f"prop-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as tmp:
         settings_ = _settings(repo, services, Path(tmp), project)
-        _backfill(plan, settings_, _raw(events), Path(tmp) / "in")  # type: ignore[arg-type]
+        _backfill(plan, settings_, _raw(events), Path(tmp) / "in")  # type: ignore[arg-type]  # as above
         keys = sorted({e.key for e in ref})
         t = max(e.ts for e in ref) + later
         client = redis.Redis.from_url(services.redis_url)

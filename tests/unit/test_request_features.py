@@ -46,7 +46,7 @@ def fails(amount: float) -> float:
 
 
 def wrong_type(amount: float) -> float:
-    return "a string" if amount > 100 else amount  # type: ignore[return-value]
+    return "a string" if amount > 100 else amount  # type: ignore[return-value]  # the wrong type on purpose
 
 
 def runaway(amount: float) -> float:
