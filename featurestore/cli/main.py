@@ -635,7 +635,7 @@ def _set_aside_previous_history(repo: Path) -> None:
     take new events for ones it already wrote. It is moved aside, not deleted."""
     from featurestore.config import STATE_DIR
 
-    root = Path(_settings(repo).paths.offline).resolve()
+    root = _settings(repo).paths.offline.resolve()
     if not root.is_relative_to((repo / STATE_DIR).resolve()) or not any(root.glob("*/_commits")):
         return
     kept = root.with_name(f"{root.name}.before-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TypeVar
 
 import redis
@@ -82,11 +81,11 @@ class BatchApplier:
             for s in plan.sources if _has_views(plan, s.name)
         }
         self.dead_letter_topics = {s.topic: s.dead_letter_topic for s in plan.sources}
-        self.watermarks = {s.topic: Watermarks(plan, s, Path(settings.paths.offline)) for s in plan.sources}
+        self.watermarks = {s.topic: Watermarks(plan, s, settings.paths.offline) for s in plan.sources}
         self.redis = settings.redis.client(socket_timeout=30, socket_connect_timeout=10)
         self.online = OnlineWriter(self.redis, settings.project, plan, skew_ms,
                                    cache_bytes=settings.processor.online_cache_mb * 1024 * 1024, background=background_online)
-        self.history = HistoryWriter(Path(settings.paths.offline), plan)
+        self.history = HistoryWriter(settings.paths.offline, plan)
         self.stats = ProcessorStats()
         metrics.set_freshness_objectives({v.name: v.freshness_slo_ms / 1000 for v in plan.views if v.freshness_slo_ms})
         self.stop_requested = stop or threading.Event()
@@ -102,7 +101,7 @@ class BatchApplier:
         check_redis(self.settings, self.redis)
         ensure_topics(self.settings, self.dead_letter_topics.values())
         producer = Producer(producer_config(self.settings), logger=log)
-        local = LocalDeadLetters(Path(self.settings.paths.offline))
+        local = LocalDeadLetters(self.settings.paths.offline)
         self.dead_letters = DeadLetterSink(producer, self.dead_letter_topics, local, self.settings.processor.max_dead_letter_bytes)
 
     def close(self) -> None:

@@ -82,7 +82,7 @@ class Backfill:
         self.source = pick_source(plan, source)
         skew_ms = settings.processor.max_future_skew_ms
         self.decoder = Decoder(plan, self.source, settings.paths.repo, skew_ms, settings.processor.max_record_bytes)
-        self.history = HistoryWriter(Path(settings.paths.offline), plan)
+        self.history = HistoryWriter(settings.paths.offline, plan)
         self.skew_ms = skew_ms
 
     def run(
@@ -101,8 +101,8 @@ class Backfill:
         if materialize:
             client = self.settings.redis.client(socket_timeout=30, socket_connect_timeout=10)
             online = OnlineWriter(client, self.settings.project, self.plan, self.skew_ms)
-        marks = Watermarks(self.plan, self.source, Path(self.settings.paths.offline))
-        dl_path = Path(self.settings.paths.offline) / "_dead_letters" / f"backfill-p{stats.partition}.jsonl"
+        marks = Watermarks(self.plan, self.source, self.settings.paths.offline)
+        dl_path = self.settings.paths.offline / "_dead_letters" / f"backfill-p{stats.partition}.jsonl"
         # the position is the history's own per-partition commit: nothing else to commit
         checkpoints: Checkpointer[None] = Checkpointer(self.history, lambda _: None, stats, online=online)
         where: dict[int, tuple[Path, int]] = {}

@@ -96,8 +96,7 @@ class Checkpointer(Generic[P]):
         """Steps 1-2 on the engine's thread: wait for the online states applied so far, take
         the buffered history rows. `position` must cover exactly what was applied before."""
         if self.online is not None:
-            online = self.online
-            self._retry(f"Redis write to {self._redis_place}", online.settle)
+            self._retry(f"Redis write to {self._redis_place}", self.online.settle)
         return Handover(self.history.take(), position)
 
     def make_durable(self, handover: Handover[P]) -> None:

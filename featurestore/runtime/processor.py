@@ -307,13 +307,13 @@ class StreamProcessor:
 
     def checkpoint(self) -> None:
         """Make everything processed durable, then commit the offsets that cover it (waits)."""
-        self._checkpoints.finish()
+        self._checkpoints.finish()  # first: its commit may take the offsets applied since (a repair)
         self._checkpoints.run(self._take_offsets())
 
     def _checkpoint_in_background(self) -> None:
         """The periodic checkpoint: made durable on a worker thread while the next batches are
         applied; its offsets are committed on this thread once that is done."""
-        self._checkpoints.finish()
+        self._checkpoints.finish()  # first, as in checkpoint()
         self._checkpoints.start(self._take_offsets())
 
     def _take_offsets(self) -> dict[tuple[str, int], int]:
