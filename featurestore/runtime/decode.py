@@ -1,8 +1,11 @@
 """Decode raw Kafka records of one source into per-view rows, or dead letters with a reason.
 
-A batch is decoded in two passes: each record is validated against the event model (the
-one step per record: its errors are the dead letter's reason), then the valid events are
-turned into columns one column at a time (event times, keys, values, transforms, lateness).
+A batch is decoded in two passes: the records are validated against the event model, then
+the valid events are turned into columns one column at a time (event times, keys, values,
+transforms, lateness). A model of plain field checks is checked a batch at a time over Arrow
+columns (`featurestore.runtime.columnar`), and only the records that check cannot vouch for
+are validated by the model one by one; any other model validates every record. Either way a
+dead letter's reason is the model's own error.
 
 Reasons: `oversized` (larger than the configured limit), `malformed_json` (not JSON),
 `schema_violation` (JSON not matching the event model), `missing_key` (a join key is
@@ -16,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,11 +26,10 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from featurestore.plan import Plan, SourcePlan, ViewPlan
-from featurestore.plan.windows import EPOCH, to_epoch_ms
 from featurestore.records import ViewRows
+from featurestore.runtime.columnar import ColumnChecker
+from featurestore.runtime.events import ColumnEvents, Events, ModelEvents
 from featurestore.runtime.imports import import_object
-
-_MS = dt.timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True)
@@ -54,14 +55,6 @@ class RawRecord(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
-
-
-def _epoch_ms(values: list[dt.datetime]) -> list[int]:
-    """`to_epoch_ms` of each value (one expression per value while all are aware)."""
-    try:
-        return [(v - EPOCH) // _MS for v in values]
-    except TypeError:  # a naive datetime among them
-        return [to_epoch_ms(v) for v in values]
 
 
 def _schema_detail(exc: ValidationError) -> tuple[str, str]:
@@ -96,21 +89,22 @@ class _ViewExtractor:
         self.columns = [name for name, _ in view.history_columns]
         self.lateness_ms = view.allowed_lateness_ms
 
-    def keys(self, events: Sequence[BaseModel]) -> list[tuple[Any, ...]]:
+    def keys(self, events: Events) -> list[tuple[Any, ...]]:
         """Each event's join key tuple."""
         if len(self.key_names) == 1:
-            return [(v,) for v in map(attrgetter(self.key_names[0]), events)]
-        return list(map(attrgetter(*self.key_names), events))
+            return [(v,) for v in events.column(self.key_names[0])]
+        return list(zip(*(events.column(k) for k in self.key_names)))
 
-    def values(self, events: Sequence[BaseModel], failed: dict[int, list[str]]) -> dict[str, list[Any]]:
+    def values(self, events: Events, failed: dict[int, list[str]]) -> dict[str, list[Any]]:
         """The events' history columns (a transform that raises leaves None at that event and
         adds the reason to `failed[position]`)."""
-        out = {name: list(map(attrgetter(attr), events)) for name, attr in self.attrs.items()}
+        out = {name: events.column(attr) for name, attr in self.attrs.items()}
+        models = events.models() if self.udfs else []
         for name, fn in self.udfs.items():
             try:
-                out[name] = list(map(fn, events))
+                out[name] = list(map(fn, models))
             except Exception:  # user code: find which events fail, and why
-                out[name] = [self._one(fn, name, e, i, failed) for i, e in enumerate(events)]
+                out[name] = [self._one(fn, name, e, i, failed) for i, e in enumerate(models)]
         return out
 
     def _one(self, fn: Callable[[Any], Any], name: str, event: BaseModel, at: int, failed: dict[int, list[str]]) -> Any:
@@ -130,6 +124,8 @@ class Decoder:
         """`code_root`: the feature repository, the only place the plan's code is imported from."""
         self.source = source
         self.model: type[BaseModel] = import_object(source.schema_ref, code_root)
+        self.columns = ColumnChecker.for_model(self.model)
+        """Checks batches column by column (None: the model validates each record)."""
         self.views = [_ViewExtractor(v, code_root) for v in plan.views if v.source == source.name]
         self.skew_ms = max_future_skew_ms
         self.max_record_bytes = max_record_bytes
@@ -146,10 +142,11 @@ class Decoder:
             dead.append((at, DeadLetter(self.source.topic, rec.partition, rec.offset, rec.key, rec.value, reason,
                                         detail, kept)))
 
-        events, taken = self._validate(records, reject)
-        stamps = _epoch_ms(list(map(attrgetter(self.source.timestamp_field), events)))
+        events = self._validate(records, reject)
+        taken = events.taken
+        times = events.times_ms(self.source.timestamp_field)
+        stamps = times.tolist()
         keys = [x.keys(events) for x in self.views]
-        times = np.asarray(stamps, dtype=np.int64)
         absurd = (times < 0) | (times > now_ms + self.skew_ms)
         usable = list(range(len(events)))
         if absurd.any():  # rare: the few bad ones one by one
@@ -163,31 +160,50 @@ class Decoder:
                     reject(taken[i], "missing_key", f"view {x.view.name}: join key {', '.join(x.key_names)} is null")
                 usable = [i for i in usable if i not in bad]
         if len(usable) < len(events):
-            events = [events[i] for i in usable]
+            events = events.select(usable)
             stamps = [stamps[i] for i in usable]
             keys = [[k[i] for i in usable] for k in keys]
             taken = [taken[i] for i in usable]
         return self._rows(records, events, taken, stamps, keys, now_ms, newest, reject), [d for _, d in sorted(dead)]
 
-    def _validate(self, records: Sequence[RawRecord], reject: Callable[..., None]) -> tuple[list[BaseModel], list[int]]:
-        """The valid events, and their positions in `records`."""
-        validate = self.model.model_validate_json
+    def _validate(self, records: Sequence[RawRecord], reject: Callable[..., None]) -> Events:
+        """The valid events (and their positions in `records`)."""
         limit = self.max_record_bytes
+        values = [rec.value for rec in records]
+        sizes = [len(v) if v else 0 for v in values]
+        if 0 in sizes or max(sizes, default=0) > limit:  # rare: find them one by one
+            for at, size in enumerate(sizes):
+                if not size:
+                    reject(at, "malformed_json", "empty record")
+                elif size > limit:
+                    reject(at, "oversized", f"{size} bytes, more than the limit of {limit}")
+            candidates = [at for at, size in enumerate(sizes) if 0 < size <= limit]
+        else:
+            candidates = list(range(len(records)))
+        if self.columns is None or not candidates:
+            events, taken = self._validate_each(values, candidates, reject)
+            return ModelEvents(events, taken)
+        chosen = values if len(candidates) == len(values) else [values[at] for at in candidates]
+        checked = self.columns.check(chosen)  # type: ignore[arg-type]  # candidates are non-empty bytes
+        positions = np.asarray(candidates, np.int64)
+        rows = np.flatnonzero(checked.passed)
+        left = positions[~checked.passed].tolist()
+        slow, slow_at = self._validate_each(values, left, reject) if left else ([], [])
+        return ColumnEvents(self.model, checked, rows, positions[rows], slow, slow_at)
+
+    def _validate_each(self, values: Sequence[bytes | None], positions: list[int],
+                       reject: Callable[..., None]) -> tuple[list[BaseModel], list[int]]:
+        """The model's validation of the records at `positions`, one by one."""
+        validate = self.model.model_validate_json
         events: list[BaseModel] = []
         taken: list[int] = []
-        for at, rec in enumerate(records):
-            value = rec.value
-            if not value:
-                reject(at, "malformed_json", "empty record")
-            elif len(value) > limit:
-                reject(at, "oversized", f"{len(value)} bytes, more than the limit of {limit}")
-            else:
-                try:
-                    events.append(validate(value))
-                except ValidationError as exc:
-                    reject(at, *_schema_detail(exc))
-                    continue
-                taken.append(at)
+        for at in positions:
+            try:
+                events.append(validate(values[at]))  # type: ignore[arg-type]  # positions hold non-empty records
+            except ValidationError as exc:
+                reject(at, *_schema_detail(exc))
+                continue
+            taken.append(at)
         return events, taken
 
     def _absurd_detail(self, ts: int) -> str:
@@ -196,7 +212,7 @@ class Decoder:
         return f"{field}={when} is before 1970 or more than {self.skew_ms} ms in the future"
 
     def _rows(
-        self, records: Sequence[RawRecord], events: list[BaseModel], taken: list[int], stamps: list[int],
+        self, records: Sequence[RawRecord], events: Events, taken: list[int], stamps: list[int],
         keys: list[list[tuple[Any, ...]]], now_ms: int, newest: dict[int, int | None] | None,
         reject: Callable[..., None],
     ) -> list[ViewRows]:
