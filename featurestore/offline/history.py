@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -277,14 +278,16 @@ class HistoryWriter:
                 self._roll_forward(view, state)
             floor = int(state["last_offset"]) if state else -1
             # keep each offset once, and only above what is committed (a replay, or a redelivery)
-            seen: set[int] = set()
-            keep = []
-            for offset in table["_offset"].to_pylist():
-                keep.append(offset > floor and offset not in seen)
-                seen.add(offset)
-            before = table.num_rows
-            table = table.filter(pa.array(keep, pa.bool_()))
-            self.rows_skipped += before - table.num_rows
+            offsets = table["_offset"].to_numpy()
+            keep = offsets > floor
+            if len(offsets) > 1 and not (offsets[1:] > offsets[:-1]).all():  # repeated offsets: the first of each
+                first = np.zeros(len(offsets), bool)
+                first[np.unique(offsets, return_index=True)[1]] = True
+                keep &= first
+            if not keep.all():
+                before = table.num_rows
+                table = table.filter(pa.array(keep))
+                self.rows_skipped += before - table.num_rows
             return self._write_files(view, topic, partition, table, commit=True)
 
     def _write_files(self, view: str, topic: str, partition: int, table: pa.Table, commit: bool) -> list[Path]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -26,7 +26,7 @@ from featurestore.plan import Plan
 from featurestore.records import ViewRows
 from featurestore.runtime.checkpoint import Checkpointer
 from featurestore.runtime.dead_letters import DeadLetterSink, LocalDeadLetters
-from featurestore.runtime.decode import DeadLetter, Decoder, RawRecord
+from featurestore.runtime.decode import DeadLetter, Decoder, RawBatch, RawRecord
 from featurestore.runtime.kafka import ensure_topics, producer_config
 from featurestore.runtime.watermarks import Watermarks
 
@@ -112,18 +112,19 @@ class BatchApplier:
                 self.dead_letters.flush(30)
 
     @collector_paused
-    def decode(self, by_topic: dict[str, list[RawRecord]]) -> tuple[list[ViewRows], list[DeadLetter]]:
+    def decode(self, by_topic: Mapping[str, Sequence[RawRecord] | RawBatch]) -> tuple[list[ViewRows], list[DeadLetter]]:
         """Decode records per topic, judging lateness against each partition's watermark."""
         if self.stats.first_record_at is None:
             self.stats.first_record_at = time.monotonic()
         now_ms = int(time.time() * 1000)
         batches: list[ViewRows] = []
         dead: list[DeadLetter] = []
-        for topic, records in by_topic.items():
+        for topic, given in by_topic.items():
+            records = RawBatch.of(given)
             marks = self.watermarks[topic]
             if marks.needed:
-                for rec in records:
-                    marks.ensure(rec.partition, rec.offset)
+                for partition, first in records.first_offsets().items():
+                    marks.ensure(partition, first)
             rows, bad = self.decoders[topic].decode(records, now_ms, marks.newest if marks.needed else None)
             batches.extend(rows)
             dead.extend(bad)

@@ -120,7 +120,7 @@ def _rule(name: str, schema: dict[str, Any]) -> ColumnRule | None:
     if kind == "datetime" and schema.get("microseconds_precision", "truncate") != "truncate":
         return None
     bounds = tuple((b, schema[b]) for b in _BOUNDS if b in schema)
-    if any(not isinstance(v, (int, float)) or isinstance(v, bool) for _, v in bounds):
+    if any(type(v) not in (int, float) or (type(v) is int and not -(2**63) <= v < 2**63) for _, v in bounds):
         return None
     return ColumnRule(name, kind, null_ok, bounds, schema.get("min_length"), schema.get("max_length"),
                       schema.get("tz_constraint") == "aware")
@@ -166,7 +166,8 @@ class ColumnChecker:
         whole = (buf[starts] == _OPEN) & (buf[starts + sizes - 1] == _CLOSE)
         if joined.count(b"\n") != n - 1 or joined.count(b"\r"):
             whole &= np.fromiter((b"\n" not in v and b"\r" not in v for v in values), bool, n)
-        if joined.count(b"[") + joined.count(b"{") >= n + _DEEP:
+        # each whole record holds at least one `{`: below this total, none holds _DEEP
+        if joined.count(b"[") + joined.count(b"{") >= int(whole.sum()) + _DEEP - 1:
             whole &= np.fromiter((v.count(b"{") + v.count(b"[") < _DEEP for v in values), bool, n)
         if not whole.all():
             values = [v if ok else b"{}" for v, ok in zip(values, whole.tolist())]
@@ -208,7 +209,7 @@ class ColumnChecker:
             return self._empty
         try:
             table = pa_json.read_json(io.BytesIO(b"\n".join(values)), parse_options=self._parse)
-        except (pa.ArrowInvalid, UnicodeDecodeError):
+        except (pa.ArrowException, ValueError):  # refused (UnicodeDecodeError is a ValueError)
             return None
         return table.select(self._names) if table.num_rows == len(values) else None
 

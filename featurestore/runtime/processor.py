@@ -39,7 +39,7 @@ from featurestore.records import ViewRows
 from featurestore.registry import FileRegistry, PlanWatch
 from featurestore.runtime.applier import BatchApplier, ProcessorStats, Retryable, check_redis
 from featurestore.runtime.checkpoint import Checkpointer
-from featurestore.runtime.decode import DeadLetter, RawRecord
+from featurestore.runtime.decode import DeadLetter, RawBatch
 from featurestore.runtime.imports import forget_repo_modules
 from featurestore.runtime.kafka import consumer_config
 from featurestore.runtime.repair import Mark, count_repair, marks_command, read_marks, repair_partition
@@ -258,25 +258,37 @@ class StreamProcessor:
     def _process(self, msgs: list[Message]) -> None:
         if self._unchecked:
             self.applier.with_retry("online repair check", self._check_taken)
-        by_topic: dict[str, list[RawRecord]] = {}
-        offsets: dict[tuple[str, int], int] = {}
-        for m in msgs:
-            topic, partition, offset = cast(str, m.topic()), cast(int, m.partition()), cast(int, m.offset())
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    self._eof[(topic, partition)] = offset
-                else:
-                    log.warning("kafka: %s", err)
-                continue
-            by_topic.setdefault(topic, []).append(RawRecord(partition, offset, m.key(), m.value()))
-            offsets[(topic, partition)] = offset + 1
+        by_topic = self._by_topic(msgs)
+        offsets = {(topic, p): nxt for topic, batch in by_topic.items() for p, nxt in batch.next_offsets().items()}
         batches, dead = self.applier.decode(by_topic)
         self._write(batches, dead)
         # only now may a checkpoint commit these offsets: their effects are applied
         self._offsets.update(offsets)
         metrics.BATCH_SIZE.observe(len(msgs))
         self._observe_lag(offsets)
+
+    def _by_topic(self, msgs: list[Message]) -> dict[str, RawBatch]:
+        """The records of each topic, column by column (end-of-partition events noted, errors logged)."""
+        errors = list(map(Message.error, msgs))
+        if errors.count(None) != len(errors):
+            kept = []
+            for m, err in zip(msgs, errors):
+                if err is None:
+                    kept.append(m)
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    self._eof[(cast(str, m.topic()), cast(int, m.partition()))] = cast(int, m.offset())
+                else:
+                    log.warning("kafka: %s", err)
+            msgs = kept
+        topics = list(map(Message.topic, msgs))
+        by_topic: dict[str, RawBatch] = {}
+        for topic in dict.fromkeys(topics):
+            mine = msgs if len(by_topic) == 0 and topics.count(topic) == len(topics) else [
+                m for m, t in zip(msgs, topics) if t == topic]
+            by_topic[cast(str, topic)] = RawBatch(cast(list[int], list(map(Message.partition, mine))),
+                                                  cast(list[int], list(map(Message.offset, mine))),
+                                                  list(map(Message.key, mine)), list(map(Message.value, mine)))
+        return by_topic
 
     def _observe_lag(self, offsets: dict[tuple[str, int], int]) -> None:
         """Consumer lag per partition from the high watermark of the last fetch (no broker round trip)."""

@@ -45,6 +45,7 @@ def _decoders() -> tuple[Decoder, Decoder]:
     one_by_one = Decoder(PLAN, PLAN.source("payments"), ROOT / "feature_defs", max_future_skew_ms=300_000,
                          max_record_bytes=4096)
     one_by_one.columns = None
+    columnar.columnar_from = 1  # every batch, however small
     assert columnar.columns is not None, "the example's event model is checked column by column"
     return columnar, one_by_one
 
@@ -193,6 +194,13 @@ def test_times_the_model_refuses_are_left_to_it() -> None:
     assert checked.passed.tolist() == [False, True, False, False, False, False]
 
 
+def test_a_deep_record_among_records_that_are_not_objects_is_left_to_the_model() -> None:
+    deep = b'{"x":' + b"[" * 250 + b"]" * 250 + b"}"
+    assert COLUMNAR.columns is not None
+    checked = COLUMNAR.columns.check([b"x"] * 450 + [deep, _valid_payment(1)])
+    assert checked.passed.tolist() == [False] * 451 + [True]
+
+
 def test_a_plain_valid_reading_passes() -> None:
     checker = ColumnChecker.for_model(Reading)
     assert checker is not None
@@ -223,6 +231,10 @@ class _Defaults(BaseModel):
     x: int = 5
 
 
+class _HugeBound(BaseModel):
+    x: int = Field(lt=2**70)
+
+
 class _Pattern(BaseModel):
     x: str = Field(pattern="^a")
 
@@ -236,7 +248,7 @@ class _Naive(BaseModel):
     y: Any = None
 
 
-@pytest.mark.parametrize("model", [_Validated, _Forbids, _Strips, _Defaults, _Pattern, _Nested, _Naive])
+@pytest.mark.parametrize("model", [_Validated, _Forbids, _Strips, _Defaults, _HugeBound, _Pattern, _Nested, _Naive])
 def test_models_with_more_than_plain_checks_are_validated_record_by_record(model: type[BaseModel]) -> None:
     assert column_rules(model) is None
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 
 from featurestore.compile import compile_repo
-from featurestore.runtime.decode import Decoder, RawRecord
+from featurestore.runtime.decode import Decoder, RawBatch, RawRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = int(dt.datetime(2026, 1, 1, 12, tzinfo=dt.timezone.utc).timestamp() * 1000)
@@ -84,3 +84,13 @@ def test_a_decoder_sets_up_its_own_imports_in_a_fresh_process(tmp_path: Path) ->
     )
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_a_raw_batch_knows_each_partitions_first_and_next_offset() -> None:
+    records = [RawRecord(2, 10, None, b"a"), RawRecord(0, 5, None, b"b"), RawRecord(2, 11, b"k", b"c"),
+               RawRecord(0, 7, None, None)]
+    batch = RawBatch.of(records)
+    assert batch.first_offsets() == {0: 5, 2: 10}
+    assert batch.next_offsets() == {0: 8, 2: 12}
+    assert [batch[i] for i in range(len(batch))] == records
+    assert RawBatch.of(batch) is batch
