@@ -270,7 +270,7 @@ class StreamProcessor:
     def _by_topic(self, msgs: list[Message]) -> dict[str, RawBatch]:
         """The records of each topic, column by column (end-of-partition events noted, errors logged)."""
         errors = list(map(Message.error, msgs))
-        if errors.count(None) != len(errors):
+        if any(err is not None for err in errors):  # (a KafkaError cannot be compared with None)
             kept = []
             for m, err in zip(msgs, errors):
                 if err is None:
