@@ -9,10 +9,6 @@ certain the model would accept it with exactly these values; every other record 
 where a number is expected, a number as text, an offset-less time, NaN, a deep document,
 an invalid date, a piece of the batch Arrow refused) is left to the model, record by
 record, so what is accepted and each dead letter's reason are the model's own.
-
-One difference is not observable in values: an event built here lists as set
-(`model_fields_set`) the fields that hold a value; a field sent as an explicit `null`
-counts as not set.
 """
 
 from __future__ import annotations

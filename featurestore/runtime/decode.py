@@ -2,10 +2,11 @@
 
 A batch is decoded in two passes: the records are validated against the event model, then
 the valid events are turned into columns one column at a time (event times, keys, values,
-transforms, lateness). A model of plain field checks is checked a batch at a time over Arrow
-columns (`featurestore.runtime.columnar`), and only the records that check cannot vouch for
-are validated by the model one by one; any other model validates every record. Either way a
-dead letter's reason is the model's own error.
+transforms, lateness). A model of plain field checks, on a source without transforms, is
+checked a batch at a time over Arrow columns (`featurestore.runtime.columnar`), and only the
+records that check cannot vouch for are validated by the model one by one; otherwise the
+model validates every record (transforms are called with its instances, which it builds
+faster than anything else could). Either way a dead letter's reason is the model's own error.
 
 Reasons: `oversized` (larger than the configured limit), `malformed_json` (not JSON),
 `schema_violation` (JSON not matching the event model), `missing_key` (a join key is
@@ -134,7 +135,10 @@ class _ViewExtractor:
         """The events' history columns (a transform that raises leaves None at that event and
         adds the reason to `failed[position]`)."""
         out = {name: events.column(attr) for name, attr in self.attrs.items()}
-        models = events.models() if self.udfs else []
+        if not self.udfs:
+            return out
+        assert isinstance(events, ModelEvents), "a source with transforms is validated record by record"
+        models = events.events
         for name, fn in self.udfs.items():
             try:
                 out[name] = list(map(fn, models))
@@ -164,10 +168,11 @@ class Decoder:
         """`code_root`: the feature repository, the only place the plan's code is imported from."""
         self.source = source
         self.model: type[BaseModel] = import_object(source.schema_ref, code_root)
-        self.columns = ColumnChecker.for_model(self.model)
+        self.views = [_ViewExtractor(v, code_root) for v in plan.views if v.source == source.name]
+        # transforms are called with model instances, which the model builds fastest itself
+        self.columns = None if any(x.udfs for x in self.views) else ColumnChecker.for_model(self.model)
         """Checks batches column by column (None: the model validates each record)."""
         self.columnar_from = COLUMNAR_FROM
-        self.views = [_ViewExtractor(v, code_root) for v in plan.views if v.source == source.name]
         self.skew_ms = max_future_skew_ms
         self.max_record_bytes = max_record_bytes
 
@@ -231,7 +236,7 @@ class Decoder:
         rows = np.flatnonzero(checked.passed)
         left = positions[~checked.passed].tolist()
         slow, slow_at = self._validate_each(values, left, reject) if left else ([], [])
-        return ColumnEvents(self.model, checked, rows, positions[rows], slow, slow_at)
+        return ColumnEvents(checked, rows, positions[rows], slow, slow_at)
 
     def _validate_each(self, values: Sequence[bytes | None], positions: list[int],
                        reject: Callable[..., None]) -> tuple[list[BaseModel], list[int]]:

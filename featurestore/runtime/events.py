@@ -4,7 +4,6 @@ as the model would check them (with the few records the model validated itself).
 from __future__ import annotations
 
 import datetime as dt
-from itertools import repeat
 from operator import attrgetter
 from typing import Any
 
@@ -43,10 +42,6 @@ class Events:
         """A datetime field as epoch milliseconds (floor; naive times taken as UTC)."""
         raise NotImplementedError
 
-    def models(self) -> list[BaseModel]:
-        """The events as model instances (what transforms are called with)."""
-        raise NotImplementedError
-
     def select(self, keep: list[int]) -> Events:
         """The events at `keep` (ascending)."""
         raise NotImplementedError
@@ -65,9 +60,6 @@ class ModelEvents(Events):
     def times_ms(self, name: str) -> np.ndarray:
         return epoch_ms(self.column(name))
 
-    def models(self) -> list[BaseModel]:
-        return self.events
-
     def select(self, keep: list[int]) -> Events:
         return ModelEvents([self.events[i] for i in keep], [self.taken[i] for i in keep])
 
@@ -76,9 +68,8 @@ class ColumnEvents(Events):
     """Events from checked Arrow columns (`rows` of the checked table, at batch positions
     `fast_at`) merged in batch order with events the model validated itself (`slow`)."""
 
-    def __init__(self, model: type[BaseModel], checked: ColumnChecked, rows: np.ndarray, fast_at: np.ndarray,
+    def __init__(self, checked: ColumnChecked, rows: np.ndarray, fast_at: np.ndarray,
                  slow: list[BaseModel], slow_at: list[int]) -> None:
-        self.model = model
         self.checked = checked
         self.rows = rows
         self.fast_at = fast_at
@@ -88,7 +79,6 @@ class ColumnEvents(Events):
         self.order = np.argsort(at, kind="stable") if slow else None
         self.taken = at[self.order].tolist() if self.order is not None else fast_at.tolist()
         self._columns: dict[str, list[Any]] = {}
-        self._models: list[BaseModel] | None = None
 
     def _merged(self, fast: list[Any], slow: list[Any]) -> list[Any]:
         if self.order is None:
@@ -119,37 +109,10 @@ class ColumnEvents(Events):
         both: np.ndarray = np.concatenate([fast, epoch_ms([getattr(e, name) for e in self.slow])])
         return both[self.order]
 
-    def models(self) -> list[BaseModel]:
-        if self._models is None:
-            names = list(self.model.model_fields)
-            values = map(dict, map(zip, repeat(names), zip(*(self._fast(n) for n in names))))
-            self._models = self._merged(list(map(_builder(self.model), values)), self.slow)
-        return self._models
-
     def select(self, keep: list[int]) -> Events:
         n_fast = len(self.rows)
         source = np.asarray(keep, np.int64) if self.order is None else self.order[np.asarray(keep, np.int64)]
         fast = source[source < n_fast]
         slow = (source[source >= n_fast] - n_fast).tolist()
-        return ColumnEvents(self.model, self.checked, self.rows[fast], self.fast_at[fast],
+        return ColumnEvents(self.checked, self.rows[fast], self.fast_at[fast],
                             [self.slow[i] for i in slow], [self.slow_at[i] for i in slow])
-
-
-def _builder(model: type[BaseModel]) -> Any:
-    """Makes an instance from values the model has already accepted, as `model_construct`
-    does, without its per-call overhead (no defaults to fill: every field is in the values)."""
-    new = model.__new__
-    setattr_ = object.__setattr__
-    names = frozenset(model.model_fields)
-    optional = any(not f.is_required() for f in model.model_fields.values())
-
-    def build(values: dict[str, Any]) -> BaseModel:
-        event = new(model)
-        setattr_(event, "__dict__", values)
-        setattr_(event, "__pydantic_fields_set__",
-                 {k for k, v in values.items() if v is not None} if optional else set(names))
-        setattr_(event, "__pydantic_extra__", None)
-        setattr_(event, "__pydantic_private__", None)
-        return event
-
-    return build

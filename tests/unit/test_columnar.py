@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator
 
 from featurestore.compile import compile_repo
+from featurestore.plan import Plan
 from featurestore.runtime.columnar import ColumnChecker, column_rules
 from featurestore.runtime.decode import Decoder, RawRecord
 from featurestore.runtime.events import ColumnEvents
@@ -39,15 +40,34 @@ class Reading(BaseModel):
     share: float | None = Field(default=None, le=1.5)
 
 
+def _without_transforms(plan: Plan) -> Plan:
+    """The example plan without its transforms (a source with transforms is validated record by
+    record): user_payments keeps its lateness, keys and item features."""
+    users = plan.view("user_payments")
+    plain = users.model_copy(update={
+        "row_features": [f for f in users.row_features if f.kind == "field"],
+        "aggregations": [a for a in users.aggregations if a.column != "amount_eur" and a.where is None],
+    })
+    return plan.model_copy(update={"views": [plain if v.name == plain.name else v for v in plan.views]})
+
+
+PLAIN = _without_transforms(PLAN)
+
+
 def _decoders() -> tuple[Decoder, Decoder]:
-    columnar = Decoder(PLAN, PLAN.source("payments"), ROOT / "feature_defs", max_future_skew_ms=300_000,
+    columnar = Decoder(PLAIN, PLAIN.source("payments"), ROOT / "feature_defs", max_future_skew_ms=300_000,
                        max_record_bytes=4096)
-    one_by_one = Decoder(PLAN, PLAN.source("payments"), ROOT / "feature_defs", max_future_skew_ms=300_000,
+    one_by_one = Decoder(PLAIN, PLAIN.source("payments"), ROOT / "feature_defs", max_future_skew_ms=300_000,
                          max_record_bytes=4096)
     one_by_one.columns = None
     columnar.columnar_from = 1  # every batch, however small
     assert columnar.columns is not None, "the example's event model is checked column by column"
     return columnar, one_by_one
+
+
+def test_a_source_with_transforms_is_validated_record_by_record() -> None:
+    decoder = Decoder(PLAN, PLAN.source("payments"), ROOT / "feature_defs", max_future_skew_ms=300_000)
+    assert decoder.columns is None
 
 
 COLUMNAR, ONE_BY_ONE = _decoders()
@@ -139,18 +159,13 @@ def test_times_keep_their_offset_as_the_model_does() -> None:
     stamps = ["2025-12-31T23:00:00Z", "2025-12-31T23:00:00.123456+05:30", "2025-12-31T23:00:00-00:00",
               "2025-12-31T01:00:00.1-23:59"]
     values = [_valid_payment(i, ts) for i, ts in enumerate(stamps)]
-    checker = ColumnChecker.for_model(Reading)
     assert COLUMNAR.columns is not None
     checked = COLUMNAR.columns.check(values)
     assert checked.passed.all()
-    model = COLUMNAR.model
-    events = ColumnEvents(model, checked, np.arange(4), np.arange(4), [], []).models()
-    for value, event in zip(values, events):
-        expected = model.model_validate_json(value)
-        assert event == expected
-        assert repr(event.ts) == repr(expected.ts)  # type: ignore[attr-defined]  # the Payment model's field
-        assert event.model_fields_set == expected.model_fields_set
-    assert checker is not None
+    got = ColumnEvents(checked, np.arange(4), np.arange(4), [], []).column("ts")
+    for value, ts in zip(values, got):
+        expected = COLUMNAR.model.model_validate_json(value).ts  # type: ignore[attr-defined]  # the Payment model's field
+        assert ts == expected and repr(ts) == repr(expected)
 
 
 required_readings: st.SearchStrategy[dict[str, Any]] = st.builds(
@@ -177,11 +192,12 @@ def test_every_record_the_check_passes_the_model_accepts_alike(values: list[byte
     assert checker is not None
     checked = checker.check(values)
     rows = np.flatnonzero(checked.passed)
-    events = ColumnEvents(Reading, checked, rows, rows, [], []).models()
-    for at, event in zip(rows.tolist(), events):
+    events = ColumnEvents(checked, rows, rows, [], [])
+    columns = {name: events.column(name) for name in Reading.model_fields}
+    for i, at in enumerate(rows.tolist()):
         expected = Reading.model_validate_json(values[at])
-        assert event.model_dump() == expected.model_dump()
-        assert repr(event) == repr(expected)
+        got = {name: column[i] for name, column in columns.items()}
+        assert got == dict(expected) and repr(got) == repr(dict(expected))
 
 
 def test_times_the_model_refuses_are_left_to_it() -> None:
