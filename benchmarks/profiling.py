@@ -14,12 +14,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+_DECODE = "decode (column checks, pydantic validation, transforms)"
 #: Where a sampled frame's time goes, by the file it is in (first match wins, innermost frame first).
 LAYERS = (
     ("Redis I/O (redis-py, hiredis)", ("redis/", "featurestore/online/streaming")),
     ("online states: fold and encode (Python)", ("featurestore/online/",)),
     ("metrics (prometheus_client)", ("prometheus_client/", "featurestore/metrics")),
-    ("decode (pydantic validation, transforms)", ("featurestore/runtime/decode", "pydantic")),
+    (_DECODE, ("featurestore/runtime/decode", "pydantic")),
     ("history (Arrow buffers, Parquet)", ("featurestore/offline/", "pyarrow")),
     ("Faust streams, agents, take buffer", ("faust/",)),
     ("aiokafka consumer / protocol", ("aiokafka/", "kafka/")),
@@ -27,6 +28,9 @@ LAYERS = (
     ("Kafka consume, processor loop (confluent-kafka)", ("featurestore/runtime/processor", "confluent_kafka")),
 )
 
+
+#: Layers that own every frame below them (Arrow parsing and compute called to check columns is decoding).
+OWNING = ((_DECODE, ("featurestore/runtime/columnar", "featurestore/runtime/events")),)
 
 
 @contextmanager
@@ -70,6 +74,10 @@ def summarise_profile(raw: Path, top: int = 8) -> list[tuple[str, float]]:
             continue  # idle threads
         n = int(count)
         total += n
+        owner = next((name for name, needles in OWNING if any(x in f for f in frames for x in needles)), None)
+        if owner:
+            layers[owner] += n
+            continue
         for frame in reversed(frames):
             layer = next((name for name, needles in LAYERS if any(x in frame for x in needles)), None)
             if layer:
