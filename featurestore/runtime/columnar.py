@@ -167,7 +167,8 @@ class ColumnChecker:
             whole &= np.fromiter((v.count(b"{") + v.count(b"[") < _DEEP for v in values), bool, n)
         if not whole.all():
             values = [v if ok else b"{}" for v, ok in zip(values, whole.tolist())]
-        table, parsed = self._read(values)
+            joined = b"\n".join(values)
+        table, parsed = self._read(values, joined)
         passed = whole & parsed
         micros: dict[str, np.ndarray] = {}
         offsets: dict[str, np.ndarray] = {}
@@ -180,15 +181,15 @@ class ColumnChecker:
                 passed &= _checked(column, rule)
         return ColumnChecked(table, passed, micros, offsets)
 
-    def _read(self, values: Sequence[bytes]) -> tuple[pa.Table, np.ndarray]:
-        """The records as one table, and which were parsed (a refused piece is halved until
-        small; its records are then nulls here, left to the model)."""
+    def _read(self, values: Sequence[bytes], joined: bytes) -> tuple[pa.Table, np.ndarray]:
+        """The records (`joined`: them joined by newlines) as one table, and which were parsed
+        (a refused piece is halved until small; its records are then nulls here, left to the model)."""
         parsed = np.ones(len(values), bool)
         pieces: list[pa.Table] = []
         todo = [(0, len(values))]
         while todo:
             lo, hi = todo.pop()
-            table = self._parse_piece(values[lo:hi])
+            table = self._parse_piece(values[lo:hi], joined if hi - lo == len(values) else None)
             if table is not None:
                 pieces.append(table)
             elif hi - lo <= _SMALLEST_PIECE:
@@ -200,11 +201,11 @@ class ColumnChecker:
         table = pa.concat_tables(pieces) if len(pieces) != 1 else pieces[0]
         return table, parsed
 
-    def _parse_piece(self, values: Sequence[bytes]) -> pa.Table | None:
+    def _parse_piece(self, values: Sequence[bytes], joined: bytes | None) -> pa.Table | None:
         if not values:
             return self._empty
         try:
-            table = pa_json.read_json(io.BytesIO(b"\n".join(values)), parse_options=self._parse)
+            table = pa_json.read_json(io.BytesIO(joined or b"\n".join(values)), parse_options=self._parse)
         except (pa.ArrowException, ValueError):  # refused (UnicodeDecodeError is a ValueError)
             return None
         return table.select(self._names) if table.num_rows == len(values) else None
@@ -246,23 +247,27 @@ def _times(column: pa.ChunkedArray, null_ok: bool) -> tuple[np.ndarray, np.ndarr
     offsets = np.zeros(n, np.int64)
     if not good.any():
         return ok, micros, offsets
-    chosen = pc.if_else(pa.array(good), column, pa.scalar("1970-01-01T00:00:00Z"))
-    year, month, day = (_number(chosen, a, b) for a, b in ((0, 4), (5, 7), (8, 10)))
-    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
-    real = day <= _MONTH_DAYS[month - 1] + ((month == 2) & leap)  # the pattern allows 31 in every month
-    if not real.all():
+    chosen = column if good.all() else pc.if_else(pa.array(good), column, pa.scalar(_SOME_TIME))
+    try:
+        instants = pc.cast(chosen, pa.timestamp("us", "UTC"))
+    except pa.ArrowInvalid:  # an impossible date (the pattern allows a 31st in every month): find them
+        year, month, day = (_number(chosen, a, b) for a, b in ((0, 4), (5, 7), (8, 10)))
+        leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+        real = day <= _MONTH_DAYS[month - 1] + ((month == 2) & leap)
         good &= real
         ok &= real
-        chosen = pc.if_else(pa.array(good), column, pa.scalar("1970-01-01T00:00:00Z"))
-    micros = np.asarray(pc.cast(chosen, pa.timestamp("us", "UTC")).cast(pa.int64()).to_numpy(), np.int64)
-    zulu = _mask(pc.ends_with(chosen, "Z"))
-    if not zulu.all():
-        tail = pc.if_else(pa.array(zulu), pa.scalar("+00:00"), pc.utf8_slice_codeunits(chosen, -6))
+        chosen = pc.if_else(pa.array(good), column, pa.scalar(_SOME_TIME))
+        instants = pc.cast(chosen, pa.timestamp("us", "UTC"))
+    micros = np.asarray(instants.cast(pa.int64()).to_numpy(), np.int64)
+    utc = _mask(pc.ends_with(chosen, "Z")) | _mask(pc.ends_with(chosen, "+00:00")) | _mask(pc.ends_with(chosen, "-00:00"))
+    if not utc.all():
+        tail = pc.if_else(pa.array(utc), pa.scalar("+00:00"), pc.utf8_slice_codeunits(chosen, -6))
         sign = np.where(_mask(pc.starts_with(tail, "-")), -1, 1)
         offsets = sign * (_number(tail, 1, 3) * 3600 + _number(tail, 4, 6) * 60)
     return ok, micros, offsets
 
 
+_SOME_TIME = "1970-01-01T00:00:00Z"
 _MONTH_DAYS = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], np.int64)
 
 

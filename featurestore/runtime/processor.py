@@ -96,6 +96,11 @@ def run_following(
         plan, previous = new, plan
 
 
+def _raw_batch(msgs: list[Message]) -> RawBatch:
+    return RawBatch(cast(list[int], list(map(Message.partition, msgs))), cast(list[int], list(map(Message.offset, msgs))),
+                    list(map(Message.key, msgs)), list(map(Message.value, msgs)))
+
+
 class StreamProcessor:
     """Executes a plan against Kafka, Redis and the Parquet history (confluent-kafka engine)."""
 
@@ -280,15 +285,11 @@ class StreamProcessor:
                 else:
                     log.warning("kafka: %s", err)
             msgs = kept
+        if len(self.applier.topics) == 1:  # one source topic: every record is of it
+            return {self.applier.topics[0]: _raw_batch(msgs)} if msgs else {}
         topics = list(map(Message.topic, msgs))
-        by_topic: dict[str, RawBatch] = {}
-        for topic in dict.fromkeys(topics):
-            mine = msgs if len(by_topic) == 0 and topics.count(topic) == len(topics) else [
-                m for m, t in zip(msgs, topics) if t == topic]
-            by_topic[cast(str, topic)] = RawBatch(cast(list[int], list(map(Message.partition, mine))),
-                                                  cast(list[int], list(map(Message.offset, mine))),
-                                                  list(map(Message.key, mine)), list(map(Message.value, mine)))
-        return by_topic
+        return {cast(str, topic): _raw_batch([m for m, t in zip(msgs, topics) if t == topic])
+                for topic in dict.fromkeys(topics)}
 
     def _observe_lag(self, offsets: dict[tuple[str, int], int]) -> None:
         """Consumer lag per partition from the high watermark of the last fetch (no broker round trip)."""
