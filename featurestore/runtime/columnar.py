@@ -52,7 +52,7 @@ _DEEP = 100
 """Records with this many `{`/`[` are left to the model (its parser refuses nesting deeper than 200)."""
 _SMALLEST_PIECE = 64
 """A piece of a batch Arrow refuses is split in halves down to this size, then left to the model."""
-_OPEN, _CLOSE = ord("{"), ord("}")
+_OPEN, _CLOSE, _BRACKET = ord("{"), ord("}"), ord("[")
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,8 @@ class ColumnChecker:
             whole &= np.fromiter((b"\n" not in v and b"\r" not in v for v in values), bool, n)
         # each whole record holds at least one `{`: below this total, none holds _DEEP
         if joined.count(b"[") + joined.count(b"{") >= int(whole.sum()) + _DEEP - 1:
-            whole &= np.fromiter((v.count(b"{") + v.count(b"[") < _DEEP for v in values), bool, n)
+            opening = (buf == _OPEN) | (buf == _BRACKET)
+            whole &= np.add.reduceat(opening, starts, dtype=np.int64) < _DEEP  # per record (and its newline)
         if not whole.all():
             values = [v if ok else b"{}" for v, ok in zip(values, whole.tolist())]
             joined = b"\n".join(values)
