@@ -66,7 +66,6 @@ class ColumnRule:
     bounds: tuple[tuple[str, int | float], ...] = ()
     min_length: int | None = None
     max_length: int | None = None
-    aware: bool = False
 
 
 def column_rules(model: type[BaseModel]) -> list[ColumnRule] | None:
@@ -118,8 +117,7 @@ def _rule(name: str, schema: dict[str, Any]) -> ColumnRule | None:
     bounds = tuple((b, schema[b]) for b in _BOUNDS if b in schema)
     if any(type(v) not in (int, float) or (type(v) is int and not -(2**63) <= v < 2**63) for _, v in bounds):
         return None
-    return ColumnRule(name, kind, null_ok, bounds, schema.get("min_length"), schema.get("max_length"),
-                      schema.get("tz_constraint") == "aware")
+    return ColumnRule(name, kind, null_ok, bounds, schema.get("min_length"), schema.get("max_length"))
 
 
 class ColumnChecked:
@@ -139,18 +137,16 @@ class ColumnChecked:
 class ColumnChecker:
     """Checks batches of one event model's JSON records column by column."""
 
-    def __init__(self, model: type[BaseModel], rules: Sequence[ColumnRule]) -> None:
-        self.model = model
+    def __init__(self, rules: Sequence[ColumnRule]) -> None:
         self.rules = list(rules)
         schema = pa.schema([(r.name, _ARROW_TYPES[r.kind]) for r in self.rules])
         self._parse = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-        self._empty = pa.table({r.name: pa.nulls(0, _ARROW_TYPES[r.kind]) for r in self.rules})
         self._names = [r.name for r in self.rules]
 
     @classmethod
     def for_model(cls, model: type[BaseModel]) -> ColumnChecker | None:
         rules = column_rules(model)
-        return None if rules is None else cls(model, rules)
+        return None if rules is None else cls(rules)
 
     def check(self, values: Sequence[bytes]) -> ColumnChecked:
         """Parse and check non-empty records; `passed[i]` False: leave record i to the model."""
@@ -195,16 +191,19 @@ class ColumnChecker:
                 pieces.append(table)
             elif hi - lo <= _SMALLEST_PIECE:
                 parsed[lo:hi] = False
-                pieces.append(pa.table({r.name: pa.nulls(hi - lo, _ARROW_TYPES[r.kind]) for r in self.rules}))
+                pieces.append(self._nulls(hi - lo))
             else:
                 mid = (lo + hi) // 2
                 todo += [(mid, hi), (lo, mid)]  # popped lo first: pieces stay in order
         table = pa.concat_tables(pieces) if len(pieces) != 1 else pieces[0]
         return table, parsed
 
+    def _nulls(self, n: int) -> pa.Table:
+        return pa.table({r.name: pa.nulls(n, _ARROW_TYPES[r.kind]) for r in self.rules})
+
     def _parse_piece(self, values: Sequence[bytes], joined: bytes | None) -> pa.Table | None:
         if not values:
-            return self._empty
+            return self._nulls(0)
         try:
             table = pa_json.read_json(io.BytesIO(joined or b"\n".join(values)), parse_options=self._parse)
         except (pa.ArrowException, ValueError):  # refused (UnicodeDecodeError is a ValueError)

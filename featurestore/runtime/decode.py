@@ -227,7 +227,7 @@ class Decoder:
             candidates = [at for at, size in enumerate(sizes) if 0 < size <= limit]
         else:
             candidates = list(range(len(records)))
-        if self.columns is None or len(candidates) < max(self.columnar_from, 1):
+        if self.columns is None or not candidates or len(candidates) < self.columnar_from:
             events, taken = self._validate_each(values, candidates, reject)
             return ModelEvents(events, taken)
         chosen = values if len(candidates) == len(values) else [values[at] for at in candidates]

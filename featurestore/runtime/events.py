@@ -4,6 +4,7 @@ as the model would check them (with the few records the model validated itself).
 from __future__ import annotations
 
 import datetime as dt
+from abc import ABC, abstractmethod
 from operator import attrgetter
 from typing import Any
 
@@ -26,7 +27,7 @@ def epoch_ms(values: list[dt.datetime]) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
-class Events:
+class Events(ABC):
     """Valid events in record order: `taken[i]` is event i's position in the batch."""
 
     taken: list[int]
@@ -34,14 +35,17 @@ class Events:
     def __len__(self) -> int:
         return len(self.taken)
 
+    @abstractmethod
     def column(self, name: str) -> list[Any]:
         """Each event's value of a field, as the event model holds it."""
         raise NotImplementedError
 
+    @abstractmethod
     def times_ms(self, name: str) -> np.ndarray:
         """A datetime field as epoch milliseconds (floor; naive times taken as UTC)."""
         raise NotImplementedError
 
+    @abstractmethod
     def select(self, keep: list[int]) -> Events:
         """The events at `keep` (ascending)."""
         raise NotImplementedError
