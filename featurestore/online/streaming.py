@@ -10,13 +10,13 @@ most two batches are in flight, so replies never fill the socket.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import hiredis
 import redis
+from redis._parsers import BaseParser
 from redis.exceptions import ResponseError
 
 T = TypeVar("T")
@@ -29,13 +29,14 @@ def stream_commands(client: redis.Redis[bytes], batches: Iterable[Sequence[bytes
     returned as the exception; a lost connection raises."""
     replies: list[Any] = []
     in_flight = 0
+    reader = _reader()  # one for the whole stream: a read may take in the next batch's replies
     with _borrowed(client) as conn:
         for batch in batches:
             conn.send_packed_command([b"".join(batch)], check_health=False)  # one write, not one per command
             if in_flight:
-                replies.extend(_read(conn, in_flight))
+                replies.extend(_read(conn, in_flight, reader))
             in_flight = len(batch)
-        replies.extend(_read(conn, in_flight))
+        replies.extend(_read(conn, in_flight, reader))
     return replies
 
 
@@ -49,7 +50,7 @@ def run_commands(client: redis.Redis[bytes], commands: Sequence[tuple[Any, ...] 
         try:
             with _borrowed(client) as conn:
                 conn.send_packed_command(packed, check_health=False)
-                replies = _read(conn, len(commands))
+                replies = _read(conn, len(commands), _reader())
         except (redis.ConnectionError, redis.TimeoutError):
             if attempt == 2:
                 raise
@@ -71,7 +72,7 @@ async def arun_commands(client: Any, commands: Sequence[tuple[Any, ...] | bytes]
         try:
             await conn.send_packed_command(packed, check_health=False)
             async with asyncio.timeout(conn.socket_timeout):
-                replies = [await _aread_one(conn) for _ in commands]
+                replies = await _aread(conn, len(commands))
         except (redis.ConnectionError, redis.TimeoutError, TimeoutError):
             await conn.disconnect()
             if attempt == 2:
@@ -100,13 +101,6 @@ def _packed(commands: Sequence[tuple[Any, ...] | bytes]) -> bytes:
     return b"".join([c if isinstance(c, bytes) else pack_command(c) for c in commands])
 
 
-async def _aread_one(conn: Any) -> Any:
-    try:
-        return await conn.read_response(timeout=math.inf)  # the caller's timeout covers every reply
-    except ResponseError as exc:
-        return exc
-
-
 @contextmanager
 def _borrowed(client: redis.Redis[bytes]) -> Iterator[Any]:
     """A connection of the client's pool, disconnected if the body fails: unread replies
@@ -122,11 +116,55 @@ def _borrowed(client: redis.Redis[bytes]) -> Iterator[Any]:
         pool.release(conn)
 
 
-def _read(conn: Any, n: int) -> list[Any]:
+def _reader() -> hiredis.Reader:
+    """A reply parser for `_read`; error replies become redis-py's exception for them."""
+    return hiredis.Reader(replyError=BaseParser.parse_error, notEnoughData=_MORE)
+
+
+def _read(conn: Any, n: int, reader: hiredis.Reader) -> list[Any]:
+    """The next `n` replies on the connection, parsed by `reader` from as few socket reads as
+    they arrive in (redis-py reads one reply per call, ~10 µs each). Bytes read beyond the
+    n-th reply stay in `reader` for the next call."""
+    sock = conn._sock  # connected: the commands were just sent on it
+    buffer = bytearray(_CHUNK)
     out: list[Any] = []
-    for _ in range(n):
-        try:
-            out.append(conn.read_response())
-        except ResponseError as exc:
-            out.append(exc)
+    try:
+        while _parsed(reader, out, n):
+            got = sock.recv_into(buffer)
+            if not got:
+                raise redis.ConnectionError("Redis closed the connection")
+            reader.feed(buffer, 0, got)  # type: ignore[arg-type]  # any buffer: its stub says bytes
+    except TimeoutError:
+        raise redis.TimeoutError("Timeout reading replies from Redis") from None
+    except (OSError, hiredis.ProtocolError) as exc:
+        raise redis.ConnectionError(f"Error reading replies from Redis: {exc}") from None
     return out
+
+
+async def _aread(conn: Any, n: int) -> list[Any]:
+    """As `_read`, on an asyncio connection (its stream reader; the caller bounds the time)."""
+    reader = _reader()
+    out: list[Any] = []
+    try:
+        while _parsed(reader, out, n):
+            data = await conn._reader.read(_CHUNK)
+            if not data:
+                raise redis.ConnectionError("Redis closed the connection")
+            reader.feed(data)
+    except (OSError, hiredis.ProtocolError) as exc:
+        raise redis.ConnectionError(f"Error reading replies from Redis: {exc}") from None
+    return out
+
+
+def _parsed(reader: hiredis.Reader, out: list[Any], n: int) -> bool:
+    """Move whole replies from `reader` to `out` until it holds `n`; whether more bytes are needed."""
+    while len(out) < n:
+        reply = reader.gets()
+        if reply is _MORE:
+            return True
+        out.append(reply)
+    return False
+
+
+_MORE = object()
+_CHUNK = 1 << 16

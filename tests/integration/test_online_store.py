@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 
 from featurestore.compile import compile_repo
 from featurestore.online import OnlineReader, OnlineWriter
@@ -306,3 +308,41 @@ def test_states_evicted_from_memory_are_read_back(store, cache_bytes: int) -> No
         assert client.hgetall(f"fs:{project}-small:user_payments:{user}") == client.hgetall(f"fs:{project}:user_payments:{user}")
     for key in client.scan_iter(f"fs:{project}-small:*"):
         client.delete(key)
+
+
+def test_streamed_and_pipelined_replies_arrive_whole_and_in_order(services, run_id) -> None:
+    """Replies are parsed from as few socket reads as they arrive in: a read that takes in the
+    next batch's replies keeps them for it; large replies span reads; error replies come back
+    as redis-py's exception for them, in place."""
+    from redis.exceptions import NoScriptError, ResponseError
+
+    from featurestore.online.streaming import arun_commands, pack_command, run_commands, stream_commands
+
+    client = redis.Redis.from_url(services.redis_url)
+    big = f"fs:stream-{run_id}:big".encode()
+    client.set(big, b"x" * 300_000)  # one reply larger than a socket read
+    try:
+        batches = [[pack_command(("ECHO", f"{b}-{i}")) for i in range(40)] for b in range(300)]
+        got = stream_commands(client, batches)
+        assert got == [f"{b}-{i}".encode() for b in range(300) for i in range(40)]
+        mixed = [("GET", big), ("EVALSHA", "0" * 40, 0), ("ECHO", "after"), ("HGET", big, "f"), ("ECHO", "last")]
+        replies = run_commands(client, mixed, raise_errors=False)
+        assert replies[0] == b"x" * 300_000 and replies[2] == b"after" and replies[4] == b"last"
+        assert isinstance(replies[1], NoScriptError)
+        assert isinstance(replies[3], ResponseError) and "WRONGTYPE" in str(replies[3])
+        with pytest.raises(NoScriptError):
+            run_commands(client, mixed)
+        assert client.echo("the connection is still in step") == b"the connection is still in step"
+
+        async def over_asyncio() -> list[Any]:
+            aclient: Any = redis.asyncio.Redis.from_url(services.redis_url)
+            try:
+                return await arun_commands(aclient, mixed, raise_errors=False)
+            finally:
+                await aclient.aclose()
+
+        areplies = asyncio.run(over_asyncio())
+        assert [type(r) for r in areplies] == [type(r) for r in replies] and areplies[0] == replies[0]
+    finally:
+        client.delete(big)
+        client.close()
