@@ -4,9 +4,11 @@ A batch is decoded in two passes: the records are validated against the event mo
 the valid events are turned into columns one column at a time (event times, keys, values,
 transforms, lateness). A model of plain field checks, on a source without transforms, is
 checked a batch at a time over Arrow columns (`featurestore.runtime.columnar`), and only the
-records that check cannot vouch for are validated by the model one by one; otherwise the
-model validates every record (transforms are called with its instances, which it builds
-faster than anything else could). Either way a dead letter's reason is the model's own error.
+records that check cannot vouch for are validated by the model one by one — when every
+transform of the source only reads fields of its event (`featurestore.runtime.field_reads`:
+it is then called with a light record of those fields). Otherwise the model validates every
+record (transforms are called with its instances, which it builds faster than anything else
+could). Either way a dead letter's reason is the model's own error.
 
 Reasons: `oversized` (larger than the configured limit), `malformed_json` (not JSON),
 `schema_violation` (JSON not matching the event model), `missing_key` (a join key is
@@ -30,6 +32,7 @@ from featurestore.plan import Plan, SourcePlan, ViewPlan
 from featurestore.records import ViewRows
 from featurestore.runtime.columnar import ColumnChecker
 from featurestore.runtime.events import ColumnEvents, Events, ModelEvents
+from featurestore.runtime.field_reads import fields_read
 from featurestore.runtime.imports import import_object
 
 
@@ -104,7 +107,7 @@ def _schema_detail(exc: ValidationError) -> tuple[str, str]:
 class _ViewExtractor:
     """Pulls one view's keys and history columns out of validated events."""
 
-    def __init__(self, view: ViewPlan, code_root: Path) -> None:
+    def __init__(self, view: ViewPlan, code_root: Path, model: type[BaseModel]) -> None:
         self.view = view
         self.key_names = [k.name for k in view.join_keys]
         attrs: dict[str, str] = {}  # history column -> event attribute
@@ -122,6 +125,8 @@ class _ViewExtractor:
                     attrs[column] = column
         self.attrs = attrs
         self.udfs = udfs
+        self.udf_fields = {name: fields_read(fn, model) for name, fn in udfs.items()}
+        """Per transform, the fields it reads (None: it may use its event otherwise, and is called with models)."""
         self.columns = [name for name, _ in view.history_columns]
         self.lateness_ms = view.allowed_lateness_ms
 
@@ -131,22 +136,24 @@ class _ViewExtractor:
             return [(v,) for v in events.column(self.key_names[0])]
         return list(zip(*(events.column(k) for k in self.key_names)))
 
-    def values(self, events: Events, failed: dict[int, list[str]]) -> dict[str, list[Any]]:
+    def values(self, events: Events, failed: dict[int, list[str]], record_fields: tuple[str, ...] = ()) -> dict[str, list[Any]]:
         """The events' history columns (a transform that raises leaves None at that event and
         adds the reason to `failed[position]`)."""
         out = {name: events.column(attr) for name, attr in self.attrs.items()}
-        if not self.udfs:
-            return out
-        assert isinstance(events, ModelEvents), "a source with transforms is validated record by record"
-        models = events.events
         for name, fn in self.udfs.items():
+            fields = self.udf_fields[name]
+            if isinstance(events, ModelEvents):
+                given: list[Any] = events.events
+            else:
+                assert fields is not None, "a transform called with models is validated record by record"
+                given = events.records(record_fields)
             try:
-                out[name] = list(map(fn, models))
+                out[name] = list(map(fn, given))
             except Exception:  # user code: find which events fail, and why
-                out[name] = [self._one(fn, name, e, i, failed) for i, e in enumerate(models)]
+                out[name] = [self._one(fn, name, e, i, failed) for i, e in enumerate(given)]
         return out
 
-    def _one(self, fn: Callable[[Any], Any], name: str, event: BaseModel, at: int, failed: dict[int, list[str]]) -> Any:
+    def _one(self, fn: Callable[[Any], Any], name: str, event: Any, at: int, failed: dict[int, list[str]]) -> Any:
         try:
             return fn(event)
         except Exception as exc:  # user code
@@ -168,9 +175,13 @@ class Decoder:
         """`code_root`: the feature repository, the only place the plan's code is imported from."""
         self.source = source
         self.model: type[BaseModel] = import_object(source.schema_ref, code_root)
-        self.views = [_ViewExtractor(v, code_root) for v in plan.views if v.source == source.name]
-        # transforms are called with model instances, which the model builds fastest itself
-        self.columns = None if any(x.udfs for x in self.views) else ColumnChecker.for_model(self.model)
+        self.views = [_ViewExtractor(v, code_root, self.model) for v in plan.views if v.source == source.name]
+        # a transform that may use its event otherwise than reading fields is called with
+        # model instances, which the model builds fastest itself
+        models_needed = any(f is None for x in self.views for f in x.udf_fields.values())
+        self.columns = None if models_needed else ColumnChecker.for_model(self.model)
+        self.record_fields = tuple(sorted({f for x in self.views for fs in x.udf_fields.values() for f in fs or ()}))
+        """The fields of the records transforms are called with (all their fields: one record per event)."""
         """Checks batches column by column (None: the model validates each record)."""
         self.columnar_from = COLUMNAR_FROM
         self.skew_ms = max_future_skew_ms
@@ -269,7 +280,7 @@ class Decoder:
         values = []
         for x in self.views:
             failed: dict[int, list[str]] = {}
-            values.append(x.values(events, failed))
+            values.append(x.values(events, failed, self.record_fields))
             failed_by_view.append(failed)
         failed_any = set().union(*failed_by_view)
         lost = {i for i in failed_any if all(i in f for f in failed_by_view)}  # no view took it

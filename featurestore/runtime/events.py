@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from featurestore.plan.windows import EPOCH, to_epoch_ms
 from featurestore.runtime.columnar import ColumnChecked, datetimes
+from featurestore.runtime.field_reads import record_type
 
 _MS = dt.timedelta(milliseconds=1)
 
@@ -31,6 +32,7 @@ class Events(ABC):
     """Valid events in record order: `taken[i]` is event i's position in the batch."""
 
     taken: list[int]
+    _records: dict[tuple[str, ...], list[Any]]
 
     def __len__(self) -> int:
         return len(self.taken)
@@ -45,6 +47,14 @@ class Events(ABC):
         """A datetime field as epoch milliseconds (floor; naive times taken as UTC)."""
         raise NotImplementedError
 
+    def records(self, fields: tuple[str, ...]) -> list[Any]:
+        """Each event as a light record of `fields` (attributes holding the model's values;
+        made once per batch and fields)."""
+        made = self._records.get(fields)
+        if made is None:
+            made = self._records[fields] = list(map(record_type(fields), *(self.column(f) for f in fields)))
+        return made
+
     @abstractmethod
     def select(self, keep: list[int]) -> Events:
         """The events at `keep` (ascending)."""
@@ -57,6 +67,7 @@ class ModelEvents(Events):
     def __init__(self, events: list[BaseModel], taken: list[int]) -> None:
         self.events = events
         self.taken = taken
+        self._records = {}
 
     def column(self, name: str) -> list[Any]:
         return list(map(attrgetter(name), self.events))
@@ -83,6 +94,7 @@ class ColumnEvents(Events):
         self.order = np.argsort(at, kind="stable") if slow else None
         self.taken = at[self.order].tolist() if self.order is not None else fast_at.tolist()
         self._columns: dict[str, list[Any]] = {}
+        self._records = {}
 
     def _merged(self, fast: list[Any], slow: list[Any]) -> list[Any]:
         if self.order is None:

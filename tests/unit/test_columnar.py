@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,6 @@ from hypothesis import strategies as st
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator
 
 from featurestore.compile import compile_repo
-from featurestore.plan import Plan
 from featurestore.runtime.columnar import ColumnChecker, column_rules
 from featurestore.runtime.decode import Decoder, RawRecord
 from featurestore.runtime.events import ColumnEvents
@@ -40,37 +41,73 @@ class Reading(BaseModel):
     share: float | None = Field(default=None, le=1.5)
 
 
-def _without_transforms(plan: Plan) -> Plan:
-    """The example plan without its transforms (a source with transforms is validated record by
-    record): user_payments keeps its lateness, keys and item features."""
-    users = plan.view("user_payments")
-    plain = users.model_copy(update={
-        "row_features": [f for f in users.row_features if f.kind == "field"],
-        "aggregations": [a for a in users.aggregations if a.column != "amount_eur" and a.where is None],
-    })
-    return plan.model_copy(update={"views": [plain if v.name == plain.name else v for v in plan.views]})
+TRANSFORM_THAT_FAILS = '''
+
+def amount_per_merchant_char(event: Payment) -> float:
+    """Raises for an empty merchant id: a transform error, the same either way."""
+    return event.amount / len(event.merchant_id)
 
 
-PLAIN = _without_transforms(PLAN)
+def described(event: Payment) -> str:
+    """Uses its event otherwise than reading fields: called with the model."""
+    return repr(event)
+'''
 
 
-def _decoders() -> tuple[Decoder, Decoder]:
-    columnar = Decoder(PLAIN, PLAIN.source("payments"), ROOT / "feature_defs", max_future_skew_ms=300_000,
-                       max_record_bytes=4096)
-    one_by_one = Decoder(PLAIN, PLAIN.source("payments"), ROOT / "feature_defs", max_future_skew_ms=300_000,
-                         max_record_bytes=4096)
+def _repo(tmp: Path, transform: str) -> Path:
+    """A copy of the example repository whose user_payments has one more transform."""
+    repo = tmp / f"repo-{transform}"
+    if repo.exists():
+        return repo
+    shutil.copytree(ROOT / "feature_defs", repo, ignore=shutil.ignore_patterns(".featurestore", "__pycache__"))
+    (repo / "transforms.py").write_text((repo / "transforms.py").read_text() + TRANSFORM_THAT_FAILS)
+    views = (repo / "views.py").read_text()
+    views = views.replace("from transforms import amount_eur, is_large", f"from transforms import amount_eur, is_large, {transform}")
+    views = views.replace('        Transform("is_large", udf=is_large),',
+                          f'        Transform("is_large", udf=is_large),\n        Transform("extra_{transform}", udf={transform}),')
+    (repo / "views.py").write_text(views)
+    return repo
+
+
+def _decoders(repo: Path) -> tuple[Decoder, Decoder]:
+    plan = compile_repo(repo)
+    columnar = Decoder(plan, plan.source("payments"), repo, max_future_skew_ms=300_000, max_record_bytes=4096)
+    one_by_one = Decoder(plan, plan.source("payments"), repo, max_future_skew_ms=300_000, max_record_bytes=4096)
     one_by_one.columns = None
     columnar.columnar_from = 1  # every batch, however small
     assert columnar.columns is not None, "the example's event model is checked column by column"
     return columnar, one_by_one
 
 
-def test_a_source_with_transforms_is_validated_record_by_record() -> None:
+_TMP = Path(tempfile.mkdtemp(prefix="columnar-test-"))
+COLUMNAR, ONE_BY_ONE = _decoders(_repo(_TMP, "amount_per_merchant_char"))
+
+
+def test_transforms_that_read_fields_are_called_with_records_of_those_fields() -> None:
     decoder = Decoder(PLAN, PLAN.source("payments"), ROOT / "feature_defs", max_future_skew_ms=300_000)
+    assert decoder.columns is not None
+    assert decoder.record_fields == ("amount", "currency")
+    assert COLUMNAR.record_fields == ("amount", "currency", "merchant_id")
+
+
+def test_a_source_with_a_transform_that_uses_its_event_otherwise_is_validated_record_by_record() -> None:
+    repo = _repo(_TMP, "described")
+    plan = compile_repo(repo)
+    decoder = Decoder(plan, plan.source("payments"), repo, max_future_skew_ms=300_000)
     assert decoder.columns is None
+    rows, _ = decoder.decode([RawRecord(0, 0, None, _valid_payment(1))], NOW)
+    users = next(r for r in rows if r.view == "user_payments")
+    assert users.values["extra_described"][0].startswith("Payment(payment_id=")
 
 
-COLUMNAR, ONE_BY_ONE = _decoders()
+def test_a_transform_that_raises_gives_the_same_dead_letter_either_way() -> None:
+    batch = [RawRecord(0, i, None, _valid_payment(i, merchant="" if i == 3 else "m1")) for i in range(8)]
+    rows_a, dead_a = COLUMNAR.decode(batch, NOW)
+    rows_b, dead_b = ONE_BY_ONE.decode(batch, NOW)
+    assert [d.reason for d in dead_a] == ["transform_error"] and dead_a == dead_b
+    assert "ZeroDivisionError" in dead_a[0].detail and dead_a[0].kept  # merchant_payments still took it
+    assert [vars(r) for r in rows_a] == [vars(r) for r in rows_b]
+
 
 ZONES: list[dt.tzinfo | None] = [dt.timezone.utc, dt.timezone(dt.timedelta(hours=5, minutes=30)),
                                  dt.timezone(-dt.timedelta(hours=23, minutes=59)), None]
@@ -132,8 +169,8 @@ def test_the_decoder_gives_the_same_rows_and_dead_letters_either_way(values: lis
     assert newest_a == newest_b
 
 
-def _valid_payment(i: int, ts: str = "2025-12-31T23:00:00.5+00:00") -> bytes:
-    return json.dumps({"payment_id": f"p{i}", "user_id": i % 7, "merchant_id": "m1", "amount": 10.5 + i,
+def _valid_payment(i: int, ts: str = "2025-12-31T23:00:00.5+00:00", merchant: str = "m1") -> bytes:
+    return json.dumps({"payment_id": f"p{i}", "user_id": i % 7, "merchant_id": merchant, "amount": 10.5 + i,
                        "currency": "EUR", "country": "FR", "ts": ts, "extra": {"a": [1, 2]}}).encode()
 
 
