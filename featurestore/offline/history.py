@@ -334,20 +334,38 @@ class HistoryWriter:
         os.replace(tmp, path)  # the commit point
 
     def _table(self, view: str, batches: list[ViewRows]) -> pa.Table:
-        plan = self.views[view]
-        cols: dict[str, list[Any]] = {k.name: [] for k in plan.join_keys}
-        cols.update({"event_timestamp": [], "_topic": [], "_partition": [], "_offset": [], "_processed_at": [], "_late": []})
-        for name, _ in plan.history_columns:
-            cols[name] = []
-        for rows in batches:
-            for i, key in enumerate(zip(*rows.keys)):
-                cols[plan.join_keys[i].name].extend(key)
-            cols["event_timestamp"].extend(rows.ts)
-            cols["_topic"].extend([rows.topic] * len(rows))
-            cols["_partition"].extend(rows.partition)
-            cols["_offset"].extend(rows.offset)
-            cols["_processed_at"].extend([rows.processed_at_ms] * len(rows))
-            cols["_late"].extend(rows.late or [False] * len(rows))
-            for name, _ in plan.history_columns:
-                cols[name].extend(rows.values[name])
-        return pa.Table.from_pydict(cols, schema=self.schemas[view])
+        parts = [_rows_table(self.views[view], self.schemas[view], rows) for rows in batches]
+        return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+
+
+def _rows_table(plan: ViewPlan, schema: pa.Schema, rows: ViewRows) -> pa.Table:
+    """One batch's rows as a table of the view's history schema (a column that is the same
+    list as another, as a field and the feature named after it, is converted once)."""
+    n = len(rows)
+    made: dict[tuple[int, pa.DataType], pa.Array] = {}
+
+    def array(values: list[Any], kind: pa.DataType) -> pa.Array:
+        got = made.get((id(values), kind))
+        if got is None:
+            got = made[(id(values), kind)] = pa.array(values, kind)
+        return got
+
+    if len(plan.join_keys) == 1:
+        keys: list[list[Any]] = [[k[0] for k in rows.keys]]
+    else:
+        keys = [list(column) for column in zip(*rows.keys)] if n else [[] for _ in plan.join_keys]
+    topic = rows.topic.encode()
+    columns: dict[str, pa.Array] = {k.name: pa.array(values, ARROW_TYPES[k.dtype]) for k, values in zip(plan.join_keys, keys)}
+    columns["event_timestamp"] = pa.array(rows.ts, pa.int64()).view(_MS_UTC)
+    for name, dtype in plan.history_columns:
+        columns[name] = array(rows.values[name], ARROW_TYPES[dtype])
+    columns["_topic"] = pa.Array.from_buffers(pa.string(), n, [
+        None, pa.py_buffer((np.arange(n + 1, dtype=np.int32) * len(topic)).tobytes()), pa.py_buffer(topic * n)])
+    columns["_partition"] = pa.array(rows.partition, pa.int32())
+    columns["_offset"] = pa.array(rows.offset, pa.int64())
+    columns["_processed_at"] = pa.array(np.full(n, rows.processed_at_ms, np.int64)).view(_MS_UTC)
+    columns["_late"] = pa.array(rows.late, pa.bool_()) if rows.late else pa.array(np.zeros(n, bool))
+    return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
+
+
+_MS_UTC = pa.timestamp("ms", tz="UTC")
