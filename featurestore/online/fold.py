@@ -160,9 +160,12 @@ def fold_states(view: ViewPlan, sets: Sequence[TileSet], bounds: Sequence[Bounds
     offset = np.where(newer, o, block.offset)
     row_cols = [values[f.name] for f in view.row_features]
     buf = block.buf
-    rows_json = [orjson.dumps([c[i] for c in row_cols]) if new else buf[a : a + size]  # a state's own row, or its kept one
-                 for new, i, a, size in zip(newer.tolist(), groups.row[last].tolist(), block.json_at.tolist(),
-                                            block.row_size.tolist())]
+    if row_cols:
+        rows_json = [orjson.dumps([c[i] for c in row_cols]) if new else buf[a : a + size]  # a state's own row, or its kept one
+                     for new, i, a, size in zip(newer.tolist(), groups.row[last].tolist(), block.json_at.tolist(),
+                                                block.row_size.tolist())]
+    else:  # no row features: every row is the empty list
+        rows_json = [_NO_ROW] * len(live)
     overflow_in = block.overflows(np.arange(len(live)))
     items_in = _items_in(block, codec)
     batch = _Columns(values)
@@ -409,20 +412,19 @@ def _assemble(codec: StateCodec, applied: np.ndarray, ts: np.ndarray, offset: np
         if overflow else [b""] * n
     fixed = np.zeros(n, dtype=_FIXED_DTYPE)
     fixed["magic"] = MAGIC
-    fixed["row"] = [len(r) for r in rows_json]
-    fixed["overflow"] = [len(x) for x in overflow_json]
-    fixed["items"] = [len(x) for x in items_json]
+    fixed["row"] = np.fromiter(map(len, rows_json), np.int64, n)
+    fixed["overflow"] = np.fromiter(map(len, overflow_json), np.int64, n)
+    fixed["items"] = np.fromiter(map(len, items_json), np.int64, n)
     fixed["applied"], fixed["ts"], fixed["offset"] = applied, ts, offset
     all_counts = [p.counts for p in packed] + [out.counts for out, _ in tables]
     set_counts = np.stack(all_counts, axis=1).astype("<u4") if all_counts else np.zeros((n, 0), "<u4")
     heads_fixed = np.concatenate([fixed.view(np.uint8).reshape(n, -1), set_counts.view(np.uint8).reshape(n, -1)], axis=1)
     head_size = FIXED.size + codec.counts_size + fixed["row"].astype(np.int64) + fixed["overflow"] + fixed["items"]
-    pads = (padded(head_size) - head_size).tolist()
+    pads = map(_PADS.__getitem__, (padded(head_size) - head_size).tolist())
     fixed_bytes = heads_fixed.tobytes()
     step = heads_fixed.shape[1]
-    heads = b"".join([b"".join(parts) for parts in zip(
-        (fixed_bytes[i * step : (i + 1) * step] for i in range(n)), rows_json, overflow_json, items_json,
-        (b" " * p for p in pads))])
+    fixed_parts = map(fixed_bytes.__getitem__, map(slice, range(0, n * step, step), range(step, n * step + 1, step)))
+    heads = b"".join(itertools.chain.from_iterable(zip(fixed_parts, rows_json, overflow_json, items_json, pads)))
     sizes: list[np.ndarray] = [np.asarray(padded(head_size) // 8)]  # words of each piece of each state, in state order
     sources = [np.frombuffer(heads, "<i8")]
     for k, p in enumerate(packed):
@@ -460,6 +462,9 @@ def _items_json(tables: list[tuple[_SetOut, np.ndarray | None]], n: int) -> list
 
 
 _DROP = np.iinfo(np.int64).min
+_NO_ROW = orjson.dumps([])
+_PADS = [b" " * p for p in range(8)]
+"""Spaces padding a state's head to whole 8-byte words."""
 
 
 def _trimmed(tile: np.ndarray, owners: np.ndarray, low: np.ndarray, bound: Bounds) -> np.ndarray:

@@ -96,7 +96,10 @@ def entity_key(project: str, view: str, values: Sequence[Any]) -> str:
 def entity_keys(project: str, view: str, keys: Sequence[Sequence[Any]]) -> list[bytes]:
     """The Redis keys of many entities of one view, encoded."""
     prefix = f"fs:{project}:{view}:"
-    return [(prefix + key_string(values)).encode() for values in keys]
+    try:  # one join key (the common case)
+        return [(prefix + str(value)).encode() for (value,) in keys]
+    except ValueError:
+        return [(prefix + key_string(values)).encode() for values in keys]
 
 
 def tile_prefix(tiles_key: str, tile_ms: int, lifetime: bool = False) -> str:

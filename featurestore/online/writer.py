@@ -17,6 +17,7 @@ batch is in flight at a time: the next `write` settles the previous one first.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import resources
@@ -177,18 +178,17 @@ class OnlineWriter:
             return []
         keys = entity_keys(self.project, view.plan.name, [groups.keys[g] for g in changed])
         self.groups_applied += len(changed)
-        for g, blob in zip(changed, blobs):
-            slot = (groups.partitions[g], groups.keys[g])
-            old = view.cache.pop(slot, None)  # re-inserted: the newest
-            self.cached_bytes += len(blob) - (len(old) if old else 0)
-            view.cache[slot] = blob
+        slots = [(groups.partitions[g], groups.keys[g]) for g in changed]
+        replaced = filter(None, map(view.cache.pop, slots, itertools.repeat(None)))  # re-inserted: the newest
+        self.cached_bytes += sum(map(len, blobs)) - sum(map(len, replaced))
+        view.cache.update(zip(slots, blobs))
         while self.cached_bytes > self.cache_bytes and view.cache:  # the least recently written go first
             self.cached_bytes -= len(view.cache.pop(next(iter(view.cache))))
         return [(key, groups.partitions[g], a, blob) for key, g, a, blob in zip(keys, changed, applied, blobs)]
 
     def _states(self, view: _View, groups: Groups) -> list[bytes | None]:
         """Each group's encoded state: cached, else read from Redis (None when the hash holds none)."""
-        states = [view.cache.get((p, key)) for p, key in zip(groups.partitions, groups.keys)]
+        states = list(map(view.cache.get, zip(groups.partitions, groups.keys)))
         missing = [g for g, s in enumerate(states) if s is None]
         if missing:
             keys = entity_keys(self.project, view.plan.name, [groups.keys[g] for g in missing])
