@@ -456,14 +456,16 @@ def _states(reply: Any, layout: _Layout, project: str, view: str, key: tuple[Any
 def _state_fields(reply: Any, project: str, view: str, key: tuple[Any, ...]) -> list[tuple[int, bytes]]:
     """(partition, encoded state) of an entity hash's states; a hash of another layout is
     refused before any state is parsed."""
-    flat = reply if isinstance(reply, list) else [x for kv in reply.items() for x in kv]
-    if not flat:
+    if isinstance(reply, list):
+        names, values = reply[::2], reply[1::2]
+    else:
+        names, values = list(reply), list(reply.values())
+    if not names:
         return []
-    fields = dict(zip(flat[::2], flat[1::2]))
-    version = fields.get(_VERSION_FIELD)
+    version = values[names.index(_VERSION_FIELD)] if _VERSION_FIELD in names else None
     if version not in _VERSIONS:
         raise layout_error(entity_key(project, view, key), version)
-    return [(int(name[1:]), value) for name, value in fields.items() if name[:1] == b"s"]
+    return [(int(name[1:]), value) for name, value in zip(names, values) if name[:1] == b"s"]
 
 
 def _newest(part: _Part) -> tuple[int, int, int]:
