@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -231,11 +232,11 @@ class _Columns:
         if got is None:
             col = self.values[name]
             if kind == "present":
-                got = np.fromiter((v is not None for v in col), dtype=bool, count=len(col))
+                got = np.fromiter(map(operator.is_not, col, itertools.repeat(None)), dtype=bool, count=len(col))
             elif kind == "true":
-                got = np.fromiter((v is True for v in col), dtype=bool, count=len(col))
+                got = np.fromiter(map(operator.is_, col, itertools.repeat(True)), dtype=bool, count=len(col))
             elif kind == "float":
-                got = np.fromiter((np.nan if v is None else v for v in col), dtype=np.float64, count=len(col))
+                got = np.array(col, dtype=np.float64)  # None becomes NaN (such rows are not taken)
             else:
                 got = np.empty(len(col), dtype=object)
                 got[:] = col

@@ -20,6 +20,8 @@ is still kept, flagged, in that view's history).
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,7 +214,7 @@ class Decoder:
                 reject(taken[i], "absurd_timestamp", self._absurd_detail(stamps[i]))
             usable = np.flatnonzero(~absurd).tolist()
         for x, view_keys in zip(self.views, keys):
-            if any(None in k for k in view_keys):
+            if any(map(operator.contains, view_keys, itertools.repeat(None))):
                 bad = {i for i in usable if None in view_keys[i]}
                 for i in bad:
                     reject(taken[i], "missing_key", f"view {x.view.name}: join key {', '.join(x.key_names)} is null")
@@ -228,7 +230,10 @@ class Decoder:
         """The valid events (and their positions in `records`)."""
         limit = self.max_record_bytes
         values = records.values
-        sizes = [len(v) if v else 0 for v in values]
+        try:
+            sizes = list(map(len, values))  # type: ignore[arg-type]  # None values are caught below
+        except TypeError:  # a record without a value (a tombstone)
+            sizes = [len(v) if v else 0 for v in values]
         if 0 in sizes or max(sizes, default=0) > limit:  # rare: find them one by one
             for at, size in enumerate(sizes):
                 if not size:

@@ -4,6 +4,8 @@ as the model would check them (with the few records the model validated itself).
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import itertools
 from abc import ABC, abstractmethod
 from operator import attrgetter
 from typing import Any
@@ -52,7 +54,9 @@ class Events(ABC):
         made once per batch and fields)."""
         made = self._records.get(fields)
         if made is None:
-            made = self._records[fields] = list(map(record_type(fields), *(self.column(f) for f in fields)))
+            make = functools.partial(tuple.__new__, record_type(fields))  # from each zipped tuple, in C
+            rows = zip(*(self.column(f) for f in fields)) if fields else itertools.repeat((), len(self))
+            made = self._records[fields] = list(map(make, rows))
         return made
 
     @abstractmethod

@@ -88,6 +88,6 @@ def _same_code(tree: ast.Module, code: Any) -> bool:
 
 
 @functools.lru_cache(maxsize=256)
-def record_type(fields: tuple[str, ...]) -> Callable[..., Any]:
+def record_type(fields: tuple[str, ...]) -> type[tuple[Any, ...]]:
     """A light record class holding `fields` as attributes (built positionally)."""
     return namedtuple("EventFields", fields)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from featurestore.runtime.events import ModelEvents
 from featurestore.runtime.field_reads import fields_read, record_type
 
 
@@ -42,6 +43,10 @@ def nested_reads(trip: Trip) -> float:
     def inner() -> float:
         return trip.fare
     return inner() + (lambda: trip.fare)()
+
+
+def constant(trip: Trip) -> float:
+    return 1.0
 
 
 def passes_it_on(trip: Trip) -> float:
@@ -117,6 +122,7 @@ class Scaler:
     (fare_eur, ("fare", "city")),
     (tipped, ("tip",)),
     (nested_reads, ("fare",)),
+    (constant, ()),
 ])
 def test_a_transform_that_only_reads_fields_names_them(fn: Callable[[Any], Any], fields: tuple[str, ...]) -> None:
     assert fields_read(fn, Trip) == fields
@@ -131,3 +137,11 @@ def test_a_transform_that_only_reads_fields_names_them(fn: Callable[[Any], Any],
 ])
 def test_a_transform_that_may_use_its_event_otherwise_gets_the_model(fn: Callable[[Any], Any]) -> None:
     assert fields_read(fn, Trip) is None
+
+
+@pytest.mark.parametrize("fields", [(), ("city",), ("city", "fare")])
+def test_events_as_records_hold_the_fields_of_every_event(fields: tuple[str, ...]) -> None:
+    trips: list[BaseModel] = [Trip(fare=float(i), city=f"c{i}") for i in range(3)]
+    records = ModelEvents(trips, [0, 1, 2]).records(fields)
+    assert len(records) == 3
+    assert [[getattr(r, f) for f in fields] for r in records] == [[getattr(t, f) for f in fields] for t in trips]
