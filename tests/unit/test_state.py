@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from featurestore.compile import compile_repo
-from featurestore.online.fold import fold_states, group_rows, set_bounds
+from featurestore.online.fold import fold_states, group_rows, set_bounds, sort_order
 from featurestore.online.layout import tile_sets
 from featurestore.online.state import DISTINCT_KEEP, StateCodec, decode_state, distinct_count, encode_state, value_hash
 
@@ -78,3 +80,18 @@ def test_count_distinct_is_exact_up_to_its_keep_size_then_estimated() -> None:
     tiles = [sorted(signed[i : i + 1000], key=lambda h: h % 2**64)[:DISTINCT_KEEP] for i in range(0, 5000, 1000)]
     estimate = distinct_count(tiles)
     assert abs(estimate - 5000) / 5000 < 4 / (DISTINCT_KEEP - 2) ** 0.5  # within 4 standard errors
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(-3, 3), st.integers(-(2**40), 2**40), st.integers(0, 2**30)),
+                max_size=60),
+       st.sampled_from([2, 3, 4]), st.booleans())
+def test_sort_order_is_lexsort(rows: list[tuple[int, int, int, int]], n_keys: int, small_major: bool) -> None:
+    """The fold's sorts give np.lexsort's order (stable), whether its two most significant
+    keys fit in one (a small major key) or not."""
+    hashes = np.array([r[0] for r in rows], dtype=np.uint64)
+    columns = [np.array([r[i] for r in rows], dtype=np.int64) for i in (1, 2, 3)]
+    if small_major:
+        columns[2] %= 2**16
+    keys = (hashes, *columns)[-n_keys:]
+    assert sort_order(*keys).tolist() == np.lexsort(keys).tolist()
