@@ -102,35 +102,39 @@ class _PackedSet:
         """As `values`, from the packed rows of all `n` entities (`entity`: each row's, in order)."""
         return self._finish(partial(self._gather, rows, entity, n), extras)
 
-    def _finish(self, gather: Callable[[int, int, dict[int, dict[tuple[int, str], list[float]]]], dict[str, list[Any]]],
+    def _finish(self, gather: Callable[[int, int, str, dict[int, dict[tuple[int, str], list[float]]]], dict[str, list[Any]]],
                 extras: dict[int, dict[tuple[int, str], list[float]]]) -> dict[int, list[Any]]:
-        windows: dict[tuple[int, int], dict[str, list[Any]]] = {}
-        out: dict[int, list[Any]] = {}
+        windows: dict[tuple[int, int], list[tuple[int, AggregationPlan]]] = {}
         for pos, agg, first, last in self.features:
-            got = windows.get((first, last))
-            if got is None:
-                got = windows[(first, last)] = gather(first, last, extras)
-            finish = FUNCTIONS[agg.function].finish
-            assert finish is not None
-            out[pos] = finish(got, agg.dtype)
+            windows.setdefault((first, last), []).append((pos, agg))
+        out: dict[int, list[Any]] = {}
+        for (first, last), features in windows.items():
+            wanted = {stat for _, agg in features for stat in FUNCTIONS[agg.function].stats}
+            got = gather(first, last, "".join(stat for stat in self.stats if stat in wanted), extras)
+            for pos, agg in features:
+                finish = FUNCTIONS[agg.function].finish
+                assert finish is not None
+                out[pos] = finish(got, agg.dtype)
         return out
 
-    def _gather(self, rows: np.ndarray, entity: np.ndarray, n: int, first: int, last: int,
+    def _gather(self, rows: np.ndarray, entity: np.ndarray, n: int, first: int, last: int, stats: str,
                 extras: dict[int, dict[tuple[int, str], list[float]]]) -> dict[str, list[Any]]:
-        """Per statistic, per entity: the count, the correctly rounded exact sums, the min / max
-        (None: no tile in the window) of the rows inside [first, last] (vectorised; `rows` of
-        all entities in order, `entity` their owner)."""
+        """Per statistic among `stats`, per entity: the count, the correctly rounded exact sums,
+        the min / max (None: no tile in the window) of the rows inside [first, last]
+        (vectorised; `rows` of all entities in order, `entity` their owner)."""
         inside = (rows[:, 0] >= first) & (rows[:, 0] <= last)
         ent, sel = entity[inside], rows[inside]
         bounds = np.searchsorted(ent, np.arange(n + 1))
         out: dict[str, list[Any]] = {}
-        for stat, col in columns(self.stats).items():
+        cols = columns(self.stats)
+        for stat in stats:
+            col = cols[stat]
             if stat == "c":
                 out[stat] = np.bincount(ent, weights=sel[:, col], minlength=n).astype(np.int64).tolist()
             elif stat in "sq":  # the correctly rounded exact sum of each entity's terms (hi, lo)
                 terms = sel[:, col : col + 2].ravel().tolist()
                 ends = (2 * bounds).tolist()
-                out[stat] = [math.fsum(terms[a:b]) for a, b in zip(ends, ends[1:])]
+                out[stat] = list(map(math.fsum, map(terms.__getitem__, map(slice, ends[:-1], ends[1:]))))
                 _add_extras(out[stat], extras, stat, first, last, lambda e: terms[ends[e] : ends[e + 1]])
             else:
                 present = bounds[1:] > bounds[:-1]
@@ -141,10 +145,10 @@ class _PackedSet:
                 out[stat] = values
         return out
 
-    def _gather_small(self, blobs: list[bytes], first: int, last: int,
+    def _gather_small(self, blobs: list[bytes], first: int, last: int, stats: str,
                       extras: dict[int, dict[tuple[int, str], list[float]]]) -> dict[str, list[Any]]:
         """As _gather, in plain Python (a few entities)."""
-        width, cols = row_width(self.stats), columns(self.stats)
+        width, cols = row_width(self.stats), {stat: columns(self.stats)[stat] for stat in stats}
         out: dict[str, list[Any]] = {stat: [] for stat in cols}
         terms: dict[str, list[list[float]]] = {stat: [] for stat in cols if stat in "sq"}
         for blob in blobs:
@@ -377,14 +381,7 @@ def _read_many(req: ViewRequest, layout: _Layout, replies: list[Any], project: s
     entity): every state of every entity parsed at once (`StateBlock`), the newest state of
     each entity picked with numpy, packed rows gathered for all entities together."""
     n = len(req.keys)
-    blobs: list[bytes] = []
-    owner: list[int] = []
-    partition: list[int] = []
-    for row, (key, reply) in enumerate(zip(req.keys, replies)):
-        for p, value in _state_fields(reply, project, req.view.name, key):
-            blobs.append(value)
-            owner.append(row)
-            partition.append(p)
+    blobs, owner, partition = _all_states(replies, project, req.view.name, req.keys)
     cols: list[list[Any]] = [[None] * n for _ in req.features]
     event_ms: list[int | None] = [None] * n
     states = [NOT_FOUND] * n
@@ -392,9 +389,13 @@ def _read_many(req: ViewRequest, layout: _Layout, replies: list[Any], project: s
         return ViewResult(dict(zip(req.features, cols)), event_ms, states)
     block = StateBlock(blobs, layout.codec)
     owners = np.asarray(owner, dtype=np.int64)
-    order = np.lexsort((block.offset, np.asarray(partition, dtype=np.int64), block.ts, owners))
-    last = np.append(owners[order][1:] != owners[order][:-1], True)
-    newest = order[last]  # each entity's newest state, in entity order
+    single = bool((owners[1:] > owners[:-1]).all())  # one state per entity (fed by one partition): the common case
+    if single:
+        newest = np.arange(len(owners))
+    else:
+        order = np.lexsort((block.offset, np.asarray(partition, dtype=np.int64), block.ts, owners))
+        last = np.append(owners[order][1:] != owners[order][:-1], True)
+        newest = order[last]  # each entity's newest state, in entity order
     ttl_ms = req.view.ttl_ms
     for e, ts in zip(owners[newest].tolist(), block.ts[newest].tolist()):
         event_ms[e] = ts
@@ -409,8 +410,12 @@ def _read_many(req: ViewRequest, layout: _Layout, replies: list[Any], project: s
         for pos, at, dtype in layout.rows:
             _place(cols, pos, rows, [_json_value(v[at], dtype) for v in values])
     if layout.packed:
-        taken = np.flatnonzero(np.isin(owners, np.asarray(rows, dtype=np.int64)))  # states of found entities
-        entity_of = np.searchsorted(np.asarray(rows, dtype=np.int64), owners[taken])
+        if single:
+            taken = np.flatnonzero(found)
+            entity_of = np.arange(len(taken))
+        else:
+            taken = np.flatnonzero(np.isin(owners, np.asarray(rows, dtype=np.int64)))  # states of found entities
+            entity_of = np.searchsorted(np.asarray(rows, dtype=np.int64), owners[taken])
         floats = np.frombuffer(block.buf, "<f8")
         overflow = [(int(entity_of[np.searchsorted(taken, s)]), per_set) for s, per_set in block.overflows(taken).items()]
         for pset in layout.packed:
@@ -454,18 +459,32 @@ def _states(reply: Any, layout: _Layout, project: str, view: str, key: tuple[Any
 
 
 def _state_fields(reply: Any, project: str, view: str, key: tuple[Any, ...]) -> list[tuple[int, bytes]]:
-    """(partition, encoded state) of an entity hash's states; a hash of another layout is
-    refused before any state is parsed."""
-    if isinstance(reply, list):
-        names, values = reply[::2], reply[1::2]
-    else:
-        names, values = list(reply), list(reply.values())
-    if not names:
-        return []
-    version = values[names.index(_VERSION_FIELD)] if _VERSION_FIELD in names else None
-    if version not in _VERSIONS:
-        raise layout_error(entity_key(project, view, key), version)
-    return [(int(name[1:]), value) for name, value in zip(names, values) if name[:1] == b"s"]
+    """(partition, encoded state) of an entity hash's states."""
+    blobs, _, partitions = _all_states([reply], project, view, [key])
+    return list(zip(partitions, blobs))
+
+
+def _all_states(replies: Sequence[Any], project: str, view: str, keys: Sequence[tuple[Any, ...]]
+                ) -> tuple[list[bytes], list[int], list[int]]:
+    """The encoded states in HGETALL replies of entity hashes (a map, or RESP2's flat list):
+    the states, the position of the entity each belongs to (in order), its source partition.
+    A hash of another layout is refused before any state is parsed."""
+    blobs: list[bytes] = []
+    owner: list[int] = []
+    partition: list[int] = []
+    for row, reply in enumerate(replies):
+        if not reply:
+            continue
+        fields = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2]))
+        version = fields.get(_VERSION_FIELD)
+        if version not in _VERSIONS:
+            raise layout_error(entity_key(project, view, keys[row]), version)
+        for name, value in fields.items():
+            if name[:1] == b"s":
+                blobs.append(value)
+                owner.append(row)
+                partition.append(int(name[1:]))
+    return blobs, owner, partition
 
 
 def _newest(part: _Part) -> tuple[int, int, int]:

@@ -133,7 +133,7 @@ def _read(conn: Any, n: int, reader: hiredis.Reader) -> list[Any]:
             got = sock.recv_into(buffer)
             if not got:
                 raise redis.ConnectionError("Redis closed the connection")
-            reader.feed(buffer, 0, got)  # type: ignore[arg-type]  # any buffer: its stub says bytes
+            _feed(reader, buffer, got, out, n)
     except TimeoutError:
         raise redis.TimeoutError("Timeout reading replies from Redis") from None
     except (OSError, hiredis.ProtocolError) as exc:
@@ -150,10 +150,19 @@ async def _aread(conn: Any, n: int) -> list[Any]:
             data = await conn._reader.read(_CHUNK)
             if not data:
                 raise redis.ConnectionError("Redis closed the connection")
-            reader.feed(data)
+            _feed(reader, data, len(data), out, n)
     except (OSError, hiredis.ProtocolError) as exc:
         raise redis.ConnectionError(f"Error reading replies from Redis: {exc}") from None
     return out
+
+
+def _feed(reader: hiredis.Reader, data: bytes | bytearray, size: int, out: list[Any], n: int) -> None:
+    """Give the first `size` bytes of `data` to `reader` a piece at a time (see `_PIECE`),
+    moving whole replies to `out` until it holds `n`; all bytes are fed (those beyond the
+    n-th reply belong to the next call)."""
+    for at in range(0, size, _PIECE):
+        reader.feed(data, at, min(_PIECE, size - at))  # type: ignore[arg-type]  # any buffer: its stub says bytes
+        _parsed(reader, out, n)
 
 
 def _parsed(reader: hiredis.Reader, out: list[Any], n: int) -> bool:
@@ -168,3 +177,6 @@ def _parsed(reader: hiredis.Reader, out: list[Any], n: int) -> bool:
 
 _MORE = object()
 _CHUNK = 1 << 16
+_PIECE = 1 << 13
+"""Bytes fed to a reader at a time: each reply it returns moves the bytes after it to the front
+of its buffer, so feeding a whole chunk of many replies would move it again and again."""
