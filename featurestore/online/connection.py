@@ -96,6 +96,14 @@ def _check(replies: list[Any], raise_errors: bool = False) -> list[Any]:
     return replies
 
 
+def _raised(replies: list[Any]) -> list[Any]:
+    """The replies, the first error among them raised."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
 def _moved(reply: Any) -> bool:
     return isinstance(reply, ResponseError) and str(reply).startswith(("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN"))
 
@@ -125,16 +133,14 @@ class OnlineRedis:
     def is_cluster(self) -> bool:
         return self.routes is not None
 
-    def run(self, commands: Sequence[Keyed]) -> list[Any]:
-        """The replies of the commands, in order; an error reply is raised."""
+    def run(self, commands: Sequence[Keyed], raise_errors: bool = True) -> list[Any]:
+        """The replies of the commands, in order; an error reply is raised (returned as the
+        exception without `raise_errors`)."""
         routes = self.routes
         if routes is None:
-            return _check(run_commands(self.client, [c for _, c in commands], raise_errors=False), raise_errors=True)
+            return _check(run_commands(self.client, [c for _, c in commands], raise_errors=False), raise_errors)
         replies = self._routed(commands, lambda client, part: run_commands(client, part, raise_errors=False))
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
+        return _raised(replies) if raise_errors else replies
 
     def stream(self, batches: Iterable[Sequence[Keyed]]) -> list[Any]:
         """The replies of batches of commands sent one after another (Redis runs one batch while
@@ -204,7 +210,8 @@ class AsyncOnlineRedis:
         self._routes: _Routes | None = None
         self._checked = False
 
-    async def run(self, commands: Sequence[Keyed]) -> list[Any]:
+    async def run(self, commands: Sequence[Keyed], raise_errors: bool = True) -> list[Any]:
+        """As `OnlineRedis.run`."""
         if not self._checked:
             try:
                 slots = await self.client.execute_command("CLUSTER SLOTS")
@@ -215,7 +222,7 @@ class AsyncOnlineRedis:
             self._checked = True
         routes = self._routes
         if routes is None:
-            return _check(await arun_commands(self.client, [c for _, c in commands], raise_errors=False), raise_errors=True)
+            return _check(await arun_commands(self.client, [c for _, c in commands], raise_errors=False), raise_errors)
         replies: list[Any] = [None] * len(commands)
         pending = list(range(len(commands)))
         for attempt in range(_MOVED_RETRIES + 1):
@@ -229,10 +236,7 @@ class AsyncOnlineRedis:
                 break
             routes.update(await self.client.execute_command("CLUSTER SLOTS"))
             pending = moved
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
+        return _raised(replies) if raise_errors else replies
 
     async def aclose(self) -> None:
         if self._routes is not None:

@@ -1,15 +1,12 @@
-"""Redis key and hash-field layout of the online store (storage layout 5).
+"""Redis key layout of the online store (storage layout 6).
 
-One hash per (project, view, entity): `fs:{project}:{view}:{key}`, where `key` is the join
-key value (several keys joined with `|`). Every read and write touches one key, so a Redis
-Cluster needs no hash tags. Fields:
-
-- `_v`: the storage layout version the hash was written in (`LAYOUT_VERSION`);
-- per source partition p whose events reached the entity: `s<p>`, the entity's state from
-  that partition (`featurestore.online.state`: the newest event and its row features, the
-  tiles a read can still reach), and `o<p>`, the offset of the last event applied to it.
-
-A backfill run is a partition of its own (a negative id).
+One string per (project, view, entity): `fs:{project}:{view}:{key}`, where `key` is the join
+key value (several keys joined with `|`), holding the entity's states, one per source
+partition whose events reached it (`featurestore.online.entity_value`; a state:
+`featurestore.online.state`, the newest event and its row features, the tiles a read can
+still reach, the offset applied). Every read and write touches one key, so a Redis Cluster
+needs no hash tags. A backfill run is a partition of its own (a negative id). Layouts up to
+5 kept an entity in a hash (its layout in field `_v`): they are refused with the fix.
 
 One more hash per project, `fs:{project}:_project`, says the store holds the project's data
 (the SDK refuses to read a Redis without it: most likely the wrong URL) and what it holds:
@@ -28,12 +25,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from featurestore.errors import OnlineLayoutError
+from featurestore.online.entity_value import not_a_value
 
-#: Version of this layout, in each entity hash's `_v` (guard.lua checks the same value).
-LAYOUT_VERSION = "5"
-#: Layouts this version reads and writes.
-READABLE_LAYOUTS = frozenset({"5"})
+#: Version of this layout (in the project's hash; entity values carry it in their head).
+LAYOUT_VERSION = "6"
 LAYOUT_FIELD = "_v"
+"""The field of an entity hash (layouts up to 5) holding its layout."""
 
 
 PROJECT_LAYOUT_FIELD = "layout"
@@ -76,7 +73,7 @@ def parse_newest_field(field: str) -> tuple[str, int] | None:
 
 
 def layout_error(key: str, found: bytes | str | None) -> OnlineLayoutError:
-    """The error for an entity hash written in another layout."""
+    """The error for an entity hash written in another layout (`found`: its `_v`)."""
     was = found.decode() if isinstance(found, bytes) else found
     return OnlineLayoutError(
         f"online state of {key} is in storage layout {was or '1'}, this version reads and writes layout "
@@ -107,11 +104,14 @@ def tile_prefix(tiles_key: str, tile_ms: int, lifetime: bool = False) -> str:
     return f"{tiles_key}|{'L' if lifetime else ''}{tile_ms}"
 
 
-def state_field(partition: int) -> str:
-    """Field of an entity's state from one source partition."""
-    return f"s{partition}"
+def other_layout_error(key: str, version: Any) -> OnlineLayoutError:
+    """The error for an entity key that GET refused (not a string): `version` is the reply to
+    `HGET key _v` — a hash of an older layout, or an error (not a hash at all)."""
+    if isinstance(version, Exception):
+        return not_a_value(key)
+    return layout_error(key, version)
 
 
-def offset_field(partition: int) -> str:
-    """Field of the offset up to which that state applied the partition's events."""
-    return f"o{partition}"
+def layout_probe(key: bytes) -> tuple[bytes, tuple[bytes, bytes, bytes]]:
+    """The command whose reply `other_layout_error` takes."""
+    return key, (b"HGET", key, LAYOUT_FIELD.encode())

@@ -17,7 +17,8 @@ import redis
 
 from featurestore.aggregations import FUNCTIONS
 from featurestore.online.connection import AsyncOnlineRedis, Keyed, OnlineRedis
-from featurestore.online.keys import LAYOUT_FIELD, READABLE_LAYOUTS, entity_key, entity_keys, layout_error, parse_newest_field, project_key
+from featurestore.online.entity_value import split_values, unpack_value
+from featurestore.online.keys import entity_keys, layout_probe, other_layout_error, parse_newest_field, project_key
 from featurestore.online.layout import tile_sets
 from featurestore.online.packed import columns, decode_rows, row_width
 from featurestore.online.state import (
@@ -296,7 +297,7 @@ class OnlineReader:
         try:
             commands = next(steps)
             while True:
-                commands = steps.send(self.redis.run(commands))
+                commands = steps.send(self.redis.run(commands, raise_errors=False))
         except StopIteration as done:
             results: list[ViewResult] = done.value
             return results
@@ -309,7 +310,7 @@ class OnlineReader:
         try:
             commands = next(steps)
             while True:
-                commands = steps.send(await client.run(commands))
+                commands = steps.send(await client.run(commands, raise_errors=False))
         except StopIteration as done:
             results: list[ViewResult] = done.value
             return results
@@ -317,23 +318,34 @@ class OnlineReader:
     def steps(
         self, requests: Sequence[ViewRequest], t_ms: int, max_staleness_ms: int | None = None
     ) -> Generator[list[Keyed], list[Any], list[ViewResult]]:
-        """The read as a dialogue: yields pipelines of commands, receives their replies.
+        """The read as a dialogue: yields pipelines of commands, receives their replies
+        (error replies as exceptions).
 
-        One pipelined HGETALL per (view, entity): its states, one per source partition that
-        fed it. The newest event across them gives the row features and the entity's age;
+        One pipelined GET per (view, entity): its states, one per source partition that fed
+        it. The newest event across them gives the row features and the entity's age;
         packed rows are merged for all entities of a request at once, per-tile statistics
         per entity. An entity whose newest event is older than the view's TTL reads as
         `expired`, older than `max_staleness_ms` as `stale`: no values."""
         layouts = [self._cached_layout(req.view, req.features, t_ms) for req in requests]
         commands: list[Keyed] = []
         for req in requests:
-            commands += [(k, b"*2\r\n$7\r\nHGETALL\r\n$%d\r\n%b\r\n" % (len(k), k))
+            commands += [(k, b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(k), k))
                          for k in entity_keys(self.project, req.view.name, req.keys)]
-        replies = iter((yield commands))
+        got: list[Any] = yield commands
+        if not set(map(type, got)) <= _VALUES:
+            at, error = next((i, r) for i, r in enumerate(got) if isinstance(r, Exception))
+            key = commands[at][0]
+            if isinstance(error, redis.ResponseError) and str(error).startswith("WRONGTYPE"):
+                raise other_layout_error(key.decode(), (yield [layout_probe(key)])[0])
+            raise error
+        replies = iter(got)
+        keys = iter(commands)
         out: list[ViewResult] = []
         for req, layout in zip(requests, layouts):
+            values = [next(replies) for _ in req.keys]
+            names = [next(keys)[0] for _ in req.keys]
             if len(req.keys) > _SMALL and not layout.tiles:  # states of many entities read side by side
-                out.append(_read_many(req, layout, [next(replies) for _ in req.keys], self.project, t_ms, max_staleness_ms))
+                out.append(_read_many(req, layout, values, names, t_ms, max_staleness_ms))
                 continue
             n = len(req.keys)
             cols: list[list[Any]] = [[None] * n for _ in req.features]
@@ -343,8 +355,8 @@ class OnlineReader:
             found: list[list[_Part]] = []
             row_json: list[bytes] = []
             ttl_ms = req.view.ttl_ms
-            for row, key in enumerate(req.keys):
-                parts = _states(next(replies), layout, self.project, req.view.name, key)
+            for row, (value, name) in enumerate(zip(values, names)):
+                parts = _states(value, layout, name)
                 if not parts:
                     event_ms.append(None)
                     states.append(NOT_FOUND)
@@ -375,13 +387,13 @@ class OnlineReader:
         return out
 
 
-def _read_many(req: ViewRequest, layout: _Layout, replies: list[Any], project: str, t_ms: int,
+def _read_many(req: ViewRequest, layout: _Layout, values: list[bytes | None], keys: list[bytes], t_ms: int,
                max_staleness_ms: int | None) -> ViewResult:
     """A request of many entities and no item features (`steps` reads others entity by
     entity): every state of every entity parsed at once (`StateBlock`), the newest state of
     each entity picked with numpy, packed rows gathered for all entities together."""
     n = len(req.keys)
-    blobs, owner, partition = _all_states(replies, project, req.view.name, req.keys)
+    blobs, owner, partition = split_values(values, keys)
     cols: list[list[Any]] = [[None] * n for _ in req.features]
     event_ms: list[int | None] = [None] * n
     states = [NOT_FOUND] * n
@@ -406,9 +418,9 @@ def _read_many(req: ViewRequest, layout: _Layout, replies: list[Any], project: s
         return ViewResult(dict(zip(req.features, cols)), event_ms, states)
     if layout.rows:  # every found entity's row feature values in one parse
         chosen = newest[found]
-        values = orjson.loads(b"[" + b",".join(block.json(block.json_at[chosen], block.row_size[chosen])) + b"]")
+        row_values = orjson.loads(b"[" + b",".join(block.json(block.json_at[chosen], block.row_size[chosen])) + b"]")
         for pos, at, dtype in layout.rows:
-            _place(cols, pos, rows, [_json_value(v[at], dtype) for v in values])
+            _place(cols, pos, rows, [_json_value(v[at], dtype) for v in row_values])
     if layout.packed:
         if single:
             taken = np.flatnonzero(found)
@@ -445,46 +457,17 @@ class _Part(NamedTuple):
     items: list[list[tuple[bytes, list[Any]]]] | None
 
 
-def _states(reply: Any, layout: _Layout, project: str, view: str, key: tuple[Any, ...]) -> list[_Part]:
-    """An entity hash's states, one per partition."""
+def _states(value: bytes | None, layout: _Layout, key: bytes) -> list[_Part]:
+    """An entity's states, one per partition (none without a value)."""
     out = []
-    for p, value in _state_fields(reply, project, view, key):
+    for p, state in [] if value is None else unpack_value(value, key.decode()):
         if layout.tiles:
-            st = state_tables(value, layout.codec)
+            st = state_tables(state, layout.codec)
             out.append(_Part(p, st.ts, st.offset, st.row, st.overflow, [st.packed[k] for k in layout.wanted], st.items))
         else:
-            ts, offset, row, overflow, packed = packed_of(value, layout.codec, layout.wanted)
+            ts, offset, row, overflow, packed = packed_of(state, layout.codec, layout.wanted)
             out.append(_Part(p, ts, offset, row, overflow, packed, None))
     return out
-
-
-def _state_fields(reply: Any, project: str, view: str, key: tuple[Any, ...]) -> list[tuple[int, bytes]]:
-    """(partition, encoded state) of an entity hash's states."""
-    blobs, _, partitions = _all_states([reply], project, view, [key])
-    return list(zip(partitions, blobs))
-
-
-def _all_states(replies: Sequence[Any], project: str, view: str, keys: Sequence[tuple[Any, ...]]
-                ) -> tuple[list[bytes], list[int], list[int]]:
-    """The encoded states in HGETALL replies of entity hashes (a map, or RESP2's flat list):
-    the states, the position of the entity each belongs to (in order), its source partition.
-    A hash of another layout is refused before any state is parsed."""
-    blobs: list[bytes] = []
-    owner: list[int] = []
-    partition: list[int] = []
-    for row, reply in enumerate(replies):
-        if not reply:
-            continue
-        fields = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2]))
-        version = fields.get(_VERSION_FIELD)
-        if version not in _VERSIONS:
-            raise layout_error(entity_key(project, view, keys[row]), version)
-        for name, value in fields.items():
-            if name[:1] == b"s":
-                blobs.append(value)
-                owner.append(row)
-                partition.append(int(name[1:]))
-    return blobs, owner, partition
 
 
 def _newest(part: _Part) -> tuple[int, int, int]:
@@ -544,7 +527,8 @@ def _tile_value(feat: _TileFeature, parts: list[_Part]) -> Any:
     return [_json_value(v, agg.dtype) for v in value] if FUNCTIONS[f].result == "list" else _json_value(value, agg.dtype)
 
 
-_VERSION_FIELD, _VERSIONS = LAYOUT_FIELD.encode(), {v.encode() for v in READABLE_LAYOUTS}
+_VALUES = {bytes, type(None)}
+"""The types of GET replies of entity keys (anything else is an error)."""
 
 #: Entity states; with a value of None a found entity's feature reads as `null`.
 FOUND, NOT_FOUND, EXPIRED, STALE = "present", "not_found", "expired", "stale"

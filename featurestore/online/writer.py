@@ -4,8 +4,8 @@ here and stored whole, guarded by its offset.
 A batch is grouped by (entity, partition); each group's state comes from this writer's
 cache (it owns the partition), or from Redis on a miss. `featurestore.online.state` folds the
 group's new events into it, vectorised over the batch, and the new states are written with
-`guard.lua`, which stores a state only if the hash does not already hold one of a higher
-offset for that partition. Events at or below a state's offset are skipped, so replaying a
+`guard.lua`, which stores a state only if the entity's value does not already hold one of a
+higher offset for that partition. Events at or below a state's offset are skipped, so replaying a
 batch (after a crash, or by a former owner of the partition) changes nothing: every event
 takes effect exactly once.
 
@@ -29,16 +29,18 @@ from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
 from featurestore.collector import collector_paused
-from featurestore.online.connection import OnlineRedis
+from featurestore.online.connection import Keyed, OnlineRedis
+from featurestore.online.entity_value import not_a_value, unpack_value
 from featurestore.online.fold import Bounds, Groups, fold_states, group_rows, set_bounds
 from featurestore.online.keys import (
     LAYOUT_VERSION,
     PROJECT_LAYOUT_FIELD,
     entity_keys,
     layout_error,
+    layout_probe,
     newest_field,
+    other_layout_error,
     project_key,
-    state_field,
 )
 from featurestore.online.layout import TileSet, tile_sets
 from featurestore.online.state import StateCodec
@@ -47,7 +49,7 @@ from featurestore.plan import Plan, ViewPlan
 from featurestore.records import ViewRows
 
 _Write = tuple[bytes, int, int, bytes]
-"""A state to store: (entity hash, partition, applied offset, encoded state)."""
+"""A state to store: (entity key, partition, applied offset, encoded state)."""
 _Newest = dict[tuple[str, int], int]
 """(view, partition) -> event time (ms) of the newest event of a batch."""
 _KEYS_PER_CALL = 200
@@ -91,8 +93,7 @@ class OnlineWriter:
         self.skew_ms = max_future_skew_ms
         self.cache_bytes = cache_bytes
         self.cached_bytes = 0
-        self._lua = resources.files("featurestore.online").joinpath("guard.lua").read_text()
-        self._sha: str | None = None
+        self._guard = GuardedStore(self.redis)
         self.groups_applied = 0
         self.groups_skipped = 0
         self._sender = ThreadPoolExecutor(1, thread_name_prefix="online-store") if background else None
@@ -187,36 +188,59 @@ class OnlineWriter:
         return [(key, groups.partitions[g], a, blob) for key, g, a, blob in zip(keys, changed, applied, blobs)]
 
     def _states(self, view: _View, groups: Groups) -> list[bytes | None]:
-        """Each group's encoded state: cached, else read from Redis (None when the hash holds none)."""
+        """Each group's encoded state: cached, else read from Redis (None when Redis holds none)."""
         states = list(map(view.cache.get, zip(groups.partitions, groups.keys)))
         missing = [g for g, s in enumerate(states) if s is None]
         if missing:
             keys = entity_keys(self.project, view.plan.name, [groups.keys[g] for g in missing])
-            replies = self.redis.run([(key, ("HMGET", key, "_v", state_field(groups.partitions[g])))
-                                      for key, g in zip(keys, missing)])
-            for key, g, (version, blob) in zip(keys, missing, replies):
-                if version is not None and version.decode() != LAYOUT_VERSION:
-                    raise layout_error(key.decode(), version)
-                states[g] = blob or None
+            for key, g, stored in zip(keys, missing, read_values(self.redis, keys)):
+                states[g] = dict(stored).get(groups.partitions[g])
         return states
 
     def _store(self, writes: list[_Write], on_stored: Callable[[], None] | None = None,
                newest: _Newest | None = None) -> None:
-        """Run guard.lua over the writes: `_KEYS_PER_CALL` keys per call on one Redis, the keys
-        of one slot per call on a cluster; several calls per send. The project's hash is set
-        after the states (`keys.project_key`)."""
-        if not writes:
-            if on_stored:
-                on_stored()
+        """Store the states, then set the project's hash (`keys.project_key`)."""
+        if writes:
+            self._guard.store(writes, [project_marker(self.project, newest or {})])
+        if on_stored:
+            on_stored()
+
+
+def read_values(online: OnlineRedis, keys: Sequence[bytes]) -> list[list[tuple[int, bytes]]]:
+    """The states Redis holds for these entity keys, as (partition, state) (empty: none); a key
+    of another layout raises OnlineLayoutError naming the fix."""
+    replies = online.run([(key, (b"GET", key)) for key in keys], raise_errors=False)
+    out: list[list[tuple[int, bytes]]] = []
+    for key, reply in zip(keys, replies):
+        if isinstance(reply, redis.ResponseError) and str(reply).startswith("WRONGTYPE"):
+            raise other_layout_error(key.decode(), online.run([layout_probe(key)], raise_errors=False)[0])
+        if isinstance(reply, Exception):
+            raise reply
+        out.append([] if reply is None else unpack_value(reply, key.decode()))
+    return out
+
+
+class GuardedStore:
+    """Stores entity states with guard.lua (each only if Redis holds no newer state of its
+    partition): `_KEYS_PER_CALL` keys per call on one Redis, the keys of one slot per call on
+    a cluster; several calls per send. The one way states reach Redis."""
+
+    def __init__(self, online: OnlineRedis) -> None:
+        self.redis = online
+        self._lua = resources.files("featurestore.online").joinpath("guard.lua").read_text()
+        self._sha: str | None = None
+
+    def store(self, writes: Sequence[_Write], after: Sequence[Keyed] = ()) -> None:
+        """Store the writes, then run the commands `after` (in the last send)."""
+        if not writes and not after:
             return
         if self._sha is None:
             self._sha = self.redis.load_script(self._lua)
-        calls = self._calls(writes) + [self._project_call(newest or {})]
-        sends = (calls[i : i + _CALLS_PER_SEND] for i in range(0, len(calls), _CALLS_PER_SEND))
-        replies = self.redis.stream(sends)
+        calls = self._calls(writes) + list(after)
+        replies = self.redis.stream(calls[i : i + _CALLS_PER_SEND] for i in range(0, len(calls), _CALLS_PER_SEND))
         if any(isinstance(r, NoScriptError) for r in replies):  # Redis restarted or flushed its scripts
             self._sha = self.redis.load_script(self._lua)
-            calls = self._calls(writes) + [self._project_call(newest or {})]
+            calls = self._calls(writes) + list(after)
             replies = self.redis.stream(calls[i : i + _CALLS_PER_SEND] for i in range(0, len(calls), _CALLS_PER_SEND))
         for reply in replies:
             if isinstance(reply, Exception):
@@ -224,14 +248,11 @@ class OnlineWriter:
                 if text.startswith("FSLAYOUT"):
                     _, found, key = text.split(" ", 2)
                     raise layout_error(key, found) from None
+                if text.startswith("FSVALUE"):
+                    raise not_a_value(text.split(" ", 1)[1]) from None
                 raise reply
-        if on_stored:
-            on_stored()
 
-    def _project_call(self, newest: _Newest) -> tuple[bytes, bytes]:
-        return project_marker(self.project, newest)
-
-    def _calls(self, writes: list[_Write]) -> list[tuple[bytes, bytes]]:
+    def _calls(self, writes: Sequence[_Write]) -> list[tuple[bytes, bytes]]:
         """The script calls (keyed by their first key) storing these writes (idempotent: sent again
         after a NOSCRIPT, each state is stored at most once)."""
         if self.redis.is_cluster:
@@ -240,7 +261,7 @@ class OnlineWriter:
                 by_slot.setdefault(key_slot(w[0]), []).append(w)
             chunks = [c[i : i + _KEYS_PER_CALL] for c in by_slot.values() for i in range(0, len(c), _KEYS_PER_CALL)]
         else:
-            chunks = [writes[i : i + _KEYS_PER_CALL] for i in range(0, len(writes), _KEYS_PER_CALL)]
+            chunks = [list(writes[i : i + _KEYS_PER_CALL]) for i in range(0, len(writes), _KEYS_PER_CALL)]
         calls = []
         for chunk in chunks:
             args: list[Any] = [b"EVALSHA", self._sha, len(chunk), *(w[0] for w in chunk)]

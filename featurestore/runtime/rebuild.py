@@ -23,24 +23,14 @@ from featurestore.offline.history import has_history
 from featurestore.offline.sql import identifier, read_history
 from featurestore.online.connection import OnlineRedis
 from featurestore.online.fold import fold_states, group_rows, set_bounds
-from featurestore.online.keys import (
-    LAYOUT_FIELD,
-    LAYOUT_VERSION,
-    entity_keys,
-    offset_field,
-    parse_newest_field,
-    project_key,
-    state_field,
-)
+from featurestore.online.keys import entity_keys, parse_newest_field, project_key
 from featurestore.online.layout import tile_sets
 from featurestore.online.state import StateCodec
-from featurestore.online.streaming import pack_command
-from featurestore.online.writer import project_marker
+from featurestore.online.writer import GuardedStore, project_marker
 from featurestore.plan import ViewPlan
 
 T = TypeVar("T")
 _BATCH_ROWS = 100_000
-_ENTITIES_PER_BATCH = 300
 
 
 def wipe_online(client: Any, project: str, view: str | None = None,
@@ -147,9 +137,9 @@ def _read_ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
 def write_states(online: OnlineRedis, project: str, view: ViewPlan, table: pa.Table, max_future_skew_ms: int,
                  newest: dict[tuple[str, int], int] | None = None) -> None:
     """Fold whole entities' history rows (sorted by keys, event time, partition, offset;
-    late ones removed) into their states and HSET them, `_ENTITIES_PER_BATCH` per send:
-    Redis writes one batch while Python encodes the next. The project's marker follows, with
-    the newest event time per partition (`newest`: so far, updated in place)."""
+    late ones removed) into their states and store them (guarded by their offsets, as the
+    processor's: a state Redis holds of a newer offset stays). The project's marker follows,
+    with the newest event time per partition (`newest`: so far, updated in place)."""
     if not table.num_rows:
         return
     sets = tile_sets(view)
@@ -164,16 +154,11 @@ def write_states(online: OnlineRedis, project: str, view: ViewPlan, table: pa.Ta
     groups = group_rows(keys, ts, part, off, np.arange(len(keys)))
     folded = fold_states(view, sets, set_bounds(view, sets, max_future_skew_ms), codec, groups,
                          [None] * len(groups.keys), values)
-    hashes = entity_keys(project, view.name, [groups.keys[g] for g in folded.groups])
-    commands = [(key, pack_command(("HSET", key, LAYOUT_FIELD, LAYOUT_VERSION, offset_field(groups.partitions[g]),
-                                    applied, state_field(groups.partitions[g]), state)))
-                for key, g, applied, state in zip(hashes, folded.groups, folded.applied, folded.states)]
+    entities = entity_keys(project, view.name, [groups.keys[g] for g in folded.groups])
+    writes = [(key, groups.partitions[g], applied, state)
+              for key, g, applied, state in zip(entities, folded.groups, folded.applied, folded.states)]
     newest = {} if newest is None else newest
     for p in np.unique(part).tolist():
         at = (view.name, p)
         newest[at] = max(newest.get(at, 0), int(ts[part == p].max()))
-    commands.append(project_marker(project, newest))
-    sends = (commands[i : i + _ENTITIES_PER_BATCH] for i in range(0, len(commands), _ENTITIES_PER_BATCH))
-    for reply in online.stream(sends):
-        if isinstance(reply, Exception):
-            raise reply
+    GuardedStore(online).store(writes, [project_marker(project, newest)])

@@ -21,6 +21,7 @@ from featurestore.config import load_settings
 from featurestore.demo import payment_events, produce_records
 from featurestore.embedded import start_redis
 from featurestore.errors import ConfigError
+from featurestore.online.entity_value import unpack_value
 from featurestore.online.keys import project_key
 from featurestore.registry import FileRegistry
 from featurestore.runtime import StreamProcessor
@@ -36,16 +37,17 @@ def committed(settings: Any, topic: str, partitions: int) -> int:
     return sum(max(tp.offset, 0) for tp in got)
 
 
-def online_state(client: redis.Redis, project: str) -> dict[bytes, dict[bytes, bytes]]:
-    """Every entity hash of a project, keyed without the project prefix. An entity's states are a
+def online_state(client: redis.Redis, project: str) -> dict[bytes, dict[int, bytes]]:
+    """Every entity's states by source partition, keyed without the project prefix. An entity's states are a
     function of the events applied to it (tiles no read reaches are always trimmed, sums
     canonical, tiles sorted), so runs that applied the same events compare byte for byte,
     however their batches fell."""
     prefix, marker = f"fs:{project}:".encode(), project_key(project).encode()
-    return {k[len(prefix):]: client.hgetall(k) for k in client.scan_iter(prefix + b"*") if k != marker}
+    return {k[len(prefix):]: dict(unpack_value(client.get(k) or b"", k.decode()))
+            for k in client.scan_iter(prefix + b"*") if k != marker}
 
 
-def assert_same_state(got: dict[bytes, dict[bytes, bytes]], want: dict[bytes, dict[bytes, bytes]]) -> None:
+def assert_same_state(got: dict[bytes, dict[int, bytes]], want: dict[bytes, dict[int, bytes]]) -> None:
     """Byte-for-byte equal online states: tile sums are exact, so they do not depend on how
     batches grouped the additions (compare states read with the plan: see online_state)."""
     assert got.keys() == want.keys()

@@ -11,8 +11,10 @@ import redis
 import redis.asyncio
 
 from featurestore.compile import compile_repo
+from featurestore.errors import OnlineLayoutError
 from featurestore.online import OnlineReader, OnlineWriter
 from featurestore.online.connection import AsyncOnlineRedis
+from featurestore.online.entity_value import unpack_value
 from featurestore.online.layout import tile_sets
 from featurestore.online.reader import ViewRequest
 from featurestore.online.state import StateCodec, decode_state, tile_indices
@@ -26,14 +28,14 @@ ROOT = Path(__file__).resolve().parents[2]
 HOUR, DAY = 3_600_000, 86_400_000
 
 
-def _rows(view, events: list[tuple[Any, int, dict[str, Any]]], first_offset: int = 0) -> ViewRows:
+def _rows(view, events: list[tuple[Any, int, dict[str, Any]]], first_offset: int = 0, partition: int = 0) -> ViewRows:
     rows = ViewRows(view=view.name, topic="t")
     cols = [n for n, _ in view.history_columns]
     rows.values = {c: [] for c in cols}
     for offset, (user, ts, values) in enumerate(events, first_offset):
         rows.keys.append((user,))
         rows.ts.append(ts)
-        rows.partition.append(0)
+        rows.partition.append(partition)
         rows.offset.append(offset)
         for c in cols:
             rows.values[c].append(values.get(c))
@@ -48,6 +50,11 @@ def store(services, run_id):
     yield plan, client, OnlineWriter(client, project, plan), OnlineReader(client, project, plan), project
     for key in client.scan_iter(f"fs:{project}:*"):
         client.delete(key)
+
+
+def _stored(client: redis.Redis, key: str, partition: int = 0) -> bytes:
+    """The state an entity's value holds from one partition."""
+    return dict(unpack_value(client.get(key) or b"", key))[partition]
 
 
 def _event(amount: float, merchant: str) -> dict[str, Any]:
@@ -86,10 +93,10 @@ def test_storage_per_entity_stays_bounded(store) -> None:
             writer.write([_rows(view, [(7, start + m * 60_000, _event(1.0, "m")) for m in range(60)],
                                 first_offset=(day * 24 + hour) * 60)])
             codec = StateCodec.of(sets)
-            state = decode_state(client.hget(key, "s0"), codec)
+            state = decode_state(_stored(client, key), codec)
             bounded.append(all(len(tile_indices(state, i, codec)) <= ts.live_tiles(slack)
                                for i, ts in enumerate(sets)))
-        sizes.append(len(client.hget(key, "s0")))
+        sizes.append(len(_stored(client, key)))
     assert all(bounded), "every tile set keeps only the tiles a read can reach"
     assert max(sizes) == max(sizes[1:]), "size stops growing once the longest window is full"
     assert sizes[-1] <= sizes[1] * 1.1
@@ -122,6 +129,32 @@ def test_replayed_and_overlapping_batches_take_effect_once(store) -> None:
     assert sum(got["amount_count_1h"]) == sum(1 for e in events if lo < e[1] <= t) > 0
 
 
+def test_an_entity_fed_by_several_partitions_keeps_one_state_each_in_one_value(store) -> None:
+    """An entity whose events come from several partitions (its view keyed otherwise than the
+    topic): one value holds a state per partition in partition order, whatever order they
+    were written in; a replay of one partition changes nothing, a newer batch of it replaces
+    only its own state, and reads merge all of them."""
+    plan, client, writer, reader, project = store
+    view = plan.view("user_payments")
+    t0 = 1_700_000_000_000
+    key = f"fs:{project}:user_payments:8"
+    batches = {p: [(8, t0 + p * 1_000 + i * 60_000, _event(float(p + 1), f"m{p}")) for i in range(3)] for p in (2, 0, 1)}
+    for p, events in batches.items():
+        writer.write([_rows(view, events, partition=p)])
+    stored = unpack_value(client.get(key) or b"", key)
+    assert [p for p, _ in stored] == [0, 1, 2]
+    value = client.get(key)
+    OnlineWriter(client, project, plan).write([_rows(view, batches[1], partition=1)])  # a former owner replays
+    assert client.get(key) == value
+    later = [(8, t0 + 10 * 60_000, _event(10.0, "m9"))]
+    writer.write([_rows(view, later, first_offset=3, partition=1)])
+    after = dict(unpack_value(client.get(key) or b"", key))
+    assert after[0] == dict(stored)[0] and after[2] == dict(stored)[2] and after[1] != dict(stored)[1]
+    got = reader.read([ViewRequest(view, ["amount_count_1h", "amount_sum_1h", "last_merchant"], [(8,)] * 10)],
+                      t0 + 11 * 60_000)[0]
+    assert got == {"amount_count_1h": [10] * 10, "amount_sum_1h": [3 * 6.0 + 10.0] * 10, "last_merchant": ["m9"] * 10}
+
+
 def test_reads_survive_a_dropped_connection_and_report_a_wrong_type(store) -> None:
     """Reads send raw pipelined commands on a pooled connection: a pooled connection the
     server closed does not fail the next read, and a Redis error reply is raised, not
@@ -143,9 +176,14 @@ def test_reads_survive_a_dropped_connection_and_report_a_wrong_type(store) -> No
     assert len(ids) == 1
     admin.execute_command("CLIENT", "KILL", "ID", ids[0])
     assert reader.read(request, t0 + 1000)[0] == {"last_merchant": ["m1", "m2"], "amount_count_1h": [1, 1]}
-    client.set(f"fs:{project}:user_payments:3", "not a hash")
-    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+    client.rpush(f"fs:{project}:user_payments:3", "not a state")
+    with pytest.raises(OnlineLayoutError, match="user_payments:3 holds a value that is not an online state.*rebuild-online"):
         reader.read([ViewRequest(view, ["last_merchant"], [(3,)])], t0 + 1000)
+    client.set(f"fs:{project}:user_payments:4", "not a state either")
+    with pytest.raises(OnlineLayoutError, match="user_payments:4 holds a value that is not an online state"):
+        reader.read([ViewRequest(view, ["last_merchant"], [(4,)])], t0 + 1000)
+    with pytest.raises(redis.ResponseError, match="NOPERM|unknown command|ERR"):  # any other error reply is raised
+        reader.redis.run([(b"k", ("NOSUCHCOMMAND", "k"))])
     admin.close()
 
 
@@ -177,8 +215,8 @@ def test_async_reads_survive_a_dropped_connection_and_report_a_wrong_type(store)
             assert len(ids) == 1
             admin.execute_command("CLIENT", "KILL", "ID", ids[0])
             assert await reader.aread_results(online, request, t0 + 1000) == want
-            await aclient.set(f"fs:{project}:user_payments:3", "not a hash")
-            with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            await aclient.rpush(f"fs:{project}:user_payments:3", "not a state")
+            with pytest.raises(OnlineLayoutError, match="user_payments:3 holds a value that is not an online state"):
                 await reader.aread_results(online, [ViewRequest(view, ["last_merchant"], [(3,)])], t0 + 1000)
         finally:
             await aclient.aclose()  # type: ignore[attr-defined]  # the client is redis.asyncio's, typed as the sync one
@@ -190,10 +228,9 @@ def test_async_reads_survive_a_dropped_connection_and_report_a_wrong_type(store)
 
 
 def test_state_of_another_layout_is_refused_not_misread(store) -> None:
-    """An entity hash without this layout's version (written before the packed layout) is
+    """An entity hash without a layout version (written before the packed layout) is
     neither read as empty windows nor written over: both raise OnlineLayoutError naming the
     fix, and the hash is left as it was."""
-    from featurestore.errors import OnlineLayoutError
     from featurestore.online.keys import LAYOUT_VERSION
 
     plan, client, writer, reader, project = store
@@ -201,9 +238,9 @@ def test_state_of_another_layout_is_refused_not_misread(store) -> None:
     t0 = 1_700_000_000_000
     writer.write([_rows(view, [(1, t0, _event(10.0, "m1"))])])
     key = f"fs:{project}:user_payments:1"
-    assert client.hget(key, "_v") == LAYOUT_VERSION.encode()
-    client.hdel(key, "_v")  # as a hash of the previous layout looks
-    client.hset(key, "amount|60000|28333333|c", "1")
+    assert client.get(key)[:4] == b"FSe6"
+    client.delete(key)
+    client.hset(key, "amount|60000|28333333|c", "1")  # as a hash of the first layout looks
     before = client.hgetall(key)
     with pytest.raises(OnlineLayoutError, match="rebuild-online"):
         reader.read([ViewRequest(view, ["amount_count_1h"], [(1,)])], t0 + 1000)
@@ -215,11 +252,11 @@ def test_state_of_another_layout_is_refused_not_misread(store) -> None:
 @pytest.mark.parametrize("layout, fields", [
     ("3", {"_ts": "1700000000000", "amount|60000|P": b"\0" * 24}),  # tiles merged inside Redis by a script
     ("4", {"o0": "7", "s0": b"F4\0\0" + b"\0" * 60}),  # states with their item counts in JSON
+    ("5", {"o0": "7", "s0": b"F5\0\0" + b"\0" * 60}),  # states in a hash, one field per partition
 ])
 def test_state_of_an_older_layout_is_refused_not_misread(store, layout: str, fields: dict) -> None:
     """A hash of an older layout is neither read nor written over: both name the fix
     (`rebuild-online`), and the hash is left as it was."""
-    from featurestore.errors import OnlineLayoutError
     from featurestore.online.keys import LAYOUT_VERSION
 
     plan, client, writer, reader, project = store
@@ -305,7 +342,7 @@ def test_states_evicted_from_memory_are_read_back(store, cache_bytes: int) -> No
             w.write([_rows(view, events, first_offset=batch * 100)])
         assert small.cached_bytes <= cache_bytes
     for user in range(1, 13):
-        assert client.hgetall(f"fs:{project}-small:user_payments:{user}") == client.hgetall(f"fs:{project}:user_payments:{user}")
+        assert client.get(f"fs:{project}-small:user_payments:{user}") == client.get(f"fs:{project}:user_payments:{user}")
     for key in client.scan_iter(f"fs:{project}-small:*"):
         client.delete(key)
 

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from featurestore.compile import compile_repo
 from featurestore.config import load_settings
 from featurestore.offline.point_in_time import point_in_time_features
+from featurestore.online.entity_value import unpack_value
 from featurestore.online.reader import OnlineReader, ViewRequest
 from featurestore.plan import Plan
 from featurestore.runtime.backfill import Backfill
@@ -278,9 +279,9 @@ def test_lifetime_tiles_fold_exactly_and_stay_bounded(events: list[dict[str, Any
             sets = tile_sets(view)
             slack = int(settings_.max_future_skew_s * 1000) + (view.allowed_lateness_ms or 0)
             for i, k in enumerate(keys):
-                fields = client.hgetall(f"fs:{project}:lifetimes:{k}")
+                name = f"fs:{project}:lifetimes:{k}"
                 codec = StateCodec.of(sets)
-                states = [decode_state(v, codec) for f, v in fields.items() if f.startswith(b"s")]
+                states = [decode_state(v, codec) for _, v in unpack_value(client.get(name) or b"", name)]
                 for s in states:  # a tile for each day a read can reach, and the base
                     assert all(len(tile_indices(s, j, codec)) <= ts.live_tiles(slack) for j, ts in enumerate(sets))
                 FOLDED.append(any(LIFETIME_BASE_INDEX in tile_indices(s, j, codec)
@@ -307,11 +308,9 @@ def _online_state(client: redis.Redis, project: str, keys: list[int], view: Any)
     sets = tile_sets(view)
     state: dict[int, list[Any]] = {}
     for k in keys:
-        fields = client.hgetall(f"fs:{project}:props:{k}")
+        name = f"fs:{project}:props:{k}"
         out = []
-        for name, raw in fields.items():
-            if not name.startswith(b"s"):
-                continue
+        for _, raw in unpack_value(client.get(name) or b"", name):
             codec = StateCodec.of(sets)
             s = decode_state(raw, codec)
             items = [[(_no_offsets(raw_rows, ITEM_COLUMNS[stat]), vals) for stat, (raw_rows, vals) in zip(stats, set_items)]
