@@ -1,6 +1,6 @@
 """The online store's Redis: one server, or a Redis Cluster (detected, routed by key slot).
 
-Every online command touches one key (an entity hash), so on a cluster a batch of commands
+Every online command touches one key (an entity's value), so on a cluster a batch of commands
 is split by the node that serves each key's slot (CRC16 of the key, as Redis computes it),
 sent to each node in one write (`featurestore.online.streaming`), and the replies are put
 back in order. The slot map comes from `CLUSTER SLOTS` of the node the URL names and is read

@@ -1,5 +1,6 @@
-"""The online state of one entity of a view from one source partition (storage layout 5):
-its binary format (pure). How a batch folds into states: `featurestore.online.fold`.
+"""The online state of one entity of a view from one source partition (its format, magic
+`F5`, is unchanged since storage layout 5; layout 6 keeps an entity's states in one value,
+`featurestore.online.entity_value`): its binary format (pure). How a batch folds into states: `featurestore.online.fold`.
 
 A source partition has one consumer at a time, so the state an entity holds from one
 partition is a deterministic function of that partition's events up to an offset: the
@@ -102,7 +103,7 @@ class StateCodec:
         return 4 * (len(self.widths) + len(self.tables))
 
 
-_DAMAGED = ("an online state in Redis is not one of layout 5 (damaged, or written by something else): rewrite the "
+_DAMAGED = ("an online state in Redis is not one of this version (damaged, or written by something else): rewrite the "
             "online store from the history with `featurestore rebuild-online`")
 
 

@@ -109,7 +109,8 @@ def test_processor_and_server_under_least_privilege_users(example_repo: Path, se
         as_server = redis.Redis.from_url(services.redis_url, username=srv_user, password=srv_pw)
         key = f"fs:{project}:user_payments:{users[0]}"
         assert as_server.exists(key)
-        forbidden: list[tuple[str, ...]] = [("SET", key, "x"), ("HSET", key, "x", "1"), ("DEL", key), ("FLUSHALL",), ("EVAL", "return 1", "0")]
+        forbidden: list[tuple[str, ...]] = [("SET", key, "x"), ("HSET", key, "x", "1"), ("DEL", key), ("FLUSHALL",),
+                                            ("EVAL", "return 1", "0")]
         for refused in forbidden:
             with pytest.raises(redis.exceptions.NoPermissionError):
                 as_server.execute_command(*refused)
