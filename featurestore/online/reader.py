@@ -149,7 +149,8 @@ class _PackedSet:
     def _gather_small(self, blobs: list[bytes], first: int, last: int, stats: str,
                       extras: dict[int, dict[tuple[int, str], list[float]]]) -> dict[str, list[Any]]:
         """As _gather, in plain Python (a few entities)."""
-        width, cols = row_width(self.stats), {stat: columns(self.stats)[stat] for stat in stats}
+        width, every = row_width(self.stats), columns(self.stats)
+        cols = {stat: every[stat] for stat in stats}
         out: dict[str, list[Any]] = {stat: [] for stat in cols}
         terms: dict[str, list[list[float]]] = {stat: [] for stat in cols if stat in "sq"}
         for blob in blobs:
@@ -338,12 +339,12 @@ class OnlineReader:
             if isinstance(error, redis.ResponseError) and str(error).startswith("WRONGTYPE"):
                 raise other_layout_error(key.decode(), (yield [layout_probe(key)])[0])
             raise error
-        replies = iter(got)
-        keys = iter(commands)
         out: list[ViewResult] = []
+        at = 0
         for req, layout in zip(requests, layouts):
-            values = [next(replies) for _ in req.keys]
-            names = [next(keys)[0] for _ in req.keys]
+            values = got[at : at + len(req.keys)]
+            names = [key for key, _ in commands[at : at + len(req.keys)]]
+            at += len(req.keys)
             if len(req.keys) > _SMALL and not layout.tiles:  # states of many entities read side by side
                 out.append(_read_many(req, layout, values, names, t_ms, max_staleness_ms))
                 continue
