@@ -30,9 +30,16 @@ _HEAD_BYTES, _FIRST_PARTITION, _FIRST_STATE = itemgetter(slice(0, 8)), itemgette
 
 def pack_value(parts: Sequence[tuple[int, bytes]]) -> bytes:
     """The value of an entity's states, given as (partition, state)."""
+    if len(parts) == 1:
+        return value_alone(*parts[0])
     ordered = sorted(parts, key=lambda part: part[0])
     return b"".join([_HEAD.pack(MAGIC, len(ordered)), *(_PART.pack(p, len(s)) for p, s in ordered),
                      *(s for _, s in ordered)])
+
+
+def value_alone(partition: int, state: bytes) -> bytes:
+    """The value of an entity holding one state (what `guard.lua` stores as sent)."""
+    return b"".join((_ONE, _PART.pack(partition, len(state)), state))
 
 
 def unpack_value(value: bytes, key: str) -> list[tuple[int, bytes]]:

@@ -30,7 +30,7 @@ from redis.exceptions import NoScriptError
 
 from featurestore.collector import collector_paused
 from featurestore.online.connection import Keyed, OnlineRedis
-from featurestore.online.entity_value import not_a_value, pack_value, unpack_value
+from featurestore.online.entity_value import not_a_value, unpack_value, value_alone
 from featurestore.online.fold import Bounds, Groups, fold_states, group_rows, set_bounds
 from featurestore.online.keys import (
     LAYOUT_VERSION,
@@ -266,6 +266,6 @@ class GuardedStore:
         for chunk in chunks:
             args: list[Any] = [b"EVALSHA", self._sha, len(chunk), *(w[0] for w in chunk)]
             for _, p, applied, blob in chunk:
-                args += (p, applied, pack_value([(p, blob)]))
+                args += (p, applied, value_alone(p, blob))
             calls.append((chunk[0][0], pack_command(args)))
         return calls
