@@ -28,21 +28,12 @@ _ONE = MAGIC + (1).to_bytes(4, "little")
 _HEAD_BYTES, _FIRST_PARTITION, _FIRST_STATE = itemgetter(slice(0, 8)), itemgetter(slice(8, 12)), itemgetter(slice(_SINGLE, None))
 
 
-def pack_value(parts: Sequence[tuple[int, bytes]]) -> bytes:
-    """The value of an entity's states, given as (partition, state)."""
-    if len(parts) == 1:
-        return value_alone(*parts[0])
-    ordered = sorted(parts, key=lambda part: part[0])
-    return b"".join([_HEAD.pack(MAGIC, len(ordered)), *(_PART.pack(p, len(s)) for p, s in ordered),
-                     *(s for _, s in ordered)])
-
-
 def value_alone(partition: int, state: bytes) -> bytes:
     """The value of an entity holding one state (what `guard.lua` stores as sent)."""
     return b"".join((_ONE, _PART.pack(partition, len(state)), state))
 
 
-def unpack_value(value: bytes, key: str) -> list[tuple[int, bytes]]:
+def unpack_value(value: bytes, key: bytes | str) -> list[tuple[int, bytes]]:
     """(partition, state) of each state in an entity's value (`key`: its Redis key, for the error)."""
     if len(value) < _HEAD.size or value[:4] != MAGIC:
         raise not_a_value(key)
@@ -70,15 +61,16 @@ def split_values(values: Sequence[bytes | None], keys: Sequence[bytes]) -> tuple
     owner: list[int] = []
     partition: list[int] = []
     for i, value in zip(present, found):
-        for p, state in unpack_value(value, keys[i].decode()):
+        for p, state in unpack_value(value, keys[i]):
             states.append(state)
             owner.append(i)
             partition.append(p)
     return states, owner, partition
 
 
-def not_a_value(key: str) -> OnlineLayoutError:
+def not_a_value(key: bytes | str) -> OnlineLayoutError:
     """The error for a key that holds something else than an entity's states."""
+    key = key.decode() if isinstance(key, bytes) else key
     return OnlineLayoutError(
         f"{key} holds a value that is not an online state of storage layout 6 (damaged, or written by something "
         "else): rewrite the online store from the history with `featurestore rebuild-online`"

@@ -15,13 +15,8 @@
 -- number of states stored.
 local MAGIC = 'FSe6'
 local written = 0
-local function store(key, parts)  -- parts: {partition, state} in partition order
-  local head, body = {MAGIC, struct.pack('<I4', #parts)}, {}
-  for _, part in ipairs(parts) do
-    head[#head + 1] = struct.pack('<i4I4', part[1], #part[2])
-    body[#body + 1] = part[2]
-  end
-  redis.call('SET', key, table.concat(head) .. table.concat(body))
+local function store(key, value)
+  redis.call('SET', key, value)
   written = written + 1
 end
 for i, key in ipairs(KEYS) do
@@ -35,8 +30,7 @@ for i, key in ipairs(KEYS) do
     return redis.error_reply('FSVALUE ' .. key)
   end
   if head == '' then
-    redis.call('SET', key, alone)
-    written = written + 1
+    store(key, alone)
   elseif #head < 16 or string.sub(head, 1, 4) ~= MAGIC then
     return redis.error_reply('FSVALUE ' .. key)
   elseif struct.unpack('<I4', head, 5) == 1 and struct.unpack('<i4', head, 9) == p then
@@ -44,8 +38,7 @@ for i, key in ipairs(KEYS) do
       return redis.error_reply('FSVALUE ' .. key)
     end
     if struct.unpack('<i8', head, 33) < offset then
-      redis.call('SET', key, alone)
-      written = written + 1
+      store(key, alone)
     end
   else
     local held = redis.call('GET', key)
@@ -67,7 +60,12 @@ for i, key in ipairs(KEYS) do
         j = j + 1
       end
       table.insert(parts, j, {p, string.sub(alone, 17)})
-      store(key, parts)
+      local head, body = {MAGIC, struct.pack('<I4', #parts)}, {}
+      for _, part in ipairs(parts) do
+        head[#head + 1] = struct.pack('<i4I4', part[1], #part[2])
+        body[#body + 1] = part[2]
+      end
+      store(key, table.concat(head) .. table.concat(body))
     end
   end
 end

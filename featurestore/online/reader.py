@@ -461,7 +461,7 @@ class _Part(NamedTuple):
 def _states(value: bytes | None, layout: _Layout, key: bytes) -> list[_Part]:
     """An entity's states, one per partition (none without a value)."""
     out = []
-    for p, state in [] if value is None else unpack_value(value, key.decode()):
+    for p, state in [] if value is None else unpack_value(value, key):
         if layout.tiles:
             st = state_tables(state, layout.codec)
             out.append(_Part(p, st.ts, st.offset, st.row, st.overflow, [st.packed[k] for k in layout.wanted], st.items))

@@ -216,7 +216,7 @@ def read_values(online: OnlineRedis, keys: Sequence[bytes]) -> list[list[tuple[i
             raise other_layout_error(key.decode(), online.run([layout_probe(key)], raise_errors=False)[0])
         if isinstance(reply, Exception):
             raise reply
-        out.append([] if reply is None else unpack_value(reply, key.decode()))
+        out.append([] if reply is None else unpack_value(reply, key))
     return out
 
 
